@@ -1,0 +1,1 @@
+"""The embedder service: image bytes to embeddings with a torchvision CNN."""

@@ -1,0 +1,1 @@
+"""The searcher service: PostgreSQL + pgvector storage and k-nearest-neighbour search."""
