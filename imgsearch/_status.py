@@ -1,0 +1,100 @@
+"""The one table between imgsearch's exceptions and gRPC status codes, both ways."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from imgsearch import errors
+
+logger = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[errors.ImageSearchError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+ERROR_OF: dict[grpc.StatusCode, type[errors.ImageSearchError]] = {
+    code: cls for cls, code in STATUS_OF.items()
+}
+
+
+def status_code_of(exc: errors.ImageSearchError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.UNKNOWN
+
+
+def to_rpc_status(exc: BaseException) -> status_pb2.Status:
+    """A google.rpc.Status for one failed item (for per-image errors inside a response)."""
+    if isinstance(exc, errors.ImageSearchError):
+        code = status_code_of(exc)
+        return status_pb2.Status(code=code.value[0], message=str(exc))
+    logger.exception("unexpected error", exc_info=exc)
+    return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+
+
+class DetailedError(errors.ImageSearchError):
+    """Wraps an error with a protobuf message to attach as a rich-status detail."""
+
+    def __init__(self, error: errors.ImageSearchError, detail: Message) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.detail = detail
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """End the RPC with the status that `exc` maps to; unexpected errors become INTERNAL."""
+    detail: Message | None = None
+    if isinstance(exc, DetailedError):
+        detail, exc = exc.detail, exc.error
+    if isinstance(exc, errors.ImageSearchError):
+        status = status_pb2.Status(code=status_code_of(exc).value[0], message=str(exc))
+    else:
+        logger.error("unexpected error in %s", type(exc).__name__, exc_info=exc)
+        status = status_pb2.Status(
+            code=grpc.StatusCode.INTERNAL.value[0],
+            message=f"internal error ({type(exc).__name__}); see the server log",
+        )
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def map_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a servicer method so that raised exceptions become gRPC statuses.
+
+    Servicer methods raise; they never call context.abort() themselves.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            abort(context, exc)
+
+    return wrapper
+
+
+def from_rpc_error(error: grpc.RpcError) -> errors.ImageSearchError:
+    """The imgsearch exception for a failed call, with the server's message."""
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    cls = ERROR_OF.get(code, errors.ImageSearchError)
+    return cls(details or code.name)

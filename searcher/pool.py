@@ -1,0 +1,122 @@
+"""A blocking pool of psycopg2 connections, and the one place database errors are translated."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from pgvector.psycopg2 import register_vector
+
+from imgsearch.errors import DeadlineExceeded, Unavailable
+
+logger = logging.getLogger(__name__)
+
+
+class ConnectionPool:
+    """Up to `max_size` connections; callers wait (up to `wait_s`) when all are in use.
+
+    psycopg2's own pools raise instead of waiting, and keep connections that the server has
+    closed; this one waits, and discards any connection that failed at the connection level.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_size: int = 8,
+        wait_s: float = 30.0,
+        connect_timeout_s: int = 5,
+        statement_timeout_ms: int = 30_000,
+    ) -> None:
+        self._dsn = dsn
+        self._wait_s = wait_s
+        self._connect_kwargs: dict[str, Any] = {
+            "connect_timeout": connect_timeout_s,
+            "options": f"-c statement_timeout={int(statement_timeout_ms)}",
+            "application_name": "imgsearch-searcher",
+        }
+        self._slots = threading.BoundedSemaphore(max_size)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _connect(self) -> Any:
+        conn = psycopg2.connect(self._dsn, **self._connect_kwargs)
+        register_vector(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A connection for one unit of work; database failures leave as imgsearch errors."""
+        if not self._slots.acquire(timeout=self._wait_s):
+            raise Unavailable(f"no database connection free after {self._wait_s:.0f} s") from None
+        conn = None
+        try:
+            with translate_database_errors():
+                with self._lock:
+                    conn = self._idle.pop() if self._idle else None
+                if conn is None:
+                    conn = self._connect()
+                yield conn
+                if conn.status != psycopg2.extensions.STATUS_READY:
+                    conn.rollback()
+        except BaseException as exc:
+            if conn is not None:
+                _discard_or_rollback(conn)
+                if conn.closed:
+                    conn = None
+            if isinstance(exc, Unavailable):
+                # The server went away: every idle connection to it is dead too.
+                self._drop_idle()
+            raise
+        finally:
+            if conn is not None:
+                with self._lock:
+                    if self._closed:
+                        conn.close()
+                    else:
+                        self._idle.append(conn)
+            self._slots.release()
+
+    def check(self) -> None:
+        """Raise Unavailable unless the database answers a trivial query."""
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            conn.rollback()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def _discard_or_rollback(conn: Any) -> None:
+    """After a failure: keep the connection if it still works, else close it."""
+    try:
+        if not conn.closed:
+            conn.rollback()
+    except psycopg2.Error:
+        conn.close()
+
+
+@contextlib.contextmanager
+def translate_database_errors() -> Iterator[None]:
+    try:
+        yield
+    except psycopg2.errors.QueryCanceled:
+        raise DeadlineExceeded("the database query took longer than its time limit") from None
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Unavailable(f"database unavailable: {first_line}") from None

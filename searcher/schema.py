@@ -1,0 +1,67 @@
+"""The searcher's database schema: versioned migrations, applied once under an advisory lock."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Catalogue and bookkeeping live in schema "imgsearch"; one table per collection lives in
+# "imgsearch_data", so no collection name can collide with ours.
+CATALOG_SCHEMA = "imgsearch"
+DATA_SCHEMA = "imgsearch_data"
+
+# Any constant works as long as every searcher uses the same one.
+MIGRATION_LOCK_KEY = 0x1A65EA4C4
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "pgvector, catalogue of collections",
+        [
+            "CREATE EXTENSION IF NOT EXISTS vector",
+            f"CREATE SCHEMA IF NOT EXISTS {CATALOG_SCHEMA}",
+            f"CREATE SCHEMA IF NOT EXISTS {DATA_SCHEMA}",
+            f"""
+            CREATE TABLE {CATALOG_SCHEMA}.collections (
+                name text PRIMARY KEY,
+                dim integer NOT NULL CHECK (dim BETWEEN 1 AND 16000),
+                metric text NOT NULL CHECK (metric IN ('l2', 'cosine', 'inner_product')),
+                hnsw_m integer NOT NULL,
+                hnsw_ef_construction integer NOT NULL,
+                model_fingerprint text NOT NULL DEFAULT '',
+                created_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+        ],
+    ),
+]
+
+
+def apply_migrations(conn: Any) -> int:
+    """Bring the schema up to date; return the schema version. Safe to run from many processes
+    at once: the first takes the lock and migrates, the others wait and find nothing to do."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        cur.execute(
+            """CREATE TABLE IF NOT EXISTS public.imgsearch_schema_migrations (
+                version integer PRIMARY KEY,
+                description text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        cur.execute("SELECT coalesce(max(version), 0) FROM public.imgsearch_schema_migrations")
+        current: int = cur.fetchone()[0]
+        for version, description, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            logger.info("applying schema migration %d: %s", version, description)
+            for statement in statements:
+                cur.execute(statement)
+            cur.execute(
+                "INSERT INTO public.imgsearch_schema_migrations (version, description) "
+                "VALUES (%s, %s)",
+                (version, description),
+            )
+            current = version
+    return current

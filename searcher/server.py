@@ -1,0 +1,177 @@
+"""The searcher's gRPC server: servicer, health, reflection, and the database watch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from imgsearch.errors import ImageSearchError
+from imgsearch.v1 import searcher_pb2, searcher_pb2_grpc
+from searcher.config import SearcherConfig
+from searcher.embedded import EmbeddedPostgres
+from searcher.pool import ConnectionPool
+from searcher.service import SearcherServicer
+from searcher.store import Limits, VectorStore
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = searcher_pb2.DESCRIPTOR.services_by_name["SearcherService"].full_name
+
+
+class DatabaseWatch:
+    """Reports SERVING while the database answers and NOT_SERVING while it does not.
+
+    The first successful check also applies migrations, so a searcher started before its
+    database comes up starts serving once it does, with no restart.
+    """
+
+    def __init__(
+        self, store: VectorStore, health_servicer: health.HealthServicer, interval_s: float = 1.0
+    ) -> None:
+        self.store = store
+        self.health = health_servicer
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._opened = False
+        self._serving: bool | None = None
+        self._thread = threading.Thread(target=self._run, name="database-watch", daemon=True)
+
+    def start(self) -> None:
+        self.check()
+        self._thread.start()
+
+    def check(self) -> bool:
+        try:
+            if not self._opened:
+                self.store.open()
+                self._opened = True
+            self.store.pool.check()
+            serving = True
+        except ImageSearchError as exc:
+            serving = False
+            if self._serving is not False:
+                logger.warning("database unreachable, NOT_SERVING: %s", exc)
+        if serving and self._serving is not True:
+            logger.info("database reachable, SERVING")
+        self._serving = serving
+        if not self._stop.is_set():
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for service in ("", SERVICE_NAME):
+                self.health.set(service, status)
+        return serving
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def build_server(
+    config: SearcherConfig, store: VectorStore
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """A server bound to config.address (port 0 picks a free one), not yet started; health
+    says NOT_SERVING until the database watch has seen the database."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=config.max_concurrent_rpcs, thread_name_prefix="rpc"
+        ),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+    )
+    searcher_pb2_grpc.add_SearcherServiceServicer_to_server(SearcherServicer(store), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(config.address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {config.address}")
+    return server, port, health_servicer
+
+
+class Searcher:
+    """The whole searcher with one lifecycle: database (embedded unless a DSN is configured),
+    pool, store, gRPC server and database watch. Used by the CLI, the tests and the benchmarks."""
+
+    def __init__(self, config: SearcherConfig) -> None:
+        self.config = config
+        self.port = 0
+        self._embedded: EmbeddedPostgres | None = None
+        self._server: grpc.Server | None = None
+        self._watch: DatabaseWatch | None = None
+        self.store: VectorStore | None = None
+
+    def start(self) -> Searcher:
+        config = self.config
+        dsn = config.dsn
+        if not dsn and not _libpq_environment():
+            self._embedded = EmbeddedPostgres(config.resolved_data_dir())
+            dsn = self._embedded.start()
+        pool = ConnectionPool(
+            dsn, max_size=config.pool_size, statement_timeout_ms=config.statement_timeout_ms
+        )
+        self.store = VectorStore(
+            pool,
+            limits=Limits(
+                max_top_k=config.max_top_k, max_items_per_message=config.max_items_per_message
+            ),
+            default_ef_search=config.default_ef_search,
+            exact_filter_rows=config.exact_filter_rows,
+            maintenance_work_mem=config.maintenance_work_mem,
+        )
+        self._server, self.port, health_servicer = build_server(config, self.store)
+        self._watch = DatabaseWatch(self.store, health_servicer)
+        self._watch.start()
+        self._server.start()
+        logger.info("searcher serving on port %d", self.port)
+        return self
+
+    def wait(self) -> None:
+        if self._server is not None:
+            self._server.wait_for_termination()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Refuse new RPCs, let in-flight ones finish (up to the grace period), release all."""
+        grace = self.config.grace_s if grace_s is None else grace_s
+        if self._watch is not None:
+            self._watch.stop()
+            for service in ("", SERVICE_NAME):
+                self._watch.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        if self.store is not None:
+            self.store.pool.close()
+        if self._embedded is not None:
+            self._embedded.stop()
+        self._server = self._watch = self._embedded = None
+
+    def __enter__(self) -> Searcher:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _libpq_environment() -> bool:
+    """True when standard PG* variables name a server (libpq then connects with an empty DSN)."""
+    return any(os.environ.get(v) for v in ("PGHOST", "PGSERVICE", "PGDATABASE", "PGPORT"))

@@ -1,0 +1,213 @@
+"""SearcherService: translates imgsearch.v1 messages to and from searcher.store calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+from google.protobuf import timestamp_pb2
+
+from imgsearch._status import DetailedError, map_errors
+from imgsearch.errors import ImageSearchError, InvalidArgument
+from imgsearch.v1 import searcher_pb2 as pb
+from imgsearch.v1 import searcher_pb2_grpc, vector_pb2
+from searcher.store import Collection, Filter, Item, Metric, VectorStore
+
+METRIC_TO_PROTO = {
+    Metric.L2: pb.METRIC_L2,
+    Metric.COSINE: pb.METRIC_COSINE,
+    Metric.INNER_PRODUCT: pb.METRIC_INNER_PRODUCT,
+}
+METRIC_FROM_PROTO = {value: key for key, value in METRIC_TO_PROTO.items()}
+
+
+class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
+    def __init__(self, store: VectorStore) -> None:
+        self.store = store
+
+    @map_errors
+    def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext
+    ) -> pb.CreateCollectionResponse:
+        if request.metric == pb.METRIC_UNSPECIFIED:
+            metric = Metric.L2
+        elif request.metric in METRIC_FROM_PROTO:
+            metric = METRIC_FROM_PROTO[request.metric]
+        else:
+            raise InvalidArgument(f"unknown metric {request.metric}")
+        collection = self.store.create_collection(
+            request.name,
+            request.dim,
+            metric,
+            m=request.index_params.m,
+            ef_construction=request.index_params.ef_construction,
+            model_fingerprint=request.model_fingerprint,
+        )
+        return pb.CreateCollectionResponse(collection=collection_to_proto(collection))
+
+    @map_errors
+    def GetCollection(
+        self, request: pb.GetCollectionRequest, context: grpc.ServicerContext
+    ) -> pb.GetCollectionResponse:
+        collection = self.store.get_collection(request.name)
+        return pb.GetCollectionResponse(collection=collection_to_proto(collection))
+
+    @map_errors
+    def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        collections = self.store.list_collections()
+        return pb.ListCollectionsResponse(collections=[collection_to_proto(c) for c in collections])
+
+    @map_errors
+    def DropCollection(
+        self, request: pb.DropCollectionRequest, context: grpc.ServicerContext
+    ) -> pb.DropCollectionResponse:
+        self.store.drop_collection(request.name)
+        return pb.DropCollectionResponse()
+
+    @map_errors
+    def Upsert(
+        self, request_iterator: Iterator[pb.UpsertRequest], context: grpc.ServicerContext
+    ) -> pb.UpsertResponse:
+        session = None
+        number = 0
+        try:
+            for number, message in enumerate(request_iterator, start=1):
+                name = message.collection or "images"
+                if session is None:
+                    session = self.store.begin_upsert(name)
+                elif name != session.collection.name:
+                    raise InvalidArgument(
+                        f"every message of one Upsert stream must name the same collection: "
+                        f"message 1 named {session.collection.name!r}, message {number} {name!r}"
+                    )
+                session.write([item_from_proto(item) for item in message.items])
+        except ImageSearchError as exc:
+            done = session.counts if session else None
+            committed = session.messages if session else 0
+            summary = pb.UpsertResponse(
+                inserted_count=done.inserted if done else 0,
+                updated_count=done.updated if done else 0,
+                message_count=committed,
+            )
+            error = type(exc)(
+                f"Upsert message {number} rejected, nothing of it written: {exc}. "
+                f"Messages before it stay committed: {committed} messages, "
+                f"{summary.inserted_count} items inserted, {summary.updated_count} updated."
+            )
+            raise DetailedError(error, summary) from exc
+        finally:
+            if session is not None:
+                session.close()
+        if session is None:
+            return pb.UpsertResponse()
+        return pb.UpsertResponse(
+            inserted_count=session.counts.inserted,
+            updated_count=session.counts.updated,
+            message_count=session.messages,
+        )
+
+    @map_errors
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
+        kind = request.WhichOneof("query")
+        if kind is None:
+            raise InvalidArgument("set the query: either vector or id")
+        query: np.ndarray | int = (
+            vector_from_proto(request.vector) if kind == "vector" else int(request.id)
+        )
+        result = self.store.search(
+            request.collection,
+            query,
+            request.top_k,
+            filter=filter_from_proto(request.filter),
+            ef_search=request.params.ef_search,
+            exact=request.params.exact,
+        )
+        return pb.SearchResponse(
+            hits=[
+                pb.Hit(
+                    id=hit.id,
+                    label=hit.label,
+                    uri=hit.uri,
+                    attributes=hit.attributes,
+                    distance=hit.distance,
+                )
+                for hit in result.hits
+            ],
+            exact=result.exact,
+        )
+
+    @map_errors
+    def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
+        items, missing = self.store.get(
+            request.collection, list(request.ids), include_vectors=request.include_vectors
+        )
+        return pb.GetResponse(
+            items=[
+                pb.Item(
+                    id=item.id,
+                    label=item.label,
+                    uri=item.uri,
+                    attributes=item.attributes,
+                    vector=vector_pb2.Vector(values=item.vector)
+                    if request.include_vectors
+                    else None,
+                )
+                for item in items
+            ],
+            missing_ids=missing,
+        )
+
+    @map_errors
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        deleted = self.store.delete(
+            request.collection, ids=list(request.ids), filter=filter_from_proto(request.filter)
+        )
+        return pb.DeleteResponse(deleted_count=deleted)
+
+    @map_errors
+    def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.ServicerContext
+    ) -> pb.GetStatsResponse:
+        stats = self.store.stats(request.collection)
+        return pb.GetStatsResponse(
+            row_count=stats.row_count,
+            index_present=stats.index_present,
+            index_params=pb.IndexParams(m=stats.m, ef_construction=stats.ef_construction),
+            table_bytes=stats.table_bytes,
+            index_bytes=stats.index_bytes,
+            pgvector_version=stats.pgvector_version,
+        )
+
+
+def collection_to_proto(collection: Collection) -> pb.Collection:
+    created = timestamp_pb2.Timestamp()
+    created.FromDatetime(collection.created_at)
+    return pb.Collection(
+        name=collection.name,
+        dim=collection.dim,
+        metric=METRIC_TO_PROTO[collection.metric],
+        index_params=pb.IndexParams(m=collection.m, ef_construction=collection.ef_construction),
+        model_fingerprint=collection.model_fingerprint,
+        create_time=created,
+    )
+
+
+def vector_from_proto(vector: vector_pb2.Vector) -> np.ndarray:
+    return np.asarray(vector.values, dtype=np.float32)
+
+
+def item_from_proto(item: pb.Item) -> Item:
+    return Item(
+        id=item.id,
+        vector=vector_from_proto(item.vector),
+        label=item.label,
+        uri=item.uri,
+        attributes=dict(item.attributes),
+    )
+
+
+def filter_from_proto(filter: pb.Filter) -> Filter:
+    return Filter(labels=tuple(filter.labels), attributes=tuple(sorted(filter.attributes.items())))

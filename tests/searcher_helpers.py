@@ -1,0 +1,72 @@
+"""Data and client helpers for the searcher tests and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+import numpy as np
+
+from imgsearch.v1 import searcher_pb2 as pb
+from imgsearch.v1 import searcher_pb2_grpc, vector_pb2
+
+
+def clustered_vectors(n: int, dim: int = 1000, clusters: int = 100, seed: int = 0) -> np.ndarray:
+    """A Gaussian mixture shaped like CNN features: non-negative, skewed cluster centres, and
+    within each cluster variation along a few directions of its own (a low intrinsic dimension)
+    plus a little isotropic noise. Isotropic noise alone, in 1000-d, makes every point of a
+    cluster nearly equidistant from every other: harder than any real feature set."""
+    rng = np.random.default_rng(seed)
+    # The structure depends only on `clusters` and `dim`, so different seeds draw new points
+    # from the same mixture (queries and data must come from one distribution).
+    structure = np.random.default_rng(12345)
+    centres = structure.gamma(shape=1.0, scale=1.0, size=(clusters, dim)).astype(np.float32)
+    directions = structure.normal(size=(clusters, 16, dim)).astype(np.float32) / np.sqrt(dim)
+    assignment = rng.integers(0, clusters, size=n)
+    along = rng.normal(scale=8.0, size=(n, 16)).astype(np.float32)
+    within = np.einsum("nk,nkd->nd", along, directions[assignment])
+    noise = rng.normal(scale=0.1, size=(n, dim)).astype(np.float32)
+    return np.asarray(centres[assignment] + within + noise, dtype=np.float32)
+
+
+def exact_neighbours(data: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    distances = np.linalg.norm(data.astype(np.float64) - query.astype(np.float64), axis=1)
+    return np.argsort(distances, kind="stable")[:k]
+
+
+def vector(values: np.ndarray) -> vector_pb2.Vector:
+    return vector_pb2.Vector(values=np.asarray(values, dtype=np.float32))
+
+
+def upsert_messages(
+    collection: str,
+    data: np.ndarray,
+    *,
+    labels: Sequence[str] | None = None,
+    first_id: int = 0,
+    per_message: int = 1000,
+) -> Iterator[pb.UpsertRequest]:
+    for start in range(0, len(data), per_message):
+        stop = min(start + per_message, len(data))
+        yield pb.UpsertRequest(
+            collection=collection,
+            items=[
+                pb.Item(
+                    id=first_id + i,
+                    label=labels[i] if labels is not None else "",
+                    vector=vector(data[i]),
+                )
+                for i in range(start, stop)
+            ],
+        )
+
+
+def searcher_stub(port: int) -> tuple[grpc.Channel, searcher_pb2_grpc.SearcherServiceStub]:
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
+    )
+    return channel, searcher_pb2_grpc.SearcherServiceStub(channel)

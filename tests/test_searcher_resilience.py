@@ -1,0 +1,120 @@
+"""The searcher's lifecycle against a real database: concurrent start-up, outages, recovery."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from imgsearch.v1 import searcher_pb2 as pb
+from searcher.config import SearcherConfig
+from searcher.embedded import EmbeddedPostgres
+from searcher.server import Searcher
+from tests.searcher_helpers import searcher_stub, vector
+
+
+@pytest.fixture()
+def database(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres(tmp_path / "data") as server:
+        yield server
+
+
+def _pg_ctl(data_dir: Path, *args: str) -> None:
+    from pgserver._commands import pg_ctl
+
+    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs the server as this user
+    pg_ctl(["-w", *args], pgdata=data_dir, user=user, timeout=30)
+
+
+def _health(port: int) -> int:
+    channel, _ = searcher_stub(port)
+    with channel:
+        request = health_pb2.HealthCheckRequest(service="imgsearch.v1.SearcherService")
+        status: int = health_pb2_grpc.HealthStub(channel).Check(request).status
+        return status
+
+
+def _wait_for_health(port: int, status: int, timeout_s: float = 20.0) -> None:
+    channel, _ = searcher_stub(port)
+    with channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="imgsearch.v1.SearcherService"),
+            timeout=timeout_s,
+        )
+        for response in watch:
+            if response.status == status:
+                watch.cancel()
+                return
+
+
+def test_two_searchers_started_at_once_on_an_empty_database_both_serve(database) -> None:
+    config = SearcherConfig(address="127.0.0.1:0", dsn=database.dsn)
+    searchers = [Searcher(config), Searcher(config)]
+    errors: list[BaseException] = []
+
+    def start(searcher: Searcher) -> None:
+        try:
+            searcher.start()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in searchers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        for searcher in searchers:
+            assert _health(searcher.port) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for searcher in searchers:
+            searcher.stop(grace_s=1)
+
+
+def test_a_database_outage_means_not_serving_and_unavailable_then_recovers_alone(
+    database, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    config = SearcherConfig(address="127.0.0.1:0", dsn=database.dsn)
+    with Searcher(config) as searcher:
+        channel, stub = searcher_stub(searcher.port)
+        with channel:
+            stub.CreateCollection(pb.CreateCollectionRequest(name="kept", dim=2))
+            stub.Upsert(
+                iter(
+                    [
+                        pb.UpsertRequest(
+                            collection="kept", items=[pb.Item(id=1, vector=vector([1, 2]))]
+                        )
+                    ]
+                )
+            )
+            _pg_ctl(data_dir, "-m", "fast", "stop")
+            try:
+                _wait_for_health(searcher.port, health_pb2.HealthCheckResponse.NOT_SERVING)
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.Search(pb.SearchRequest(collection="kept", vector=vector([1, 2]), top_k=1))
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "database unavailable" in raised.value.details()
+            finally:
+                _pg_ctl(
+                    data_dir,
+                    "-o",
+                    '-h ""',
+                    "-o",
+                    f"-k {data_dir}",
+                    "-l",
+                    str(data_dir / "log"),
+                    "start",
+                )
+            _wait_for_health(searcher.port, health_pb2.HealthCheckResponse.SERVING)
+            hits = stub.Search(
+                pb.SearchRequest(collection="kept", vector=vector([1, 2]), top_k=1)
+            ).hits
+            assert [h.id for h in hits] == [1]

@@ -1,0 +1,319 @@
+"""SearcherService over a real gRPC server and a real PostgreSQL + pgvector.
+
+Every test runs twice: once with the searcher starting its own embedded database (no DSN), and
+once against a separate PostgreSQL that it reaches only by DSN.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import any_pb2
+
+from imgsearch.v1 import searcher_pb2 as pb
+from searcher.config import SearcherConfig
+from searcher.server import Searcher
+from tests.searcher_helpers import (
+    clustered_vectors,
+    exact_neighbours,
+    searcher_stub,
+    upsert_messages,
+    vector,
+)
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module", params=["embedded", "external-dsn"])
+def searcher(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Searcher]:
+    if request.param == "embedded":
+        config = SearcherConfig(address="127.0.0.1:0", data_dir=str(tmp_path_factory.mktemp("s")))
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        config = SearcherConfig(address="127.0.0.1:0", dsn=dsn)
+    with Searcher(config) as running:
+        yield running
+
+
+@pytest.fixture()
+def stub(searcher: Searcher) -> Iterator[object]:
+    channel, stub = searcher_stub(searcher.port)
+    with channel:
+        yield stub
+
+
+def new_collection(stub, dim: int = 1000, metric: int = pb.METRIC_L2) -> str:  # type: ignore[no-untyped-def]
+    name = f"t{next(_names)}_{np.random.default_rng().integers(1 << 30)}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=dim, metric=metric))
+    return name
+
+
+def rpc_error(call, *args) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as raised:
+        call(*args)
+    return raised.value
+
+
+def test_a_stored_vector_searched_by_itself_comes_back_first_at_distance_zero(stub) -> None:
+    data = clustered_vectors(500, seed=1)
+    name = new_collection(stub)
+    stub.Upsert(upsert_messages(name, data))
+    by_vector = stub.Search(pb.SearchRequest(collection=name, vector=vector(data[42]), top_k=5))
+    by_id = stub.Search(pb.SearchRequest(collection=name, id=42, top_k=5))
+    for response in (by_vector, by_id):
+        assert response.hits[0].id == 42
+        assert response.hits[0].distance == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("metric", "numpy_distance"),
+    [
+        (pb.METRIC_L2, lambda x, q: np.linalg.norm(x - q, axis=1)),
+        (
+            pb.METRIC_COSINE,
+            lambda x, q: 1 - (x @ q) / (np.linalg.norm(x, axis=1) * np.linalg.norm(q)),
+        ),
+        (pb.METRIC_INNER_PRODUCT, lambda x, q: -(x @ q)),
+    ],
+)
+def test_distances_equal_numpys_for_every_metric(stub, metric, numpy_distance) -> None:
+    data = clustered_vectors(300, dim=64, seed=2) / 10
+    query = clustered_vectors(1, dim=64, seed=3)[0] / 10
+    name = new_collection(stub, dim=64, metric=metric)
+    stub.Upsert(upsert_messages(name, data))
+    response = stub.Search(
+        pb.SearchRequest(collection=name, vector=vector(query), top_k=20, params={"exact": True})
+    )
+    expected = numpy_distance(data.astype(np.float64), query.astype(np.float64))
+    assert response.exact
+    assert len(response.hits) == 20
+    for hit in response.hits:
+        assert hit.distance == pytest.approx(expected[hit.id], abs=1e-4)
+    assert [h.id for h in response.hits] == list(np.argsort(expected, kind="stable")[:20])
+
+
+def test_recall_at_10_is_at_least_098_on_20k_clustered_vectors_at_defaults(stub) -> None:
+    data = clustered_vectors(20_000, seed=4)
+    name = new_collection(stub)
+    summary = stub.Upsert(upsert_messages(name, data))
+    assert (summary.inserted_count, summary.message_count) == (20_000, 20)
+    assert stub.GetStats(pb.GetStatsRequest(collection=name)).index_present
+    queries = clustered_vectors(100, seed=5)
+    recalls = []
+    for query in queries:
+        response = stub.Search(pb.SearchRequest(collection=name, vector=vector(query), top_k=10))
+        assert not response.exact
+        truth = exact_neighbours(data, query, 10)
+        recalls.append(len({h.id for h in response.hits} & set(truth.tolist())) / 10)
+    assert np.mean(recalls) >= 0.98
+    hundred = stub.Search(pb.SearchRequest(collection=name, vector=vector(queries[0]), top_k=100))
+    assert len(hundred.hits) == 100
+
+
+def test_filtered_search_returns_min_of_top_k_and_matching_rows_with_high_recall(stub) -> None:
+    data = clustered_vectors(20_000, seed=6)
+    labels = [f"class{i % 100}" for i in range(len(data))]
+    for i in range(5):
+        labels[i * 997] = "rare"
+    name = new_collection(stub)
+    stub.Upsert(upsert_messages(name, data, labels=labels))
+    label_array = np.array(labels)
+    queries = clustered_vectors(20, seed=7)
+    for label, top_k in (("class7", 50), ("rare", 10)):
+        matching = np.flatnonzero(label_array == label)
+        recalls = []
+        for query in queries:
+            response = stub.Search(
+                pb.SearchRequest(
+                    collection=name,
+                    vector=vector(query),
+                    top_k=top_k,
+                    filter=pb.Filter(labels=[label]),
+                )
+            )
+            assert len(response.hits) == min(top_k, len(matching))
+            assert {h.label for h in response.hits} == {label}
+            truth = matching[exact_neighbours(data[matching], query, top_k)]
+            recalls.append(len({h.id for h in response.hits} & set(truth.tolist())) / len(truth))
+        assert np.mean(recalls) >= 0.95, label
+
+
+def test_upserting_the_same_ids_again_updates_them_in_place(stub) -> None:
+    name = new_collection(stub, dim=8)
+    first = np.ones((10, 8), np.float32)
+    second = np.full((10, 8), 2.0, np.float32)
+    stub.Upsert(upsert_messages(name, first, labels=["old"] * 10))
+    summary = stub.Upsert(upsert_messages(name, second, labels=["new"] * 10))
+    assert (summary.inserted_count, summary.updated_count) == (0, 10)
+    stats = stub.GetStats(pb.GetStatsRequest(collection=name))
+    assert stats.row_count == 10
+    got = stub.Get(pb.GetRequest(collection=name, ids=[3, 999], include_vectors=True))
+    assert [(i.id, i.label, list(i.vector.values)) for i in got.items] == [(3, "new", [2.0] * 8)]
+    assert list(got.missing_ids) == [999]
+
+
+def test_a_bad_item_in_message_3_rejects_it_whole_and_keeps_messages_1_and_2(stub) -> None:
+    name = new_collection(stub, dim=8)
+    data = np.random.default_rng(8).normal(size=(40, 8)).astype(np.float32)
+    messages = list(upsert_messages(name, data, per_message=10))
+    messages[2].items[4].vector.values[3] = float("nan")
+    error = rpc_error(stub.Upsert, iter(messages))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message 3" in error.details() and "item 4 (id 24)" in error.details()
+    assert "NaN" in error.details() and "2 messages, 20 items inserted" in error.details()
+    detail = _status_detail(error)
+    summary = pb.UpsertResponse()
+    assert detail.Unpack(summary)
+    assert (summary.inserted_count, summary.message_count) == (20, 2)
+    stats = stub.GetStats(pb.GetStatsRequest(collection=name))
+    assert stats.row_count == 20
+    got = stub.Get(pb.GetRequest(collection=name, ids=list(range(40))))
+    assert [i.id for i in got.items] == list(range(20))
+
+
+def _status_detail(error: grpc.RpcError) -> any_pb2.Any:
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None and len(status.details) == 1
+    return status.details[0]
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "words"),
+    [
+        ({"vector": np.ones(999)}, grpc.StatusCode.INVALID_ARGUMENT, "999 values"),
+        ({"vector": np.full(1000, np.inf)}, grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinity"),
+        ({"id": -5}, grpc.StatusCode.INVALID_ARGUMENT, "id must be"),
+        ({"label": "x" * 5000}, grpc.StatusCode.INVALID_ARGUMENT, "label is 5000 bytes"),
+        ({"label": "a\x00b"}, grpc.StatusCode.INVALID_ARGUMENT, "NUL"),
+    ],
+)
+def test_bad_items_are_refused_and_nothing_is_written(stub, bad, code, words) -> None:
+    name = new_collection(stub)
+    item = {"id": 1, "vector": np.ones(1000), **bad}
+    message = pb.UpsertRequest(
+        collection=name,
+        items=[
+            pb.Item(id=0, vector=vector(np.zeros(1000))),
+            pb.Item(id=item["id"], label=item.get("label", ""), vector=vector(item["vector"])),
+        ],
+    )
+    error = rpc_error(stub.Upsert, iter([message]))
+    assert error.code() == code and words in error.details()
+    assert stub.GetStats(pb.GetStatsRequest(collection=name)).row_count == 0
+
+
+@pytest.mark.parametrize(
+    ("top_k", "words"), [(0, "top_k must be between 1 and 1000"), (10**6, "got 1000000")]
+)
+def test_top_k_out_of_range_is_invalid(stub, top_k, words) -> None:
+    name = new_collection(stub, dim=4)
+    error = rpc_error(
+        stub.Search, pb.SearchRequest(collection=name, vector=vector(np.ones(4)), top_k=top_k)
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details()
+
+
+def test_a_query_of_the_wrong_dimension_or_without_a_query_is_invalid(stub) -> None:
+    name = new_collection(stub, dim=4)
+    wrong = rpc_error(
+        stub.Search, pb.SearchRequest(collection=name, vector=vector(np.ones(3)), top_k=1)
+    )
+    assert wrong.code() == grpc.StatusCode.INVALID_ARGUMENT and "dim 4" in wrong.details()
+    empty = rpc_error(stub.Search, pb.SearchRequest(collection=name, top_k=1))
+    assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_collections_and_ids_are_not_found(stub) -> None:
+    missing = rpc_error(
+        stub.Search, pb.SearchRequest(collection="nope", vector=vector([1]), top_k=1)
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND and "'nope'" in missing.details()
+    name = new_collection(stub, dim=4)
+    no_id = rpc_error(stub.Search, pb.SearchRequest(collection=name, id=12345, top_k=1))
+    assert no_id.code() == grpc.StatusCode.NOT_FOUND and "12345" in no_id.details()
+    drop = rpc_error(stub.DropCollection, pb.DropCollectionRequest(name="nope"))
+    assert drop.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "name", ['a"; drop table x; --', "Images", "1abc", "", "a" * 64, "a-b", "ä", "a b"]
+)
+def test_hostile_collection_names_are_refused_before_reaching_sql(stub, name) -> None:
+    error = rpc_error(stub.CreateCollection, pb.CreateCollectionRequest(name=name, dim=4))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "invalid collection name" in error.details()
+    names = {c.name for c in stub.ListCollections(pb.ListCollectionsRequest()).collections}
+    assert name not in names
+
+
+def test_sql_looking_labels_are_stored_and_found_as_plain_text(stub) -> None:
+    name = new_collection(stub, dim=4)
+    label = "x'); DROP TABLE imgsearch.collections; --"
+    attributes = {"k'\"": "v; DELETE FROM x"}
+    stub.Upsert(
+        iter(
+            [
+                pb.UpsertRequest(
+                    collection=name,
+                    items=[
+                        pb.Item(id=1, label=label, attributes=attributes, vector=vector([1] * 4))
+                    ],
+                )
+            ]
+        )
+    )
+    response = stub.Search(
+        pb.SearchRequest(
+            collection=name,
+            vector=vector([1] * 4),
+            top_k=5,
+            filter=pb.Filter(labels=[label], attributes=attributes),
+        )
+    )
+    assert [(h.id, h.label, dict(h.attributes)) for h in response.hits] == [(1, label, attributes)]
+    assert stub.ListCollections(pb.ListCollectionsRequest()).collections
+
+
+def test_the_default_collection_exists_on_first_use(stub) -> None:
+    stats = stub.GetStats(pb.GetStatsRequest())
+    collection = stub.GetCollection(pb.GetCollectionRequest(name="images")).collection
+    assert (collection.dim, collection.metric) == (1000, pb.METRIC_L2)
+    assert stats.pgvector_version
+
+
+def test_delete_by_ids_and_by_filter(stub) -> None:
+    name = new_collection(stub, dim=4)
+    data = np.ones((6, 4), np.float32)
+    stub.Upsert(upsert_messages(name, data, labels=["a", "a", "b", "b", "c", "c"]))
+    by_ids = stub.Delete(pb.DeleteRequest(collection=name, ids=[0, 5, 77]))
+    by_filter = stub.Delete(pb.DeleteRequest(collection=name, filter=pb.Filter(labels=["b"])))
+    assert (by_ids.deleted_count, by_filter.deleted_count) == (2, 2)
+    neither = rpc_error(stub.Delete, pb.DeleteRequest(collection=name))
+    assert neither.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.GetStats(pb.GetStatsRequest(collection=name)).row_count == 2
+
+
+def test_health_and_reflection_are_served(searcher: Searcher) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel, _ = searcher_stub(searcher.port)
+    with channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "imgsearch.v1.SearcherService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        listed = {s.name for s in next(responses).list_services_response.service}
+        assert "imgsearch.v1.SearcherService" in listed
