@@ -1,4 +1,4 @@
-"""The one table between imgsearch's exceptions and gRPC status codes, both ways."""
+"""The one table from imgsearch's exceptions to gRPC status codes, used by both servers."""
 
 from __future__ import annotations
 
@@ -26,9 +26,6 @@ STATUS_OF: dict[type[errors.ImageSearchError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-ERROR_OF: dict[grpc.StatusCode, type[errors.ImageSearchError]] = {
-    code: cls for cls, code in STATUS_OF.items()
-}
 
 
 def status_code_of(exc: errors.ImageSearchError) -> grpc.StatusCode:
@@ -36,15 +33,6 @@ def status_code_of(exc: errors.ImageSearchError) -> grpc.StatusCode:
         if cls in STATUS_OF:
             return STATUS_OF[cls]
     return grpc.StatusCode.UNKNOWN
-
-
-def to_rpc_status(exc: BaseException) -> status_pb2.Status:
-    """A google.rpc.Status for one failed item (for per-image errors inside a response)."""
-    if isinstance(exc, errors.ImageSearchError):
-        code = status_code_of(exc)
-        return status_pb2.Status(code=code.value[0], message=str(exc))
-    logger.exception("unexpected error", exc_info=exc)
-    return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
 
 
 class DetailedError(errors.ImageSearchError):
@@ -90,11 +78,3 @@ def map_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             abort(context, exc)
 
     return wrapper
-
-
-def from_rpc_error(error: grpc.RpcError) -> errors.ImageSearchError:
-    """The imgsearch exception for a failed call, with the server's message."""
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = error.details() if isinstance(error, grpc.Call) else str(error)
-    cls = ERROR_OF.get(code, errors.ImageSearchError)
-    return cls(details or code.name)
