@@ -8,10 +8,11 @@ import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
+from imgsearch import vectors
 from imgsearch._status import DetailedError, map_errors
 from imgsearch.errors import ImageSearchError, InvalidArgument
 from imgsearch.v1 import searcher_pb2 as pb
-from imgsearch.v1 import searcher_pb2_grpc, vector_pb2
+from imgsearch.v1 import searcher_pb2_grpc
 from searcher.store import Collection, Filter, Item, Metric, VectorStore
 
 METRIC_TO_PROTO = {
@@ -115,7 +116,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
         if kind is None:
             raise InvalidArgument("set the query: either vector or id")
         query: np.ndarray | int = (
-            vector_from_proto(request.vector) if kind == "vector" else int(request.id)
+            vectors.from_proto(request.vector) if kind == "vector" else int(request.id)
         )
         result = self.store.search(
             request.collection,
@@ -151,9 +152,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
                     label=item.label,
                     uri=item.uri,
                     attributes=item.attributes,
-                    vector=vector_pb2.Vector(values=item.vector)
-                    if request.include_vectors
-                    else None,
+                    vector=vectors.to_proto(item.vector) if request.include_vectors else None,
                 )
                 for item in items
             ],
@@ -195,14 +194,10 @@ def collection_to_proto(collection: Collection) -> pb.Collection:
     )
 
 
-def vector_from_proto(vector: vector_pb2.Vector) -> np.ndarray:
-    return np.asarray(vector.values, dtype=np.float32)
-
-
 def item_from_proto(item: pb.Item) -> Item:
     return Item(
         id=item.id,
-        vector=vector_from_proto(item.vector),
+        vector=vectors.from_proto(item.vector),
         label=item.label,
         uri=item.uri,
         attributes=dict(item.attributes),

@@ -278,14 +278,34 @@ class VectorStore:
     def upsert(self, name: str, items: Sequence[Item]) -> UpsertCounts:
         """Insert or update items in one transaction (no index deferral)."""
         collection, _ = self._collection(name)
-        return self._write(collection, items)
+        return self._write(collection, items)[0]
 
-    def _write(self, collection: Collection, items: Sequence[Item]) -> UpsertCounts:
+    def _write(
+        self, collection: Collection, items: Sequence[Item], *, try_plain_copy: bool = False
+    ) -> tuple[UpsertCounts, bool]:
+        """Write one message in one transaction; returns the counts and whether a plain COPY
+        into the table did it (possible only when none of the ids exists yet)."""
         self.validate_items(collection, items)
         if not items:
-            return UpsertCounts()
+            return UpsertCounts(), False
         payload = encode_binary_copy(items, collection.dim)
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            if try_plain_copy:
+                # A bulk load of new ids: COPY straight into the table (half the work of
+                # staging and merging). Any existing id aborts it; the merge below then runs.
+                cur.execute("SAVEPOINT plain_copy")
+                try:
+                    cur.copy_expert(
+                        sql.SQL(
+                            "COPY {} (id, label, uri, attributes, embedding) "
+                            "FROM STDIN WITH (FORMAT binary)"
+                        ).format(collection.table),
+                        payload,
+                    )
+                    return UpsertCounts(inserted=len(items)), True
+                except pg_errors.UniqueViolation:
+                    cur.execute("ROLLBACK TO SAVEPOINT plain_copy")
+                    payload.seek(0)
             cur.execute(
                 "CREATE TEMP TABLE upsert_stage (id bigint, label text, uri text, "
                 "attributes jsonb, embedding vector) ON COMMIT DROP"
@@ -301,7 +321,7 @@ class VectorStore:
                 ).format(collection.table)
             )
             inserted = sum(1 for (was_insert,) in cur.fetchall() if was_insert)
-        return UpsertCounts(inserted=inserted, updated=len(items) - inserted)
+        return UpsertCounts(inserted=inserted, updated=len(items) - inserted), False
 
     def validate_items(self, collection: Collection, items: Sequence[Item]) -> None:
         limits = self.limits
@@ -459,7 +479,7 @@ class VectorStore:
                 "SELECT id, label, uri, attributes, embedding {} %s AS distance FROM {} {} "
                 "ORDER BY distance LIMIT %s"
             ).format(operator, collection.table, where),
-            [vector, *params, top_k],
+            [vector_literal(vector), *params, top_k],
         )
         return [Hit(row[0], row[1], row[2], row[3], float(row[4])) for row in cur.fetchall()]
 
@@ -623,11 +643,16 @@ class UpsertSession:
         self.counts = UpsertCounts()
         self.messages = 0
         self._index_deferred = store._drop_index_if_empty(collection)
+        # Loading into an empty collection: messages are most likely all new ids.
+        self._plain_copy = self._index_deferred
         if self._index_deferred:
             logger.info("bulk load into empty %s: index build deferred", collection.name)
 
     def write(self, items: Sequence[Item]) -> UpsertCounts:
-        counts = self.store._write(self.collection, items)
+        counts, plain = self.store._write(self.collection, items, try_plain_copy=self._plain_copy)
+        if items and not plain:
+            # After the first conflict, stop trying: this stream is updating existing rows.
+            self._plain_copy = False
         self.counts = UpsertCounts(
             self.counts.inserted + counts.inserted, self.counts.updated + counts.updated
         )
@@ -719,6 +744,13 @@ def encode_binary_copy(items: Iterable[Item], dim: int) -> io.BytesIO:
     out.write(_COPY_TRAILER)
     out.seek(0)
     return out
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    """pgvector's text form of a float32 vector. Nine significant digits round-trip every
+    float32 exactly, and formatting them is twice as fast as pgvector-python's adapter, whose
+    cost was a third of a search's CPU time in the searcher."""
+    return "[" + ",".join(map("{:.9g}".format, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
 
 def _as_array(value: Any) -> np.ndarray:

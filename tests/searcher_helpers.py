@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 import numpy as np
 
+from imgsearch import vectors
 from imgsearch.v1 import searcher_pb2 as pb
 from imgsearch.v1 import searcher_pb2_grpc, vector_pb2
 
@@ -35,7 +36,7 @@ def exact_neighbours(data: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
 
 
 def vector(values: np.ndarray) -> vector_pb2.Vector:
-    return vector_pb2.Vector(values=np.asarray(values, dtype=np.float32))
+    return vectors.to_proto(values)
 
 
 def upsert_messages(

@@ -158,6 +158,23 @@ def test_upserting_the_same_ids_again_updates_them_in_place(stub) -> None:
     assert list(got.missing_ids) == [999]
 
 
+def test_a_bulk_load_that_repeats_ids_across_messages_updates_them(stub) -> None:
+    # Into an empty collection new ids are COPYed straight in; a repeated id must fall back
+    # to the merge and update, not fail or duplicate.
+    name = new_collection(stub, dim=8)
+    data = np.arange(30 * 8, dtype=np.float32).reshape(30, 8)
+    messages = [
+        *upsert_messages(name, data[:20], labels=["first"] * 20, per_message=10),
+        *upsert_messages(name, data[10:30], labels=["second"] * 20, first_id=10, per_message=10),
+    ]
+    summary = stub.Upsert(iter(messages))
+    assert (summary.inserted_count, summary.updated_count, summary.message_count) == (30, 10, 4)
+    got = stub.Get(pb.GetRequest(collection=name, ids=list(range(30)), include_vectors=True))
+    assert [i.label for i in got.items] == ["first"] * 10 + ["second"] * 20
+    assert np.array_equal([list(i.vector.values) for i in got.items], data)
+    assert stub.GetStats(pb.GetStatsRequest(collection=name)).row_count == 30
+
+
 def test_a_bad_item_in_message_3_rejects_it_whole_and_keeps_messages_1_and_2(stub) -> None:
     name = new_collection(stub, dim=8)
     data = np.random.default_rng(8).normal(size=(40, 8)).astype(np.float32)
