@@ -360,10 +360,13 @@ class VectorStore:
                                 sql.Literal(self.maintenance_work_mem)
                             )
                         )
+                        # The statement timeout bounds requests; a build's time grows with the
+                        # data (a minute or more for 100k rows) and must not be cut short.
+                        cur.execute("SET statement_timeout = 0")
                         cur.execute(self._create_index_sql(collection))
                         cur.execute(sql.SQL("ANALYZE {}").format(collection.table))
                     finally:
-                        cur.execute("RESET maintenance_work_mem")
+                        cur.execute("RESET maintenance_work_mem; RESET statement_timeout")
                         cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (collection.name,))
             finally:
                 conn.autocommit = old_autocommit

@@ -15,7 +15,7 @@ from imgsearch.v1 import searcher_pb2 as pb
 from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
 from searcher.server import Searcher
-from tests.searcher_helpers import searcher_stub, vector
+from tests.searcher_helpers import clustered_vectors, searcher_stub, upsert_messages, vector
 
 
 @pytest.fixture()
@@ -118,3 +118,18 @@ def test_a_database_outage_means_not_serving_and_unavailable_then_recovers_alone
                 pb.SearchRequest(collection="kept", vector=vector([1, 2]), top_k=1)
             ).hits
             assert [h.id for h in hits] == [1]
+
+
+def test_a_deferred_index_build_is_not_cut_short_by_the_statement_timeout(database) -> None:
+    # Requests are bounded by the statement timeout; a bulk load's index build grows with the
+    # data and must finish however long it takes (100k rows take over a minute here).
+    config = SearcherConfig(address="127.0.0.1:0", dsn=database.dsn, statement_timeout_ms=50)
+    data = clustered_vectors(3000, seed=5)
+    with Searcher(config) as searcher:
+        channel, stub = searcher_stub(searcher.port)
+        with channel:
+            stub.CreateCollection(pb.CreateCollectionRequest(name="slow_build", dim=1000))
+            summary = stub.Upsert(upsert_messages("slow_build", data, per_message=500))
+            assert summary.inserted_count == 3000
+            stats = stub.GetStats(pb.GetStatsRequest(collection="slow_build"))
+            assert stats.index_present and stats.row_count == 3000
