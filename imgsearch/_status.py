@@ -44,8 +44,8 @@ class DetailedError(errors.ImageSearchError):
         self.detail = detail
 
 
-def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
-    """End the RPC with the status that `exc` maps to; unexpected errors become INTERNAL."""
+def abort_status(exc: BaseException) -> grpc.Status:
+    """The status that `exc` maps to; unexpected errors become INTERNAL (and are logged)."""
     detail: Message | None = None
     if isinstance(exc, DetailedError):
         detail, exc = exc.detail, exc.error
@@ -61,7 +61,12 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
-    context.abort_with_status(rpc_status.to_status(status))
+    return rpc_status.to_status(status)
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """End the RPC with the status that `exc` maps to."""
+    context.abort_with_status(abort_status(exc))
 
 
 def map_errors(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,12 +1,13 @@
-"""The searcher's configuration: CLI flags, then IMGSEARCH_* variables, then defaults."""
+"""The searcher's configuration: CLI flags, then IMGSEARCH_SEARCHER_* variables (and
+IMGSEARCH_DSN), then defaults."""
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+
+from imgsearch import _config
 
 
 @dataclass(frozen=True)
@@ -50,29 +51,26 @@ HELP = {
 }
 
 
+ENV_PREFIX = "IMGSEARCH_SEARCHER_"
+# The DSN keeps the short name every deployment guide uses.
+SHARED_ENV = {"dsn": "IMGSEARCH_DSN"}
+
+
 def env_name(field_name: str) -> str:
-    return "IMGSEARCH_" + field_name.upper()
+    return _config.env_name(ENV_PREFIX, field_name, SHARED_ENV)
 
 
 def parse_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> SearcherConfig:
-    environ = os.environ if environ is None else environ
-    defaults = SearcherConfig()
-    parser = argparse.ArgumentParser(
+    return _config.parse_dataclass_config(
+        SearcherConfig,
         prog="imgsearch-searcher",
         description="Serve imgsearch.v1.SearcherService over PostgreSQL + pgvector.",
+        help=HELP,
+        prefix=ENV_PREFIX,
+        shared_env=SHARED_ENV,
+        secrets=frozenset({"dsn"}),
+        argv=argv,
+        environ=environ,
     )
-    for f in fields(SearcherConfig):
-        default = getattr(defaults, f.name)
-        env = env_name(f.name)
-        value = type(default)(environ[env]) if env in environ else default
-        shown = "(hidden)" if f.name == "dsn" and value else value
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=type(default),
-            default=value,
-            help=f"{HELP[f.name]} [env {env}; default: {shown!s}]",
-        )
-    args = parser.parse_args(argv)
-    return SearcherConfig(**{f.name: getattr(args, f.name) for f in fields(SearcherConfig)})

@@ -1,0 +1,101 @@
+"""The embedder's configuration: CLI flags, then IMGSEARCH_EMBEDDER_* variables, then defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from embedder.batcher import BatcherConfig
+from embedder.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DecodeLimits
+from embedder.model import DEFAULT_MODEL, ModelSpec
+from imgsearch import _config
+
+ENV_PREFIX = "IMGSEARCH_EMBEDDER_"
+
+# Batch sizes measured best per device (bench/embedder.py): on the 2-core CPUs batch 8 beats
+# 16 and 32; a GPU wants far larger batches to be busy.
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    address: str = "[::]:50051"
+    model: str = DEFAULT_MODEL
+    weights: str = "imagenet"
+    head: str = "logits"
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    max_batch_size: int = 0
+    max_delay_ms: float = 5.0
+    max_queue_images: int = 512
+    decode_workers: int = 2
+    max_images_per_request: int = 256
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_rpcs: int = 256
+    grace_s: float = 10.0
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(
+            name=self.model,
+            weights=self.weights,
+            head=self.head,
+            seed=self.seed,
+            device=self.device,
+            threads=self.threads,
+        )
+
+    def batcher_config(self, device_type: str) -> BatcherConfig:
+        return BatcherConfig(
+            max_batch_size=self.max_batch_size or DEFAULT_BATCH_SIZE.get(device_type, 8),
+            max_delay_ms=self.max_delay_ms,
+            max_queue_images=self.max_queue_images,
+            decode_workers=self.decode_workers,
+        )
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_image_bytes=self.max_image_bytes, max_image_pixels=self.max_image_pixels
+        )
+
+
+HELP = {
+    "address": "host:port to serve on",
+    "model": "torchvision model name (squeezenet1_1, resnet50, ...)",
+    "weights": "imagenet (torchvision's, from the TORCH_HOME cache), a state_dict file path, "
+    "or random (tests and benchmarks only: results are meaningless)",
+    "head": "logits (the classifier output) or gem (GeM-pooled last conv map, L2-normalised)",
+    "seed": "seed for --weights random",
+    "device": "auto, cpu or cuda[:N]",
+    "threads": "torch CPU threads (0: torch's default)",
+    "max_batch_size": "largest batch run through the model (0: 8 on CPU, 64 on CUDA)",
+    "max_delay_ms": "longest an image waits for its batch to fill",
+    "max_queue_images": "images in flight at once; more get RESOURCE_EXHAUSTED",
+    "decode_workers": "threads decoding and preprocessing images",
+    "max_images_per_request": "most images in one request message",
+    "max_image_bytes": "largest encoded image",
+    "max_image_pixels": "most pixels (width × height) in one image",
+    "max_message_bytes": "largest gRPC message accepted",
+    "max_concurrent_rpcs": "RPCs served at once; more get RESOURCE_EXHAUSTED",
+    "grace_s": "seconds in-flight RPCs get to finish on shutdown",
+}
+
+
+def env_name(field_name: str) -> str:
+    return _config.env_name(ENV_PREFIX, field_name)
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> EmbedderConfig:
+    return _config.parse_dataclass_config(
+        EmbedderConfig,
+        prog="imgsearch-embedder",
+        description="Serve imgsearch.v1.EmbedderService: image bytes to vectors.",
+        help=HELP,
+        prefix=ENV_PREFIX,
+        argv=argv,
+        environ=environ,
+    )

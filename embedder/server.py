@@ -1,0 +1,124 @@
+"""The embedder as one unit with a lifecycle: model, batcher, gRPC asyncio server, health.
+
+The server runs its own event loop in a background thread, so the CLI, `imgsearch up`, tests and
+benchmarks all drive it the same way: Embedder(config).start() … stop().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from embedder.batcher import Batcher
+from embedder.config import EmbedderConfig
+from embedder.model import EmbeddingModel
+from embedder.service import SERVICE_NAME, EmbedderServicer
+from imgsearch.v1 import embedder_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class Embedder:
+    def __init__(self, config: EmbedderConfig, model: EmbeddingModel | None = None) -> None:
+        self.config = config
+        self.model = model
+        self.port = 0
+        self.batcher: Batcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+
+    def start(self) -> Embedder:
+        """Load and warm the model, then serve; health is SERVING once this returns."""
+        if self.model is None:
+            self.model = EmbeddingModel(self.config.model_spec())
+        batcher_config = self.config.batcher_config(self.model.device.type)
+        self.model.warm_up(batcher_config.max_batch_size)
+        self.batcher = Batcher(self.model.forward, batcher_config, self.config.decode_limits())
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="embedder-loop", daemon=True
+        )
+        self._thread.start()
+        self._call(self._start())
+        logger.info("embedder serving on port %d", self.port)
+        return self
+
+    async def _start(self) -> None:
+        config = self.config
+        assert self.batcher is not None and self.model is not None
+        await self.batcher.start()
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+            ],
+        )
+        servicer = EmbedderServicer(
+            self.batcher,
+            self.model.info,
+            max_images_per_request=config.max_images_per_request,
+            stream_window_images=max(64, 4 * self.batcher.config.max_batch_size),
+        )
+        embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(config.address)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {config.address}")
+        await server.start()
+        self._server = server
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, refuse new RPCs, let in-flight ones finish (up to the grace period)."""
+        if self._loop is None:
+            return
+        grace = self.config.grace_s if grace_s is None else grace_s
+        try:
+            self._call(self._stop(grace), timeout=grace + 30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            self._loop.close()
+            self._loop = self._thread = self._server = None
+
+    async def _stop(self, grace: float) -> None:
+        if self._health is not None:
+            for service in ("", SERVICE_NAME):
+                await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.batcher is not None:
+            await self.batcher.stop(grace_s=1.0)
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def _call(self, coroutine: Any, timeout: float | None = 120) -> Any:
+        assert self._loop is not None
+        future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
+            coroutine, self._loop
+        )
+        return future.result(timeout)
+
+    def __enter__(self) -> Embedder:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

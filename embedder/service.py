@@ -1,0 +1,157 @@
+"""EmbedderService over gRPC asyncio: a thin translation layer over the batcher and the model."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.rpc import status_pb2
+
+from embedder.batcher import Batcher
+from embedder.model import ModelInfo
+from imgsearch import vectors
+from imgsearch._status import abort_status, status_code_of
+from imgsearch.errors import ImageSearchError, ResourceExhausted
+from imgsearch.v1 import embedder_pb2 as pb
+from imgsearch.v1 import embedder_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "imgsearch.v1.EmbedderService"
+
+WEIGHTS_SOURCE_TO_PROTO = {
+    "imagenet": pb.WEIGHTS_SOURCE_IMAGENET,
+    "checkpoint": pb.WEIGHTS_SOURCE_CHECKPOINT,
+    "random": pb.WEIGHTS_SOURCE_RANDOM,
+}
+HEAD_TO_PROTO = {"logits": pb.HEAD_LOGITS, "gem": pb.HEAD_GEM}
+
+
+def map_errors_async(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Raised exceptions become gRPC statuses (unexpected ones INTERNAL, logged)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await context.abort_with_status(abort_status(exc))
+
+    return wrapper
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
+    def __init__(
+        self,
+        batcher: Batcher,
+        info: ModelInfo,
+        *,
+        max_images_per_request: int = 256,
+        stream_window_images: int = 64,
+    ) -> None:
+        self.batcher = batcher
+        self.info = info
+        self.max_images_per_request = max_images_per_request
+        # How far EmbedStream reads ahead of what it has answered: enough to keep batches full,
+        # small enough that a fast sender waits on gRPC flow control, not on our memory.
+        self.stream_window_images = stream_window_images
+
+    @map_errors_async
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        results = await self._embed(request.images, _deadline(context))
+        return pb.EmbedResponse(results=results)
+
+    async def EmbedStream(
+        self,
+        request_iterator: AsyncIterator[pb.EmbedStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.EmbedStreamResponse]:
+        window = asyncio.Semaphore(self.stream_window_images)
+        answers: asyncio.Queue[tuple[asyncio.Task[list[pb.EmbedResult]], int] | None] = (
+            asyncio.Queue()
+        )
+        deadline = _deadline(context)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    n = min(len(request.images), self.stream_window_images)
+                    for _ in range(n):
+                        await window.acquire()
+                    task = asyncio.create_task(self._embed(request.images, deadline))
+                    await answers.put((task, n))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (entry := await answers.get()) is not None:
+                task, n = entry
+                try:
+                    results = await task
+                finally:
+                    for _ in range(n):
+                        window.release()
+                yield pb.EmbedStreamResponse(results=results)
+            await reader  # re-raise a failure to read the stream
+        except ImageSearchError as exc:
+            await context.abort_with_status(abort_status(exc))
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                entry = answers.get_nowait()
+                if entry is not None:
+                    entry[0].cancel()
+
+    @map_errors_async
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        info = self.info
+        return pb.GetModelInfoResponse(
+            model=info.model,
+            weights_source=WEIGHTS_SOURCE_TO_PROTO[info.weights_source],
+            weights=info.weights,
+            head=HEAD_TO_PROTO[info.head],
+            dim=info.dim,
+            preprocessing=info.preprocessing,
+            device=info.device,
+            runtime=info.runtime,
+            fingerprint=info.fingerprint,
+            max_batch_size=self.batcher.config.max_batch_size,
+            max_images_per_request=self.max_images_per_request,
+            max_image_bytes=self.batcher.limits.max_image_bytes,
+            max_image_pixels=self.batcher.limits.max_image_pixels,
+        )
+
+    async def _embed(self, images: Any, deadline: float | None) -> list[pb.EmbedResult]:
+        if len(images) > self.max_images_per_request:
+            raise ResourceExhausted(
+                f"{len(images)} images in one request; the limit is "
+                f"{self.max_images_per_request} (max_images_per_request)"
+            )
+        keys = [image.key for image in images]
+        outcomes = await self.batcher.embed_many([image.data for image in images], deadline)
+        return [_result(key, outcome) for key, outcome in zip(keys, outcomes, strict=True)]
+
+
+def _result(key: str, outcome: Any) -> pb.EmbedResult:
+    if isinstance(outcome, ImageSearchError):
+        error = status_pb2.Status(code=status_code_of(outcome).value[0], message=str(outcome))
+        return pb.EmbedResult(key=key, error=error)
+    return pb.EmbedResult(key=key, vector=vectors.to_proto(outcome))
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + remaining
