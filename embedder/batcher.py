@@ -84,6 +84,7 @@ class Batcher:
         self._decode_pool: ThreadPoolExecutor | None = None
         self._forward_pool: ThreadPoolExecutor | None = None
         self._in_flight = 0
+        self._waiting = 0
         self._idle: asyncio.Event | None = None
         self._closing = False
 
@@ -117,7 +118,8 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        """Images decoded and waiting for the model (queued or in a batch being formed)."""
+        return self._waiting
 
     @property
     def in_flight(self) -> int:
@@ -174,6 +176,7 @@ class Batcher:
         future: asyncio.Future[np.ndarray] = loop.create_future()
         assert self._queue is not None
         self._queue.put_nowait(_Pending(tensor, future, loop.time(), deadline))
+        self._waiting += 1
         try:
             return await future
         except ImageSearchError as exc:
@@ -217,6 +220,7 @@ class Batcher:
             except TimeoutError:
                 break
         live = self._drop_abandoned(batch, loop.time())
+        self._waiting -= len(batch)
         if live:
             await self._compute(live)
 

@@ -1,0 +1,64 @@
+"""Saved weights, a running embedder, and the tutorial's reference pipeline for the tests."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from embedder.model import reference_transform
+from imgsearch import vectors
+from imgsearch.v1 import embedder_pb2 as pb
+from imgsearch.v1 import embedder_pb2_grpc
+
+
+def save_random_weights(path: Path, seed: int, name: str = "squeezenet1_1") -> Path:
+    """A state_dict of `name` initialised from `seed`, saved the way torchvision's are."""
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def reference_vectors(
+    weights: Path, images: list[bytes], name: str = "squeezenet1_1"
+) -> np.ndarray:
+    """The source tutorial's pipeline: PIL → Compose → eager torch model (NCHW), batch of all."""
+    model = torchvision.models.get_model(name, weights=None)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    transform = reference_transform()
+    batch = torch.stack([transform(Image.open(io.BytesIO(d)).convert("RGB")) for d in images])
+    with torch.no_grad():
+        return np.asarray(model(batch).numpy(), dtype=np.float32)
+
+
+def embedder_stub(port: int) -> tuple[grpc.Channel, embedder_pb2_grpc.EmbedderServiceStub]:
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
+    )
+    return channel, embedder_pb2_grpc.EmbedderServiceStub(channel)
+
+
+def embed(stub: embedder_pb2_grpc.EmbedderServiceStub, images: list[bytes]) -> list[pb.EmbedResult]:
+    request = pb.EmbedRequest(images=[pb.Image(key=str(i), data=d) for i, d in enumerate(images)])
+    return list(stub.Embed(request, timeout=120).results)
+
+
+def vector_of(result: pb.EmbedResult) -> np.ndarray:
+    assert result.WhichOneof("outcome") == "vector", result.error.message
+    return vectors.from_proto(result.vector)
+
+
+def relative_error(v: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(v - ref) / np.linalg.norm(ref))
