@@ -9,7 +9,7 @@ shape: clients and server do not share a GIL), then, in the same run and on the 
   collection (the HNSW build is deferred to the end of the stream, as for any bulk load);
   baseline: raw psycopg2 binary COPY of the same rows into a bare table, then the same
   CREATE INDEX statement timed on its own.
-- Search: recall@10 against exact numpy search, p50/p99 latency at ef_search 40, 100 and 200,
+- Search: recall@10 against exact numpy search, p50/p99 latency at ef_search 40, 100, 200, 400,
   through the RPC and through the same SQL on a raw psycopg2 connection; exact numpy search
   latency for scale.
 - QPS with 1 and 4 concurrent clients at the default ef_search, RPC and raw SQL.
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
+from searcher.config import SearcherConfig  # noqa: E402
 from searcher.embedded import EmbeddedPostgres  # noqa: E402
 from searcher.store import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, encode_binary_copy  # noqa: E402
 from searcher.store import Item as StoreItem  # noqa: E402
@@ -46,8 +47,8 @@ from tests.searcher_helpers import clustered_vectors, searcher_stub, vector  # n
 
 COLLECTION = "bench"
 TOP_K = 10
-EF_SEARCHES = (40, 100, 200)
-DEFAULT_EF_SEARCH = 200
+EF_SEARCHES = (40, 100, 200, 400)
+DEFAULT_EF_SEARCH = SearcherConfig().default_ef_search
 MAINTENANCE_WORK_MEM = "1GB"
 
 

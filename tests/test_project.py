@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -30,3 +32,16 @@ def test_readme_names_a_main_job_command_and_a_test_command_that_exist() -> None
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert _readme_commands()["the test suite"] in ci_lines
+
+
+@pytest.mark.parametrize("service", ["embedder", "searcher"])
+def test_the_readme_documents_every_flag_and_variable_of_each_service(service: str) -> None:
+    import dataclasses
+    import importlib
+
+    config = importlib.import_module(f"{service}.config")
+    cls = config.EmbedderConfig if service == "embedder" else config.SearcherConfig
+    readme = (ROOT / "README.md").read_text()
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        assert f"`{flag}` | `{config.env_name(field.name)}`" in readme, flag

@@ -1,0 +1,87 @@
+"""`imgsearch-embedder` as a process: it refuses to start without its weights, and SIGTERM lets
+in-flight work finish, refuses new work, and exits in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from imgsearch.v1 import embedder_pb2 as pb
+from tests import images
+from tests.conftest import ROOT
+from tests.embedder_helpers import embedder_stub, vector_of
+
+
+def _start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embedder", "--address", "127.0.0.1:0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "listening on port" in line:
+            return process, int(line.rsplit(" ", 1)[1])
+    process.wait(timeout=30)
+    raise AssertionError("the embedder did not start")
+
+
+def test_missing_weights_stop_the_embedder_at_start_with_the_file_to_fetch(tmp_path: Path) -> None:
+    env = dict(os.environ, TORCH_HOME=str(tmp_path), https_proxy="http://127.0.0.1:9")
+    env["HTTPS_PROXY"] = env["https_proxy"]
+    result = subprocess.run(
+        [sys.executable, "-m", "embedder", "--address", "127.0.0.1:0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr
+    assert "squeezenet1_1-b8a52dc0.pth" in result.stderr
+    assert str(tmp_path / "hub" / "checkpoints") in result.stderr
+
+
+def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(tmp_path: Path) -> None:
+    process, port = _start("--weights", "random", "--grace-s", "30")
+    try:
+        channel, stub = embedder_stub(port)
+        with channel:
+            data = [images.jpeg(i, (320, 240)) for i in range(96)]
+            request = pb.EmbedRequest(
+                images=[pb.Image(key=str(i), data=d) for i, d in enumerate(data)]
+            )
+            in_flight = stub.Embed.future(request, timeout=120)
+            time.sleep(0.5)  # the server is working on it
+            assert not in_flight.done()
+            process.send_signal(signal.SIGTERM)
+            results = in_flight.result().results
+            assert [r.key for r in results] == [str(i) for i in range(96)]
+            assert all(vector_of(r).shape == (1000,) for r in results)
+        assert process.wait(timeout=30) == 0
+        channel, stub = embedder_stub(port)
+        with channel:
+            try:
+                stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
+                raise AssertionError("a stopped embedder answered")
+            except grpc.RpcError as exc:
+                assert exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
