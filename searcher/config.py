@@ -22,7 +22,7 @@ class SearcherConfig:
     max_items_per_message: int = 1000
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int = 64
-    default_ef_search: int = 200
+    default_ef_search: int = 400
     exact_filter_rows: int = 20_000
     maintenance_work_mem: str = "1GB"
     grace_s: float = 10.0

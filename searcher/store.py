@@ -154,7 +154,7 @@ class VectorStore:
         pool: ConnectionPool,
         *,
         limits: Limits = Limits(),
-        default_ef_search: int = 200,
+        default_ef_search: int = 400,
         exact_filter_rows: int = 20_000,
         maintenance_work_mem: str = "1GB",
     ) -> None:
