@@ -26,6 +26,7 @@ class EmbedderConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
+    runtime: str = "auto"
     max_batch_size: int = 0
     max_delay_ms: float = 5.0
     max_queue_images: int = 512
@@ -45,6 +46,7 @@ class EmbedderConfig:
             seed=self.seed,
             device=self.device,
             threads=self.threads,
+            runtime=self.runtime,
         )
 
     def batcher_config(self, device_type: str) -> BatcherConfig:
@@ -69,7 +71,9 @@ HELP = {
     "head": "logits (the classifier output) or gem (GeM-pooled last conv map, L2-normalised)",
     "seed": "seed for --weights random",
     "device": "auto, cpu or cuda[:N]",
-    "threads": "torch CPU threads (0: torch's default)",
+    "threads": "CPU threads for the model (0: one per core)",
+    "runtime": "auto (ONNX Runtime on CPU when installed and matching torch, else torch), "
+    "torch or onnx",
     "max_batch_size": "largest batch run through the model (0: 8 on CPU, 64 on CUDA)",
     "max_delay_ms": "longest an image waits for its batch to fill",
     "max_queue_images": "images in flight at once; more get RESOURCE_EXHAUSTED",

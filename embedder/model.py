@@ -8,6 +8,7 @@ state_dict, and `random` must be asked for by name and says so loudly.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "squeezenet1_1"
 HEADS = ("logits", "gem")
+RUNTIMES = ("auto", "torch", "onnx")
+# A runtime other than eager torch must reproduce torch's vectors this closely on a probe batch
+# (the fidelity bar is 1e-3; exported graphs differ by ~1e-6).
+RUNTIME_TOLERANCE = 1e-4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE = 256
@@ -63,6 +68,8 @@ class ModelSpec:
     seed: int = 0  # for weights="random" only
     device: str = "auto"  # auto | cpu | cuda[:N]
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # auto: ONNX Runtime on CPU when installed (the fastest that keeps the vectors), else torch.
+    runtime: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,10 @@ class EmbeddingModel:
     def __init__(self, spec: ModelSpec) -> None:
         if spec.head not in HEADS:
             raise ModelLoadError(f"unknown head {spec.head!r}; use one of {', '.join(HEADS)}")
+        if spec.runtime not in RUNTIMES:
+            raise ModelLoadError(
+                f"unknown runtime {spec.runtime!r}; use one of {', '.join(RUNTIMES)}"
+            )
         if spec.threads > 0:
             torch.set_num_threads(spec.threads)
         self.spec = spec
@@ -145,6 +156,8 @@ class EmbeddingModel:
         network.eval()
         # channels_last lets oneDNN pick its fast convolution kernels: ~2.5× on these CPUs.
         self.network = network.to(self.device).to(memory_format=torch.channels_last)
+        self._onnx: Any = None
+        self.runtime = self._choose_runtime(spec)
         dim = self.forward(torch.zeros(1, 3, CROP, CROP)).shape[1]
         self.info = ModelInfo(
             model=spec.name,
@@ -154,22 +167,68 @@ class EmbeddingModel:
             dim=int(dim),
             preprocessing=PREPROCESSING,
             device=str(self.device),
-            runtime="torch",
+            runtime=self.runtime,
             fingerprint=fingerprint,
         )
         logger.info(
-            "loaded %s (%s weights: %s, head %s, %d-d) on %s in %.1f s",
+            "loaded %s (%s weights: %s, head %s, %d-d) on %s with %s in %.1f s",
             spec.name,
             source,
             description,
             spec.head,
             dim,
             self.device,
+            self.runtime,
             time.monotonic() - started,
         )
 
+    def _choose_runtime(self, spec: ModelSpec) -> str:
+        from embedder import onnx_runtime
+
+        wanted = spec.runtime
+        if wanted == "torch" or (wanted == "auto" and self.device.type != "cpu"):
+            return "torch"
+        if self.device.type != "cpu":
+            raise ModelLoadError("runtime 'onnx' runs on the CPU only; use --device cpu")
+        if not onnx_runtime.available():
+            if wanted == "onnx":
+                raise ModelLoadError(
+                    "runtime 'onnx' needs onnxruntime, onnx and onnxscript: "
+                    "pip install 'imgsearch[onnx]'"
+                )
+            logger.info("onnxruntime not installed: using the torch runtime")
+            return "torch"
+        threads = spec.threads or torch.get_num_threads()
+        runner = onnx_runtime.OnnxRunner(copy.deepcopy(self.network), threads)
+        probe = torch.rand(4, 3, CROP, CROP, generator=torch.Generator().manual_seed(0))
+        expected = self._torch_forward(probe)
+        got = runner(probe)
+        scale = max(float(np.linalg.norm(expected)), 1e-12)
+        error = float(np.linalg.norm(got - expected)) / scale
+        if error > RUNTIME_TOLERANCE:
+            message = (
+                f"ONNX Runtime {runner.version} output differs from torch's by {error:.2e} "
+                f"(relative; the limit is {RUNTIME_TOLERANCE:.0e})"
+            )
+            if wanted == "onnx":
+                raise ModelLoadError(message)
+            logger.warning("%s: using the torch runtime", message)
+            return "torch"
+        self._onnx = runner
+        # torch now only preprocesses, in the decode threads: intra-op threads there would
+        # oversubscribe the cores ONNX Runtime computes on.
+        torch.set_num_threads(1)
+        logger.info("ONNX Runtime %s matches torch to %.1e on a probe batch", runner.version, error)
+        return "onnx"
+
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         """Vectors (N×dim float32) for a batch of preprocessed images."""
+        if self._onnx is not None:
+            result: np.ndarray = self._onnx(batch)
+            return result
+        return self._torch_forward(batch)
+
+    def _torch_forward(self, batch: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last

@@ -104,3 +104,15 @@ def test_heads_and_backbones_have_their_natural_dimension(name: str, head: str, 
     assert out.shape == (2, dim) and out.dtype == np.float32
     if head == "gem":
         assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_default_runtime_is_onnx_on_cpu_when_installed_and_it_matches_torch() -> None:
+    from embedder import onnx_runtime
+
+    auto = EmbeddingModel(ModelSpec(weights="random", device="cpu"))
+    eager = EmbeddingModel(ModelSpec(weights="random", device="cpu", runtime="torch"))
+    assert auto.info.runtime == ("onnx" if onnx_runtime.available() else "torch")
+    assert auto.info.fingerprint == eager.info.fingerprint  # the runtime does not change vectors
+    batch = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    a, b = auto.forward(batch), eager.forward(batch)
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5

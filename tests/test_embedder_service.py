@@ -34,9 +34,12 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_random_weights(tmp_path_factory.mktemp("weights") / "squeezenet.pth", seed=7)
 
 
-@pytest.fixture(scope="module")
-def embedder(weights: Path) -> Iterator[Embedder]:
-    config = EmbedderConfig(address="127.0.0.1:0", weights=str(weights), device="cpu")
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def embedder(weights: Path, request: pytest.FixtureRequest) -> Iterator[Embedder]:
+    """One embedder per runtime offered, on the same saved weights."""
+    config = EmbedderConfig(
+        address="127.0.0.1:0", weights=str(weights), device="cpu", runtime=request.param
+    )
     with Embedder(config) as server:
         yield server
 
@@ -170,12 +173,12 @@ def test_embed_stream_answers_every_message_in_order(stub) -> None:
             assert relative_error(vector_of(result), alone[(i + j) % 30]) < 1e-4
 
 
-def test_model_info_describes_the_serving_model(stub, weights: Path) -> None:
+def test_model_info_describes_the_serving_model(stub, embedder, weights: Path) -> None:
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
     assert (info.model, info.dim, info.head) == ("squeezenet1_1", 1000, pb.HEAD_LOGITS)
     assert info.weights_source == pb.WEIGHTS_SOURCE_CHECKPOINT
     assert info.weights == str(weights.resolve())
-    assert info.device == "cpu" and info.runtime == "torch"
+    assert info.device == "cpu" and info.runtime == embedder.config.runtime
     assert "Resize(256" in info.preprocessing and "CenterCrop(224)" in info.preprocessing
     assert info.fingerprint.startswith("sha256:")
     assert (info.max_batch_size, info.max_images_per_request) == (8, 256)
