@@ -83,3 +83,18 @@ def map_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             abort(context, exc)
 
     return wrapper
+
+
+ERROR_OF: dict[grpc.StatusCode, type[errors.ImageSearchError]] = {
+    code: cls for cls, code in STATUS_OF.items()
+}
+
+
+def error_from_rpc(exc: grpc.RpcError) -> errors.ImageSearchError:
+    """The imgsearch exception for a failed call, keeping the server's message."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    cls = ERROR_OF.get(code, errors.ImageSearchError)
+    error = cls(details or code.name)
+    error.code = code  # type: ignore[attr-defined]
+    return error

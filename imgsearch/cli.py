@@ -1,0 +1,455 @@
+"""`imgsearch`: run the local stack, ingest folders of images, search by image or id, and a demo.
+
+Every option shows its default and the environment variable it reads (`imgsearch CMD --help`).
+Exit status: 0 success; 1 some images could not be ingested (each is listed); 2 an error that
+stopped the command (its message says what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+# The local stack starts PostgreSQL with fork+exec while gRPC threads run; gRPC's fork handlers
+# have nothing to do there but log a line each time. Set before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from imgsearch.client import DEFAULT_COLLECTION, Hit, ImageSearchClient, IngestItem  # noqa: E402
+from imgsearch.errors import ImageSearchError  # noqa: E402
+from imgsearch.v1 import embedder_pb2, searcher_pb2  # noqa: E402
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+RANDOM_WEIGHTS_WARNING = (
+    "WARNING: the embedder runs on RANDOM weights: these results mean nothing about image "
+    "content (fetch the ImageNet weights for real results)"
+)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "imgsearch"
+
+
+def stable_id(path: Path) -> int:
+    """An id from the file's absolute path: the same file gets the same id on every run."""
+    digest = hashlib.blake2b(str(path.resolve()).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & ((1 << 63) - 1)
+
+
+def image_files(paths: Sequence[str]) -> Iterator[Path]:
+    """Image files named or found (recursively, in a stable order) under the given paths."""
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            for found in sorted(path.rglob("*")):
+                if found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES:
+                    yield found
+        elif path.is_file():
+            yield path
+        else:
+            raise ImageSearchError(f"{name}: no such file or folder")
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from imgsearch.local_stack import StackConfig
+
+    stack = _start_stack(
+        StackConfig(
+            data_dir=Path(args.data_dir),
+            host=args.host,
+            embedder_port=args.embedder_port,
+            searcher_port=args.searcher_port,
+            weights=args.weights,
+            model=args.model,
+            seed=args.seed,
+        )
+    )
+    if stack is None:
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"embedder  {stack.embedder_address}", flush=True)
+    print(f"searcher  {stack.searcher_address}", flush=True)
+    print(f"data      {args.data_dir}", flush=True)
+    if stack.model_info.weights_source == "random":
+        print(RANDOM_WEIGHTS_WARNING, flush=True)
+    print("ready; Ctrl-C stops everything", flush=True)
+    stop.wait()
+    print("stopping …", flush=True)
+    stack.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+def _start_stack(config: Any) -> Any:
+    from embedder.model import ModelLoadError
+    from imgsearch.local_stack import LocalStack
+
+    try:
+        return LocalStack(config).start()
+    except ModelLoadError as exc:
+        print(f"imgsearch: the embedder cannot start: {exc}", file=sys.stderr)
+        if config.weights == "imagenet":
+            print(
+                "imgsearch: without ImageNet weights you can still try everything with "
+                "--weights random (results are then meaningless)",
+                file=sys.stderr,
+            )
+        return None
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return ingest_paths(client, args.paths, label=args.label, update=args.update)
+
+
+def ingest_paths(
+    client: ImageSearchClient, paths: Sequence[str], *, label: str = "", update: bool = False
+) -> int:
+    from tqdm import tqdm
+
+    files = list(image_files(paths))
+    ids = {path: stable_id(path) for path in files}
+    skipped = 0
+    if not update:  # resume: what is stored already is skipped
+        client.ensure_collection()
+        present: set[int] = set()
+        id_list = list(ids.values())
+        for start in range(0, len(id_list), 1000):
+            present |= client.existing_ids(id_list[start : start + 1000])
+        skipped = sum(1 for p in files if ids[p] in present)
+        files = [p for p in files if ids[p] not in present]
+    unreadable: list[tuple[str, str]] = []
+
+    def items() -> Iterator[IngestItem]:
+        for path in files:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                unreadable.append((str(path), exc.strerror or str(exc)))
+                bar.update(1)
+                continue
+            yield IngestItem(
+                id=ids[path],
+                image=data,
+                label=label or path.parent.name,
+                uri=str(path.resolve()),
+            )
+
+    started = time.monotonic()
+    with tqdm(total=len(files), unit="img", desc="ingest", file=sys.stderr) as bar:
+        report = client.ingest(items(), on_progress=bar.update)
+    elapsed = time.monotonic() - started
+    failed = [(item.uri, reason) for item, reason in report.failed] + unreadable
+    rate = report.stored / elapsed if elapsed > 0 else 0.0
+    print(
+        f"ingested {report.stored} ({report.inserted} new, {report.updated} updated), "
+        f"skipped {skipped} already stored, failed {len(failed)} — {rate:.1f} images/s"
+    )
+    for uri, reason in failed:
+        print(f"  failed: {uri}: {reason}")
+    return 1 if failed else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.id is not None:
+            hits = client.search_id(args.id, args.top_k, labels=args.label)
+            query_caption = f"id {args.id}"
+            query_image = None
+        else:
+            data = Path(args.image).read_bytes()
+            hits = client.search_image(data, args.top_k, labels=args.label)
+            query_caption = Path(args.image).name
+            query_image = _open(data)
+        random_weights = _random_weights(client)
+        show_hits(hits, as_json=args.json, random_weights=random_weights)
+        if args.grid:
+            write_grid(args.grid, query_image, query_caption, hits, random_weights)
+    return 0
+
+
+def _random_weights(client: ImageSearchClient) -> bool:
+    try:
+        return bool(client.model_info().weights_source == embedder_pb2.WEIGHTS_SOURCE_RANDOM)
+    except ImageSearchError:
+        return False
+
+
+def show_hits(hits: Sequence[Hit], *, as_json: bool = False, random_weights: bool = False) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "hits": [
+                        {"rank": r, "id": h.id, "label": h.label, "distance": h.distance,
+                         "uri": h.uri, "attributes": h.attributes}
+                        for r, h in enumerate(hits, 1)
+                    ],
+                    "random_weights": random_weights,
+                },
+                indent=2,
+            )
+        )  # fmt: skip
+        return
+    if random_weights:
+        print(RANDOM_WEIGHTS_WARNING)
+    print(f"{'rank':>4}  {'id':>20}  {'label':<16}  {'distance':>10}  uri")
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:>4}  {hit.id:>20}  {hit.label[:16]:<16}  {hit.distance:>10.4f}  {hit.uri}")
+    if not hits:
+        print("(no hits: the collection is empty or nothing matches the filter)")
+
+
+def write_grid(
+    out: str,
+    query_image: Any,
+    query_caption: str,
+    hits: Sequence[Hit],
+    random_weights: bool,
+) -> None:
+    from imgsearch.grid import load_image, search_grid
+
+    grid = search_grid(
+        query_image,
+        query_caption,
+        [(load_image(h.uri) if h.uri else None, h.label, h.distance) for h in hits],
+        warning="RANDOM WEIGHTS: results are meaningless" if random_weights else "",
+    )
+    grid.save(out)
+    print(f"wrote {out}")
+
+
+def _open(data: bytes) -> Any:
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except OSError:
+        return None
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(f"{'name':<24} {'dim':>5}  {'metric':<20} model")
+        for c in client.collections():
+            metric = searcher_pb2.Metric.Name(c.metric)
+            print(f"{c.name:<24} {c.dim:>5}  {metric:<20} {c.model_fingerprint or '-'}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.stats()
+        print(f"collection      {args.collection}")
+        print(f"rows            {stats.row_count}")
+        print(f"index           {'HNSW' if stats.index_present else 'none (exact scans)'}")
+        print(f"table size      {stats.table_bytes / 1e6:.1f} MB")
+        print(f"index size      {stats.index_bytes / 1e6:.1f} MB")
+        print(f"pgvector        {stats.pgvector_version}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the stack, ingest a labelled image set, search with a re-encoded copy of one of
+    its images, print the hits and write the grid."""
+    from PIL import Image
+
+    from imgsearch.demo_data import write_dataset
+    from imgsearch.local_stack import StackConfig
+
+    data_dir = Path(args.data_dir)
+    images_dir = data_dir / "demo-images"
+    print(f"demo: generating a labelled image set in {images_dir}", flush=True)
+    paths = write_dataset(images_dir, per_label=args.per_label)
+    stack = _start_stack(
+        StackConfig(data_dir=data_dir, embedder_port=0, searcher_port=0, weights=args.weights)
+    )
+    if stack is None:
+        return 2
+    try:
+        random_weights = stack.model_info.weights_source == "random"
+        if random_weights:
+            print(RANDOM_WEIGHTS_WARNING, flush=True)
+        print(f"demo: embedder {stack.embedder_address}, searcher {stack.searcher_address}")
+        with ImageSearchClient(
+            stack.embedder_address, stack.searcher_address, collection=args.collection
+        ) as client:
+            status = ingest_paths(client, [str(images_dir)])
+            query_path = paths[len(paths) // 3]
+            original = Image.open(query_path).convert("RGB")
+            copy = original.resize((original.width * 9 // 10, original.height * 9 // 10))
+            buffer = io.BytesIO()
+            copy.save(buffer, "JPEG", quality=75)
+            print(f"demo: searching with a smaller, re-compressed copy of {query_path}")
+            hits = client.search_image(buffer.getvalue(), top_k=args.top_k)
+            show_hits(hits, random_weights=random_weights)
+            write_grid(args.grid, copy, query_path.name, hits, random_weights)
+            if random_weights:
+                print(RANDOM_WEIGHTS_WARNING)
+        return status
+    finally:
+        stack.stop()
+
+
+# -- wiring ------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> ImageSearchClient:
+    return ImageSearchClient(
+        args.embedder,
+        args.searcher,
+        collection=args.collection,
+        timeout_s=args.timeout,
+        force=args.force,
+    )
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--embedder",
+        default=_env("IMGSEARCH_EMBEDDER", "localhost:50051"),
+        help="embedder address: host:port, host1:port,host2:port, or dns:///name:port "
+        "[env IMGSEARCH_EMBEDDER]",
+    )
+    parser.add_argument(
+        "--searcher",
+        default=_env("IMGSEARCH_SEARCHER", "localhost:50052"),
+        help="searcher address [env IMGSEARCH_SEARCHER]",
+    )
+    parser.add_argument(
+        "--collection",
+        default=_env("IMGSEARCH_COLLECTION", DEFAULT_COLLECTION),
+        help="collection [env IMGSEARCH_COLLECTION]",
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="use a collection filled by a different model (vectors will not be comparable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgsearch", description=__doc__, formatter_class=_Formatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_dir = _env("IMGSEARCH_DATA_DIR", str(default_data_dir()))
+
+    up = commands.add_parser(
+        "up",
+        help="run PostgreSQL + searcher + embedder here until Ctrl-C",
+        formatter_class=_Formatter,
+    )
+    up.add_argument(
+        "--data-dir", default=data_dir, help="where the database lives [env IMGSEARCH_DATA_DIR]"
+    )
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    up.add_argument("--embedder-port", type=int, default=50051, help="0 picks a free port")
+    up.add_argument("--searcher-port", type=int, default=50052, help="0 picks a free port")
+    up.add_argument("--model", default="squeezenet1_1", help="torchvision model")
+    up.add_argument(
+        "--weights",
+        default=_env("IMGSEARCH_WEIGHTS", "imagenet"),
+        help="imagenet, a state_dict path, or random (meaningless results) [env IMGSEARCH_WEIGHTS]",
+    )
+    up.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    up.set_defaults(run=cmd_up)
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="embed and store images (folders are walked recursively)",
+        formatter_class=_Formatter,
+    )
+    _client_options(ingest)
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    ingest.add_argument(
+        "--label", default="", help="label for every image (default: its folder's name)"
+    )
+    ingest.add_argument("--update", action="store_true", help="re-embed images already stored")
+    ingest.set_defaults(run=cmd_ingest)
+
+    search = commands.add_parser(
+        "search",
+        help="the stored images nearest to an image or a stored id",
+        formatter_class=_Formatter,
+    )
+    _client_options(search)
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("image", nargs="?", help="query image file")
+    query.add_argument("--id", type=int, help="search with the stored item's own vector")
+    search.add_argument("--top-k", type=int, default=10, help="how many hits")
+    search.add_argument(
+        "--label", action="append", default=[], help="only these labels (repeatable)"
+    )
+    search.add_argument("--json", action="store_true", help="print JSON for scripts")
+    search.add_argument("--grid", metavar="PNG", help="write a picture of the query and its hits")
+    search.set_defaults(run=cmd_search)
+
+    for name, run, text in (
+        ("collections", cmd_collections, "list collections"),
+        ("stats", cmd_stats, "rows, index and size of a collection"),
+    ):
+        sub = commands.add_parser(name, help=text, formatter_class=_Formatter)
+        _client_options(sub)
+        sub.set_defaults(run=run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the whole thing in one command: stack, a labelled image set, a search, a grid",
+        formatter_class=_Formatter,
+    )
+    demo.add_argument(
+        "--data-dir", default=str(Path(data_dir) / "demo"), help="demo database and images"
+    )
+    demo.add_argument(
+        "--weights",
+        default=_env("IMGSEARCH_WEIGHTS", "imagenet"),
+        help="imagenet, a state_dict path, or random (meaningless results) [env IMGSEARCH_WEIGHTS]",
+    )
+    demo.add_argument("--collection", default="demo", help="collection to fill")
+    demo.add_argument("--per-label", type=int, default=20, help="images per label (10 labels)")
+    demo.add_argument("--top-k", type=int, default=10, help="hits to show")
+    demo.add_argument("--grid", default="imgsearch-demo.png", help="where to write the grid")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.run(args)
+        return status
+    except ImageSearchError as exc:
+        print(f"imgsearch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgsearch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

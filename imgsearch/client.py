@@ -1,0 +1,413 @@
+"""The thin client: embeds through the embedder, stores and searches through the searcher.
+
+    with ImageSearchClient(embedder="localhost:50051", searcher="localhost:50052") as client:
+        client.ingest([IngestItem(id=1, image=open("cat.jpg", "rb").read(), label="cat")])
+        for hit in client.search_image("query.jpg", top_k=5):
+            print(hit.id, hit.label, hit.distance)
+
+No torch, no database driver. Every call has a deadline. The embedder target may list replicas
+("host1:50051,host2:50051") or name them through DNS ("dns:///embedder:50051"): calls are spread
+round-robin, a dead replica is skipped, and UNAVAILABLE is retried with backoff (embedding is
+idempotent). Vectors from different models are never mixed: a collection records the model
+fingerprint it was filled with, and the client refuses a different embedder unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from imgsearch import vectors
+from imgsearch._status import ERROR_OF, error_from_rpc
+from imgsearch.errors import FailedPrecondition, ImageSearchError, InvalidArgument
+from imgsearch.v1 import embedder_pb2, embedder_pb2_grpc, searcher_pb2, searcher_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EMBEDDER = "localhost:50051"
+DEFAULT_SEARCHER = "localhost:50052"
+DEFAULT_COLLECTION = "images"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Embed is idempotent: retry UNAVAILABLE (a replica restarting, a connection reset) with backoff;
+# round_robin sends the retry to another replica when there is one.
+_EMBEDDER_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "imgsearch.v1.EmbedderService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "3s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    id: int
+    image: bytes
+    label: str = ""
+    uri: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    label: str
+    uri: str
+    distance: float
+    attributes: dict[str, str]
+
+
+@dataclass
+class IngestReport:
+    inserted: int = 0
+    updated: int = 0
+    failed: list[tuple[IngestItem, str]] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        return self.inserted + self.updated
+
+
+def channel_target(addresses: str) -> str:
+    """A gRPC target for one address, a comma-separated list of replicas, or a dns:/// name."""
+    addresses = addresses.strip()
+    if "://" in addresses or addresses.startswith(("ipv4:", "ipv6:", "unix:")):
+        return addresses
+    parts = [a.strip() for a in addresses.split(",") if a.strip()]
+    if len(parts) == 1:
+        return parts[0]
+    resolved = []
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgument(f"address {part!r} is not host:port")
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), socket.AF_INET, socket.SOCK_STREAM)
+        resolved += [f"{info[4][0]}:{port}" for info in infos[:1]]
+    return "ipv4:" + ",".join(resolved)
+
+
+def _channel(target: str, service_config: str | None = None) -> grpc.Channel:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1),
+    ]
+    if service_config is not None:
+        options.append(("grpc.service_config", service_config))
+    return grpc.insecure_channel(channel_target(target), options=options)
+
+
+class ImageSearchClient:
+    def __init__(
+        self,
+        embedder: str | None = DEFAULT_EMBEDDER,
+        searcher: str | None = DEFAULT_SEARCHER,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        timeout_s: float = 60.0,
+        force: bool = False,
+    ) -> None:
+        self.collection = collection
+        self.timeout_s = timeout_s
+        self.force = force
+        self._embedder_channel = _channel(embedder, _EMBEDDER_SERVICE_CONFIG) if embedder else None
+        self._searcher_channel = _channel(searcher) if searcher else None
+        self._model_info: embedder_pb2.GetModelInfoResponse | None = None
+        self._checked: set[str] = set()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> embedder_pb2_grpc.EmbedderServiceStub:
+        if self._embedder_channel is None:
+            raise FailedPrecondition("this client has no embedder address")
+        return embedder_pb2_grpc.EmbedderServiceStub(self._embedder_channel)
+
+    @property
+    def searcher(self) -> searcher_pb2_grpc.SearcherServiceStub:
+        if self._searcher_channel is None:
+            raise FailedPrecondition("this client has no searcher address")
+        return searcher_pb2_grpc.SearcherServiceStub(self._searcher_channel)
+
+    def _call(self, method: Callable[..., Any], request: Any, **kwargs: Any) -> Any:
+        try:
+            return method(request, timeout=kwargs.pop("timeout", self.timeout_s), **kwargs)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    def close(self) -> None:
+        for channel in (self._embedder_channel, self._searcher_channel):
+            if channel is not None:
+                channel.close()
+
+    def __enter__(self) -> ImageSearchClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the embedder -------------------------------------------------------------------------
+
+    def model_info(self) -> embedder_pb2.GetModelInfoResponse:
+        if self._model_info is None:
+            self._model_info = self._call(
+                self.embedder.GetModelInfo, embedder_pb2.GetModelInfoRequest()
+            )
+        return self._model_info
+
+    def embed(self, images: Sequence[bytes]) -> list[np.ndarray | ImageSearchError]:
+        """One vector, or the reason it could not be made, per image."""
+        request = embedder_pb2.EmbedRequest(
+            images=[embedder_pb2.Image(key=str(i), data=d) for i, d in enumerate(images)]
+        )
+        response = self._call(self.embedder.Embed, request)
+        return [_outcome(result) for result in response.results]
+
+    # -- the searcher -------------------------------------------------------------------------
+
+    def ensure_collection(self, name: str | None = None) -> searcher_pb2.Collection:
+        """The collection, created for the embedder's model if missing; refuses a collection
+        filled by a different model unless force=True."""
+        name = name or self.collection
+        info = self.model_info()
+        try:
+            collection = self._call(
+                self.searcher.CreateCollection,
+                searcher_pb2.CreateCollectionRequest(
+                    name=name, dim=info.dim, model_fingerprint=info.fingerprint
+                ),
+            ).collection
+        except ImageSearchError as exc:
+            if getattr(exc, "code", None) != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            collection = self._call(
+                self.searcher.GetCollection, searcher_pb2.GetCollectionRequest(name=name)
+            ).collection
+        self._check_model(collection, info)
+        return collection
+
+    def _check_model(
+        self, collection: searcher_pb2.Collection, info: embedder_pb2.GetModelInfoResponse
+    ) -> None:
+        if collection.name in self._checked:
+            return
+        if collection.dim != info.dim:
+            raise FailedPrecondition(
+                f"collection {collection.name!r} holds {collection.dim}-d vectors; the embedder "
+                f"({info.model}, head {embedder_pb2.Head.Name(info.head)}) makes {info.dim}-d ones"
+            )
+        fingerprint = collection.model_fingerprint
+        if fingerprint and fingerprint != info.fingerprint and not self.force:
+            raise FailedPrecondition(
+                f"collection {collection.name!r} was filled by model {fingerprint}; the embedder "
+                f"serves {info.fingerprint} ({info.model}, {info.weights}). Vectors of "
+                "different models cannot be compared; use another collection, or --force"
+            )
+        self._checked.add(collection.name)
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        top_k: int = 10,
+        *,
+        labels: Sequence[str] = (),
+        collection: str | None = None,
+        ef_search: int = 0,
+        exact: bool = False,
+    ) -> list[Hit]:
+        request = searcher_pb2.SearchRequest(
+            collection=collection or self.collection,
+            vector=vectors.to_proto(vector),
+            top_k=top_k,
+            filter=searcher_pb2.Filter(labels=list(labels)),
+            params=searcher_pb2.SearchParams(ef_search=ef_search, exact=exact),
+        )
+        return _hits(self._call(self.searcher.Search, request))
+
+    def search_id(
+        self,
+        item_id: int,
+        top_k: int = 10,
+        *,
+        labels: Sequence[str] = (),
+        collection: str | None = None,
+    ) -> list[Hit]:
+        request = searcher_pb2.SearchRequest(
+            collection=collection or self.collection,
+            id=item_id,
+            top_k=top_k,
+            filter=searcher_pb2.Filter(labels=list(labels)),
+        )
+        return _hits(self._call(self.searcher.Search, request))
+
+    def search_image(
+        self,
+        image: bytes | str | Path,
+        top_k: int = 10,
+        *,
+        labels: Sequence[str] = (),
+        collection: str | None = None,
+    ) -> list[Hit]:
+        """Embed an image (bytes or a file path) and return its nearest stored items."""
+        data = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
+        self.ensure_collection(collection)
+        (outcome,) = self.embed([data])
+        if isinstance(outcome, ImageSearchError):
+            raise outcome
+        return self.search_vector(outcome, top_k, labels=labels, collection=collection)
+
+    def existing_ids(self, ids: Sequence[int], collection: str | None = None) -> set[int]:
+        request = searcher_pb2.GetRequest(collection=collection or self.collection, ids=ids)
+        response = self._call(self.searcher.Get, request)
+        return {item.id for item in response.items}
+
+    def collections(self) -> list[searcher_pb2.Collection]:
+        response = self._call(self.searcher.ListCollections, searcher_pb2.ListCollectionsRequest())
+        return list(response.collections)
+
+    def stats(self, collection: str | None = None) -> searcher_pb2.GetStatsResponse:
+        request = searcher_pb2.GetStatsRequest(collection=collection or self.collection)
+        response: searcher_pb2.GetStatsResponse = self._call(self.searcher.GetStats, request)
+        return response
+
+    # -- ingestion ----------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        items: Iterable[IngestItem],
+        *,
+        collection: str | None = None,
+        images_per_request: int = 16,
+        requests_in_flight: int = 4,
+        items_per_message: int = 500,
+        on_progress: Callable[[int], object] | None = None,
+    ) -> IngestReport:
+        """Embed and store items, pipelined: up to `requests_in_flight` Embed calls run while
+        finished vectors stream to the searcher in `items_per_message` transactions. An image
+        that cannot be embedded is reported and skipped; the rest are stored. Storing the same
+        id again updates it, so an interrupted ingest can simply be run again."""
+        name = collection or self.collection
+        self.ensure_collection(name)
+        report = IngestReport()
+        outbox: queue.Queue[searcher_pb2.UpsertRequest | None] = queue.Queue(maxsize=4)
+        upsert_result: list[searcher_pb2.UpsertResponse | BaseException] = []
+
+        def upsert_requests() -> Iterator[searcher_pb2.UpsertRequest]:
+            while (message := outbox.get()) is not None:
+                yield message
+
+        def run_upsert() -> None:
+            try:
+                upsert_result.append(
+                    self.searcher.Upsert(upsert_requests(), timeout=max(self.timeout_s, 3600.0))
+                )
+            except BaseException as exc:  # handed to the caller's thread below
+                upsert_result.append(exc)
+                while outbox.get() is not None:  # unblock the producer
+                    pass
+
+        writer = threading.Thread(target=run_upsert, name="upsert", daemon=True)
+        writer.start()
+        pending: deque[tuple[list[IngestItem], Any]] = deque()
+        batch: list[searcher_pb2.Item] = []
+
+        def drain_one() -> None:
+            chunk, future = pending.popleft()
+            try:
+                response = future.result()
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc) from None
+            for item, result in zip(chunk, response.results, strict=True):
+                outcome = _outcome(result)
+                if isinstance(outcome, ImageSearchError):
+                    report.failed.append((item, str(outcome)))
+                else:
+                    batch.append(
+                        searcher_pb2.Item(
+                            id=item.id,
+                            label=item.label,
+                            uri=item.uri,
+                            attributes=item.attributes,
+                            vector=vectors.to_proto(outcome),
+                        )
+                    )
+            if len(batch) >= items_per_message:
+                flush()
+            if on_progress is not None:
+                on_progress(len(chunk))
+
+        def flush() -> None:
+            if batch and not upsert_result:
+                outbox.put(searcher_pb2.UpsertRequest(collection=name, items=list(batch)))
+            batch.clear()
+
+        try:
+            for chunk in _chunks(items, images_per_request):
+                request = embedder_pb2.EmbedRequest(
+                    images=[embedder_pb2.Image(key=str(i.id), data=i.image) for i in chunk]
+                )
+                pending.append((chunk, self.embedder.Embed.future(request, timeout=self.timeout_s)))
+                if len(pending) >= requests_in_flight:
+                    drain_one()
+                if upsert_result:
+                    break
+            while pending and not upsert_result:
+                drain_one()
+            flush()
+        finally:
+            for _, future in pending:
+                future.cancel()
+            outbox.put(None)
+            writer.join()
+        (outcome,) = upsert_result
+        if isinstance(outcome, grpc.RpcError):
+            raise error_from_rpc(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        report.inserted, report.updated = outcome.inserted_count, outcome.updated_count
+        return report
+
+
+def _chunks(items: Iterable[IngestItem], size: int) -> Iterator[list[IngestItem]]:
+    chunk: list[IngestItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _outcome(result: embedder_pb2.EmbedResult) -> np.ndarray | ImageSearchError:
+    if result.WhichOneof("outcome") == "vector":
+        return vectors.from_proto(result.vector)
+    code = next((c for c in grpc.StatusCode if c.value[0] == result.error.code), None)
+    cls = ERROR_OF.get(code, ImageSearchError) if code is not None else ImageSearchError
+    return cls(result.error.message)
+
+
+def _hits(response: searcher_pb2.SearchResponse) -> list[Hit]:
+    return [Hit(h.id, h.label, h.uri, h.distance, dict(h.attributes)) for h in response.hits]

@@ -1,0 +1,155 @@
+"""The `imgsearch` CLI end to end, every command a real process: `up` runs the stack, `ingest`
+stores a labelled folder tree, `search` finds images and their re-encoded copies."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests import images
+from tests.conftest import ROOT
+
+LABELS = [f"label{i:02d}" for i in range(10)]
+PER_LABEL = 20
+
+
+def imgsearch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """`imgsearch up` with random weights on free ports; yields (embedder, searcher)."""
+    data_dir = tmp_path_factory.mktemp("stack")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgsearch.cli", "up", "--data-dir", str(data_dir),
+         "--embedder-port", "0", "--searcher-port", "0", "--weights", "random"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    addresses: dict[str, str] = {}
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        name, _, value = line.partition(" ")
+        if name in ("embedder", "searcher"):
+            addresses[name] = value.strip()
+        if line.startswith("ready"):
+            break
+    assert set(addresses) == {"embedder", "searcher"}, "".join(output)
+    assert any("RANDOM weights" in line for line in output)
+    yield addresses["embedder"], addresses["searcher"]
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, rest
+    assert "stopped" in rest
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    for li, label in enumerate(LABELS):
+        (root / label).mkdir()
+        for n in range(PER_LABEL):
+            seed = li * PER_LABEL + n
+            (root / label / f"{n:02d}.jpg").write_bytes(images.jpeg(seed, (320, 240)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ingested(stack: tuple[str, str], photos: Path) -> tuple[str, ...]:
+    embedder, searcher = stack
+    options = ("--embedder", embedder, "--searcher", searcher)
+    first = imgsearch("ingest", str(photos), *options)
+    assert first.returncode == 0, first.stderr
+    assert "ingested 200 (200 new, 0 updated), skipped 0" in first.stdout
+    # Running it again stores nothing twice.
+    again = imgsearch("ingest", str(photos), *options)
+    assert again.returncode == 0, again.stderr
+    assert "ingested 0 (0 new, 0 updated), skipped 200 already stored" in again.stdout
+    stats = imgsearch("stats", *options)
+    assert "rows            200" in stats.stdout, stats.stdout + stats.stderr
+    return options
+
+
+def _search(options: tuple[str, ...], image: Path, *extra: str) -> list[dict[str, object]]:
+    result = imgsearch("search", str(image), "--json", *options, *extra)
+    assert result.returncode == 0, result.stderr
+    hits: list[dict[str, object]] = json.loads(result.stdout)["hits"]
+    return hits
+
+
+def test_an_ingested_image_finds_itself_first_at_distance_zero(ingested, photos: Path) -> None:
+    image = photos / "label03" / "07.jpg"
+    hits = _search(ingested, image, "--top-k", "5")
+    assert hits[0]["uri"] == str(image.resolve())
+    assert hits[0]["label"] == "label03"
+    assert abs(float(hits[0]["distance"])) < 1e-3  # type: ignore[arg-type]
+
+
+def test_re_encoded_copies_find_their_original_first(ingested, photos: Path, tmp_path) -> None:
+    found = 0
+    for n in range(50):
+        original = photos / LABELS[n % 10] / f"{(n * 7) % PER_LABEL:02d}.jpg"
+        picture = Image.open(original)
+        smaller = picture.resize((picture.width * 9 // 10, picture.height * 9 // 10))
+        buffer = io.BytesIO()
+        smaller.save(buffer, "JPEG", quality=75)
+        copy = tmp_path / f"copy{n}.jpg"
+        copy.write_bytes(buffer.getvalue())
+        found += _search(ingested, copy, "--top-k", "1")[0]["uri"] == str(original.resolve())
+    assert found >= 45, f"{found}/50"
+
+
+def test_search_prints_a_table_and_writes_a_grid(ingested, photos: Path, tmp_path) -> None:
+    grid = tmp_path / "grid.png"
+    image = photos / "label05" / "03.jpg"
+    result = imgsearch("search", str(image), "--top-k", "8", "--grid", str(grid), *ingested)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any("RANDOM weights" in line for line in lines)  # said on every result
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "id", "label"])
+    assert len(lines[header + 1 :]) >= 8 and "label05" in lines[header + 1]
+    with Image.open(grid) as picture:
+        assert picture.width >= 5 * 160 and picture.height >= 2 * 160
+
+
+def test_a_label_filter_and_a_search_by_id(ingested, photos: Path) -> None:
+    hits = _search(ingested, photos / "label01" / "00.jpg", "--label", "label08", "--top-k", "30")
+    assert len(hits) == PER_LABEL and {h["label"] for h in hits} == {"label08"}
+    first = hits[0]
+    by_id = imgsearch("search", "--id", str(first["id"]), "--json", *ingested)
+    assert json.loads(by_id.stdout)["hits"][0]["id"] == first["id"]
+
+
+def test_errors_are_one_readable_line(ingested, tmp_path) -> None:
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    result = imgsearch("search", str(junk), *ingested)
+    assert result.returncode == 2
+    assert result.stderr.startswith("imgsearch: data is not an image")
+    nowhere = imgsearch("stats", "--searcher", "127.0.0.1:9", "--timeout", "3")
+    assert nowhere.returncode == 2 and nowhere.stderr.startswith("imgsearch: ")
+    assert "Traceback" not in nowhere.stderr
+
+
+def test_every_command_documents_its_options(tmp_path) -> None:
+    for command in ("up", "ingest", "search", "collections", "stats", "demo"):
+        result = imgsearch(command, "--help")
+        assert result.returncode == 0
+        assert "default" in result.stdout, command
+    assert "IMGSEARCH_EMBEDDER" in imgsearch("search", "--help").stdout
