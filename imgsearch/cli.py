@@ -180,7 +180,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             hits = client.search_image(data, args.top_k, labels=args.label)
             query_caption = Path(args.image).name
             query_image = _open(data)
-        random_weights = _random_weights(client)
+        # Only an image query touches the embedder; a search by id needs only the searcher.
+        random_weights = args.id is None and _random_weights(client)
         show_hits(hits, as_json=args.json, random_weights=random_weights)
         if args.grid:
             write_grid(args.grid, query_image, query_caption, hits, random_weights)
@@ -245,6 +246,28 @@ def _open(data: bytes) -> Any:
         return Image.open(io.BytesIO(data)).convert("RGB")
     except OSError:
         return None
+
+
+def cmd_import_features(args: argparse.Namespace) -> int:
+    from imgsearch.features import read_features
+
+    with _client(args) as client, open(args.file, encoding="utf-8") as lines:
+        stored = client.import_features(read_features(lines))
+    print(f"imported {stored} rows from {args.file} into {args.collection}")
+    return 0
+
+
+def cmd_export_features(args: argparse.Namespace) -> int:
+    from imgsearch import vectors
+    from imgsearch.features import write_features
+
+    with _client(args) as client, open(args.file, "w", encoding="utf-8") as out:
+        count = write_features(
+            out,
+            ((i.id, i.label, vectors.from_proto(i.vector)) for i in client.list_items()),
+        )
+    print(f"exported {count} rows of {args.collection} to {args.file}")
+    return 0
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
@@ -408,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON for scripts")
     search.add_argument("--grid", metavar="PNG", help="write a picture of the query and its hits")
     search.set_defaults(run=cmd_search)
+
+    for name, run, text in (
+        ("import-features", cmd_import_features, "store vectors from a id|label|{v1,...} file"),
+        ("export-features", cmd_export_features, "write a collection as id|label|{v1,...} lines"),
+    ):
+        sub = commands.add_parser(name, help=text, formatter_class=_Formatter)
+        _client_options(sub)
+        sub.add_argument("file", metavar="FILE", help="the feature file, one line per image")
+        sub.set_defaults(run=run)
 
     for name, run, text in (
         ("collections", cmd_collections, "list collections"),

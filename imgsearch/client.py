@@ -31,6 +31,7 @@ import numpy as np
 from imgsearch import vectors
 from imgsearch._status import ERROR_OF, error_from_rpc
 from imgsearch.errors import FailedPrecondition, ImageSearchError, InvalidArgument
+from imgsearch.features import FeatureRow
 from imgsearch.v1 import embedder_pb2, embedder_pb2_grpc, searcher_pb2, searcher_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -292,6 +293,81 @@ class ImageSearchClient:
         response: searcher_pb2.GetStatsResponse = self._call(self.searcher.GetStats, request)
         return response
 
+    def list_items(
+        self, collection: str | None = None, *, include_vectors: bool = True, page_size: int = 500
+    ) -> Iterator[searcher_pb2.Item]:
+        """Every item of a collection in id order, fetched a page at a time."""
+        token = ""
+        while True:
+            page = self._call(
+                self.searcher.ListItems,
+                searcher_pb2.ListItemsRequest(
+                    collection=collection or self.collection,
+                    page_size=page_size,
+                    page_token=token,
+                    include_vectors=include_vectors,
+                ),
+            )
+            yield from page.items
+            token = page.next_page_token
+            if not token:
+                return
+
+    def import_features(
+        self, rows: Iterable[FeatureRow], *, collection: str | None = None, per_message: int = 500
+    ) -> int:
+        """Store rows of a feature file (vectors computed elsewhere), `per_message` rows per
+        transaction. At a malformed row the rows of its unfinished message are not stored and
+        the error says how many were; returns the number stored."""
+        name = collection or self.collection
+        rows = iter(rows)
+        try:
+            first = next(rows)
+        except StopIteration:
+            return 0
+        self._ensure_dim(name, first.vector.size)
+        stopped: list[ImageSearchError] = []
+
+        def messages() -> Iterator[searcher_pb2.UpsertRequest]:
+            batch = [first]
+            try:
+                for row in rows:
+                    batch.append(row)
+                    if len(batch) == per_message:
+                        yield _feature_message(name, batch)
+                        batch = []
+            except ImageSearchError as exc:
+                stopped.append(exc)
+                return
+            if batch:
+                yield _feature_message(name, batch)
+
+        response = self._call(self.searcher.Upsert, messages(), timeout=max(self.timeout_s, 3600))
+        stored = int(response.inserted_count + response.updated_count)
+        if stopped:
+            raise InvalidArgument(
+                f"{stopped[0]}; stored {stored} rows before it (whole messages of {per_message}); "
+                "fix the line and run again (stored ids are updated, not duplicated)"
+            )
+        return stored
+
+    def _ensure_dim(self, name: str, dim: int) -> None:
+        try:
+            collection = self._call(
+                self.searcher.CreateCollection,
+                searcher_pb2.CreateCollectionRequest(name=name, dim=dim),
+            ).collection
+        except ImageSearchError as exc:
+            if getattr(exc, "code", None) != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            collection = self._call(
+                self.searcher.GetCollection, searcher_pb2.GetCollectionRequest(name=name)
+            ).collection
+        if collection.dim != dim:
+            raise FailedPrecondition(
+                f"collection {name!r} holds {collection.dim}-d vectors; the file has {dim}-d ones"
+            )
+
     # -- ingestion ----------------------------------------------------------------------------
 
     def ingest(
@@ -301,11 +377,12 @@ class ImageSearchClient:
         collection: str | None = None,
         images_per_request: int = 16,
         requests_in_flight: int = 4,
-        items_per_message: int = 500,
+        items_per_message: int = 64,
         on_progress: Callable[[int], object] | None = None,
     ) -> IngestReport:
         """Embed and store items, pipelined: up to `requests_in_flight` Embed calls run while
-        finished vectors stream to the searcher in `items_per_message` transactions. An image
+        finished vectors stream to the searcher in `items_per_message` transactions (small, so
+        an interrupted ingest loses at most a second of work). An image
         that cannot be embedded is reported and skipped; the rest are stored. Storing the same
         id again updates it, so an interrupted ingest can simply be run again."""
         name = collection or self.collection
@@ -388,6 +465,16 @@ class ImageSearchClient:
             raise outcome
         report.inserted, report.updated = outcome.inserted_count, outcome.updated_count
         return report
+
+
+def _feature_message(name: str, rows: list[FeatureRow]) -> searcher_pb2.UpsertRequest:
+    return searcher_pb2.UpsertRequest(
+        collection=name,
+        items=[
+            searcher_pb2.Item(id=r.id, label=r.label, vector=vectors.to_proto(r.vector))
+            for r in rows
+        ],
+    )
 
 
 def _chunks(items: Iterable[IngestItem], size: int) -> Iterator[list[IngestItem]]:

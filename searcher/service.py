@@ -146,17 +146,29 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             request.collection, list(request.ids), include_vectors=request.include_vectors
         )
         return pb.GetResponse(
-            items=[
-                pb.Item(
-                    id=item.id,
-                    label=item.label,
-                    uri=item.uri,
-                    attributes=item.attributes,
-                    vector=vectors.to_proto(item.vector) if request.include_vectors else None,
-                )
-                for item in items
-            ],
+            items=[item_to_proto(item, request.include_vectors) for item in items],
             missing_ids=missing,
+        )
+
+    @map_errors
+    def ListItems(
+        self, request: pb.ListItemsRequest, context: grpc.ServicerContext
+    ) -> pb.ListItemsResponse:
+        page_size = request.page_size or 100
+        after_id: int | None = None
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidArgument("page_token is not one this server issued; start without it")
+            after_id = int(request.page_token)
+        items = self.store.list_items(
+            request.collection,
+            after_id=after_id,
+            limit=page_size,
+            include_vectors=request.include_vectors,
+        )
+        return pb.ListItemsResponse(
+            items=[item_to_proto(item, request.include_vectors) for item in items],
+            next_page_token=str(items[-1].id) if len(items) == page_size else "",
         )
 
     @map_errors
@@ -191,6 +203,16 @@ def collection_to_proto(collection: Collection) -> pb.Collection:
         index_params=pb.IndexParams(m=collection.m, ef_construction=collection.ef_construction),
         model_fingerprint=collection.model_fingerprint,
         create_time=created,
+    )
+
+
+def item_to_proto(item: Item, include_vector: bool) -> pb.Item:
+    return pb.Item(
+        id=item.id,
+        label=item.label,
+        uri=item.uri,
+        attributes=item.attributes,
+        vector=vectors.to_proto(item.vector) if include_vector else None,
     )
 
 

@@ -542,6 +542,34 @@ class VectorStore:
         items = [found[i] for i in dict.fromkeys(ids) if i in found]
         return items, [i for i in ids if i not in found]
 
+    def list_items(
+        self, name: str, *, after_id: int | None, limit: int, include_vectors: bool = False
+    ) -> list[Item]:
+        """Up to `limit` items with ids above `after_id` (from the start when None), by id."""
+        collection, _ = self._collection(name)
+        if not 1 <= limit <= self.limits.max_ids_per_request:
+            raise InvalidArgument(
+                f"page_size must be between 1 and {self.limits.max_ids_per_request}, got {limit}"
+            )
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT id, label, uri, attributes, {} FROM {} WHERE id > %s "
+                    "ORDER BY id LIMIT %s"
+                ).format(sql.SQL("embedding" if include_vectors else "NULL"), collection.table),
+                (-1 if after_id is None else after_id, limit),
+            )
+            return [
+                Item(
+                    id=row[0],
+                    label=row[1],
+                    uri=row[2],
+                    attributes=row[3],
+                    vector=_as_array(row[4]) if include_vectors else np.empty(0, np.float32),
+                )
+                for row in cur.fetchall()
+            ]
+
     def delete(self, name: str, *, ids: Sequence[int] = (), filter: Filter = Filter()) -> int:
         collection, _ = self._collection(name)
         if bool(ids) == bool(filter):

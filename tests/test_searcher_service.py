@@ -334,3 +334,41 @@ def test_health_and_reflection_are_served(searcher: Searcher) -> None:
         )
         listed = {s.name for s in next(responses).list_services_response.service}
         assert "imgsearch.v1.SearcherService" in listed
+
+
+def test_list_items_pages_through_a_collection_in_id_order(stub) -> None:
+    name = new_collection(stub, dim=4)
+    data = np.random.default_rng(4).normal(size=(25, 4)).astype(np.float32)
+    ids = [int(i) for i in np.random.default_rng(5).permutation(1000)[:25]]
+    stub.Upsert(
+        iter(
+            [
+                pb.UpsertRequest(
+                    collection=name,
+                    items=[
+                        pb.Item(id=i, label=f"l{i}", vector=vector(v))
+                        for i, v in zip(ids, data, strict=True)
+                    ],
+                )
+            ]
+        )
+    )
+    seen, token, pages = [], "", 0
+    while True:
+        page = stub.ListItems(
+            pb.ListItemsRequest(
+                collection=name, page_size=10, page_token=token, include_vectors=True
+            )
+        )
+        seen += [(item.id, item.label, list(item.vector.values)) for item in page.items]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == 3
+    expected = sorted((i, f"l{i}", v) for i, v in zip(ids, data.tolist(), strict=True))
+    assert seen == expected
+    for bad in (pb.ListItemsRequest(collection=name, page_token="abc"),
+                pb.ListItemsRequest(collection=name, page_size=5000)):  # fmt: skip
+        error = rpc_error(stub.ListItems, bad)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -78,6 +78,11 @@ class SearcherServiceStub:
                 request_serializer=imgsearch_dot_v1_dot_searcher__pb2.GetRequest.SerializeToString,
                 response_deserializer=imgsearch_dot_v1_dot_searcher__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/imgsearch.v1.SearcherService/ListItems',
+                request_serializer=imgsearch_dot_v1_dot_searcher__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=imgsearch_dot_v1_dot_searcher__pb2.ListItemsResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/imgsearch.v1.SearcherService/Delete',
                 request_serializer=imgsearch_dot_v1_dot_searcher__pb2.DeleteRequest.SerializeToString,
@@ -152,6 +157,13 @@ class SearcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListItems(self, request, context):
+        """Lists items in id order, a page at a time (for exports and audits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Delete(self, request, context):
         """Deletes items by id or by filter.
         """
@@ -203,6 +215,11 @@ def add_SearcherServiceServicer_to_server(servicer, server):
                     servicer.Get,
                     request_deserializer=imgsearch_dot_v1_dot_searcher__pb2.GetRequest.FromString,
                     response_serializer=imgsearch_dot_v1_dot_searcher__pb2.GetResponse.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=imgsearch_dot_v1_dot_searcher__pb2.ListItemsRequest.FromString,
+                    response_serializer=imgsearch_dot_v1_dot_searcher__pb2.ListItemsResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -413,6 +430,33 @@ class SearcherService:
             '/imgsearch.v1.SearcherService/Get',
             imgsearch_dot_v1_dot_searcher__pb2.GetRequest.SerializeToString,
             imgsearch_dot_v1_dot_searcher__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsearch.v1.SearcherService/ListItems',
+            imgsearch_dot_v1_dot_searcher__pb2.ListItemsRequest.SerializeToString,
+            imgsearch_dot_v1_dot_searcher__pb2.ListItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,8 @@ class SearcherServiceStub:
     """Finds the stored items nearest to a vector, or to a stored item's vector."""
     Get: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.GetRequest, _searcher_pb2.GetResponse]
     """Fetches items by id."""
+    ListItems: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.ListItemsRequest, _searcher_pb2.ListItemsResponse]
+    """Lists items in id order, a page at a time (for exports and audits)."""
     Delete: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.DeleteRequest, _searcher_pb2.DeleteResponse]
     """Deletes items by id or by filter."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.GetStatsRequest, _searcher_pb2.GetStatsResponse]
@@ -93,6 +95,8 @@ class SearcherServiceAsyncStub(SearcherServiceStub):
     """Finds the stored items nearest to a vector, or to a stored item's vector."""
     Get: _aio.UnaryUnaryMultiCallable[_searcher_pb2.GetRequest, _searcher_pb2.GetResponse]  # type: ignore[assignment]
     """Fetches items by id."""
+    ListItems: _aio.UnaryUnaryMultiCallable[_searcher_pb2.ListItemsRequest, _searcher_pb2.ListItemsResponse]  # type: ignore[assignment]
+    """Lists items in id order, a page at a time (for exports and audits)."""
     Delete: _aio.UnaryUnaryMultiCallable[_searcher_pb2.DeleteRequest, _searcher_pb2.DeleteResponse]  # type: ignore[assignment]
     """Deletes items by id or by filter."""
     GetStats: _aio.UnaryUnaryMultiCallable[_searcher_pb2.GetStatsRequest, _searcher_pb2.GetStatsResponse]  # type: ignore[assignment]
@@ -167,6 +171,14 @@ class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_searcher_pb2.GetResponse, _abc.Awaitable[_searcher_pb2.GetResponse]]:
         """Fetches items by id."""
+
+    @_abc_1.abstractmethod
+    def ListItems(
+        self,
+        request: _searcher_pb2.ListItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_searcher_pb2.ListItemsResponse, _abc.Awaitable[_searcher_pb2.ListItemsResponse]]:
+        """Lists items in id order, a page at a time (for exports and audits)."""
 
     @_abc_1.abstractmethod
     def Delete(

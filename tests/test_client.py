@@ -1,0 +1,193 @@
+"""The client library and the CLI against real services in this process: feature files,
+resumable ingest, several embedder replicas, and the model-fingerprint guard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedder.config import EmbedderConfig
+from embedder.server import Embedder
+from imgsearch.client import ImageSearchClient, IngestItem
+from imgsearch.errors import FailedPrecondition
+from imgsearch.features import format_line
+from imgsearch.v1 import searcher_pb2 as pb
+from searcher.config import SearcherConfig
+from searcher.server import Searcher
+from tests import images
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def searcher(postgres_dsn: str) -> Iterator[Searcher]:
+    with Searcher(SearcherConfig(address="127.0.0.1:0", dsn=postgres_dsn)) as server:
+        yield server
+
+
+def _embedder(seed: int = 0) -> Embedder:
+    return Embedder(
+        EmbedderConfig(address="127.0.0.1:0", weights="random", seed=seed, device="cpu")
+    ).start()
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[Embedder]:
+    server = _embedder()
+    yield server
+    server.stop(grace_s=1)
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_feature_files_import_search_and_export_like_the_tutorial(searcher, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.gamma(1.0, size=(1000, 1000)).astype(np.float32)
+    ids = np.arange(4000, 5000)
+    source = tmp_path / "features.txt"
+    with source.open("w") as out:
+        for i, v in zip(ids, data, strict=True):
+            out.write(format_line(int(i), f"class{i % 100}", v))
+    target = ("--searcher", f"127.0.0.1:{searcher.port}", "--collection", "tutorial")
+    imported = cli("import-features", str(source), *target)
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 1000 rows" in imported.stdout
+    # The tutorial queries with image 4999's own vector.
+    found = cli("search", "--id", "4999", "--top-k", "10", "--json", *target)
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)["hits"]
+    distances = np.linalg.norm(data.astype(np.float64) - data[-1], axis=1)
+    truth = ids[np.argsort(distances, kind="stable")[:10]].tolist()
+    assert [h["id"] for h in hits] == truth
+    assert np.allclose([h["distance"] for h in hits], np.sort(distances)[:10], atol=1e-3)
+    exported = tmp_path / "exported.txt"
+    result = cli("export-features", str(exported), *target)
+    assert result.returncode == 0, result.stderr
+    assert exported.read_bytes() == source.read_bytes()
+
+
+def test_a_malformed_feature_line_is_named_and_its_batch_is_not_half_loaded(
+    searcher, tmp_path
+) -> None:
+    lines = [format_line(i, "ok", np.full(8, i, np.float32)) for i in range(1200)]
+    lines[1100] = "1100|broken|{1,2,three,4,5,6,7,8}\n"
+    source = tmp_path / "bad.txt"
+    source.write_text("".join(lines))
+    target = ("--searcher", f"127.0.0.1:{searcher.port}", "--collection", "half")
+    result = cli("import-features", str(source), *target)
+    assert result.returncode == 2
+    assert "line 1101" in result.stderr and "not a number" in result.stderr
+    assert "stored 1000 rows before it" in result.stderr
+    with ImageSearchClient(None, f"127.0.0.1:{searcher.port}", collection="half") as client:
+        assert client.stats().row_count == 1000  # two whole messages of 500; none of the third
+
+
+def test_killing_ingest_half_way_and_running_it_again_stores_each_image_once(
+    searcher, embedder, tmp_path
+) -> None:
+    folder = tmp_path / "photos" / "things"
+    folder.mkdir(parents=True)
+    for n in range(300):
+        (folder / f"{n}.jpg").write_bytes(images.jpeg(n, (320, 240)))
+    target = (
+        "--embedder", f"127.0.0.1:{embedder.port}",
+        "--searcher", f"127.0.0.1:{searcher.port}",
+        "--collection", "resumed",
+    )  # fmt: skip
+    command = [sys.executable, "-m", "imgsearch.cli", "ingest", str(tmp_path / "photos"), *target]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with ImageSearchClient(None, f"127.0.0.1:{searcher.port}", collection="resumed") as client:
+        deadline = time.monotonic() + 120
+        while _rows(client) < 60:  # part of it stored
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        first.kill()
+        first.communicate()
+        stored_before = _rows(client)
+        assert 0 < stored_before < 300
+        again = cli("ingest", str(tmp_path / "photos"), *target)
+        assert again.returncode == 0, again.stderr
+        assert f"skipped {stored_before} already stored" in again.stdout
+        assert _rows(client) == 300
+
+
+def _rows(client: ImageSearchClient) -> int:
+    try:
+        return int(client.stats().row_count)
+    except Exception:  # the collection may not exist yet
+        return 0
+
+
+def test_two_embedders_behind_one_client_share_calls_and_losing_one_loses_nothing(
+    searcher,
+) -> None:
+    first, second = _embedder(), _embedder()
+    data = [images.jpeg(i, (160, 120)) for i in range(8)]
+    try:
+        assert first.model.info.fingerprint == second.model.info.fingerprint  # type: ignore[union-attr]
+        address = f"127.0.0.1:{first.port},127.0.0.1:{second.port}"
+        with ImageSearchClient(address, f"127.0.0.1:{searcher.port}", timeout_s=30) as client:
+            for _ in range(20):
+                assert all(isinstance(v, np.ndarray) for v in client.embed(data[:2]))
+            assert first.batcher.stats.images > 0 and second.batcher.stats.images > 0  # type: ignore[union-attr]
+            outcomes: list[object] = []
+            stop = threading.Event()
+
+            def traffic() -> None:
+                while not stop.is_set():
+                    try:
+                        outcomes.append(len(client.embed(data)))
+                    except Exception as exc:  # counted below
+                        outcomes.append(exc)
+
+            worker = threading.Thread(target=traffic)
+            worker.start()
+            time.sleep(1.0)
+            first.stop(grace_s=5)
+            time.sleep(2.0)
+            stop.set()
+            worker.join()
+        assert outcomes and all(o == len(data) for o in outcomes), [
+            o for o in outcomes if o != len(data)
+        ][:3]
+    finally:
+        first.stop(grace_s=1)
+        second.stop(grace_s=1)
+
+
+def test_a_collection_filled_by_another_model_is_refused(searcher, embedder) -> None:
+    with ImageSearchClient(
+        f"127.0.0.1:{embedder.port}", f"127.0.0.1:{searcher.port}", collection="other_model"
+    ) as client:
+        client.searcher.CreateCollection(
+            pb.CreateCollectionRequest(name="other_model", dim=1000, model_fingerprint="sha256:x")
+        )
+        item = IngestItem(id=1, image=images.jpeg(1))
+        with pytest.raises(FailedPrecondition, match="filled by model sha256:x") as raised:
+            client.ingest([item])
+        assert "--force" in str(raised.value)
+        with pytest.raises(FailedPrecondition):
+            client.search_image(images.jpeg(1))
+        client.force = True
+        assert client.ingest([item]).stored == 1
+
+
+def test_tutorial_paths_are_stable_ids(tmp_path: Path) -> None:
+    from imgsearch.cli import stable_id
+
+    path = tmp_path / "a" / "b.jpg"
+    assert stable_id(path) == stable_id(tmp_path / "a" / ".." / "a" / "b.jpg")
+    assert stable_id(path) != stable_id(tmp_path / "a" / "c.jpg")
+    assert 0 <= stable_id(path) < 1 << 63
