@@ -41,8 +41,9 @@ DEFAULT_SEARCHER = "localhost:50052"
 DEFAULT_COLLECTION = "images"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-# Embed is idempotent: retry UNAVAILABLE (a replica restarting, a connection reset) with backoff;
-# round_robin sends the retry to another replica when there is one.
+# Embed is idempotent: retry UNAVAILABLE (a replica restarting, a connection reset) and
+# RESOURCE_EXHAUSTED (its queue is full) with backoff; round_robin sends the retry to another
+# replica when there is one.
 _EMBEDDER_SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
@@ -54,7 +55,7 @@ _EMBEDDER_SERVICE_CONFIG = json.dumps(
                     "initialBackoff": "0.2s",
                     "maxBackoff": "3s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
                 },
             }
         ],
@@ -376,7 +377,7 @@ class ImageSearchClient:
         *,
         collection: str | None = None,
         images_per_request: int = 16,
-        requests_in_flight: int = 4,
+        requests_in_flight: int = 8,
         items_per_message: int = 64,
         on_progress: Callable[[int], object] | None = None,
     ) -> IngestReport:

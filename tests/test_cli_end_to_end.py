@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -153,3 +154,28 @@ def test_every_command_documents_its_options(tmp_path) -> None:
         assert result.returncode == 0
         assert "default" in result.stdout, command
     assert "IMGSEARCH_EMBEDDER" in imgsearch("search", "--help").stdout
+
+
+def test_the_demo_runs_offline_with_random_weights_and_says_so(tmp_path) -> None:
+    grid = tmp_path / "demo.png"
+    result = imgsearch(
+        "demo", "--weights", "random", "--data-dir", str(tmp_path / "demo"),
+        "--per-label", "6", "--grid", str(grid),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ingested 60 (60 new" in result.stdout
+    assert result.stdout.count("RANDOM weights") >= 2  # before the results and after them
+    assert "rank" in result.stdout and grid.exists()
+
+
+def test_the_demo_without_imagenet_weights_stops_and_names_the_way_out(tmp_path) -> None:
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), https_proxy="http://127.0.0.1:9")
+    env["HTTPS_PROXY"] = env["https_proxy"]
+    result = subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", "demo", "--data-dir", str(tmp_path / "demo")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "squeezenet1_1-b8a52dc0.pth" in result.stderr
+    assert "--weights random" in result.stderr
+    assert "Traceback" not in result.stderr

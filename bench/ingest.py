@@ -1,0 +1,120 @@
+"""Ingest benchmark: `imgsearch ingest` through the whole stack against the embedder alone.
+
+    python bench/ingest.py [--images 1000] [--out bench/results/ingest.json]
+
+`imgsearch up` (embedded PostgreSQL + searcher + embedder; random weights, which cost the same as
+trained ones) runs as its own process. On the same generated JPEGs (500×375, 10 labelled
+folders), in one run:
+
+- baseline: the embedder alone, one EmbedStream call of 16 images per message (what ingest sends
+  per Embed call), vectors discarded;
+- `imgsearch ingest FOLDER` as a process: files read, embedded, stored; its own images/s (from
+  first image to last commit) and the process's wall time (including Python start-up and the
+  check for already-stored ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from imgsearch.v1 import embedder_pb2 as pb  # noqa: E402
+from tests.embedder_helpers import embedder_stub  # noqa: E402
+from tests.images import jpeg  # noqa: E402
+
+
+def start_stack(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgsearch.cli", "up", "--data-dir", str(data_dir),
+         "--embedder-port", "0", "--searcher-port", "0", "--weights", "random"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    addresses = {}
+    for line in process.stdout:
+        name, _, value = line.partition(" ")
+        if name in ("embedder", "searcher"):
+            addresses[name] = value.strip()
+        if line.startswith("ready"):
+            return process, addresses["embedder"], addresses["searcher"]
+    raise RuntimeError("imgsearch up did not start")
+
+
+def embed_stream_rate(address: str, files: list[Path], per_message: int = 16) -> float:
+    def requests() -> Iterator[pb.EmbedStreamRequest]:
+        for start in range(0, len(files), per_message):
+            chunk = files[start : start + per_message]
+            yield pb.EmbedStreamRequest(
+                images=[pb.Image(key=str(p), data=p.read_bytes()) for p in chunk]
+            )
+
+    port = int(address.rsplit(":", 1)[1])
+    channel, stub = embedder_stub(port)
+    with channel:
+        started = time.perf_counter()
+        count = sum(len(r.results) for r in stub.EmbedStream(requests(), timeout=3600))
+        elapsed = time.perf_counter() - started
+    assert count == len(files)
+    return len(files) / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"images": args.images}
+    with tempfile.TemporaryDirectory(prefix="imgsearch-ingest-") as tmp:
+        folder = Path(tmp) / "photos"
+        files = []
+        for n in range(args.images):
+            path = folder / f"label{n % 10}" / f"{n:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(jpeg(n, (500, 375)))
+            files.append(path)
+        process, embedder, searcher = start_stack(Path(tmp) / "stack")
+        try:
+            embed_stream_rate(embedder, files[:64])  # warm up
+            results["embed_stream_images_per_s"] = embed_stream_rate(embedder, files)
+            print(f"EmbedStream alone: {results['embed_stream_images_per_s']:.1f} img/s")
+            started = time.perf_counter()
+            ingest = subprocess.run(
+                [sys.executable, "-m", "imgsearch.cli", "ingest", str(folder),
+                 "--embedder", embedder, "--searcher", searcher, "--collection", "bench"],
+                cwd=ROOT, capture_output=True, text=True, timeout=3600,
+            )  # fmt: skip
+            wall = time.perf_counter() - started
+            assert ingest.returncode == 0, ingest.stderr
+            print(ingest.stdout.strip())
+            reported = re.search(r"([0-9.]+) images/s", ingest.stdout)
+            assert reported is not None and f"ingested {args.images}" in ingest.stdout
+            results["ingest_images_per_s"] = float(reported.group(1))
+            results["ingest_process_wall_images_per_s"] = args.images / wall
+        finally:
+            process.terminate()
+            process.communicate(timeout=60)
+    results["ratio_ingest_over_embed_stream"] = (
+        results["ingest_images_per_s"] / results["embed_stream_images_per_s"]
+    )
+    results["ratio_wall_over_embed_stream"] = (
+        results["ingest_process_wall_images_per_s"] / results["embed_stream_images_per_s"]
+    )
+    print(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
