@@ -8,6 +8,7 @@ stopped the command (its message says what to do).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -16,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,44 +119,78 @@ def _start_stack(config: Any) -> Any:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        if args.cifar100:
+            if args.paths:
+                raise ImageSearchError("give either PATHs or --cifar100 ROOT, not both")
+            return ingest_cifar100(client, args.cifar100, args.split, args.update)
+        if not args.paths:
+            raise ImageSearchError("give the image files or folders to ingest, or --cifar100 ROOT")
         return ingest_paths(client, args.paths, label=args.label, update=args.update)
 
 
 def ingest_paths(
     client: ImageSearchClient, paths: Sequence[str], *, label: str = "", update: bool = False
 ) -> int:
-    from tqdm import tqdm
-
     files = list(image_files(paths))
-    ids = {path: stable_id(path) for path in files}
-    skipped = 0
-    if not update:  # resume: what is stored already is skipped
-        client.ensure_collection()
-        present: set[int] = set()
-        id_list = list(ids.values())
-        for start in range(0, len(id_list), 1000):
-            present |= client.existing_ids(id_list[start : start + 1000])
-        skipped = sum(1 for p in files if ids[p] in present)
-        files = [p for p in files if ids[p] not in present]
     unreadable: list[tuple[str, str]] = []
 
+    def item(path: Path) -> IngestItem | None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            unreadable.append((str(path), exc.strerror or str(exc)))
+            return None
+        return IngestItem(
+            id=stable_id(path), image=data, label=label or path.parent.name, uri=str(path.resolve())
+        )
+
+    return ingest_items(
+        client, [(stable_id(p), functools.partial(item, p)) for p in files], update, unreadable
+    )
+
+
+def ingest_cifar100(client: ImageSearchClient, root: str, split: str, update: bool) -> int:
+    from imgsearch.cifar import cifar100_item, load_cifar100
+
+    dataset = load_cifar100(Path(root), split=split)
+    sources: list[tuple[int, Callable[[], IngestItem | None]]] = [
+        (index, functools.partial(cifar100_item, dataset, split, index))
+        for index in range(len(dataset.data))
+    ]
+    return ingest_items(client, sources, update)
+
+
+def ingest_items(
+    client: ImageSearchClient,
+    sources: Sequence[tuple[int, Callable[[], IngestItem | None]]],
+    update: bool,
+    unreadable: list[tuple[str, str]] | None = None,
+) -> int:
+    """Ingest (id, how to load it) pairs with a progress bar and a summary. Unless `update`,
+    ids already stored are skipped: re-running resumes an interrupted ingest."""
+    from tqdm import tqdm
+
+    unreadable = [] if unreadable is None else unreadable
+    skipped = 0
+    if not update:
+        client.ensure_collection()
+        present: set[int] = set()
+        ids = [item_id for item_id, _ in sources]
+        for start in range(0, len(ids), 1000):
+            present |= client.existing_ids(ids[start : start + 1000])
+        skipped = sum(1 for item_id, _ in sources if item_id in present)
+        sources = [(i, load) for i, load in sources if i not in present]
+
     def items() -> Iterator[IngestItem]:
-        for path in files:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                unreadable.append((str(path), exc.strerror or str(exc)))
+        for _, load in sources:
+            item = load()
+            if item is None:
                 bar.update(1)
-                continue
-            yield IngestItem(
-                id=ids[path],
-                image=data,
-                label=label or path.parent.name,
-                uri=str(path.resolve()),
-            )
+            else:
+                yield item
 
     started = time.monotonic()
-    with tqdm(total=len(files), unit="img", desc="ingest", file=sys.stderr) as bar:
+    with tqdm(total=len(sources), unit="img", desc="ingest", file=sys.stderr) as bar:
         report = client.ingest(items(), on_progress=bar.update)
     elapsed = time.monotonic() - started
     failed = [(item.uri, reason) for item, reason in report.failed] + unreadable
@@ -300,9 +335,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from imgsearch.local_stack import StackConfig
 
     data_dir = Path(args.data_dir)
-    images_dir = data_dir / "demo-images"
-    print(f"demo: generating a labelled image set in {images_dir}", flush=True)
-    paths = write_dataset(images_dir, per_label=args.per_label)
+    paths = cifar100_files(Path(args.cifar100), data_dir / "cifar-images", args.cifar_images)
+    if paths:
+        images_dir = data_dir / "cifar-images"
+        print(f"demo: {len(paths)} CIFAR-100 training images from {args.cifar100}", flush=True)
+    else:
+        images_dir = data_dir / "demo-images"
+        print(
+            f"demo: no CIFAR-100 under {args.cifar100}; generating a labelled image set in "
+            f"{images_dir}",
+            flush=True,
+        )
+        paths = write_dataset(images_dir, per_label=args.per_label)
     stack = _start_stack(
         StackConfig(data_dir=data_dir, embedder_port=0, searcher_port=0, weights=args.weights)
     )
@@ -331,6 +375,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return status
     finally:
         stack.stop()
+
+
+def cifar100_files(root: Path, out: Path, count: int) -> list[Path]:
+    """The first `count` CIFAR-100 training images as PNG files under out/<class>/ (so the grid
+    can show them), or [] when no local copy is there. The demo never downloads."""
+    if not (root / "cifar-100-python").is_dir():
+        return []
+    from imgsearch.cifar import cifar100_item, load_cifar100
+
+    try:
+        dataset = load_cifar100(root, split="train", download=False)
+    except ImageSearchError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return []
+    paths = []
+    for index in range(min(count, len(dataset.data))):
+        item = cifar100_item(dataset, "train", index)
+        path = out / item.label / f"{index:05d}.png"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(item.image)
+        paths.append(path)
+    return paths
 
 
 # -- wiring ------------------------------------------------------------------------------------
@@ -408,7 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     _client_options(ingest)
-    ingest.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    ingest.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    ingest.add_argument(
+        "--cifar100",
+        metavar="ROOT",
+        help="ingest CIFAR-100 from ROOT through torchvision (downloaded when missing and "
+        "online); ids = dataset indices, labels = class names",
+    )
+    ingest.add_argument(
+        "--split", default="train", choices=["train", "test"], help="CIFAR-100 split"
+    )
     ingest.add_argument(
         "--label", default="", help="label for every image (default: its folder's name)"
     )
@@ -463,7 +539,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="imagenet, a state_dict path, or random (meaningless results) [env IMGSEARCH_WEIGHTS]",
     )
     demo.add_argument("--collection", default="demo", help="collection to fill")
-    demo.add_argument("--per-label", type=int, default=20, help="images per label (10 labels)")
+    demo.add_argument(
+        "--cifar100",
+        default=str(Path(data_dir) / "cifar100"),
+        metavar="ROOT",
+        help="use CIFAR-100 from this folder when it holds cifar-100-python/ (never downloaded "
+        "by the demo; `imgsearch ingest --cifar100 ROOT` downloads)",
+    )
+    demo.add_argument("--cifar-images", type=int, default=2000, help="CIFAR-100 images to use")
+    demo.add_argument(
+        "--per-label", type=int, default=20, help="generated images per label (10 labels)"
+    )
     demo.add_argument("--top-k", type=int, default=10, help="hits to show")
     demo.add_argument("--grid", default="imgsearch-demo.png", help="where to write the grid")
     demo.set_defaults(run=cmd_demo)

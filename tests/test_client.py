@@ -4,6 +4,7 @@ resumable ingest, several embedder replicas, and the model-fingerprint guard."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -191,3 +192,38 @@ def test_tutorial_paths_are_stable_ids(tmp_path: Path) -> None:
     assert stable_id(path) == stable_id(tmp_path / "a" / ".." / "a" / "b.jpg")
     assert stable_id(path) != stable_id(tmp_path / "a" / "c.jpg")
     assert 0 <= stable_id(path) < 1 << 63
+
+
+def test_cifar100_items_carry_dataset_indices_and_class_names(searcher, embedder) -> None:
+    from types import SimpleNamespace
+
+    from imgsearch.cifar import cifar100_item
+
+    # The attributes torchvision's CIFAR100 exposes, with generated pixels.
+    rng = np.random.default_rng(0)
+    dataset = SimpleNamespace(
+        data=rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8),
+        targets=[i % 3 for i in range(12)],
+        classes=["apple", "aquarium_fish", "baby"],
+    )
+    items = [cifar100_item(dataset, "train", i) for i in range(12)]
+    assert [(i.id, i.label) for i in items][:4] == [
+        (0, "apple"), (1, "aquarium_fish"), (2, "baby"), (3, "apple"),
+    ]  # fmt: skip
+    with ImageSearchClient(
+        f"127.0.0.1:{embedder.port}", f"127.0.0.1:{searcher.port}", collection="cifar"
+    ) as client:
+        assert client.ingest(items).stored == 12
+        hits = client.search_image(items[7].image, top_k=1)
+        assert (hits[0].id, hits[0].label, hits[0].uri) == (7, "aquarium_fish", "cifar100:train/7")
+
+
+def test_cifar100_without_a_local_copy_or_network_names_what_to_fetch(searcher, tmp_path) -> None:
+    env = dict(os.environ, https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    result = subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", "ingest", "--cifar100", str(tmp_path),
+         "--searcher", f"127.0.0.1:{searcher.port}", "--embedder", "127.0.0.1:9"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "cifar-100-python.tar.gz" in result.stderr and str(tmp_path) in result.stderr
