@@ -110,6 +110,7 @@ def test_services_and_rpcs_are_as_designed() -> None:
         "Upsert",
         "Search",
         "Get",
+        "ListItems",
         "Delete",
         "GetStats",
     }
