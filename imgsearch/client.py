@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import socket
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import numpy as np
 
 from imgsearch import vectors
 from imgsearch._status import ERROR_OF, error_from_rpc
+from imgsearch._upsert import UpsertWriter
 from imgsearch.errors import FailedPrecondition, ImageSearchError, InvalidArgument
 from imgsearch.features import FeatureRow
 from imgsearch.v1 import embedder_pb2, embedder_pb2_grpc, searcher_pb2, searcher_pb2_grpc
@@ -383,31 +382,14 @@ class ImageSearchClient:
     ) -> IngestReport:
         """Embed and store items, pipelined: up to `requests_in_flight` Embed calls run while
         finished vectors stream to the searcher in `items_per_message` transactions (small, so
-        an interrupted ingest loses at most a second of work). An image
-        that cannot be embedded is reported and skipped; the rest are stored. Storing the same
-        id again updates it, so an interrupted ingest can simply be run again."""
+        an interrupted ingest loses at most a second of work). An image that cannot be embedded
+        is reported and skipped; the rest are stored. UNAVAILABLE is retried with backoff on
+        both sides (storing an id again only updates it), so a service restarting mid-ingest
+        costs time, not data; and an interrupted ingest can simply be run again."""
         name = collection or self.collection
         self.ensure_collection(name)
         report = IngestReport()
-        outbox: queue.Queue[searcher_pb2.UpsertRequest | None] = queue.Queue(maxsize=4)
-        upsert_result: list[searcher_pb2.UpsertResponse | BaseException] = []
-
-        def upsert_requests() -> Iterator[searcher_pb2.UpsertRequest]:
-            while (message := outbox.get()) is not None:
-                yield message
-
-        def run_upsert() -> None:
-            try:
-                upsert_result.append(
-                    self.searcher.Upsert(upsert_requests(), timeout=max(self.timeout_s, 3600.0))
-                )
-            except BaseException as exc:  # handed to the caller's thread below
-                upsert_result.append(exc)
-                while outbox.get() is not None:  # unblock the producer
-                    pass
-
-        writer = threading.Thread(target=run_upsert, name="upsert", daemon=True)
-        writer.start()
+        writer = UpsertWriter(self.searcher.Upsert, timeout_s=max(self.timeout_s, 3600.0))
         pending: deque[tuple[list[IngestItem], Any]] = deque()
         batch: list[searcher_pb2.Item] = []
 
@@ -437,8 +419,8 @@ class ImageSearchClient:
                 on_progress(len(chunk))
 
         def flush() -> None:
-            if batch and not upsert_result:
-                outbox.put(searcher_pb2.UpsertRequest(collection=name, items=list(batch)))
+            if batch:
+                writer.put(searcher_pb2.UpsertRequest(collection=name, items=list(batch)))
             batch.clear()
 
         try:
@@ -449,22 +431,16 @@ class ImageSearchClient:
                 pending.append((chunk, self.embedder.Embed.future(request, timeout=self.timeout_s)))
                 if len(pending) >= requests_in_flight:
                     drain_one()
-                if upsert_result:
+                if writer.error is not None:
                     break
-            while pending and not upsert_result:
+            while pending and writer.error is None:
                 drain_one()
             flush()
         finally:
             for _, future in pending:
                 future.cancel()
-            outbox.put(None)
-            writer.join()
-        (outcome,) = upsert_result
-        if isinstance(outcome, grpc.RpcError):
-            raise error_from_rpc(outcome)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        report.inserted, report.updated = outcome.inserted_count, outcome.updated_count
+            writer.close()  # raises what stopped the writer, if anything did
+        report.inserted, report.updated = writer.inserted, writer.updated
         return report
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -227,3 +228,42 @@ def test_cifar100_without_a_local_copy_or_network_names_what_to_fetch(searcher, 
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "cifar-100-python.tar.gz" in result.stderr and str(tmp_path) in result.stderr
+
+
+def test_a_searcher_restarting_mid_ingest_costs_time_not_data(postgres_dsn, embedder) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = SearcherConfig(address=f"127.0.0.1:{port}", dsn=postgres_dsn)
+    first = Searcher(config).start()
+    second: Searcher | None = None
+    items = [IngestItem(id=i, image=images.jpeg(i, (160, 120)), label="x") for i in range(400)]
+    outcome: list[object] = []
+    address = (f"127.0.0.1:{embedder.port}", f"127.0.0.1:{port}")
+    try:
+        with ImageSearchClient(*address, collection="restarted", timeout_s=60) as client:
+            worker = threading.Thread(target=lambda: outcome.append(_try(client.ingest, items)))
+            worker.start()
+            with ImageSearchClient(None, address[1], collection="restarted") as watcher:
+                deadline = time.monotonic() + 120
+                while _rows(watcher) < 64:
+                    assert worker.is_alive() and time.monotonic() < deadline
+                    time.sleep(0.02)
+            first.stop(grace_s=0)  # mid-stream
+            time.sleep(1.0)
+            second = Searcher(config).start()
+            worker.join(timeout=300)
+        assert outcome and not isinstance(outcome[0], BaseException), outcome
+        with ImageSearchClient(None, address[1], collection="restarted") as client:
+            assert client.stats().row_count == 400
+    finally:
+        first.stop(grace_s=0)
+        if second is not None:
+            second.stop(grace_s=0)
+
+
+def _try(function, *args):  # type: ignore[no-untyped-def]
+    try:
+        return function(*args)
+    except BaseException as exc:  # returned to the test's thread
+        return exc
