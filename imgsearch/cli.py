@@ -271,7 +271,7 @@ def write_grid(
         warning="RANDOM WEIGHTS: results are meaningless" if random_weights else "",
     )
     grid.save(out)
-    print(f"wrote {out}")
+    print(f"wrote {Path(out).resolve()}")
 
 
 def _open(data: bytes) -> Any:
