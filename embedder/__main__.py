@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from embedder.config import parse_config
 from embedder.model import ModelLoadError
 from embedder.server import Embedder
+from imgsearch._lifecycle import configure_logging, stop_on_signals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    configure_logging()
+    stop = stop_on_signals()
     try:
         embedder = Embedder(config).start()
     except ModelLoadError as exc:

@@ -90,11 +90,20 @@ ERROR_OF: dict[grpc.StatusCode, type[errors.ImageSearchError]] = {
 }
 
 
+_CODE_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def error_from_status(code: grpc.StatusCode | int, message: str) -> errors.ImageSearchError:
+    """The imgsearch exception for a status (a code or its number) and its message."""
+    if isinstance(code, int):
+        code = _CODE_OF_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    error = ERROR_OF.get(code, errors.ImageSearchError)(message or code.name)
+    error.code = code  # type: ignore[attr-defined]
+    return error
+
+
 def error_from_rpc(exc: grpc.RpcError) -> errors.ImageSearchError:
     """The imgsearch exception for a failed call, keeping the server's message."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    cls = ERROR_OF.get(code, errors.ImageSearchError)
-    error = cls(details or code.name)
-    error.code = code  # type: ignore[attr-defined]
-    return error
+    return error_from_status(code, details)

@@ -13,9 +13,7 @@ import hashlib
 import io
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 # have nothing to do there but log a line each time. Set before grpc is first imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+from imgsearch._lifecycle import stop_on_signals  # noqa: E402
 from imgsearch.client import DEFAULT_COLLECTION, Hit, ImageSearchClient, IngestItem  # noqa: E402
 from imgsearch.errors import ImageSearchError  # noqa: E402
 from imgsearch.v1 import embedder_pb2, searcher_pb2  # noqa: E402
@@ -84,9 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if stack is None:
         return 2
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     print(f"embedder  {stack.embedder_address}", flush=True)
     print(f"searcher  {stack.searcher_address}", flush=True)
     print(f"data      {args.data_dir}", flush=True)

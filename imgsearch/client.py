@@ -27,9 +27,14 @@ import grpc
 import numpy as np
 
 from imgsearch import vectors
-from imgsearch._status import ERROR_OF, error_from_rpc
+from imgsearch._status import error_from_rpc, error_from_status
 from imgsearch._upsert import UpsertWriter
-from imgsearch.errors import FailedPrecondition, ImageSearchError, InvalidArgument
+from imgsearch.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    ImageSearchError,
+    InvalidArgument,
+)
 from imgsearch.features import FeatureRow
 from imgsearch.v1 import embedder_pb2, embedder_pb2_grpc, searcher_pb2, searcher_pb2_grpc
 
@@ -193,21 +198,24 @@ class ImageSearchClient:
         filled by a different model unless force=True."""
         name = name or self.collection
         info = self.model_info()
-        try:
-            collection = self._call(
-                self.searcher.CreateCollection,
-                searcher_pb2.CreateCollectionRequest(
-                    name=name, dim=info.dim, model_fingerprint=info.fingerprint
-                ),
-            ).collection
-        except ImageSearchError as exc:
-            if getattr(exc, "code", None) != grpc.StatusCode.ALREADY_EXISTS:
-                raise
-            collection = self._call(
-                self.searcher.GetCollection, searcher_pb2.GetCollectionRequest(name=name)
-            ).collection
+        collection = self._create_or_get(
+            searcher_pb2.CreateCollectionRequest(
+                name=name, dim=info.dim, model_fingerprint=info.fingerprint
+            )
+        )
         self._check_model(collection, info)
         return collection
+
+    def _create_or_get(
+        self, request: searcher_pb2.CreateCollectionRequest
+    ) -> searcher_pb2.Collection:
+        """The collection `request` describes, or the one of that name that already exists."""
+        try:
+            return self._call(self.searcher.CreateCollection, request).collection
+        except AlreadyExists:
+            return self._call(
+                self.searcher.GetCollection, searcher_pb2.GetCollectionRequest(name=request.name)
+            ).collection
 
     def _check_model(
         self, collection: searcher_pb2.Collection, info: embedder_pb2.GetModelInfoResponse
@@ -352,17 +360,7 @@ class ImageSearchClient:
         return stored
 
     def _ensure_dim(self, name: str, dim: int) -> None:
-        try:
-            collection = self._call(
-                self.searcher.CreateCollection,
-                searcher_pb2.CreateCollectionRequest(name=name, dim=dim),
-            ).collection
-        except ImageSearchError as exc:
-            if getattr(exc, "code", None) != grpc.StatusCode.ALREADY_EXISTS:
-                raise
-            collection = self._call(
-                self.searcher.GetCollection, searcher_pb2.GetCollectionRequest(name=name)
-            ).collection
+        collection = self._create_or_get(searcher_pb2.CreateCollectionRequest(name=name, dim=dim))
         if collection.dim != dim:
             raise FailedPrecondition(
                 f"collection {name!r} holds {collection.dim}-d vectors; the file has {dim}-d ones"
@@ -468,9 +466,7 @@ def _chunks(items: Iterable[IngestItem], size: int) -> Iterator[list[IngestItem]
 def _outcome(result: embedder_pb2.EmbedResult) -> np.ndarray | ImageSearchError:
     if result.WhichOneof("outcome") == "vector":
         return vectors.from_proto(result.vector)
-    code = next((c for c in grpc.StatusCode if c.value[0] == result.error.code), None)
-    cls = ERROR_OF.get(code, ImageSearchError) if code is not None else ImageSearchError
-    return cls(result.error.message)
+    return error_from_status(result.error.code, result.error.message)
 
 
 def _hits(response: searcher_pb2.SearchResponse) -> list[Hit]:

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
+from imgsearch._lifecycle import configure_logging, stop_on_signals
 from searcher.config import parse_config
 from searcher.server import Searcher
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command it runs
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    configure_logging()
+    stop = stop_on_signals()
     searcher = Searcher(config).start()
     print(f"imgsearch-searcher listening on port {searcher.port}", flush=True)
     try:

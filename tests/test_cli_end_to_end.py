@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,19 +16,10 @@ from PIL import Image
 
 from tests import images
 from tests.conftest import ROOT
+from tests.process_helpers import imgsearch, offline_env
 
 LABELS = [f"label{i:02d}" for i in range(10)]
 PER_LABEL = 20
-
-
-def imgsearch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgsearch.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -169,11 +159,9 @@ def test_the_demo_runs_offline_with_random_weights_and_says_so(tmp_path) -> None
 
 
 def test_the_demo_without_imagenet_weights_stops_and_names_the_way_out(tmp_path) -> None:
-    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), https_proxy="http://127.0.0.1:9")
-    env["HTTPS_PROXY"] = env["https_proxy"]
-    result = subprocess.run(
-        [sys.executable, "-m", "imgsearch.cli", "demo", "--data-dir", str(tmp_path / "demo")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    result = imgsearch(
+        "demo", "--data-dir", str(tmp_path / "demo"),
+        env=offline_env(TORCH_HOME=str(tmp_path / "torch")),
     )  # fmt: skip
     assert result.returncode == 2
     assert "squeezenet1_1-b8a52dc0.pth" in result.stderr

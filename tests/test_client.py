@@ -4,7 +4,6 @@ resumable ingest, several embedder replicas, and the model-fingerprint guard."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from searcher.config import SearcherConfig
 from searcher.server import Searcher
 from tests import images
 from tests.conftest import ROOT
+from tests.process_helpers import imgsearch, offline_env
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,6 @@ def embedder() -> Iterator[Embedder]:
     server.stop(grace_s=1)
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgsearch.cli", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-
-
 def test_feature_files_import_search_and_export_like_the_tutorial(searcher, tmp_path) -> None:
     rng = np.random.default_rng(0)
     data = rng.gamma(1.0, size=(1000, 1000)).astype(np.float32)
@@ -63,11 +56,11 @@ def test_feature_files_import_search_and_export_like_the_tutorial(searcher, tmp_
         for i, v in zip(ids, data, strict=True):
             out.write(format_line(int(i), f"class{i % 100}", v))
     target = ("--searcher", f"127.0.0.1:{searcher.port}", "--collection", "tutorial")
-    imported = cli("import-features", str(source), *target)
+    imported = imgsearch("import-features", str(source), *target)
     assert imported.returncode == 0, imported.stderr
     assert "imported 1000 rows" in imported.stdout
     # The tutorial queries with image 4999's own vector.
-    found = cli("search", "--id", "4999", "--top-k", "10", "--json", *target)
+    found = imgsearch("search", "--id", "4999", "--top-k", "10", "--json", *target)
     assert found.returncode == 0, found.stderr
     hits = json.loads(found.stdout)["hits"]
     distances = np.linalg.norm(data.astype(np.float64) - data[-1], axis=1)
@@ -75,7 +68,7 @@ def test_feature_files_import_search_and_export_like_the_tutorial(searcher, tmp_
     assert [h["id"] for h in hits] == truth
     assert np.allclose([h["distance"] for h in hits], np.sort(distances)[:10], atol=1e-3)
     exported = tmp_path / "exported.txt"
-    result = cli("export-features", str(exported), *target)
+    result = imgsearch("export-features", str(exported), *target)
     assert result.returncode == 0, result.stderr
     assert exported.read_bytes() == source.read_bytes()
 
@@ -88,7 +81,7 @@ def test_a_malformed_feature_line_is_named_and_its_batch_is_not_half_loaded(
     source = tmp_path / "bad.txt"
     source.write_text("".join(lines))
     target = ("--searcher", f"127.0.0.1:{searcher.port}", "--collection", "half")
-    result = cli("import-features", str(source), *target)
+    result = imgsearch("import-features", str(source), *target)
     assert result.returncode == 2
     assert "line 1101" in result.stderr and "not a number" in result.stderr
     assert "stored 1000 rows before it" in result.stderr
@@ -119,7 +112,7 @@ def test_killing_ingest_half_way_and_running_it_again_stores_each_image_once(
         first.communicate()
         stored_before = _rows(client)
         assert 0 < stored_before < 300
-        again = cli("ingest", str(tmp_path / "photos"), *target)
+        again = imgsearch("ingest", str(tmp_path / "photos"), *target)
         assert again.returncode == 0, again.stderr
         assert f"skipped {stored_before} already stored" in again.stdout
         assert _rows(client) == 300
@@ -220,11 +213,10 @@ def test_cifar100_items_carry_dataset_indices_and_class_names(searcher, embedder
 
 
 def test_cifar100_without_a_local_copy_or_network_names_what_to_fetch(searcher, tmp_path) -> None:
-    env = dict(os.environ, https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
-    result = subprocess.run(
-        [sys.executable, "-m", "imgsearch.cli", "ingest", "--cifar100", str(tmp_path),
-         "--searcher", f"127.0.0.1:{searcher.port}", "--embedder", "127.0.0.1:9"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    result = imgsearch(
+        "ingest", "--cifar100", str(tmp_path),
+        "--searcher", f"127.0.0.1:{searcher.port}", "--embedder", "127.0.0.1:9",
+        env=offline_env(),
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "cifar-100-python.tar.gz" in result.stderr and str(tmp_path) in result.stderr

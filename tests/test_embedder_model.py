@@ -12,6 +12,7 @@ import torch
 
 from embedder.model import EmbeddingModel, ModelLoadError, ModelSpec, imagenet_weights_file
 from tests.embedder_helpers import save_random_weights
+from tests.process_helpers import DEAD_PROXY
 
 
 @pytest.fixture()
@@ -21,7 +22,7 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "torch-home"
     monkeypatch.setenv("TORCH_HOME", str(home))
     for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
-        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+        monkeypatch.setenv(variable, DEAD_PROXY)
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     return home

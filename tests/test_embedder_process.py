@@ -3,7 +3,6 @@ in-flight work finish, refuses new work, and exits in time."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from imgsearch.v1 import embedder_pb2 as pb
 from tests import images
 from tests.conftest import ROOT
 from tests.embedder_helpers import embedder_stub, vector_of
+from tests.process_helpers import offline_env, run_module
 
 
 def _start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
@@ -36,15 +36,8 @@ def _start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Po
 
 
 def test_missing_weights_stop_the_embedder_at_start_with_the_file_to_fetch(tmp_path: Path) -> None:
-    env = dict(os.environ, TORCH_HOME=str(tmp_path), https_proxy="http://127.0.0.1:9")
-    env["HTTPS_PROXY"] = env["https_proxy"]
-    result = subprocess.run(
-        [sys.executable, "-m", "embedder", "--address", "127.0.0.1:0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_module(
+        "embedder", "--address", "127.0.0.1:0", env=offline_env(TORCH_HOME=str(tmp_path))
     )
     assert result.returncode == 2
     assert "cannot start" in result.stderr
