@@ -34,6 +34,7 @@ def main() -> int:
                     "mean_batch_size": stats.mean_batch_size,
                     "batch_sizes": dict(stats.batch_sizes),
                     "decode_seconds": stats.decode_seconds,
+                    "preprocess_seconds": stats.preprocess_seconds,
                     "forward_seconds": stats.forward_seconds,
                 }
             ),

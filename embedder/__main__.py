@@ -14,7 +14,7 @@ from imgsearch._lifecycle import configure_logging, stop_on_signals
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
-    configure_logging()
+    configure_logging(config.log_format)
     stop = stop_on_signals()
     try:
         embedder = Embedder(config).start()

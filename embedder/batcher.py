@@ -53,6 +53,7 @@ class BatcherStats:
     rejected_overload: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     decode_seconds: float = 0.0
+    preprocess_seconds: float = 0.0
     forward_seconds: float = 0.0
 
     @property
@@ -165,14 +166,15 @@ class Batcher:
         self, data: bytes, deadline: float | None
     ) -> np.ndarray | ImageSearchError:
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         try:
-            tensor = await loop.run_in_executor(self._decode_pool, self._decode, data)
+            tensor, decode_s, preprocess_s = await loop.run_in_executor(
+                self._decode_pool, self._decode, data
+            )
         except ImageSearchError as exc:
             self.stats.errors[type(exc).__name__] += 1
             return exc
-        finally:
-            self.stats.decode_seconds += time.perf_counter() - started
+        self.stats.decode_seconds += decode_s
+        self.stats.preprocess_seconds += preprocess_s
         future: asyncio.Future[np.ndarray] = loop.create_future()
         assert self._queue is not None
         self._queue.put_nowait(_Pending(tensor, future, loop.time(), deadline))
@@ -183,8 +185,13 @@ class Batcher:
             self.stats.errors[type(exc).__name__] += 1
             return exc
 
-    def _decode(self, data: bytes) -> torch.Tensor:
-        return preprocess(decode_image(data, self.limits))
+    def _decode(self, data: bytes) -> tuple[torch.Tensor, float, float]:
+        """The model's input tensor, and the seconds decoding and preprocessing took."""
+        started = time.perf_counter()
+        image = decode_image(data, self.limits)
+        decoded = time.perf_counter()
+        tensor = preprocess(image)
+        return tensor, decoded - started, time.perf_counter() - decoded
 
     # -- the batching loop --------------------------------------------------------------------
 

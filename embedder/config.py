@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from embedder.batcher import BatcherConfig
 from embedder.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DecodeLimits
 from embedder.model import DEFAULT_MODEL, ModelSpec
-from imgsearch import _config
+from imgsearch import _config, _serving
 
 ENV_PREFIX = "IMGSEARCH_EMBEDDER_"
 
@@ -37,6 +37,12 @@ class EmbedderConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int = 256
     grace_s: float = 10.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tokens_file: str = ""
+    metrics_address: str = ""
+    log_format: str = "text"
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(
@@ -84,6 +90,7 @@ HELP = {
     "max_message_bytes": "largest gRPC message accepted",
     "max_concurrent_rpcs": "RPCs served at once; more get RESOURCE_EXHAUSTED",
     "grace_s": "seconds in-flight RPCs get to finish on shutdown",
+    **_serving.SERVING_HELP,
 }
 
 

@@ -18,8 +18,10 @@ from grpc_reflection.v1alpha import reflection
 
 from embedder.batcher import Batcher
 from embedder.config import EmbedderConfig
+from embedder.metrics import embedder_metrics
 from embedder.model import EmbeddingModel
 from embedder.service import SERVICE_NAME, EmbedderServicer
+from imgsearch._serving import MetricsEndpoint, RpcGuard, RpcMetrics, Tokens, server_credentials
 from imgsearch.v1 import embedder_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ class Embedder:
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
+        self.metrics: RpcMetrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics_port = 0
 
     def start(self) -> Embedder:
         """Load and warm the model, then serve; health is SERVING once this returns."""
@@ -56,8 +61,17 @@ class Embedder:
         config = self.config
         assert self.batcher is not None and self.model is not None
         await self.batcher.start()
+        self.metrics = embedder_metrics(self.batcher)
+        if config.metrics_address:
+            self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_address)
+            self.metrics_port = self._metrics_endpoint.port
+        guard = RpcGuard(
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
+            tokens=Tokens.load(config.tokens_file),
+            metrics=self.metrics,
+        )
         server = grpc.aio.server(
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            interceptors=[guard.aio_interceptor()],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -75,7 +89,11 @@ class Embedder:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(config.address)
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        if credentials is None:
+            self.port = server.add_insecure_port(config.address)
+        else:
+            self.port = server.add_secure_port(config.address, credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind {config.address}")
         await server.start()
@@ -96,6 +114,9 @@ class Embedder:
                 self._thread.join(timeout=10)
             self._loop.close()
             self._loop = self._thread = self._server = None
+            if self._metrics_endpoint is not None:
+                self._metrics_endpoint.stop()
+                self._metrics_endpoint = None
 
     async def _stop(self, grace: float) -> None:
         if self._health is not None:

@@ -3,15 +3,39 @@ SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+from datetime import UTC, datetime
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, and the
+    traceback when there is one; what log shippers parse without a grammar."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str = "text") -> None:
+    if log_format not in ("text", "json"):
+        raise SystemExit(f"log format must be text or json, not {log_format!r}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command it runs
 
 

@@ -23,9 +23,10 @@ from typing import Any
 # have nothing to do there but log a line each time. Set before grpc is first imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+from imgsearch._channel import ChannelSecurity  # noqa: E402
 from imgsearch._lifecycle import stop_on_signals  # noqa: E402
 from imgsearch.client import DEFAULT_COLLECTION, Hit, ImageSearchClient, IngestItem  # noqa: E402
-from imgsearch.errors import ImageSearchError  # noqa: E402
+from imgsearch.errors import ImageSearchError, InvalidArgument  # noqa: E402
 from imgsearch.v1 import embedder_pb2, searcher_pb2  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
@@ -407,6 +408,7 @@ def _client(args: argparse.Namespace) -> ImageSearchClient:
         collection=args.collection,
         timeout_s=args.timeout,
         force=args.force,
+        security=_security(args),
     )
 
 
@@ -436,6 +438,42 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
         "--force",
         action="store_true",
         help="use a collection filled by a different model (vectors will not be comparable)",
+    )
+    security = ChannelSecurity.from_env()
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=security.tls,
+        help="connect with TLS (implied by --tls-ca/--tls-cert) [env IMGSEARCH_TLS=1]",
+    )
+    for name, default, what in (
+        ("ca", security.ca_file, "PEM CA bundle to trust (default: the system's)"),
+        ("cert", security.cert_file, "client certificate, for mutual TLS"),
+        ("key", security.key_file, "key of --tls-cert"),
+    ):
+        parser.add_argument(
+            f"--tls-{name}", default=default, help=f"{what} [env IMGSEARCH_TLS_{name.upper()}]"
+        )
+    parser.add_argument(
+        "--token-file",
+        default="",
+        help="file holding the bearer token to send (or set the env IMGSEARCH_TOKEN)",
+    )
+
+
+def _security(args: argparse.Namespace) -> ChannelSecurity:
+    token = ChannelSecurity.from_env().token
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {args.token_file}: {exc.strerror}") from None
+    return ChannelSecurity(
+        tls=bool(args.tls or args.tls_ca or args.tls_cert),
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+        token=token,
     )
 
 

@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 
 from imgsearch import vectors
+from imgsearch._channel import ChannelSecurity, open_channel
 from imgsearch._status import error_from_rpc, error_from_status
 from imgsearch._upsert import UpsertWriter
 from imgsearch.errors import (
@@ -114,7 +115,9 @@ def channel_target(addresses: str) -> str:
     return "ipv4:" + ",".join(resolved)
 
 
-def _channel(target: str, service_config: str | None = None) -> grpc.Channel:
+def _channel(
+    target: str, security: ChannelSecurity, service_config: str | None = None
+) -> grpc.Channel:
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -122,7 +125,7 @@ def _channel(target: str, service_config: str | None = None) -> grpc.Channel:
     ]
     if service_config is not None:
         options.append(("grpc.service_config", service_config))
-    return grpc.insecure_channel(channel_target(target), options=options)
+    return open_channel(channel_target(target), options, security)
 
 
 class ImageSearchClient:
@@ -134,12 +137,17 @@ class ImageSearchClient:
         collection: str = DEFAULT_COLLECTION,
         timeout_s: float = 60.0,
         force: bool = False,
+        security: ChannelSecurity | None = None,
     ) -> None:
+        """`security`: TLS and token; by default from the environment (ChannelSecurity.from_env)."""
         self.collection = collection
         self.timeout_s = timeout_s
         self.force = force
-        self._embedder_channel = _channel(embedder, _EMBEDDER_SERVICE_CONFIG) if embedder else None
-        self._searcher_channel = _channel(searcher) if searcher else None
+        security = ChannelSecurity.from_env() if security is None else security
+        self._embedder_channel = (
+            _channel(embedder, security, _EMBEDDER_SERVICE_CONFIG) if embedder else None
+        )
+        self._searcher_channel = _channel(searcher, security) if searcher else None
         self._model_info: embedder_pb2.GetModelInfoResponse | None = None
         self._checked: set[str] = set()
 

@@ -46,3 +46,11 @@ class Unavailable(ImageSearchError):
 
 class DeadlineExceeded(ImageSearchError):
     pass
+
+
+class Unauthenticated(ImageSearchError):
+    pass
+
+
+class PermissionDenied(ImageSearchError):
+    pass

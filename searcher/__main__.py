@@ -13,7 +13,7 @@ from searcher.server import Searcher
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
-    configure_logging()
+    configure_logging(config.log_format)
     stop = stop_on_signals()
     searcher = Searcher(config).start()
     print(f"imgsearch-searcher listening on port {searcher.port}", flush=True)

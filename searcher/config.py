@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgsearch import _config
+from imgsearch import _config, _serving
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,12 @@ class SearcherConfig:
     exact_filter_rows: int = 20_000
     maintenance_work_mem: str = "1GB"
     grace_s: float = 10.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tokens_file: str = ""
+    metrics_address: str = ""
+    log_format: str = "text"
 
     def resolved_data_dir(self) -> Path:
         from searcher.embedded import default_data_dir
@@ -48,6 +54,7 @@ HELP = {
     "exact_filter_rows": "filters matching at most this many rows are searched exactly",
     "maintenance_work_mem": "PostgreSQL maintenance_work_mem for index builds",
     "grace_s": "seconds in-flight RPCs get to finish on shutdown",
+    **_serving.SERVING_HELP,
 }
 
 

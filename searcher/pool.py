@@ -41,6 +41,8 @@ class ConnectionPool:
             "options": f"-c statement_timeout={int(statement_timeout_ms)}",
             "application_name": "imgsearch-searcher",
         }
+        self.max_size = max_size
+        self.in_use = 0  # connections lent out now (for metrics)
         self._slots = threading.BoundedSemaphore(max_size)
         self._idle: list[Any] = []
         self._lock = threading.Lock()
@@ -56,6 +58,8 @@ class ConnectionPool:
         """A connection for one unit of work; database failures leave as imgsearch errors."""
         if not self._slots.acquire(timeout=self._wait_s):
             raise Unavailable(f"no database connection free after {self._wait_s:.0f} s") from None
+        with self._lock:
+            self.in_use += 1
         conn = None
         try:
             with translate_database_errors():
@@ -82,6 +86,8 @@ class ConnectionPool:
                         conn.close()
                     else:
                         self._idle.append(conn)
+            with self._lock:
+                self.in_use -= 1
             self._slots.release()
 
     def check(self) -> None:

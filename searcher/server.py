@@ -10,16 +10,22 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
+from imgsearch._serving import MetricsEndpoint, RpcGuard, Tokens, server_credentials
 from imgsearch.errors import ImageSearchError
 from imgsearch.v1 import searcher_pb2, searcher_pb2_grpc
 from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
+from searcher.metrics import SearcherMetrics
 from searcher.pool import ConnectionPool
-from searcher.service import SearcherServicer
+from searcher.service import WRITE_METHODS, SearcherServicer
 from searcher.store import Limits, VectorStore
 
 logger = logging.getLogger(__name__)
+
+# Threads beyond max_concurrent_rpcs, for health checks and for refusing RPCs over the limit.
+SPARE_THREADS = 8
 
 SERVICE_NAME = searcher_pb2.DESCRIPTOR.services_by_name["SearcherService"].full_name
 
@@ -81,21 +87,30 @@ class DatabaseWatch:
 
 
 def build_server(
-    config: SearcherConfig, store: VectorStore
+    config: SearcherConfig, store: VectorStore, metrics: SearcherMetrics | None = None
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server bound to config.address (port 0 picks a free one), not yet started; health
     says NOT_SERVING until the database watch has seen the database."""
+    guard = RpcGuard(
+        max_concurrent_rpcs=config.max_concurrent_rpcs,
+        write_methods=WRITE_METHODS,
+        tokens=Tokens.load(config.tokens_file),
+        metrics=metrics,
+    )
     server = grpc.server(
+        # Spare threads beyond the limit: health checks and quick refusals always get one.
         futures.ThreadPoolExecutor(
-            max_workers=config.max_concurrent_rpcs, thread_name_prefix="rpc"
+            max_workers=config.max_concurrent_rpcs + SPARE_THREADS, thread_name_prefix="rpc"
         ),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        interceptors=[guard.interceptor()],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
     )
-    searcher_pb2_grpc.add_SearcherServiceServicer_to_server(SearcherServicer(store), server)
+    searcher_pb2_grpc.add_SearcherServiceServicer_to_server(
+        SearcherServicer(store, metrics), server
+    )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
@@ -103,7 +118,11 @@ def build_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(config.address)
+    credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+    if credentials is None:
+        port = server.add_insecure_port(config.address)
+    else:
+        port = server.add_secure_port(config.address, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind {config.address}")
     return server, port, health_servicer
@@ -120,6 +139,9 @@ class Searcher:
         self._server: grpc.Server | None = None
         self._watch: DatabaseWatch | None = None
         self.store: VectorStore | None = None
+        self.metrics: SearcherMetrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics_port = 0
 
     def start(self) -> Searcher:
         config = self.config
@@ -139,7 +161,11 @@ class Searcher:
             exact_filter_rows=config.exact_filter_rows,
             maintenance_work_mem=config.maintenance_work_mem,
         )
-        self._server, self.port, health_servicer = build_server(config, self.store)
+        self.metrics = SearcherMetrics(CollectorRegistry(), pool)
+        if config.metrics_address:
+            self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_address)
+            self.metrics_port = self._metrics_endpoint.port
+        self._server, self.port, health_servicer = build_server(config, self.store, self.metrics)
         self._watch = DatabaseWatch(self.store, health_servicer)
         self._watch.start()
         self._server.start()
@@ -163,7 +189,9 @@ class Searcher:
             self.store.pool.close()
         if self._embedded is not None:
             self._embedded.stop()
-        self._server = self._watch = self._embedded = None
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
+        self._server = self._watch = self._embedded = self._metrics_endpoint = None
 
     def __enter__(self) -> Searcher:
         return self.start()

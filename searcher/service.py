@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -13,6 +14,7 @@ from imgsearch._status import DetailedError, map_errors
 from imgsearch.errors import ImageSearchError, InvalidArgument
 from imgsearch.v1 import searcher_pb2 as pb
 from imgsearch.v1 import searcher_pb2_grpc
+from searcher.metrics import SearcherMetrics
 from searcher.store import Collection, Filter, Item, Metric, VectorStore
 
 METRIC_TO_PROTO = {
@@ -23,9 +25,17 @@ METRIC_TO_PROTO = {
 METRIC_FROM_PROTO = {value: key for key, value in METRIC_TO_PROTO.items()}
 
 
+# The methods that change data: a read-only token may call every other one.
+WRITE_METHODS = frozenset(
+    f"/imgsearch.v1.SearcherService/{name}"
+    for name in ("CreateCollection", "DropCollection", "Upsert", "Delete")
+)
+
+
 class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
-    def __init__(self, store: VectorStore) -> None:
+    def __init__(self, store: VectorStore, metrics: SearcherMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
 
     @map_errors
     def CreateCollection(
@@ -84,7 +94,10 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
                         f"every message of one Upsert stream must name the same collection: "
                         f"message 1 named {session.collection.name!r}, message {number} {name!r}"
                     )
-                session.write([item_from_proto(item) for item in message.items])
+                counts = session.write([item_from_proto(item) for item in message.items])
+                if self.metrics is not None:
+                    self.metrics.rows_written.labels("inserted").inc(counts.inserted)
+                    self.metrics.rows_written.labels("updated").inc(counts.updated)
         except ImageSearchError as exc:
             done = session.counts if session else None
             committed = session.messages if session else 0
@@ -118,6 +131,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
         query: np.ndarray | int = (
             vectors.from_proto(request.vector) if kind == "vector" else int(request.id)
         )
+        started = time.perf_counter()
         result = self.store.search(
             request.collection,
             query,
@@ -126,6 +140,8 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             ef_search=request.params.ef_search,
             exact=request.params.exact,
         )
+        if self.metrics is not None:
+            self.metrics.query_seconds.observe(time.perf_counter() - started)
         return pb.SearchResponse(
             hits=[
                 pb.Hit(

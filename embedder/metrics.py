@@ -1,0 +1,80 @@
+"""The embedder's Prometheus metrics: the RPC metrics every server has, plus the batcher's own
+counters (batch sizes, queue depth, per-stage time, images), read from BatcherStats when
+Prometheus scrapes, so the batching loop pays nothing for them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from embedder.batcher import Batcher
+from imgsearch._serving import RpcMetrics
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class BatcherCollector(Collector):
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.batcher.stats
+        sizes = dict(stats.batch_sizes)  # a copy: the event loop keeps counting
+        buckets = []
+        for bound in BATCH_SIZE_BUCKETS:
+            buckets.append((str(bound), sum(n for size, n in sizes.items() if size <= bound)))
+        total = sum(sizes.values())
+        buckets.append(("+Inf", total))
+        yield HistogramMetricFamily(
+            "imgsearch_embedder_batch_size",
+            "images per batch run through the model",
+            buckets=buckets,
+            sum_value=sum(size * n for size, n in sizes.items()),
+        )
+        yield GaugeMetricFamily(
+            "imgsearch_embedder_queue_images",
+            "images decoded and waiting for the model",
+            value=self.batcher.queue_depth,
+        )
+        yield GaugeMetricFamily(
+            "imgsearch_embedder_in_flight_images",
+            "images admitted and not yet answered (bounded by max_queue_images)",
+            value=self.batcher.in_flight,
+        )
+        yield CounterMetricFamily(
+            "imgsearch_embedder_images", "images embedded (rate: images/s)", value=stats.images
+        )
+        stage = CounterMetricFamily(
+            "imgsearch_embedder_stage_seconds",
+            "time spent per stage, summed over images (forward: over batches)",
+            labels=["stage"],
+        )
+        stage.add_metric(["decode"], stats.decode_seconds)
+        stage.add_metric(["preprocess"], stats.preprocess_seconds)
+        stage.add_metric(["forward"], stats.forward_seconds)
+        yield stage
+        refused = CounterMetricFamily(
+            "imgsearch_embedder_images_not_embedded",
+            "images refused or dropped, by reason",
+            labels=["reason"],
+        )
+        refused.add_metric(["overload"], stats.rejected_overload)
+        refused.add_metric(["cancelled"], stats.dropped_cancelled)
+        refused.add_metric(["deadline"], stats.dropped_expired)
+        for error, n in dict(stats.errors).items():
+            refused.add_metric([error], n)
+        yield refused
+
+
+def embedder_metrics(batcher: Batcher) -> RpcMetrics:
+    registry = CollectorRegistry()
+    registry.register(BatcherCollector(batcher))
+    return RpcMetrics(registry)

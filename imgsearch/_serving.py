@@ -1,0 +1,362 @@
+"""What both servers wrap around their services, the same way: TLS credentials, bearer-token
+auth with read-only tokens, a limit on concurrent RPCs that names itself, RPC metrics, and the
+Prometheus endpoint.
+
+Health is never guarded: probes must work whatever the auth, and however busy the server is.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
+
+HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+
+# Tokens come from the environment or a file, never from flags (flags show in `ps`).
+TOKEN_ENV = "IMGSEARCH_TOKEN"
+READ_TOKEN_ENV = "IMGSEARCH_READ_TOKEN"
+ROLES = ("read", "write")
+
+# Help for the config fields every server has (see each service's config dataclass).
+SERVING_HELP = {
+    "tls_cert": "PEM certificate chain: serve TLS (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "tokens_file": "file of bearer tokens, one 'read TOKEN' or 'write TOKEN' per line; with "
+    f"{TOKEN_ENV} / {READ_TOKEN_ENV} set or this file given, every RPC but health needs a token",
+    "metrics_address": "host:port for Prometheus /metrics over HTTP (empty: off)",
+    "log_format": "text or json (one JSON object per line)",
+}
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCredentials | None:
+    """TLS when a certificate and key are given; mutual TLS (client certificates required and
+    checked against `client_ca`) when a CA is given too. None: plaintext."""
+    if not cert and not key:
+        if client_ca:
+            raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (cert and key):
+        raise SystemExit("TLS needs both --tls-cert and --tls-key")
+    return grpc.ssl_server_credentials(
+        [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
+        root_certificates=_read(client_ca, "client CA") if client_ca else None,
+        require_client_auth=bool(client_ca),
+    )
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+class Tokens:
+    """Bearer tokens and their roles: "write" may call everything, "read" everything but the
+    methods that change data."""
+
+    def __init__(self, roles: Mapping[str, str]) -> None:
+        self._roles = [(token.encode(), role) for token, role in roles.items()]
+
+    @classmethod
+    def load(cls, tokens_file: str = "", environ: Mapping[str, str] | None = None) -> Tokens | None:
+        """Tokens from IMGSEARCH_TOKEN (write), IMGSEARCH_READ_TOKEN (read) and `tokens_file`
+        (lines "write TOKEN" or "read TOKEN"; # comments). None when none is configured: no auth."""
+        environ = os.environ if environ is None else environ
+        roles: dict[str, str] = {}
+        if environ.get(TOKEN_ENV):
+            roles[environ[TOKEN_ENV]] = "write"
+        if environ.get(READ_TOKEN_ENV):
+            roles[environ[READ_TOKEN_ENV]] = "read"
+        if tokens_file:
+            text = _read(tokens_file, "tokens file").decode()
+            for number, line in enumerate(text.splitlines(), 1):
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                parts = line.split()
+                if len(parts) != 2 or parts[0] not in ROLES:
+                    raise SystemExit(
+                        f"{tokens_file} line {number}: expected 'read TOKEN' or 'write TOKEN'"
+                    )
+                roles[parts[1]] = parts[0]
+        return cls(roles) if roles else None
+
+    def role_of(self, metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+        offered = _bearer_token(metadata)
+        if offered is None:
+            return None
+        role = None
+        for token, token_role in self._roles:  # compare with all: no timing hint of which
+            if hmac.compare_digest(token, offered):
+                role = token_role
+        return role
+
+
+def _bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> bytes | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token.strip().encode()
+    return None
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+class RpcMetrics:
+    """RPC counts by method and status, and latency by method, in the service's own registry
+    (two services in one process, as `imgsearch up` runs them, must not share one)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "imgsearch_rpc_requests",
+            "RPCs finished, by method and status code",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "imgsearch_rpc_duration_seconds",
+            "RPC time in the server, by method",
+            ["method"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.in_flight = Gauge(
+            "imgsearch_rpc_in_flight", "RPCs being served now", registry=registry
+        )
+
+    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        name = method.lstrip("/")
+        self.requests.labels(name, code.name).inc()
+        self.seconds.labels(name).observe(seconds)
+
+
+class MetricsEndpoint:
+    """Prometheus's text format over HTTP at /metrics, on `address` ("host:port"; port 0 picks
+    a free one)."""
+
+    def __init__(self, registry: CollectorRegistry, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        self._httpd, self._thread = start_http_server(int(port), addr=host, registry=registry)
+        self.port: int = self._httpd.server_port
+        logger.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+# -- the guard: auth, concurrency limit, metrics ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: grpc.StatusCode
+    message: str
+
+
+class RpcGuard:
+    """Decides whether an RPC may run, counts it while it runs, and records how it ended."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_rpcs: int,
+        write_methods: frozenset[str] = frozenset(),
+        tokens: Tokens | None = None,
+        metrics: RpcMetrics | None = None,
+    ) -> None:
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.write_methods = write_methods
+        self.tokens = tokens
+        self.metrics = metrics
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def admit(self, method: str, metadata: Any) -> Refusal | None:
+        """None and one more RPC counted in flight, or why the RPC is refused."""
+        if self.tokens is not None:
+            role = self.tokens.role_of(metadata)
+            if role is None:
+                return Refusal(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or unknown bearer token: send metadata "
+                    "'authorization: Bearer <token>'",
+                )
+            if role == "read" and method in self.write_methods:
+                return Refusal(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{method.rsplit('/', 1)[-1]} changes data; this token is read-only",
+                )
+        with self._lock:
+            if self._in_flight >= self.max_concurrent_rpcs:
+                return Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self._in_flight} RPCs in progress; the limit is {self.max_concurrent_rpcs} "
+                    "(max_concurrent_rpcs): retry with backoff",
+                )
+            self._in_flight += 1
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        return None
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        if self.metrics is not None:
+            self.metrics.in_flight.dec()
+
+    def record(self, method: str, code: grpc.StatusCode | None, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.record(method, code or grpc.StatusCode.OK, time.perf_counter() - started)
+
+    def interceptor(self) -> grpc.ServerInterceptor:
+        return _SyncInterceptor(self)
+
+    def aio_interceptor(self) -> grpc.aio.ServerInterceptor:
+        return _AsyncInterceptor(self)
+
+
+_BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def _behaviour(handler: Any) -> tuple[str, Callable[..., Any]]:
+    for name in _BEHAVIOURS:
+        function = getattr(handler, name)
+        if function is not None:
+            return name, function
+    raise ValueError("handler has no behaviour")
+
+
+def _ended_with(context: Any, failed: bool) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+
+
+class _SyncInterceptor(grpc.ServerInterceptor):
+    def __init__(self, guard: RpcGuard) -> None:
+        self.guard = guard
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        method = details.method
+        if handler is None or method.startswith(HEALTH_METHOD_PREFIX):
+            return handler
+        guard, metadata = self.guard, details.invocation_metadata
+        name, behaviour = _behaviour(handler)
+
+        def enter(context: Any) -> float:
+            started = time.perf_counter()
+            refusal = guard.admit(method, metadata)
+            if refusal is not None:
+                guard.record(method, refusal.code, started)
+                context.abort(refusal.code, refusal.message)
+            return started
+
+        if handler.response_streaming:
+
+            def streaming(request: Any, context: Any) -> Any:
+                started = enter(context)
+                failed = True
+                try:
+                    yield from behaviour(request, context)
+                    failed = False
+                finally:
+                    guard.release()
+                    guard.record(method, _ended_with(context, failed), started)
+
+            return handler._replace(**{name: streaming})
+
+        def unary(request: Any, context: Any) -> Any:
+            started = enter(context)
+            failed = True
+            try:
+                response = behaviour(request, context)
+                failed = False
+                return response
+            finally:
+                guard.release()
+                guard.record(method, _ended_with(context, failed), started)
+
+        return handler._replace(**{name: unary})
+
+
+class _AsyncInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, guard: RpcGuard) -> None:
+        self.guard = guard
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.startswith(HEALTH_METHOD_PREFIX):
+            return handler
+        guard, metadata = self.guard, details.invocation_metadata
+        name, behaviour = _behaviour(handler)
+
+        async def enter(context: Any) -> float:
+            started = time.perf_counter()
+            refusal = guard.admit(method, metadata)
+            if refusal is not None:
+                guard.record(method, refusal.code, started)
+                await context.abort(refusal.code, refusal.message)
+            return started
+
+        if handler.response_streaming:
+
+            async def streaming(request: Any, context: Any) -> Any:
+                started = await enter(context)
+                failed = True
+                try:
+                    result = behaviour(request, context)
+                    if inspect.isasyncgen(result):
+                        async for response in result:
+                            yield response
+                    else:  # a handler that writes with context.write()
+                        await result
+                    failed = False
+                finally:
+                    guard.release()
+                    guard.record(method, _ended_with(context, failed), started)
+
+            return handler._replace(**{name: streaming})
+
+        async def unary(request: Any, context: Any) -> Any:
+            started = await enter(context)
+            failed = True
+            try:
+                result = behaviour(request, context)
+                response = await result if inspect.isawaitable(result) else result
+                failed = False
+                return response
+            finally:
+                guard.release()
+                guard.record(method, _ended_with(context, failed), started)
+
+        return handler._replace(**{name: unary})
