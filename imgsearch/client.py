@@ -404,7 +404,11 @@ class ImageSearchClient:
             try:
                 response = future.result()
             except grpc.RpcError as exc:
-                raise error_from_rpc(exc) from None
+                error = error_from_rpc(exc)
+                raise type(error)(
+                    f"the embedder failed ({exc.code().name}: {error}); the items stored before "
+                    "stay stored: run the same ingest again to resume"
+                ) from None
             for item, result in zip(chunk, response.results, strict=True):
                 outcome = _outcome(result)
                 if isinstance(outcome, ImageSearchError):

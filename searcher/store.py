@@ -327,7 +327,8 @@ class VectorStore:
         limits = self.limits
         if len(items) > limits.max_items_per_message:
             raise ResourceExhausted(
-                f"{len(items)} items in one message; the limit is {limits.max_items_per_message}"
+                f"{len(items)} items in one message; the limit is {limits.max_items_per_message} "
+                "(max_items_per_message)"
             )
         seen: set[int] = set()
         for index, item in enumerate(items):
@@ -373,24 +374,37 @@ class VectorStore:
         self._remember(collection, True)
         logger.info("built HNSW index of %s in %.1f s", collection.name, time.monotonic() - started)
 
-    def _drop_index_if_empty(self, collection: Collection) -> bool:
-        """Drop the index of an empty collection before a bulk load; True if it was dropped."""
+    def _prepare_load(self, collection: Collection) -> tuple[bool, bool]:
+        """Before an Upsert stream: (whether the index build is deferred to its end, whether the
+        collection is empty). An empty collection's index is dropped for the load. A missing
+        index (a bulk load whose searcher was killed before building it) is built at the end."""
         if not collection.indexable:
-            return False
+            return False, False
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
             cur.execute(
                 sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(collection.table)
             )
             cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(collection.table))
             if cur.fetchone()[0]:
-                return False
+                cur.execute(
+                    "SELECT to_regclass(%s) IS NULL",
+                    (f"{DATA_SCHEMA}.{collection.index_name}",),
+                )
+                index_missing: bool = cur.fetchone()[0]
+                if index_missing:
+                    logger.warning(
+                        "%s has rows but no index (an interrupted bulk load?): building it at "
+                        "the end of this stream",
+                        collection.name,
+                    )
+                return index_missing, False
             cur.execute(
                 sql.SQL("DROP INDEX IF EXISTS {}").format(
                     sql.Identifier(DATA_SCHEMA, collection.index_name)
                 )
             )
         self._remember(collection, False)
-        return True
+        return True, True
 
     def _create_index_sql(self, collection: Collection) -> sql.Composable:
         return sql.SQL(
@@ -425,7 +439,7 @@ class VectorStore:
         collection, has_index = self._collection(name)
         if not 1 <= top_k <= self.limits.max_top_k:
             raise InvalidArgument(
-                f"top_k must be between 1 and {self.limits.max_top_k}, got {top_k}"
+                f"top_k must be between 1 and {self.limits.max_top_k} (max_top_k), got {top_k}"
             )
         if ef_search < 0 or ef_search > MAX_EF_SEARCH:
             raise InvalidArgument(
@@ -520,7 +534,8 @@ class VectorStore:
         collection, _ = self._collection(name)
         if len(ids) > self.limits.max_ids_per_request:
             raise ResourceExhausted(
-                f"{len(ids)} ids in one request; the limit is {self.limits.max_ids_per_request}"
+                f"{len(ids)} ids in one request; the limit is {self.limits.max_ids_per_request} "
+                "(max_ids_per_request)"
             )
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
             cur.execute(
@@ -557,7 +572,8 @@ class VectorStore:
             raise InvalidArgument("give either ids or a non-empty filter to delete, not both")
         if len(ids) > self.limits.max_ids_per_request:
             raise ResourceExhausted(
-                f"{len(ids)} ids in one request; the limit is {self.limits.max_ids_per_request}"
+                f"{len(ids)} ids in one request; the limit is {self.limits.max_ids_per_request} "
+                "(max_ids_per_request)"
             )
         self._check_filter(filter)
         where: sql.Composable
@@ -638,7 +654,8 @@ class VectorStore:
         limits = self.limits
         if len(filter.labels) > limits.max_filter_labels:
             raise ResourceExhausted(
-                f"{len(filter.labels)} labels in a filter; the limit is {limits.max_filter_labels}"
+                f"{len(filter.labels)} labels in a filter; the limit is {limits.max_filter_labels} "
+                "(max_filter_labels)"
             )
         for label in filter.labels:
             _check_text(label, "filter label", limits.max_text_bytes, "filter")
@@ -654,10 +671,10 @@ class UpsertSession:
         self.collection = collection
         self.counts = UpsertCounts()
         self.messages = 0
-        self._index_deferred = store._drop_index_if_empty(collection)
+        self._index_deferred, empty = store._prepare_load(collection)
         # Loading into an empty collection: messages are most likely all new ids.
-        self._plain_copy = self._index_deferred
-        if self._index_deferred:
+        self._plain_copy = empty
+        if empty:
             logger.info("bulk load into empty %s: index build deferred", collection.name)
 
     def write(self, items: Sequence[Item]) -> UpsertCounts:
@@ -698,10 +715,14 @@ def _check_vector(vector: np.ndarray, collection: Collection, where: str) -> Non
         raise InvalidArgument(f"{where}: vector contains NaN or infinity")
 
 
-def _check_text(value: str, what: str, max_bytes: int, where: str) -> None:
+def _check_text(
+    value: str, what: str, max_bytes: int, where: str, limit_name: str = "max_text_bytes"
+) -> None:
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
-        raise InvalidArgument(f"{where}: {what} is {size} bytes; the limit is {max_bytes}")
+        raise InvalidArgument(
+            f"{where}: {what} is {size} bytes; the limit is {max_bytes} ({limit_name})"
+        )
     if "\x00" in value:
         raise InvalidArgument(f"{where}: {what} contains a NUL character")
 
@@ -709,10 +730,13 @@ def _check_text(value: str, what: str, max_bytes: int, where: str) -> None:
 def _check_attributes(attributes: dict[str, str], limits: Limits, where: str) -> None:
     if len(attributes) > limits.max_attributes:
         raise InvalidArgument(
-            f"{where}: {len(attributes)} attributes; the limit is {limits.max_attributes}"
+            f"{where}: {len(attributes)} attributes; the limit is {limits.max_attributes} "
+            "(max_attributes)"
         )
     for key, value in attributes.items():
-        _check_text(key, "attribute key", limits.max_attribute_key_bytes, where)
+        _check_text(
+            key, "attribute key", limits.max_attribute_key_bytes, where, "max_attribute_key_bytes"
+        )
         _check_text(value, f"attribute {key[:40]!r}", limits.max_text_bytes, where)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,26 +12,12 @@ import grpc
 
 from imgsearch.v1 import embedder_pb2 as pb
 from tests import images
-from tests.conftest import ROOT
 from tests.embedder_helpers import embedder_stub, vector_of
-from tests.process_helpers import offline_env, run_module
+from tests.process_helpers import end_process, offline_env, run_module, start_service
 
 
 def _start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "embedder", "--address", "127.0.0.1:0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "listening on port" in line:
-            return process, int(line.rsplit(" ", 1)[1])
-    process.wait(timeout=30)
-    raise AssertionError("the embedder did not start")
+    return start_service("embedder", *args, env=env)
 
 
 def test_missing_weights_stop_the_embedder_at_start_with_the_file_to_fetch(tmp_path: Path) -> None:
@@ -73,8 +58,4 @@ def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(tmp_path: Pa
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 )
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
+        end_process(process)
