@@ -13,7 +13,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from pgvector.psycopg2 import register_vector
 
-from imgsearch.errors import DeadlineExceeded, Unavailable
+from imgsearch.errors import DeadlineExceeded, PermissionDenied, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,11 @@ def translate_database_errors() -> Iterator[None]:
         yield
     except psycopg2.errors.QueryCanceled:
         raise DeadlineExceeded("the database query took longer than its time limit") from None
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise PermissionDenied(
+            f"the searcher's database role may not do this ({first_line})"
+        ) from None
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Unavailable(f"database unavailable: {first_line}") from None

@@ -42,6 +42,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 def apply_migrations(conn: Any) -> int:
     """Bring the schema up to date; return the schema version. Safe to run from many processes
     at once: the first takes the lock and migrates, the others wait and find nothing to do."""
+    latest = MIGRATIONS[-1][0]
+    with conn, conn.cursor() as cur:
+        # Up to date: nothing to create, so a run-time role without DDL rights starts too.
+        cur.execute("SELECT to_regclass('public.imgsearch_schema_migrations') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("SELECT coalesce(max(version), 0) FROM public.imgsearch_schema_migrations")
+            current: int = cur.fetchone()[0]
+            if current >= latest:
+                return current
     with conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         cur.execute(
@@ -51,7 +60,7 @@ def apply_migrations(conn: Any) -> int:
                 applied_at timestamptz NOT NULL DEFAULT now())"""
         )
         cur.execute("SELECT coalesce(max(version), 0) FROM public.imgsearch_schema_migrations")
-        current: int = cur.fetchone()[0]
+        current = cur.fetchone()[0]
         for version, description, statements in MIGRATIONS:
             if version <= current:
                 continue

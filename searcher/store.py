@@ -166,6 +166,7 @@ class VectorStore:
         self.exact_filter_rows = exact_filter_rows
         self.maintenance_work_mem = maintenance_work_mem
         self.pgvector_version = ""
+        self.citus_version = ""  # set when the database is a Citus cluster
         self._iterative_scan = False
         self._collections: dict[str, tuple[float, Collection, bool]] = {}
         self._cache_lock = threading.Lock()
@@ -177,7 +178,12 @@ class VectorStore:
             with conn.cursor() as cur:
                 cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
                 self.pgvector_version = cur.fetchone()[0]
+                cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
+                row = cur.fetchone()
+                self.citus_version = row[0] if row else ""
             conn.rollback()
+        if self.citus_version:
+            logger.info("Citus %s: collection tables are distributed by id", self.citus_version)
         # Iterative index scans (pgvector 0.8) keep filtered HNSW results complete.
         self._iterative_scan = parse_version(self.pgvector_version) >= (0, 8, 0)
         logger.info("schema version %d, pgvector %s", version, self.pgvector_version)
@@ -241,6 +247,12 @@ class VectorStore:
             )
             if collection.indexable:
                 cur.execute(self._create_index_sql(collection))
+            if self.citus_version:
+                # Shards by id across the workers; each shard gets its own HNSW index, and
+                # Citus runs a k-NN query on every shard and merges the results.
+                cur.execute(
+                    "SELECT create_distributed_table(%s, 'id')", (f'{DATA_SCHEMA}."{name}"',)
+                )
         logger.info("created collection %s (dim %d, %s)", name, dim, metric.value)
         self._remember(collection, collection.indexable)
         return collection
