@@ -21,7 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     args = parser.parse_args(argv)
     security = ChannelSecurity.from_env()
-    security = ChannelSecurity(security.tls, security.ca_file, security.cert_file, security.key_file)
+    security = ChannelSecurity(
+        security.tls, security.ca_file, security.cert_file, security.key_file
+    )
     try:
         with open_channel(args.address, [], security) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
