@@ -18,7 +18,7 @@ DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
 
 
 @dataclass(frozen=True)
-class EmbedderConfig:
+class EmbedderConfig(_serving.ServingConfig):
     address: str = "[::]:50051"
     model: str = DEFAULT_MODEL
     weights: str = "imagenet"
@@ -37,12 +37,6 @@ class EmbedderConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int = 256
     grace_s: float = 10.0
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    tokens_file: str = ""
-    metrics_address: str = ""
-    log_format: str = "text"
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(

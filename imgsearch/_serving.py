@@ -30,7 +30,19 @@ TOKEN_ENV = "IMGSEARCH_TOKEN"
 READ_TOKEN_ENV = "IMGSEARCH_READ_TOKEN"
 ROLES = ("read", "write")
 
-# Help for the config fields every server has (see each service's config dataclass).
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The settings every server has; each service's config dataclass extends this one."""
+
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tokens_file: str = ""
+    metrics_address: str = ""
+    log_format: str = "text"
+
+
 SERVING_HELP = {
     "tls_cert": "PEM certificate chain: serve TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",

@@ -11,7 +11,7 @@ from imgsearch import _config, _serving
 
 
 @dataclass(frozen=True)
-class SearcherConfig:
+class SearcherConfig(_serving.ServingConfig):
     address: str = "[::]:50052"
     # Secret-bearing; read from flag or environment, never logged.
     dsn: str = ""
@@ -26,12 +26,6 @@ class SearcherConfig:
     exact_filter_rows: int = 20_000
     maintenance_work_mem: str = "1GB"
     grace_s: float = 10.0
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    tokens_file: str = ""
-    metrics_address: str = ""
-    log_format: str = "text"
 
     def resolved_data_dir(self) -> Path:
         from searcher.embedded import default_data_dir
