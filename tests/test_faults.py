@@ -127,9 +127,15 @@ def test_searcher_killed_during_upsert_leaves_whole_messages_and_a_rerun_complet
         channel, stub = searcher_stub(port)
         with channel:
             stub.CreateCollection(spb.CreateCollectionRequest(name="killed", dim=64), timeout=10)
-            stream = stub.Upsert.future(
-                upsert_messages("killed", data, per_message=per_message), timeout=120
-            )
+
+            def paced() -> Iterator[spb.UpsertRequest]:
+                # Paced so the stream outlasts the wait below on any machine; each message is
+                # still written while the next is on its way, so the kill lands mid-write.
+                for message in upsert_messages("killed", data, per_message=per_message):
+                    yield message
+                    time.sleep(0.05)
+
+            stream = stub.Upsert.future(paced(), timeout=120)
             _wait_for(lambda: _count(postgres_dsn, "killed") >= 3 * per_message, 60, "3 messages")
             searcher.send_signal(signal.SIGKILL)
             with pytest.raises(grpc.RpcError) as raised:

@@ -30,7 +30,10 @@ from tests.searcher_helpers import searcher_stub, upsert_messages
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample on /metrics, keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    # A fresh opener without proxies: urlopen's shared one keeps the proxy settings of its first
+    # use, which may have been a test's dead proxy (tests/test_embedder_model.py).
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
     samples = {}
