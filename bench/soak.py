@@ -38,23 +38,11 @@ from imgsearch.v1 import embedder_pb2 as epb  # noqa: E402
 from imgsearch.v1 import embedder_pb2_grpc, searcher_pb2_grpc  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as spb  # noqa: E402
 from tests.images import jpeg  # noqa: E402
+from tests.process_helpers import end_process, start_service  # noqa: E402
 from tests.searcher_helpers import clustered_vectors, upsert_messages  # noqa: E402
 
 DIM = 1000
 SEED_ROWS = 20_000
-
-
-def start(module: str, *args: str) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, "--address", "127.0.0.1:0", *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "listening on port" in line:
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return process, int(line.rsplit(" ", 1)[1])
-    raise RuntimeError(f"{module} did not start")
 
 
 class Recorder:
@@ -144,8 +132,8 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        searcher, searcher_port = start("searcher", "--data-dir", str(Path(tmp) / "pg"))
-        embedder, embedder_port = start("embedder", "--weights", "random")
+        searcher, searcher_port = start_service("searcher", "--data-dir", str(Path(tmp) / "pg"))
+        embedder, embedder_port = start_service("embedder", "--weights", "random")
         try:
             with grpc.insecure_channel(f"127.0.0.1:{searcher_port}") as channel:
                 stub = searcher_pb2_grpc.SearcherServiceStub(channel)
@@ -186,8 +174,9 @@ def main() -> int:
                 client.join()
         finally:
             for process in (embedder, searcher):
-                process.terminate()
+                process.terminate()  # a graceful stop: the searcher releases its database
                 process.wait(timeout=60)
+                end_process(process)
 
     result: dict[str, Any] = {
         "minutes_after_warm_up": args.minutes,
