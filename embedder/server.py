@@ -21,7 +21,14 @@ from embedder.config import EmbedderConfig
 from embedder.metrics import embedder_metrics
 from embedder.model import EmbeddingModel
 from embedder.service import SERVICE_NAME, EmbedderServicer
-from imgsearch._serving import MetricsEndpoint, RpcGuard, RpcMetrics, Tokens, server_credentials
+from imgsearch._serving import (
+    MetricsEndpoint,
+    RpcGuard,
+    RpcMetrics,
+    Tokens,
+    message_size_options,
+    server_credentials,
+)
 from imgsearch.v1 import embedder_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -67,15 +74,13 @@ class Embedder:
             self.metrics_port = self._metrics_endpoint.port
         guard = RpcGuard(
             max_concurrent_rpcs=config.max_concurrent_rpcs,
+            max_message_bytes=config.max_message_bytes,
             tokens=Tokens.load(config.tokens_file),
             metrics=self.metrics,
         )
         server = grpc.aio.server(
             interceptors=[guard.aio_interceptor()],
-            options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-            ],
+            options=message_size_options(config.max_message_bytes),
         )
         servicer = EmbedderServicer(
             self.batcher,

@@ -1,6 +1,6 @@
 """What both servers wrap around their services, the same way: TLS credentials, bearer-token
-auth with read-only tokens, a limit on concurrent RPCs that names itself, RPC metrics, and the
-Prometheus endpoint.
+auth with read-only tokens, limits on concurrent RPCs and on message size that name themselves,
+RPC metrics, and the Prometheus endpoint.
 
 Health is never guarded: probes must work whatever the auth, and however busy the server is.
 """
@@ -20,6 +20,8 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from imgsearch.errors import ResourceExhausted
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +185,66 @@ class MetricsEndpoint:
         self._httpd.server_close()
 
 
-# -- the guard: auth, concurrency limit, metrics ------------------------------------------------
+# -- message size -------------------------------------------------------------------------------
+
+# gRPC's core refuses a message over its receive limit itself, before any Python code runs, with
+# a text that does not name our setting. So the core's limit is set this many times above
+# max_message_bytes and the guard checks the limit: a message up to that far over gets a message
+# naming max_message_bytes, a larger one still gRPC's own refusal (RESOURCE_EXHAUSTED too).
+CORE_RECEIVE_FACTOR = 2
+GRPC_MAX_MESSAGE = 2**31 - 1  # gRPC's message lengths are signed 32-bit
+
+
+def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC server options for a server whose RpcGuard checks `max_message_bytes`."""
+    core_limit = min(CORE_RECEIVE_FACTOR * max_message_bytes, GRPC_MAX_MESSAGE)
+    return [
+        ("grpc.max_receive_message_length", core_limit),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class MessageTooLarge(ResourceExhausted):
+    """A request message over max_message_bytes: raised where a request stream is read, so the
+    service can say which messages before it were taken."""
+
+
+@dataclass(frozen=True)
+class _Oversized:
+    """What the size-checking deserializer returns in place of a message over the limit."""
+
+    size: int
+
+    def error(self, limit: int) -> MessageTooLarge:
+        return MessageTooLarge(
+            f"a message of {self.size} bytes; the limit is {limit} bytes (max_message_bytes)"
+        )
+
+
+def _size_checked(deserializer: Callable[[bytes], Any] | None, limit: int) -> Callable[..., Any]:
+    def deserialize(data: bytes) -> Any:
+        if len(data) > limit:
+            return _Oversized(len(data))  # not parsed: the handler refuses it
+        return deserializer(data) if deserializer is not None else data
+
+    return deserialize
+
+
+def _checked_requests(requests: Iterable[Any], limit: int) -> Iterable[Any]:
+    for request in requests:
+        if isinstance(request, _Oversized):
+            raise request.error(limit)
+        yield request
+
+
+async def _checked_requests_async(requests: Any, limit: int) -> Any:
+    async for request in requests:
+        if isinstance(request, _Oversized):
+            raise request.error(limit)
+        yield request
+
+
+# -- the guard: auth, limits, metrics -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -199,18 +260,20 @@ class RpcGuard:
         self,
         *,
         max_concurrent_rpcs: int,
+        max_message_bytes: int = GRPC_MAX_MESSAGE,
         write_methods: frozenset[str] = frozenset(),
         tokens: Tokens | None = None,
         metrics: RpcMetrics | None = None,
     ) -> None:
         self.max_concurrent_rpcs = max_concurrent_rpcs
+        self.max_message_bytes = max_message_bytes
         self.write_methods = write_methods
         self.tokens = tokens
         self.metrics = metrics
         self._in_flight = 0
         self._lock = threading.Lock()
 
-    def admit(self, method: str, metadata: Any) -> Refusal | None:
+    def admit(self, method: str, metadata: Any, request: Any = None) -> Refusal | None:
         """None and one more RPC counted in flight, or why the RPC is refused."""
         if self.tokens is not None:
             role = self.tokens.role_of(metadata)
@@ -225,6 +288,10 @@ class RpcGuard:
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{method.rsplit('/', 1)[-1]} changes data; this token is read-only",
                 )
+        if isinstance(request, _Oversized):
+            return Refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, str(request.error(self.max_message_bytes))
+            )
         with self._lock:
             if self._in_flight >= self.max_concurrent_rpcs:
                 return Refusal(
@@ -283,23 +350,31 @@ class _SyncInterceptor(grpc.ServerInterceptor):
             return handler
         guard, metadata = self.guard, details.invocation_metadata
         name, behaviour = _behaviour(handler)
+        limit = guard.max_message_bytes
+        handler = handler._replace(
+            request_deserializer=_size_checked(handler.request_deserializer, limit)
+        )
 
-        def enter(context: Any) -> float:
+        def enter(request: Any, context: Any) -> tuple[Any, float]:
             started = time.perf_counter()
-            refusal = guard.admit(method, metadata)
+            refusal = guard.admit(method, metadata, request)
             if refusal is not None:
                 guard.record(method, refusal.code, started)
                 context.abort(refusal.code, refusal.message)
-            return started
+            if handler.request_streaming:
+                request = _checked_requests(request, limit)
+            return request, started
 
         if handler.response_streaming:
 
             def streaming(request: Any, context: Any) -> Any:
-                started = enter(context)
+                request, started = enter(request, context)
                 failed = True
                 try:
                     yield from behaviour(request, context)
                     failed = False
+                except MessageTooLarge as exc:  # from a service that does not map our errors
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                 finally:
                     guard.release()
                     guard.record(method, _ended_with(context, failed), started)
@@ -307,12 +382,14 @@ class _SyncInterceptor(grpc.ServerInterceptor):
             return handler._replace(**{name: streaming})
 
         def unary(request: Any, context: Any) -> Any:
-            started = enter(context)
+            request, started = enter(request, context)
             failed = True
             try:
                 response = behaviour(request, context)
                 failed = False
                 return response
+            except MessageTooLarge as exc:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             finally:
                 guard.release()
                 guard.record(method, _ended_with(context, failed), started)
@@ -331,19 +408,25 @@ class _AsyncInterceptor(grpc.aio.ServerInterceptor):
             return handler
         guard, metadata = self.guard, details.invocation_metadata
         name, behaviour = _behaviour(handler)
+        limit = guard.max_message_bytes
+        handler = handler._replace(
+            request_deserializer=_size_checked(handler.request_deserializer, limit)
+        )
 
-        async def enter(context: Any) -> float:
+        async def enter(request: Any, context: Any) -> tuple[Any, float]:
             started = time.perf_counter()
-            refusal = guard.admit(method, metadata)
+            refusal = guard.admit(method, metadata, request)
             if refusal is not None:
                 guard.record(method, refusal.code, started)
                 await context.abort(refusal.code, refusal.message)
-            return started
+            if handler.request_streaming:
+                request = _checked_requests_async(request, limit)
+            return request, started
 
         if handler.response_streaming:
 
             async def streaming(request: Any, context: Any) -> Any:
-                started = await enter(context)
+                request, started = await enter(request, context)
                 failed = True
                 try:
                     result = behaviour(request, context)
@@ -353,6 +436,8 @@ class _AsyncInterceptor(grpc.aio.ServerInterceptor):
                     else:  # a handler that writes with context.write()
                         await result
                     failed = False
+                except MessageTooLarge as exc:  # from a service that does not map our errors
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                 finally:
                     guard.release()
                     guard.record(method, _ended_with(context, failed), started)
@@ -360,13 +445,15 @@ class _AsyncInterceptor(grpc.aio.ServerInterceptor):
             return handler._replace(**{name: streaming})
 
         async def unary(request: Any, context: Any) -> Any:
-            started = await enter(context)
+            request, started = await enter(request, context)
             failed = True
             try:
                 result = behaviour(request, context)
                 response = await result if inspect.isawaitable(result) else result
                 failed = False
                 return response
+            except MessageTooLarge as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             finally:
                 guard.release()
                 guard.record(method, _ended_with(context, failed), started)

@@ -12,7 +12,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from imgsearch._serving import MetricsEndpoint, RpcGuard, Tokens, server_credentials
+from imgsearch._serving import (
+    MetricsEndpoint,
+    RpcGuard,
+    Tokens,
+    message_size_options,
+    server_credentials,
+)
 from imgsearch.errors import ImageSearchError
 from imgsearch.v1 import searcher_pb2, searcher_pb2_grpc
 from searcher.config import SearcherConfig
@@ -93,6 +99,7 @@ def build_server(
     says NOT_SERVING until the database watch has seen the database."""
     guard = RpcGuard(
         max_concurrent_rpcs=config.max_concurrent_rpcs,
+        max_message_bytes=config.max_message_bytes,
         write_methods=WRITE_METHODS,
         tokens=Tokens.load(config.tokens_file),
         metrics=metrics,
@@ -103,10 +110,7 @@ def build_server(
             max_workers=config.max_concurrent_rpcs + SPARE_THREADS, thread_name_prefix="rpc"
         ),
         interceptors=[guard.interceptor()],
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-        ],
+        options=message_size_options(config.max_message_bytes),
     )
     searcher_pb2_grpc.add_SearcherServiceServicer_to_server(
         SearcherServicer(store, metrics), server

@@ -83,9 +83,9 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
         self, request_iterator: Iterator[pb.UpsertRequest], context: grpc.ServicerContext
     ) -> pb.UpsertResponse:
         session = None
-        number = 0
+        number = 1  # of the message being read or written: reading one can fail too
         try:
-            for number, message in enumerate(request_iterator, start=1):
+            for message in request_iterator:
                 name = message.collection or "images"
                 if session is None:
                     session = self.store.begin_upsert(name)
@@ -98,6 +98,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
                 if self.metrics is not None:
                     self.metrics.rows_written.labels("inserted").inc(counts.inserted)
                     self.metrics.rows_written.labels("updated").inc(counts.updated)
+                number += 1
         except ImageSearchError as exc:
             done = session.counts if session else None
             committed = session.messages if session else 0

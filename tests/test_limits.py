@@ -128,10 +128,51 @@ def test_images_per_request(estub) -> None:
     assert len(estub.Embed(epb.EmbedRequest(images=five[:4]), timeout=30).results) == 4
 
 
+MESSAGE_LIMIT = "the limit is 262144 bytes (max_message_bytes)"
+
+
+def _embed_request_of(size: int) -> epb.EmbedRequest:
+    """An Embed request whose encoding is exactly `size` bytes."""
+    request = epb.EmbedRequest(images=[epb.Image(key="k", data=b"")])
+    overhead = request.ByteSize()
+    for data_bytes in range(size - overhead, size - overhead - 8, -1):
+        request.images[0].data = b"\0" * data_bytes
+        if request.ByteSize() == size:
+            return request
+    raise AssertionError(f"no request of {size} bytes")
+
+
 def test_embedder_message_size(estub) -> None:
-    over = epb.EmbedRequest(images=[epb.Image(data=b"\0" * (256 * 1024 + 1))])
-    # gRPC's own message: "Received message larger than max (262150 vs. 262144)".
-    refused(estub.Embed, over, EXHAUSTED, "larger than max", str(256 * 1024))
+    over = _embed_request_of(256 * 1024 + 1)
+    refused(estub.Embed, over, EXHAUSTED, f"a message of {256 * 1024 + 1} bytes; {MESSAGE_LIMIT}")
+    # At the limit the message is taken; its one image is then over max_image_bytes.
+    (result,) = estub.Embed(_embed_request_of(256 * 1024), timeout=30).results
+    assert "(max_image_bytes)" in result.error.message
+
+
+def test_embedder_message_size_in_a_stream_after_answered_messages(estub) -> None:
+    good = epb.EmbedStreamRequest(images=[epb.Image(key="a", data=images.jpeg(1, (32, 32)))])
+    too_big = epb.EmbedStreamRequest(images=[epb.Image(key="b", data=b"\0" * (300 * 1024))])
+
+    def requests() -> Iterator[epb.EmbedStreamRequest]:
+        yield good
+        yield too_big
+
+    answered = []
+    with pytest.raises(grpc.RpcError) as raised:
+        for response in estub.EmbedStream(requests(), timeout=30):
+            answered.extend(response.results)
+    assert raised.value.code() == EXHAUSTED
+    assert MESSAGE_LIMIT in raised.value.details()
+    assert [r.key for r in answered] == ["a"]
+
+
+def test_messages_far_over_the_limit_get_grpcs_own_refusal(estub, sstub) -> None:
+    # Past twice the limit gRPC's core refuses the message before our code sees it.
+    over = epb.EmbedRequest(images=[epb.Image(data=b"\0" * (600 * 1024))])
+    refused(estub.Embed, over, EXHAUSTED, "larger than max")
+    search = spb.SearchRequest(collection="limits", vector=vector(np.zeros(160_000)), top_k=1)
+    refused(sstub.Search, search, EXHAUSTED, "larger than max")
 
 
 def test_embedder_concurrent_rpcs(embedder: Embedder, estub) -> None:
@@ -214,14 +255,25 @@ def test_ids_per_request(sstub) -> None:
 
 
 def test_searcher_message_size(sstub) -> None:
-    items = [spb.Item(id=1, vector=vector(np.zeros(70_000, dtype=np.float32)))]
-    refused(
-        lambda r, timeout: sstub.Upsert(iter([r]), timeout=timeout),
-        spb.UpsertRequest(collection="limits", items=items),
-        EXHAUSTED,
-        "larger than max",
-        str(256 * 1024),
+    search = spb.SearchRequest(collection="limits", vector=vector(np.zeros(70_000)), top_k=1)
+    refused(sstub.Search, search, EXHAUSTED, MESSAGE_LIMIT)
+
+
+def test_searcher_message_size_in_an_upsert_stream_keeps_the_messages_before_it(sstub) -> None:
+    first = spb.UpsertRequest(collection="limits", items=[spb.Item(id=71, vector=vector([7, 1]))])
+    too_big = spb.UpsertRequest(
+        collection="limits", items=[spb.Item(id=72, vector=vector(np.zeros(70_000)))]
     )
+    message = refused(
+        lambda r, timeout: sstub.Upsert(iter(r), timeout=timeout),
+        [first, too_big],
+        EXHAUSTED,
+        "Upsert message 2 rejected",
+        MESSAGE_LIMIT,
+        "1 messages, 1 items inserted",
+    )
+    stored = sstub.Get(spb.GetRequest(collection="limits", ids=[71, 72]), timeout=10)
+    assert [item.id for item in stored.items] == [71], message
 
 
 def test_searcher_concurrent_rpcs(sstub) -> None:
