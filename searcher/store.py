@@ -35,8 +35,10 @@ MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
 MAX_ID = 2**63 - 1
 DEFAULT_M = 16
 # pgvector's default of 64 left recall@10 near 0.94 on clustered 1000-d data whatever the
-# ef_search (parts of the graph unreachable); 128 reached 0.99+ for ~40% more build time.
-DEFAULT_EF_CONSTRUCTION = 128
+# ef_search (parts of the graph unreachable). 128 usually reached 0.99+, but 1 build in 12 stayed
+# at 0.969 at any ef_search; 200 gave 0.999 in all 22, for ~55% more build time
+# (bench/hnsw_builds.py, bench/RESULTS.md).
+DEFAULT_EF_CONSTRUCTION = 200
 
 
 class Metric(enum.Enum):
