@@ -221,13 +221,16 @@ class _Oversized:
         )
 
 
-def _size_checked(deserializer: Callable[[bytes], Any] | None, limit: int) -> Callable[..., Any]:
+def _size_checked(handler: Any, limit: int) -> Any:
+    """`handler` with a deserializer that puts _Oversized in place of a message over `limit`."""
+    parse = handler.request_deserializer
+
     def deserialize(data: bytes) -> Any:
         if len(data) > limit:
-            return _Oversized(len(data))  # not parsed: the handler refuses it
-        return deserializer(data) if deserializer is not None else data
+            return _Oversized(len(data))  # not parsed: the guard refuses it
+        return parse(data) if parse is not None else data
 
-    return deserialize
+    return handler._replace(request_deserializer=deserialize)
 
 
 def _checked_requests(requests: Iterable[Any], limit: int) -> Iterable[Any]:
@@ -351,9 +354,7 @@ class _SyncInterceptor(grpc.ServerInterceptor):
         guard, metadata = self.guard, details.invocation_metadata
         name, behaviour = _behaviour(handler)
         limit = guard.max_message_bytes
-        handler = handler._replace(
-            request_deserializer=_size_checked(handler.request_deserializer, limit)
-        )
+        handler = _size_checked(handler, limit)
 
         def enter(request: Any, context: Any) -> tuple[Any, float]:
             started = time.perf_counter()
@@ -409,9 +410,7 @@ class _AsyncInterceptor(grpc.aio.ServerInterceptor):
         guard, metadata = self.guard, details.invocation_metadata
         name, behaviour = _behaviour(handler)
         limit = guard.max_message_bytes
-        handler = handler._replace(
-            request_deserializer=_size_checked(handler.request_deserializer, limit)
-        )
+        handler = _size_checked(handler, limit)
 
         async def enter(request: Any, context: Any) -> tuple[Any, float]:
             started = time.perf_counter()
