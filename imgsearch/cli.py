@@ -101,9 +101,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _start_stack(config: Any) -> Any:
     from embedder.model import ModelLoadError
     from imgsearch.local_stack import LocalStack
+    from searcher.embedded import EmbeddedDatabaseError
 
     try:
         return LocalStack(config).start()
+    except EmbeddedDatabaseError as exc:
+        print(f"imgsearch: the searcher cannot start: {exc}", file=sys.stderr)
+        return None
     except ModelLoadError as exc:
         print(f"imgsearch: the embedder cannot start: {exc}", file=sys.stderr)
         if config.weights == "imagenet":
@@ -315,12 +319,39 @@ def cmd_collections(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         stats = client.stats()
-        print(f"collection      {args.collection}")
-        print(f"rows            {stats.row_count}")
-        print(f"index           {'HNSW' if stats.index_present else 'none (exact scans)'}")
-        print(f"table size      {stats.table_bytes / 1e6:.1f} MB")
-        print(f"index size      {stats.index_bytes / 1e6:.1f} MB")
-        print(f"pgvector        {stats.pgvector_version}")
+    index, params = stats.index, stats.index_params
+    kind = searcher_pb2.IndexKind.Name(params.kind).removeprefix("INDEX_KIND_")
+    if stats.index_present:
+        built = f"HNSW over {kind}, m={params.m}, ef_construction={params.ef_construction}"
+        built += (
+            f", build {index.generation}: {index.built_rows} rows in {index.build_seconds:.1f} s"
+        )
+    else:
+        built = f"none yet ({kind} is built at the end of the first load; searches are exact)"
+    if index.HasField("recall"):
+        recall = f"{index.recall:.3f} recall@10 on {index.recall_sample} stored vectors"
+        effort = f"ef_search {index.ef_search}"
+        effort += f", {index.candidates} candidates re-ranked exactly" if index.candidates else ""
+    else:
+        recall = "not measured yet" if stats.index_present else "-"
+        effort = "server defaults"
+    live = f"{stats.live_recall:.3f}" if stats.HasField("live_recall") else "no shadow query yet"
+    rows = [
+        ("collection", args.collection),
+        ("rows", str(stats.row_count)),
+        ("index", built),
+        ("measured recall", recall),
+        ("search effort", effort),
+        ("live recall", live),
+        ("upkeep", index.note or "-"),
+        ("table size", f"{stats.table_bytes / 1e6:.1f} MB"),
+        ("index size", f"{stats.index_bytes / 1e6:.1f} MB (all indexes of the collection)"),
+        ("PostgreSQL", stats.postgres_version),
+        ("pgvector", stats.pgvector_version),
+        ("settings", ", ".join(f"{k}={v}" for k, v in sorted(stats.settings.items()))),
+    ]
+    for name, value in rows:
+        print(f"{name:<15} {value}")
     return 0
 
 

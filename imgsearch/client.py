@@ -252,6 +252,7 @@ class ImageSearchClient:
         labels: Sequence[str] = (),
         collection: str | None = None,
         ef_search: int = 0,
+        candidates: int = 0,
         exact: bool = False,
     ) -> list[Hit]:
         request = searcher_pb2.SearchRequest(
@@ -259,7 +260,9 @@ class ImageSearchClient:
             vector=vectors.to_proto(vector),
             top_k=top_k,
             filter=searcher_pb2.Filter(labels=list(labels)),
-            params=searcher_pb2.SearchParams(ef_search=ef_search, exact=exact),
+            params=searcher_pb2.SearchParams(
+                ef_search=ef_search, candidates=candidates, exact=exact
+            ),
         )
         return _hits(self._call(self.searcher.Search, request))
 

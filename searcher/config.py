@@ -22,9 +22,15 @@ class SearcherConfig(_serving.ServingConfig):
     max_items_per_message: int = 1000
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int = 64
+    default_index_kind: str = "halfvec"
     default_ef_search: int = 400
     exact_filter_rows: int = 20_000
-    maintenance_work_mem: str = "1GB"
+    maintenance_work_mem: str = ""
+    recall_floor: float = 0.95
+    recall_target: float = 0.99
+    recall_sample: int = 200
+    shadow_share: float = 0.01
+    shadow_budget: float = 0.05
     grace_s: float = 10.0
 
     def resolved_data_dir(self) -> Path:
@@ -44,9 +50,20 @@ HELP = {
     "max_items_per_message": "most items per Upsert message",
     "max_message_bytes": "largest gRPC message accepted",
     "max_concurrent_rpcs": "RPCs served at once; more get RESOURCE_EXHAUSTED",
-    "default_ef_search": "HNSW ef_search when a request gives none",
+    "default_index_kind": "index kind of new collections: vector, halfvec or binary",
+    "default_ef_search": "HNSW ef_search of VECTOR and HALFVEC indexes when neither the request "
+    "nor the collection's calibration gives one (BINARY walks as many as it re-ranks)",
     "exact_filter_rows": "filters matching at most this many rows are searched exactly",
-    "maintenance_work_mem": "PostgreSQL maintenance_work_mem for index builds",
+    "maintenance_work_mem": "PostgreSQL maintenance_work_mem for index builds "
+    "(empty: the database's setting; the embedded one sizes it from the machine's memory)",
+    "recall_floor": "an index build whose measured recall@10 at the default search effort is "
+    "below this is rebuilt once with larger m and ef_construction",
+    "recall_target": "after each build, a collection searches with the least effort (ef_search, "
+    "candidates) whose recall@10, measured on its own vectors, meets this",
+    "recall_sample": "stored vectors used as queries to measure an index build's recall",
+    "shadow_share": "share of searches re-run exactly in the background to measure live recall "
+    "(0 turns it off)",
+    "shadow_budget": "most of one core's time those exact re-runs may take",
     "grace_s": "seconds in-flight RPCs get to finish on shutdown",
     **_serving.SERVING_HELP,
 }
@@ -67,7 +84,9 @@ def parse_config(
     return _config.parse_dataclass_config(
         SearcherConfig,
         prog="imgsearch-searcher",
-        description="Serve imgsearch.v1.SearcherService over PostgreSQL + pgvector.",
+        description="Serve imgsearch.v1.SearcherService over PostgreSQL + pgvector. "
+        "--upgrade-data-dir first upgrades an embedded data directory made by the old engine "
+        "(PostgreSQL 16 + pgvector 0.6) in place, with pg_upgrade.",
         help=HELP,
         prefix=ENV_PREFIX,
         shared_env=SHARED_ENV,

@@ -1,5 +1,5 @@
 """The searcher's Prometheus metrics: the RPC metrics every server has, plus database query
-time, rows written and connection-pool use."""
+time, rows written, connection-pool use, and live recall measured by shadow queries."""
 
 from __future__ import annotations
 
@@ -24,6 +24,19 @@ class SearcherMetrics(RpcMetrics):
             ["kind"],
             registry=registry,
         )
+        self.recall = Gauge(
+            "imgsearch_searcher_recall",
+            "recall@10 of recent searches, by collection: the mean over the last shadow queries "
+            "(a share of searches re-run exactly in the background)",
+            ["collection"],
+            registry=registry,
+        )
+        self.shadow_queries = Counter(
+            "imgsearch_searcher_shadow_queries",
+            "searches re-run exactly in the background to measure recall, by collection",
+            ["collection"],
+            registry=registry,
+        )
         Gauge(
             "imgsearch_searcher_pool_connections_in_use",
             "database connections lent out now",
@@ -34,3 +47,7 @@ class SearcherMetrics(RpcMetrics):
             "size of the database connection pool",
             registry=registry,
         ).set_function(lambda: pool.max_size)
+
+    def observe_shadow_query(self, collection: str, recall: float, window_mean: float) -> None:
+        self.shadow_queries.labels(collection).inc()
+        self.recall.labels(collection).set(window_mean)

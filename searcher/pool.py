@@ -47,10 +47,19 @@ class ConnectionPool:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._unregistered: set[int] = set()  # ids of connections without the vector types
 
     def _connect(self) -> Any:
         conn = psycopg2.connect(self._dsn, **self._connect_kwargs)
-        register_vector(conn)
+        try:
+            register_vector(conn)
+        except psycopg2.ProgrammingError:
+            # A database without pgvector yet: the first searcher's migrations create the
+            # extension on this connection, which is then closed, not kept.
+            self._unregistered.add(id(conn))
+        # Looking up the vector types opened a transaction: end it, so that every connection
+        # is lent out idle (a search switches it to autocommit, which needs that).
+        conn.rollback()
         return conn
 
     @contextlib.contextmanager
@@ -82,7 +91,8 @@ class ConnectionPool:
         finally:
             if conn is not None:
                 with self._lock:
-                    if self._closed:
+                    if self._closed or id(conn) in self._unregistered:
+                        self._unregistered.discard(id(conn))
                         conn.close()
                     else:
                         self._idle.append(conn)

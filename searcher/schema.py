@@ -36,6 +36,31 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        2,
+        "index kinds, build generations, measured recall",
+        [
+            f"""
+            ALTER TABLE {CATALOG_SCHEMA}.collections
+                ADD COLUMN index_kind text NOT NULL DEFAULT 'vector'
+                    CHECK (index_kind IN ('vector', 'halfvec', 'binary')),
+                -- 0: the index name collections had before generations (hnsw_<hash>)
+                ADD COLUMN index_generation integer NOT NULL DEFAULT 0,
+                ADD COLUMN search_ef integer NOT NULL DEFAULT 0,
+                ADD COLUMN search_candidates integer NOT NULL DEFAULT 0,
+                ADD COLUMN quantizer_rows bigint NOT NULL DEFAULT 0,
+                ADD COLUMN quantizer_centre vector,
+                ADD COLUMN quantizer_spread vector,
+                ADD COLUMN built_rows bigint,
+                ADD COLUMN built_at timestamptz,
+                ADD COLUMN build_seconds real,
+                ADD COLUMN recall real,
+                ADD COLUMN recall_sample integer NOT NULL DEFAULT 0,
+                ADD COLUMN recall_measured_at timestamptz,
+                ADD COLUMN index_note text NOT NULL DEFAULT ''
+            """,
+        ],
+    ),
 ]
 
 

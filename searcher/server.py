@@ -26,7 +26,7 @@ from searcher.embedded import EmbeddedPostgres
 from searcher.metrics import SearcherMetrics
 from searcher.pool import ConnectionPool
 from searcher.service import WRITE_METHODS, SearcherServicer
-from searcher.store import Limits, VectorStore
+from searcher.store import IndexKind, Limits, VectorStore
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +161,18 @@ class Searcher:
             limits=Limits(
                 max_top_k=config.max_top_k, max_items_per_message=config.max_items_per_message
             ),
+            default_kind=index_kind(config.default_index_kind),
             default_ef_search=config.default_ef_search,
             exact_filter_rows=config.exact_filter_rows,
             maintenance_work_mem=config.maintenance_work_mem,
+            recall_floor=config.recall_floor,
+            recall_target=config.recall_target,
+            recall_sample=config.recall_sample,
+            shadow_share=config.shadow_share,
+            shadow_budget=config.shadow_budget,
         )
         self.metrics = SearcherMetrics(CollectorRegistry(), pool)
+        self.store.shadow.listeners.append(self.metrics.observe_shadow_query)
         if config.metrics_address:
             self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_address)
             self.metrics_port = self._metrics_endpoint.port
@@ -190,6 +197,7 @@ class Searcher:
         if self._server is not None:
             self._server.stop(grace).wait()
         if self.store is not None:
+            self.store.close()
             self.store.pool.close()
         if self._embedded is not None:
             self._embedded.stop()
@@ -202,6 +210,14 @@ class Searcher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def index_kind(text: str) -> IndexKind:
+    try:
+        return IndexKind(text.lower())
+    except ValueError:
+        choices = ", ".join(kind.value for kind in IndexKind)
+        raise ValueError(f"unknown index kind {text!r}; use one of {choices}") from None
 
 
 def _libpq_environment() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import grpc
 import numpy as np
@@ -15,7 +16,7 @@ from imgsearch.errors import ImageSearchError, InvalidArgument
 from imgsearch.v1 import searcher_pb2 as pb
 from imgsearch.v1 import searcher_pb2_grpc
 from searcher.metrics import SearcherMetrics
-from searcher.store import Collection, Filter, Item, Metric, VectorStore
+from searcher.store import Collection, Filter, IndexKind, Item, Metric, VectorStore
 
 METRIC_TO_PROTO = {
     Metric.L2: pb.METRIC_L2,
@@ -23,6 +24,12 @@ METRIC_TO_PROTO = {
     Metric.INNER_PRODUCT: pb.METRIC_INNER_PRODUCT,
 }
 METRIC_FROM_PROTO = {value: key for key, value in METRIC_TO_PROTO.items()}
+KIND_TO_PROTO = {
+    IndexKind.VECTOR: pb.INDEX_KIND_VECTOR,
+    IndexKind.HALFVEC: pb.INDEX_KIND_HALFVEC,
+    IndexKind.BINARY: pb.INDEX_KIND_BINARY,
+}
+KIND_FROM_PROTO = {value: key for key, value in KIND_TO_PROTO.items()}
 
 
 # The methods that change data: a read-only token may call every other one.
@@ -47,10 +54,14 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             metric = METRIC_FROM_PROTO[request.metric]
         else:
             raise InvalidArgument(f"unknown metric {request.metric}")
+        kind_value = request.index_params.kind
+        if kind_value != pb.INDEX_KIND_UNSPECIFIED and kind_value not in KIND_FROM_PROTO:
+            raise InvalidArgument(f"unknown index kind {kind_value}")
         collection = self.store.create_collection(
             request.name,
             request.dim,
             metric,
+            kind=KIND_FROM_PROTO.get(kind_value),
             m=request.index_params.m,
             ef_construction=request.index_params.ef_construction,
             model_fingerprint=request.model_fingerprint,
@@ -139,6 +150,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             request.top_k,
             filter=filter_from_proto(request.filter),
             ef_search=request.params.ef_search,
+            candidates=request.params.candidates,
             exact=request.params.exact,
         )
         if self.metrics is not None:
@@ -203,24 +215,59 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
         return pb.GetStatsResponse(
             row_count=stats.row_count,
             index_present=stats.index_present,
-            index_params=pb.IndexParams(m=stats.m, ef_construction=stats.ef_construction),
+            index_params=index_params_to_proto(stats.collection),
             table_bytes=stats.table_bytes,
             index_bytes=stats.index_bytes,
             pgvector_version=stats.pgvector_version,
+            postgres_version=stats.postgres_version,
+            index=index_state_to_proto(stats.collection),
+            live_recall=stats.live_recall,
+            settings=stats.settings,
         )
 
 
 def collection_to_proto(collection: Collection) -> pb.Collection:
-    created = timestamp_pb2.Timestamp()
-    created.FromDatetime(collection.created_at)
     return pb.Collection(
         name=collection.name,
         dim=collection.dim,
         metric=METRIC_TO_PROTO[collection.metric],
-        index_params=pb.IndexParams(m=collection.m, ef_construction=collection.ef_construction),
+        index_params=index_params_to_proto(collection),
         model_fingerprint=collection.model_fingerprint,
-        create_time=created,
+        create_time=_timestamp(collection.created_at),
+        index=index_state_to_proto(collection),
     )
+
+
+def index_params_to_proto(collection: Collection) -> pb.IndexParams:
+    return pb.IndexParams(
+        m=collection.m,
+        ef_construction=collection.ef_construction,
+        kind=KIND_TO_PROTO[collection.kind],
+    )
+
+
+def index_state_to_proto(collection: Collection) -> pb.IndexState:
+    return pb.IndexState(
+        generation=collection.generation,
+        built_rows=collection.built_rows,
+        build_time=_timestamp(collection.built_at),
+        build_seconds=collection.build_seconds,
+        recall=collection.recall,
+        recall_sample=collection.recall_sample,
+        recall_time=_timestamp(collection.recall_measured_at),
+        ef_search=collection.ef_search,
+        candidates=collection.candidates,
+        quantizer_rows=collection.quantizer_rows,
+        note=collection.index_note,
+    )
+
+
+def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
 
 
 def item_to_proto(item: Item, include_vector: bool) -> pb.Item:

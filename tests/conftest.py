@@ -22,3 +22,29 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data") as server:
         yield server.dsn
+
+
+@pytest.fixture(scope="session")
+def old_engine_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL 16 + pgvector 0.6.2 server from the old embedded engine (`pgserver` 0.1.4,
+    a test-only dependency): the searcher must keep working on pgvector 0.6 through a DSN."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+
+    server = pgserver.get_server(
+        tmp_path_factory.mktemp("old-engine") / "data", cleanup_mode="stop"
+    )
+    try:
+        import psycopg2
+
+        with psycopg2.connect(server.get_uri()) as conn, conn.cursor() as cur:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            assert cur.fetchone()[0] == "0.6.2"
+        conn.close()
+        yield server.get_uri()
+    finally:
+        server.cleanup()

@@ -27,7 +27,7 @@ ROLES_SQL = [
     "CREATE ROLE imgsearch_reader LOGIN",
     "GRANT USAGE ON SCHEMA imgsearch, imgsearch_data TO imgsearch_app, imgsearch_reader",
     "GRANT CREATE ON SCHEMA imgsearch_data TO imgsearch_app",
-    "GRANT SELECT, INSERT, DELETE ON imgsearch.collections TO imgsearch_app",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON imgsearch.collections TO imgsearch_app",
     "GRANT SELECT ON imgsearch.collections, public.imgsearch_schema_migrations "
     "TO imgsearch_app, imgsearch_reader",
     "ALTER DEFAULT PRIVILEGES FOR ROLE imgsearch_app IN SCHEMA imgsearch_data "

@@ -179,14 +179,6 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
         yield server
 
 
-def _pg_ctl(server: EmbeddedPostgres, *args: str) -> None:
-    """pg_ctl as pgserver runs it: as the user that owns the data directory (pgserver makes one
-    when run as root), output to files (a pipe would be held open by the server)."""
-    from pgserver._commands import pg_ctl
-
-    pg_ctl(["-w", *args], pgdata=server.data_dir, user=server._server.system_user, timeout=60)
-
-
 def test_postgres_restart_under_search_load(own_postgres: EmbeddedPostgres) -> None:
     dsn = own_postgres.dsn
     socket_dir = urllib.parse.parse_qs(urllib.parse.urlparse(dsn).query)["host"][0]
@@ -235,10 +227,9 @@ def test_postgres_restart_under_search_load(own_postgres: EmbeddedPostgres) -> N
                 worker.start()
             time.sleep(1.5)
             down = time.monotonic()
-            _pg_ctl(own_postgres, "stop", "-m", "fast")
+            own_postgres.pg_ctl("stop", "-m", "fast")
             time.sleep(2.0)
-            _pg_ctl(
-                own_postgres,
+            own_postgres.pg_ctl(
                 "start",
                 "-o",
                 '-h ""',

@@ -55,6 +55,7 @@ def test_searcher_metrics_count_the_rpcs_rows_and_queries_it_served(postgres_dsn
                 stub.Search(spb.SearchRequest(collection="metered", id=i, top_k=3), timeout=10)
             with pytest.raises(grpc.RpcError):
                 stub.Search(spb.SearchRequest(collection="metered", id=0, top_k=0), timeout=10)
+        assert searcher.store is not None and searcher.store.maintenance.wait_idle(60)
         metrics = scrape(searcher.metrics_port)
 
     def requests(method: str, code: str) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +21,6 @@ from tests.searcher_helpers import clustered_vectors, searcher_stub, upsert_mess
 def database(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     with EmbeddedPostgres(tmp_path / "data") as server:
         yield server
-
-
-def _pg_ctl(data_dir: Path, *args: str) -> None:
-    from pgserver._commands import pg_ctl
-
-    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs the server as this user
-    pg_ctl(["-w", *args], pgdata=data_dir, user=user, timeout=30)
 
 
 def _health(port: int) -> int:
@@ -95,7 +87,7 @@ def test_a_database_outage_means_not_serving_and_unavailable_then_recovers_alone
                     ]
                 )
             )
-            _pg_ctl(data_dir, "-m", "fast", "stop")
+            database.pg_ctl("-m", "fast", "stop")
             try:
                 _wait_for_health(searcher.port, health_pb2.HealthCheckResponse.NOT_SERVING)
                 with pytest.raises(grpc.RpcError) as raised:
@@ -103,8 +95,7 @@ def test_a_database_outage_means_not_serving_and_unavailable_then_recovers_alone
                 assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "database unavailable" in raised.value.details()
             finally:
-                _pg_ctl(
-                    data_dir,
+                database.pg_ctl(
                     "-o",
                     '-h ""',
                     "-o",

@@ -31,7 +31,7 @@ def test_a_matrix_is_refused_rather_than_flattened() -> None:
 
 
 def test_the_searchers_sql_literal_round_trips_every_float32() -> None:
-    from searcher.store import vector_literal
+    from searcher.pgvector_io import vector_literal
 
     rng = np.random.default_rng(3)
     values = np.concatenate(

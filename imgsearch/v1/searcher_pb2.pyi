@@ -17,34 +17,75 @@ class Metric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METRIC_L2: _ClassVar[Metric]
     METRIC_COSINE: _ClassVar[Metric]
     METRIC_INNER_PRODUCT: _ClassVar[Metric]
+
+class IndexKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INDEX_KIND_UNSPECIFIED: _ClassVar[IndexKind]
+    INDEX_KIND_VECTOR: _ClassVar[IndexKind]
+    INDEX_KIND_HALFVEC: _ClassVar[IndexKind]
+    INDEX_KIND_BINARY: _ClassVar[IndexKind]
 METRIC_UNSPECIFIED: Metric
 METRIC_L2: Metric
 METRIC_COSINE: Metric
 METRIC_INNER_PRODUCT: Metric
+INDEX_KIND_UNSPECIFIED: IndexKind
+INDEX_KIND_VECTOR: IndexKind
+INDEX_KIND_HALFVEC: IndexKind
+INDEX_KIND_BINARY: IndexKind
 
 class IndexParams(_message.Message):
-    __slots__ = ("m", "ef_construction")
+    __slots__ = ("m", "ef_construction", "kind")
     M_FIELD_NUMBER: _ClassVar[int]
     EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     m: int
     ef_construction: int
-    def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ...) -> None: ...
+    kind: IndexKind
+    def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., kind: _Optional[_Union[IndexKind, str]] = ...) -> None: ...
+
+class IndexState(_message.Message):
+    __slots__ = ("generation", "built_rows", "build_time", "build_seconds", "recall", "recall_sample", "recall_time", "ef_search", "candidates", "quantizer_rows", "note")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    BUILT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BUILD_TIME_FIELD_NUMBER: _ClassVar[int]
+    BUILD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    RECALL_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    RECALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZER_ROWS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    built_rows: int
+    build_time: _timestamp_pb2.Timestamp
+    build_seconds: float
+    recall: float
+    recall_sample: int
+    recall_time: _timestamp_pb2.Timestamp
+    ef_search: int
+    candidates: int
+    quantizer_rows: int
+    note: str
+    def __init__(self, generation: _Optional[int] = ..., built_rows: _Optional[int] = ..., build_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., build_seconds: _Optional[float] = ..., recall: _Optional[float] = ..., recall_sample: _Optional[int] = ..., recall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ..., candidates: _Optional[int] = ..., quantizer_rows: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint", "create_time")
+    __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint", "create_time", "index")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: Metric
     index_params: IndexParams
     model_fingerprint: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., model_fingerprint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    index: IndexState
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., model_fingerprint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint")
@@ -153,12 +194,14 @@ class Filter(_message.Message):
     def __init__(self, labels: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SearchParams(_message.Message):
-    __slots__ = ("ef_search", "exact")
+    __slots__ = ("ef_search", "exact", "candidates")
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     ef_search: int
     exact: bool
-    def __init__(self, ef_search: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
+    candidates: int
+    def __init__(self, ef_search: _Optional[int] = ..., exact: _Optional[bool] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("collection", "vector", "id", "top_k", "filter", "params")
@@ -266,17 +309,32 @@ class GetStatsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("row_count", "index_present", "index_params", "table_bytes", "index_bytes", "pgvector_version")
+    __slots__ = ("row_count", "index_present", "index_params", "table_bytes", "index_bytes", "pgvector_version", "postgres_version", "index", "live_recall", "settings")
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
     INDEX_PRESENT_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
     TABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
     PGVECTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POSTGRES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LIVE_RECALL_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
     row_count: int
     index_present: bool
     index_params: IndexParams
     table_bytes: int
     index_bytes: int
     pgvector_version: str
-    def __init__(self, row_count: _Optional[int] = ..., index_present: _Optional[bool] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., table_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., pgvector_version: _Optional[str] = ...) -> None: ...
+    postgres_version: str
+    index: IndexState
+    live_recall: float
+    settings: _containers.ScalarMap[str, str]
+    def __init__(self, row_count: _Optional[int] = ..., index_present: _Optional[bool] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., table_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., pgvector_version: _Optional[str] = ..., postgres_version: _Optional[str] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ..., live_recall: _Optional[float] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -29,8 +29,9 @@ class SearcherServiceStub:
     """Stores embeddings in PostgreSQL + pgvector and answers k-nearest-neighbour queries.
 
     Stateless: several searchers may serve one database. A collection is one table of items
-    (id, label, uri, attributes, vector) with an HNSW index; the collection "images" (dim 1000,
-    L2) exists on first use.
+    (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
+    collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
+    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and
@@ -99,8 +100,9 @@ class SearcherServiceServicer:
     """Stores embeddings in PostgreSQL + pgvector and answers k-nearest-neighbour queries.
 
     Stateless: several searchers may serve one database. A collection is one table of items
-    (id, label, uri, attributes, vector) with an HNSW index; the collection "images" (dim 1000,
-    L2) exists on first use.
+    (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
+    collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
+    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and
@@ -172,7 +174,8 @@ class SearcherServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStats(self, request, context):
-        """Row count, index state, size on disk and pgvector version of a collection.
+        """Row count, index state and measured recall, size on disk, and the database's versions and
+        settings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -243,8 +246,9 @@ class SearcherService:
     """Stores embeddings in PostgreSQL + pgvector and answers k-nearest-neighbour queries.
 
     Stateless: several searchers may serve one database. A collection is one table of items
-    (id, label, uri, attributes, vector) with an HNSW index; the collection "images" (dim 1000,
-    L2) exists on first use.
+    (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
+    collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
+    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and

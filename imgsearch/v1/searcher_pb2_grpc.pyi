@@ -30,8 +30,9 @@ class SearcherServiceStub:
     """Stores embeddings in PostgreSQL + pgvector and answers k-nearest-neighbour queries.
 
     Stateless: several searchers may serve one database. A collection is one table of items
-    (id, label, uri, attributes, vector) with an HNSW index; the collection "images" (dim 1000,
-    L2) exists on first use.
+    (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
+    collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
+    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and
@@ -63,15 +64,18 @@ class SearcherServiceStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.DeleteRequest, _searcher_pb2.DeleteResponse]
     """Deletes items by id or by filter."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.GetStatsRequest, _searcher_pb2.GetStatsResponse]
-    """Row count, index state, size on disk and pgvector version of a collection."""
+    """Row count, index state and measured recall, size on disk, and the database's versions and
+    settings.
+    """
 
 @_typing.type_check_only
 class SearcherServiceAsyncStub(SearcherServiceStub):
     """Stores embeddings in PostgreSQL + pgvector and answers k-nearest-neighbour queries.
 
     Stateless: several searchers may serve one database. A collection is one table of items
-    (id, label, uri, attributes, vector) with an HNSW index; the collection "images" (dim 1000,
-    L2) exists on first use.
+    (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
+    collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
+    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and
@@ -100,14 +104,17 @@ class SearcherServiceAsyncStub(SearcherServiceStub):
     Delete: _aio.UnaryUnaryMultiCallable[_searcher_pb2.DeleteRequest, _searcher_pb2.DeleteResponse]  # type: ignore[assignment]
     """Deletes items by id or by filter."""
     GetStats: _aio.UnaryUnaryMultiCallable[_searcher_pb2.GetStatsRequest, _searcher_pb2.GetStatsResponse]  # type: ignore[assignment]
-    """Row count, index state, size on disk and pgvector version of a collection."""
+    """Row count, index state and measured recall, size on disk, and the database's versions and
+    settings.
+    """
 
 class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores embeddings in PostgreSQL + pgvector and answers k-nearest-neighbour queries.
 
     Stateless: several searchers may serve one database. A collection is one table of items
-    (id, label, uri, attributes, vector) with an HNSW index; the collection "images" (dim 1000,
-    L2) exists on first use.
+    (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
+    collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
+    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and
@@ -194,6 +201,8 @@ class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _searcher_pb2.GetStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_searcher_pb2.GetStatsResponse, _abc.Awaitable[_searcher_pb2.GetStatsResponse]]:
-        """Row count, index state, size on disk and pgvector version of a collection."""
+        """Row count, index state and measured recall, size on disk, and the database's versions and
+        settings.
+        """
 
 def add_SearcherServiceServicer_to_server(servicer: SearcherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

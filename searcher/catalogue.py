@@ -1,0 +1,274 @@
+"""The catalogue of collections: what each one is (dimension, metric, index kind) and what its
+index's last build left (generation, parameters in force, measured recall, search effort)."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg2 import errors as pg_errors
+from psycopg2 import sql
+
+from imgsearch.errors import AlreadyExists, InvalidArgument, NotFound
+from searcher.pool import ConnectionPool
+from searcher.schema import CATALOG_SCHEMA, DATA_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COLLECTION = "images"
+DEFAULT_DIM = 1000
+COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+MAX_DIM = 16000  # pgvector's limit for a stored vector
+
+
+class Metric(enum.Enum):
+    L2 = "l2"
+    COSINE = "cosine"
+    INNER_PRODUCT = "inner_product"
+
+    @property
+    def operator(self) -> str:
+        return {"l2": "<->", "cosine": "<=>", "inner_product": "<#>"}[self.value]
+
+
+class IndexKind(enum.Enum):
+    VECTOR = "vector"  # HNSW over the full float32 vectors
+    HALFVEC = "halfvec"  # HNSW over half-precision copies, candidates re-ranked exactly
+    BINARY = "binary"  # HNSW over bit codes of the centred vectors, candidates re-ranked exactly
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    dim: int
+    metric: Metric
+    kind: IndexKind
+    # HNSW parameters in force: as created, or raised by a repair after a poor build.
+    m: int
+    ef_construction: int
+    model_fingerprint: str
+    created_at: datetime
+    # Every build makes a new generation (index and, for BINARY, its quantizer function), so a
+    # searcher still holding the previous one never meets a half-replaced index.
+    generation: int = 1
+    # Search effort in force; 0 means the server's default. Raised when a build's measured
+    # recall stays below the floor.
+    ef_search: int = 0
+    candidates: int = 0
+    # Rows the BINARY quantizer (centre and spread) was fitted on.
+    quantizer_rows: int = 0
+    built_rows: int = 0
+    built_at: datetime | None = None
+    build_seconds: float = 0.0
+    recall: float | None = None  # recall@10 of the index on a sample, after its last build
+    recall_sample: int = 0
+    recall_measured_at: datetime | None = None
+    index_note: str = ""
+
+    @property
+    def table(self) -> sql.Identifier:
+        return sql.Identifier(DATA_SCHEMA, self.name)
+
+    @property
+    def qualified_table(self) -> str:
+        """The table as a regclass text, for functions that take one."""
+        return f'{DATA_SCHEMA}."{self.name}"'
+
+    def index_name(self, generation: int | None = None) -> str:
+        # Derived, not the collection name plus a suffix: that could pass 63 characters.
+        # Generation 0 is the one name collections had before generations existed.
+        generation = self.generation if generation is None else generation
+        base = "hnsw_" + _name_hash(self.name)
+        return base if generation == 0 else f"{base}_{generation}"
+
+    def quantizer_name(self, generation: int | None = None) -> str:
+        generation = self.generation if generation is None else generation
+        return f"{quantizer_prefix(self.name)}{generation}"
+
+
+def quantizer_prefix(name: str) -> str:
+    return f"quantize_{_name_hash(name)}_"
+
+
+def _name_hash(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()[:20]
+
+
+def validate_collection_name(name: str) -> None:
+    if not COLLECTION_NAME.match(name):
+        raise InvalidArgument(
+            f"invalid collection name {name[:80]!r}: use 1-63 lower case letters, digits and "
+            "underscores, starting with a letter"
+        )
+
+
+_COLUMNS = (
+    "name, dim, metric, index_kind, hnsw_m, hnsw_ef_construction, model_fingerprint, "
+    "created_at, index_generation, search_ef, search_candidates, quantizer_rows, built_rows, "
+    "built_at, build_seconds, recall, recall_sample, recall_measured_at, index_note"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM {CATALOG_SCHEMA}.collections"
+# Columns that builds and recall checks may set (record()).
+_RECORDED = frozenset(
+    {
+        "hnsw_m",
+        "hnsw_ef_construction",
+        "index_generation",
+        "search_ef",
+        "search_candidates",
+        "quantizer_rows",
+        "quantizer_centre",
+        "quantizer_spread",
+        "built_rows",
+        "built_at",
+        "build_seconds",
+        "recall",
+        "recall_sample",
+        "recall_measured_at",
+        "index_note",
+    }
+)
+
+
+def _from_row(row: Sequence[Any]) -> Collection:
+    return Collection(
+        name=row[0],
+        dim=row[1],
+        metric=Metric(row[2]),
+        kind=IndexKind(row[3]),
+        m=row[4],
+        ef_construction=row[5],
+        model_fingerprint=row[6],
+        created_at=row[7],
+        generation=row[8],
+        ef_search=row[9],
+        candidates=row[10],
+        quantizer_rows=row[11],
+        built_rows=row[12] or 0,
+        built_at=row[13],
+        build_seconds=row[14] or 0.0,
+        recall=row[15],
+        recall_sample=row[16],
+        recall_measured_at=row[17],
+        index_note=row[18],
+    )
+
+
+class Catalogue:
+    """Collections as the database records them, cached briefly: a search should not pay a
+    catalogue round trip, and another searcher's drop or build is seen within CACHE_SECONDS."""
+
+    CACHE_SECONDS = 2.0
+
+    def __init__(self, pool: ConnectionPool, *, create_default: Callable[[], Collection]) -> None:
+        self.pool = pool
+        self._create_default = create_default
+        self._cache: dict[str, tuple[float, Collection, bool]] = {}
+        self._lock = threading.Lock()
+
+    def insert(self, cur: Any, collection: Collection) -> datetime:
+        """Add a collection's row inside the caller's transaction; returns its created_at."""
+        try:
+            cur.execute(
+                f"INSERT INTO {CATALOG_SCHEMA}.collections (name, dim, metric, index_kind, hnsw_m, "
+                "hnsw_ef_construction, model_fingerprint, index_generation) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING created_at",
+                (
+                    collection.name,
+                    collection.dim,
+                    collection.metric.value,
+                    collection.kind.value,
+                    collection.m,
+                    collection.ef_construction,
+                    collection.model_fingerprint,
+                    collection.generation,
+                ),
+            )
+        except pg_errors.UniqueViolation:
+            raise AlreadyExists(f"collection {collection.name!r} already exists") from None
+        created_at: datetime = cur.fetchone()[0]
+        return created_at
+
+    def get(self, name: str, *, fresh: bool = False) -> tuple[Collection, bool]:
+        """The collection and whether its index exists; "images" is made on first use."""
+        name = name or DEFAULT_COLLECTION
+        validate_collection_name(name)
+        with self._lock:
+            cached = self._cache.get(name)
+        if cached is not None and not fresh and time.monotonic() - cached[0] < self.CACHE_SECONDS:
+            return cached[1], cached[2]
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute(f"{_SELECT} WHERE name = %s", (name,))
+            row = cur.fetchone()
+            if row is not None:
+                collection = _from_row(row)
+                cur.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL",
+                    (f"{DATA_SCHEMA}.{collection.index_name()}",),
+                )
+                has_index: bool = cur.fetchone()[0]
+        if row is None:
+            if name != DEFAULT_COLLECTION:
+                raise NotFound(f"collection {name!r} does not exist")
+            try:
+                collection = self._create_default()
+            except AlreadyExists:  # another request created it first
+                return self.get(name, fresh=True)
+            return self.get(name, fresh=True)
+        self.remember(collection, has_index)
+        return collection, has_index
+
+    def list(self) -> list[Collection]:
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute(f"{_SELECT} ORDER BY name")
+            return [_from_row(row) for row in cur.fetchall()]
+
+    def delete(self, cur: Any, name: str) -> None:
+        """Remove a collection's row inside the caller's transaction."""
+        cur.execute(
+            f"DELETE FROM {CATALOG_SCHEMA}.collections WHERE name = %s RETURNING name", (name,)
+        )
+        if cur.fetchone() is None:
+            raise NotFound(f"collection {name!r} does not exist")
+
+    def record(self, cur: Any, name: str, **columns: Any) -> None:
+        """Set build and recall columns of a collection inside the caller's transaction."""
+        unknown = set(columns) - _RECORDED
+        if unknown:
+            raise ValueError(f"not catalogue columns a build may set: {sorted(unknown)}")
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(column)) for column in columns
+        )
+        cur.execute(
+            sql.SQL("UPDATE {}.collections SET {} WHERE name = %s").format(
+                sql.Identifier(CATALOG_SCHEMA), assignments
+            ),
+            [*columns.values(), name],
+        )
+        self.forget(name)
+
+    def quantizer(self, cur: Any, name: str) -> tuple[Any, Any]:
+        """The BINARY quantizer's (centre, spread) as stored, or (None, None)."""
+        cur.execute(
+            f"SELECT quantizer_centre, quantizer_spread FROM {CATALOG_SCHEMA}.collections "
+            "WHERE name = %s",
+            (name,),
+        )
+        row = cur.fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def remember(self, collection: Collection, has_index: bool) -> None:
+        with self._lock:
+            self._cache[collection.name] = (time.monotonic(), collection, has_index)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._cache.pop(name, None)

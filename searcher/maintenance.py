@@ -1,0 +1,272 @@
+"""Index upkeep off the request path: after every build, the index's recall is measured, a
+poor build repaired, and the collection's search effort calibrated; a BINARY index whose
+collection outgrew its quantizer is rebuilt.
+
+After each build of a collection's index:
+1. draw a sample of stored vectors and their exact neighbours (searcher.recall);
+2. calibrate: walk the kind's effort ladder (ef_search, and candidates for BINARY) from the
+   cheapest setting up, measuring recall@10 at each, and keep the first that meets the target
+   (default 0.99) with no sampled query lost (finding under half of its neighbours), else the
+   most thorough;
+3. if the recall at the default effort is below the floor (default 0.95), the build itself is
+   poor: rebuild once, CONCURRENTLY, with larger m and ef_construction (at least the defaults,
+   twice the ef_construction), and calibrate again.
+Each step is logged, and the outcome recorded in the catalogue (GetCollection, GetStats): the
+effort in force, its measured recall, and a note of what was done.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from imgsearch.errors import ImageSearchError
+from searcher.catalogue import Catalogue, Collection, IndexKind
+from searcher.indexes import IndexBuilder
+from searcher.kinds import spec
+from searcher.pool import ConnectionPool
+from searcher.recall import RecallSample, Search, draw_sample
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_M = 16
+# pgvector's default of 64 left recall@10 near 0.94 on clustered 1000-d data whatever the
+# ef_search (parts of the graph unreachable). 128 usually reached 0.99+, but 1 build in 12 stayed
+# at 0.969 at any ef_search; 200 gave 0.999 in all 22, for ~55% more build time
+# (bench/hnsw_builds.py, bench/RESULTS.md).
+DEFAULT_EF_CONSTRUCTION = 200
+# Per-query recall below which a sampled search counts as lost (see _calibrate).
+LOST_QUERY_RECALL = 0.5
+MAX_M = 100
+MAX_EF_CONSTRUCTION = 1000
+# A BINARY index is rebuilt (its quantizer fitted anew) once its collection holds this many
+# times the rows the quantizer was fitted on: the codes of a collection that started small
+# may not fit what it became. Doubling bounds the rebuilds' total cost by twice the last one.
+REQUANTIZE_GROWTH = 2.0
+
+Searcher = Callable[[Collection], Search]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    collection: Collection  # with the chosen ef_search and candidates
+    recall: float  # at the chosen effort
+    at_default: float  # at the kind's default effort
+
+
+class IndexMaintenance:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        catalogue: Catalogue,
+        builder: IndexBuilder,
+        searcher_for: Searcher,
+        *,
+        recall_floor: float,
+        recall_target: float,
+        recall_sample: int,
+        default_ef_search: int,
+    ) -> None:
+        self.pool = pool
+        self.catalogue = catalogue
+        self.builder = builder
+        self.searcher_for = searcher_for
+        self.recall_floor = recall_floor
+        self.recall_target = max(recall_target, recall_floor)
+        self.recall_sample = recall_sample
+        self.default_ef_search = default_ef_search
+        self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._pending: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        # Rows this searcher inserted per collection since its last build: the table's row
+        # estimate (pg_class.reltuples) lags until the next ANALYZE.
+        self._inserted: dict[str, int] = {}
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="index-maintenance", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._tasks.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def check_unmeasured(self) -> None:
+        """At start: measure every index that was built but never measured (a searcher that
+        stopped before its check, or a collection from before recall was measured)."""
+        for collection in self.catalogue.list():
+            if collection.recall is None:
+                self.schedule("check", collection.name)
+
+    def after_build(self, collection: Collection) -> None:
+        with self._lock:
+            self._inserted.pop(collection.name, None)
+        self.schedule("check", collection.name)
+
+    def after_load(self, collection: Collection, inserted: int) -> None:
+        """After an Upsert stream into an indexed collection: refit a BINARY quantizer that
+        the collection has outgrown."""
+        with self._lock:
+            self._inserted[collection.name] = self._inserted.get(collection.name, 0) + inserted
+        if collection.kind is IndexKind.BINARY and collection.quantizer_rows:
+            rows = self._estimated_rows(collection)
+            if rows >= REQUANTIZE_GROWTH * collection.quantizer_rows:
+                self.schedule("requantize", collection.name)
+
+    def schedule(self, task: str, name: str) -> None:
+        with self._lock:
+            if (task, name) in self._pending:
+                return
+            self._pending.add((task, name))
+        self._tasks.put((task, name))
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no task is queued or running (tests and benchmarks)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending and not self._busy, timeout_s)
+
+    def _run(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            with self._lock:
+                self._pending.discard(task)
+                self._busy = True
+            try:
+                kind, name = task
+                if kind == "check":
+                    self.check(name)
+                else:
+                    self.requantize(name)
+            except ImageSearchError as exc:
+                logger.warning("index upkeep of %s (%s) did not run: %s", task[1], task[0], exc)
+            except Exception:
+                logger.exception("index upkeep of %s (%s) failed", task[1], task[0])
+            finally:
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
+
+    # -- the work -----------------------------------------------------------------------------
+
+    def check(self, name: str) -> None:
+        """Measure the current index, calibrate the search effort, repair a poor build."""
+        collection, has_index = self.catalogue.get(name, fresh=True)
+        if not has_index:
+            return
+        sample = draw_sample(self.pool, collection, self.recall_sample)
+        if sample is None:
+            return
+        calibrated = self._calibrate(collection, sample)
+        notes = [collection.index_note] if collection.index_note else []
+        if calibrated.at_default < self.recall_floor:
+            m = min(MAX_M, max(DEFAULT_M, math.ceil(collection.m * 1.5)))
+            ef_construction = min(
+                MAX_EF_CONSTRUCTION,
+                max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
+            )
+            repair = (
+                f"rebuilt with m={m}, ef_construction={ef_construction}: recall@10 was "
+                f"{calibrated.at_default:.3f} at m={collection.m}, ef_construction="
+                f"{collection.ef_construction} (floor {self.recall_floor:.2f})"
+            )
+            logger.warning("%s: %s", name, repair)
+            notes = [repair]
+            collection = self.builder.build(
+                collection, concurrently=True, m=m, ef_construction=ef_construction, note=repair
+            )
+            calibrated = self._calibrate(collection, sample)
+            if calibrated.recall < self.recall_floor:
+                logger.warning(
+                    "recall@10 of %s stays at %.3f at the most search effort: its vectors may "
+                    "suit another index kind",
+                    name,
+                    calibrated.recall,
+                )
+        chosen = calibrated.collection
+        effort = f"ef_search {chosen.ef_search}" + (
+            f", candidates {chosen.candidates}" if chosen.candidates else ""
+        )
+        notes.append(
+            f"search effort calibrated: {effort} for recall@10 {calibrated.recall:.3f} "
+            f"(target {self.recall_target:.2f})"
+        )
+        self._record(chosen, calibrated.recall, len(sample), "; ".join(notes))
+
+    def requantize(self, name: str) -> None:
+        collection, has_index = self.catalogue.get(name, fresh=True)
+        rows = self._estimated_rows(collection)
+        if not has_index or rows < REQUANTIZE_GROWTH * collection.quantizer_rows:
+            return
+        note = f"quantizer refitted on {rows} rows (it was fitted on {collection.quantizer_rows})"
+        built = self.builder.build(collection, concurrently=True, note=note)
+        self.check(built.name)
+
+    def _calibrate(self, collection: Collection, sample: RecallSample) -> Calibration:
+        """The cheapest effort on the kind's ladder whose recall meets the target, else the
+        most thorough; and the recall at the kind's default effort."""
+        kind = spec(collection.kind)
+        default = kind.default_effort(self.default_ef_search)
+        at_default: float | None = None
+        chosen, recall = collection, 0.0
+        for ef_search, candidates in kind.effort_ladder(collection.candidates):
+            chosen = replace(collection, ef_search=ef_search, candidates=candidates)
+            recalls = sample.recalls(self.searcher_for(chosen))
+            recall = float(recalls.mean())
+            logger.debug("%s: ef_search %d, candidates %d: recall@10 %.3f, lowest %.1f",
+                         collection.name, ef_search, candidates, recall, recalls.min())  # fmt: skip
+            if at_default is None and (ef_search, candidates) >= default:
+                at_default = recall
+            # A search that found under half of its neighbours was stuck in another part of
+            # the graph: an effort where that happens to a sampled query is not enough, however
+            # good the mean (1 query in 100 once found none of its 10 at ef_search 100).
+            if recall >= self.recall_target and recalls.min() >= LOST_QUERY_RECALL:
+                break
+        # Stopped below the default: the default, searching harder, would do at least as well.
+        return Calibration(chosen, recall, recall if at_default is None else at_default)
+
+    def _record(self, collection: Collection, recall: float, sample: int, note: str) -> None:
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            self.catalogue.record(
+                cur,
+                collection.name,
+                recall=recall,
+                recall_sample=sample,
+                recall_measured_at=datetime.now(UTC),
+                search_ef=collection.ef_search,
+                search_candidates=collection.candidates,
+                index_note=note,
+            )
+        logger.info(
+            "recall@10 of %s: %.3f on %d stored vectors (%s index, generation %d, ef_search %d, "
+            "candidates %d)",
+            collection.name,
+            recall,
+            sample,
+            collection.kind.name,
+            collection.generation,
+            collection.ef_search,
+            collection.candidates,
+        )
+
+    def _estimated_rows(self, collection: Collection) -> int:
+        """Rows in the collection, without counting them (a count of millions of rows after
+        every Upsert stream would cost more than the stream)."""
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s::regclass",
+                (collection.qualified_table,),
+            )
+            row = cur.fetchone()
+        with self._lock:
+            inserted = self._inserted.get(collection.name, 0)
+        return max(int(row[0]) if row else 0, collection.built_rows + inserted)

@@ -1,0 +1,111 @@
+"""Vectors to and from PostgreSQL: binary COPY in, binary COPY out, and the text literal."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Item:
+    id: int
+    vector: np.ndarray
+    label: str = ""
+    uri: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+
+
+def encode_binary_copy(items: Iterable[Item], dim: int) -> io.BytesIO:
+    """Rows (id, label, uri, attributes, embedding) in PostgreSQL's binary COPY format.
+
+    Vectors use pgvector's binary form: int16 dim, int16 unused, then big-endian float32s.
+    """
+    out = io.BytesIO()
+    out.write(_COPY_HEADER)
+    vector_header = struct.pack("!ihh", 4 + 4 * dim, dim, 0)
+    for item in items:
+        label = item.label.encode()
+        uri = item.uri.encode()
+        attributes = b"\x01" + json.dumps(item.attributes, ensure_ascii=False).encode()
+        out.write(struct.pack("!hiq", 5, 8, item.id))
+        for value in (label, uri, attributes):
+            out.write(struct.pack("!i", len(value)))
+            out.write(value)
+        out.write(vector_header)
+        # tobytes() of the big-endian copy is what keeps this fast
+        out.write(np.asarray(item.vector, dtype=">f4").tobytes())
+    out.write(_COPY_TRAILER)
+    out.seek(0)
+    return out
+
+
+def decode_binary_copy_ids_vectors(payload: bytes, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) from `COPY (SELECT id, embedding ...) TO STDOUT WITH (FORMAT binary)`."""
+    return decode_id_vector_rows(
+        payload[len(_COPY_HEADER) : len(payload) - len(_COPY_TRAILER)], dim
+    )
+
+
+def id_vector_row_bytes(dim: int) -> int:
+    return _id_vector_row(dim).itemsize
+
+
+def decode_id_vector_rows(body: bytes | bytearray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) from whole rows of such a COPY, without its header and trailer.
+
+    Every row has the same size (two fields, a bigint and a vector(dim)), so the rows are read
+    as one numpy record array instead of row by row."""
+    row = _id_vector_row(dim)
+    if len(body) % row.itemsize:
+        raise ValueError(f"{len(body)} bytes of COPY rows are not rows of {dim}-d vectors")
+    rows = np.frombuffer(body, dtype=row)
+    if len(rows) and (rows["dim"] != dim).any():
+        raise ValueError(f"COPY output holds vectors that are not {dim}-d")
+    return rows["id"].astype(np.int64), rows["vector"].astype(np.float32)
+
+
+def _id_vector_row(dim: int) -> np.dtype:
+    return np.dtype(
+        [
+            ("fields", ">i2"),
+            ("id_length", ">i4"),
+            ("id", ">i8"),
+            ("vector_length", ">i4"),
+            ("dim", ">i2"),
+            ("unused", ">i2"),
+            ("vector", ">f4", (dim,)),
+        ]
+    )
+
+
+COPY_HEADER_BYTES = len(_COPY_HEADER)
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    """pgvector's text form of a float32 vector. Nine significant digits round-trip every
+    float32 exactly, and formatting them is twice as fast as pgvector-python's adapter, whose
+    cost was a third of a search's CPU time in the searcher."""
+    return "[" + ",".join(map("{:.9g}".format, np.asarray(vector, dtype=np.float32).tolist())) + "]"
+
+
+def as_array(value: Any) -> np.ndarray:
+    """pgvector's psycopg2 adapter returns numpy arrays or Vector objects, by version."""
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def item_from_row(row: Sequence[Any]) -> Item:
+    """An Item from (id, label, uri, attributes, embedding or NULL)."""
+    vector = as_array(row[4]) if row[4] is not None else np.empty(0, np.float32)
+    return Item(id=row[0], label=row[1], uri=row[2], attributes=row[3], vector=vector)

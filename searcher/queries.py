@@ -1,0 +1,242 @@
+"""k-nearest-neighbour queries, planned per collection: the index walked for candidates (and
+those re-ranked by exact distance for quantized kinds), or an exact scan where a filter leaves
+few rows or the index cannot return enough."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from psycopg2 import sql
+
+from imgsearch.errors import InvalidArgument, NotFound
+from searcher.catalogue import Collection
+from searcher.kinds import spec
+from searcher.pgvector_io import as_array, vector_literal
+from searcher.pool import ConnectionPool
+
+MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
+MAX_CANDIDATES = MAX_EF_SEARCH  # one index scan returns at most ef_search rows
+
+
+@dataclass(frozen=True)
+class Filter:
+    labels: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.labels or self.attributes)
+
+    def where(self) -> tuple[sql.Composable, dict[str, Any]]:
+        """The WHERE clause (empty for no filter) and its named parameters."""
+        conditions: list[sql.Composable] = []
+        params: dict[str, Any] = {}
+        if self.labels:
+            conditions.append(sql.SQL("label = ANY(%(filter_labels)s)"))
+            params["filter_labels"] = list(self.labels)
+        if self.attributes:
+            conditions.append(sql.SQL("attributes @> %(filter_attributes)s::jsonb"))
+            params["filter_attributes"] = json.dumps(dict(self.attributes))
+        if not conditions:
+            return sql.SQL(""), params
+        return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions), params
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    label: str
+    uri: str
+    attributes: dict[str, str]
+    distance: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    exact: bool
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How hard one approximate search works: HNSW's candidate list, and for quantized kinds
+    how many of its candidates are re-ranked by exact distance."""
+
+    ef_search: int
+    candidates: int  # 0: no re-ranking
+
+
+class Queries:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        default_ef_search: int,
+        exact_filter_rows: int,
+    ) -> None:
+        self.pool = pool
+        self.default_ef_search = default_ef_search
+        # A filter matching at most this many rows is answered by an exact scan of those rows:
+        # exact, and cheap with the label/attribute indexes. Above it, the index is used.
+        self.exact_filter_rows = exact_filter_rows
+        # pgvector 0.8's iterative index scans keep filtered HNSW results complete.
+        self.iterative_scans = False
+
+    def effort(self, collection: Collection, top_k: int, ef_search: int, candidates: int) -> Effort:
+        """The request's effort, else the collection's (calibrated by its recall check), else
+        the kind's default; candidates never fewer than top_k, ef_search never fewer than
+        the candidates (one index scan returns at most ef_search rows)."""
+        kind = spec(collection.kind)
+        default_ef, default_candidates = kind.default_effort(self.default_ef_search)
+        wanted = 0
+        if kind.reranks:
+            wanted = candidates or collection.candidates or default_candidates
+            wanted = min(max(wanted, top_k), MAX_CANDIDATES)
+        ef = ef_search or collection.ef_search or default_ef
+        return Effort(ef_search=min(max(ef, wanted, top_k), MAX_EF_SEARCH), candidates=wanted)
+
+    def nearest(
+        self,
+        collection: Collection,
+        has_index: bool,
+        query: np.ndarray | int,
+        top_k: int,
+        *,
+        filter: Filter = Filter(),
+        effort: Effort,
+        exact: bool = False,
+    ) -> tuple[SearchResult, np.ndarray]:
+        """The top_k items nearest to a vector (or to the stored item with id `query`), and the
+        query vector. Always returns min(top_k, matching items) hits."""
+        where, params = filter.where()
+        with self._reading() as cur:
+            vector = (
+                query
+                if isinstance(query, np.ndarray)
+                else self._stored_vector(cur, collection, query)
+            )
+            params = {**params, "query": vector_literal(vector), "top_k": top_k}
+            use_index = has_index and not exact
+            if use_index and filter:
+                matching = self._count(cur, collection, where, params, self.exact_filter_rows + 1)
+                use_index = matching > self.exact_filter_rows
+            if use_index:
+                hits = self._approximate(cur, collection, where, params, effort, bool(filter))
+                # The index can return fewer rows than exist (filters, deleted rows): check.
+                if len(hits) < top_k and self._count(cur, collection, where, params, top_k) > len(
+                    hits
+                ):
+                    use_index = False
+            if not use_index:
+                hits = self._exact(cur, collection, where, params)
+        return SearchResult(hits=hits, exact=not use_index), vector
+
+    def _approximate(
+        self,
+        cur: Any,
+        collection: Collection,
+        where: sql.Composable,
+        params: dict[str, Any],
+        effort: Effort,
+        filtered: bool,
+    ) -> list[Hit]:
+        settings = [sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(effort.ef_search))]
+        if filtered and self.iterative_scans:
+            # Re-ranked candidates need not come in order; full vectors must.
+            order = "relaxed_order" if effort.candidates else "strict_order"
+            settings.append(sql.SQL("SET LOCAL hnsw.iterative_scan = {}").format(sql.SQL(order)))
+        elif filtered:
+            # Without iterative scans, HNSW returns ef_search candidates and the filter runs
+            # after: widen the list to the most pgvector allows.
+            settings[0] = sql.SQL("SET LOCAL hnsw.ef_search = {}").format(
+                sql.Literal(MAX_EF_SEARCH)
+            )
+        order_by = spec(collection.kind).candidate_order(collection)
+        if effort.candidates:
+            query = sql.SQL(
+                "SELECT id, label, uri, attributes, {} AS distance FROM "
+                "(SELECT id, label, uri, attributes, embedding FROM {} {} ORDER BY {} "
+                "LIMIT %(candidates)s) AS candidates ORDER BY distance LIMIT %(top_k)s"
+            ).format(_exact_distance(collection), collection.table, where, order_by)
+            params = {**params, "candidates": effort.candidates}
+        else:
+            query = sql.SQL(
+                "SELECT id, label, uri, attributes, {} AS distance FROM {} {} "
+                "ORDER BY distance LIMIT %(top_k)s"
+            ).format(order_by, collection.table, where)
+        # One round trip: the settings and the query run as one implicit transaction.
+        cur.execute(sql.SQL("; ").join([*settings, query]), params)
+        return _hits(cur.fetchall())
+
+    def _exact(
+        self, cur: Any, collection: Collection, where: sql.Composable, params: dict[str, Any]
+    ) -> list[Hit]:
+        cur.execute(
+            sql.SQL(
+                "SET LOCAL enable_indexscan = off; "
+                "SELECT id, label, uri, attributes, {} AS distance FROM {} {} "
+                "ORDER BY distance LIMIT %(top_k)s"
+            ).format(_exact_distance(collection), collection.table, where),
+            params,
+        )
+        return _hits(cur.fetchall())
+
+    def _count(
+        self,
+        cur: Any,
+        collection: Collection,
+        where: sql.Composable,
+        params: dict[str, Any],
+        at_most: int,
+    ) -> int:
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*) FROM (SELECT 1 FROM {} {} LIMIT %(count_limit)s) AS matching"
+            ).format(collection.table, where),
+            {**params, "count_limit": at_most},
+        )
+        count: int = cur.fetchone()[0]
+        return count
+
+    def _stored_vector(self, cur: Any, collection: Collection, item_id: int) -> np.ndarray:
+        cur.execute(
+            sql.SQL("SELECT embedding FROM {} WHERE id = %s").format(collection.table), (item_id,)
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"no item with id {item_id} in collection {collection.name!r}")
+        return as_array(row[0])
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A cursor whose statements each run in their own implicit transaction: a search
+        needs no BEGIN and COMMIT round trips around its one query."""
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+
+
+def _exact_distance(collection: Collection) -> sql.Composable:
+    return sql.SQL("embedding {} %(query)s::vector").format(sql.SQL(collection.metric.operator))
+
+
+def _hits(rows: list[Any]) -> list[Hit]:
+    return [Hit(row[0], row[1], row[2], row[3], float(row[4])) for row in rows]
+
+
+def check_effort(ef_search: int, candidates: int) -> None:
+    if not 0 <= ef_search <= MAX_EF_SEARCH:
+        raise InvalidArgument(f"ef_search must be between 0 and {MAX_EF_SEARCH}, got {ef_search}")
+    if not 0 <= candidates <= MAX_CANDIDATES:
+        raise InvalidArgument(
+            f"candidates must be between 0 and {MAX_CANDIDATES}, got {candidates}"
+        )

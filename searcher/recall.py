@@ -1,0 +1,263 @@
+"""Measured recall: of an index after its build (a sample of stored vectors as queries, against
+exact search by numpy over every stored vector), and of live searches (a share of them re-run
+exactly in the background)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from psycopg2 import sql
+
+from searcher.catalogue import Collection, Metric
+from searcher.pgvector_io import (
+    COPY_HEADER_BYTES,
+    decode_binary_copy_ids_vectors,
+    decode_id_vector_rows,
+    id_vector_row_bytes,
+)
+from searcher.pool import ConnectionPool
+from searcher.queries import Filter, Hit, SearchResult
+
+logger = logging.getLogger(__name__)
+
+RECALL_AT = 10
+# Two distances this close count as equal (PostgreSQL sums in float32, numpy here in float64).
+_TIE = 1e-4
+
+
+def recall_by_distance(found: Sequence[float], true_distances: Sequence[float]) -> float:
+    """The share of the true k nearest that a search found, judged by distance so that ties
+    (duplicate vectors, equal distances) do not count as misses."""
+    k = len(true_distances)
+    if k == 0:
+        return 1.0
+    kth = float(true_distances[-1])
+    hits = sum(1 for d in list(found)[:k] if d <= kth + _TIE * max(1.0, abs(kth)))
+    return hits / k
+
+
+class ExactNeighbours:
+    """Exact top-k distances for a few queries against every stored vector, fed by the raw
+    stream of `COPY (SELECT id, embedding ...) TO STDOUT (FORMAT binary)`: rows are parsed in
+    chunks as they arrive, so memory stays bounded whatever the collection's size."""
+
+    CHUNK_ROWS = 20_000
+
+    def __init__(
+        self, queries: np.ndarray, query_ids: np.ndarray, metric: Metric, k: int, dim: int
+    ) -> None:
+        self.queries = queries.astype(np.float64)
+        self.query_ids = query_ids
+        self.metric = metric
+        self.k = k
+        self.dim = dim
+        self.row_bytes = id_vector_row_bytes(dim)
+        self.best = np.full((len(queries), 0), np.inf)
+        self._buffer = bytearray()
+        self._header_left = COPY_HEADER_BYTES
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if self._header_left:
+            cut = min(self._header_left, len(self._buffer))
+            del self._buffer[:cut]
+            self._header_left -= cut
+        whole = len(self._buffer) // self.row_bytes
+        if whole >= self.CHUNK_ROWS:
+            self._take(whole)
+
+    def finish(self) -> np.ndarray:
+        """The k smallest distances per query (ascending), leaving out each query's own row."""
+        self._take(len(self._buffer) // self.row_bytes)
+        return self.best
+
+    def _take(self, rows: int) -> None:
+        if rows == 0:
+            return
+        size = rows * self.row_bytes
+        ids, vectors = decode_id_vector_rows(bytes(self._buffer[:size]), self.dim)
+        del self._buffer[:size]
+        distances = self._distances(vectors.astype(np.float64))
+        distances[ids[None, :] == self.query_ids[:, None]] = np.inf  # leave self out
+        merged = np.concatenate([self.best, distances], axis=1)
+        keep = min(self.k, merged.shape[1])
+        self.best = np.sort(np.partition(merged, keep - 1, axis=1)[:, :keep], axis=1)
+
+    def _distances(self, vectors: np.ndarray) -> np.ndarray:
+        products = self.queries @ vectors.T
+        if self.metric is Metric.INNER_PRODUCT:
+            return -products
+        if self.metric is Metric.COSINE:
+            norms = (
+                np.linalg.norm(vectors, axis=1)[None, :]
+                * np.linalg.norm(self.queries, axis=1)[:, None]
+            )
+            return 1.0 - products / np.maximum(norms, 1e-30)
+        squares = np.einsum("ij,ij->i", vectors, vectors)[None, :]
+        own = np.einsum("ij,ij->i", self.queries, self.queries)[:, None]
+        return np.sqrt(np.maximum(squares - 2 * products + own, 0.0))
+
+
+Search = Callable[[np.ndarray, int], list[Hit]]
+
+
+@dataclass(frozen=True)
+class RecallSample:
+    """Stored vectors used as queries, with their exact nearest distances (each query leaving
+    itself out): computed once, then any number of search settings measured against them."""
+
+    ids: np.ndarray
+    queries: np.ndarray
+    true_distances: np.ndarray  # (queries, RECALL_AT), ascending
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def recalls(self, search: Search) -> np.ndarray:
+        """recall@10 of `search` for each query of the sample."""
+        recalls = []
+        for query_id, query, truth in zip(self.ids, self.queries, self.true_distances, strict=True):
+            hits = [h for h in search(query, RECALL_AT + 1) if h.id != query_id][:RECALL_AT]
+            recalls.append(recall_by_distance([h.distance for h in hits], truth))
+        return np.asarray(recalls)
+
+
+def draw_sample(
+    pool: ConnectionPool, collection: Collection, size: int, *, seed: int = 0
+) -> RecallSample | None:
+    """Up to `size` stored vectors and their exact neighbours, by numpy over a binary COPY of
+    every stored vector; None for a collection too small to measure."""
+    with pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
+        rows: int = cur.fetchone()[0]
+        if rows <= RECALL_AT:
+            return None
+        share = min(100.0, 100.0 * 3 * size / rows)
+        picked = io.BytesIO()
+        cur.copy_expert(
+            sql.SQL(
+                "COPY (SELECT id, embedding FROM {} TABLESAMPLE BERNOULLI ({}) REPEATABLE ({}) "
+                "LIMIT {}) TO STDOUT (FORMAT binary)"
+            ).format(collection.table, sql.Literal(share), sql.Literal(seed), sql.Literal(size)),
+            picked,
+        )
+        ids, queries = decode_binary_copy_ids_vectors(picked.getvalue(), collection.dim)
+        exact = ExactNeighbours(queries, ids, collection.metric, RECALL_AT, collection.dim)
+        cur.copy_expert(
+            sql.SQL("COPY (SELECT id, embedding FROM {}) TO STDOUT (FORMAT binary)").format(
+                collection.table
+            ),
+            exact,
+        )
+    return RecallSample(ids=ids, queries=queries, true_distances=exact.finish())
+
+
+@dataclass(frozen=True)
+class ShadowQuery:
+    collection: Collection
+    vector: np.ndarray
+    top_k: int
+    filter: Filter
+    result: SearchResult
+
+
+class ShadowMonitor:
+    """Re-runs a share of live approximate searches exactly, off the request path, and keeps
+    each collection's recall over its last `window` shadow queries.
+
+    Never slows a search: a search is shadowed only while the monitor is idle, and the exact
+    scans may take at most `budget` of one core's time (an exact scan of a million 1000-d rows
+    takes most of a second; 1% of 100 searches a second would otherwise take a whole core)."""
+
+    def __init__(
+        self,
+        exact_search: Callable[[ShadowQuery], list[Hit]],
+        *,
+        share: float,
+        budget: float = 0.05,
+        window: int = 200,
+        queue_size: int = 4,
+    ) -> None:
+        self.share = share
+        self.budget = budget
+        self._resting_until = 0.0
+        self.window = window
+        self._exact_search = exact_search
+        self._queue: queue.Queue[ShadowQuery | None] = queue.Queue(maxsize=queue_size)
+        self._recalls: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._unfinished = 0
+        self.listeners: list[Callable[[str, float, float], None]] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.share > 0:
+            self._thread = threading.Thread(target=self._run, name="shadow-queries", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def offer(self, shadow: ShadowQuery) -> None:
+        if self._thread is None or shadow.result.exact or random.random() >= self.share:
+            return
+        if time.monotonic() < self._resting_until:
+            return
+        with self._lock:
+            self._unfinished += 1
+        try:
+            self._queue.put_nowait(shadow)
+        except queue.Full:
+            self._done()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every offered query has been re-run (tests)."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._unfinished == 0, timeout_s)
+
+    def _done(self) -> None:
+        with self._settled:
+            self._unfinished -= 1
+            self._settled.notify_all()
+
+    def recall(self, collection: str) -> float | None:
+        with self._lock:
+            window = self._recalls.get(collection)
+            return float(np.mean(window)) if window else None
+
+    def _run(self) -> None:
+        while (shadow := self._queue.get()) is not None:
+            try:
+                self._shadow(shadow)
+            except Exception:  # a shadow query must never take the searcher down
+                logger.warning("shadow query on %s failed", shadow.collection.name, exc_info=True)
+            finally:
+                self._done()
+
+    def _shadow(self, shadow: ShadowQuery) -> None:
+        started = time.monotonic()
+        exact = self._exact_search(shadow)
+        took = time.monotonic() - started
+        self._resting_until = started + took / self.budget if self.budget > 0 else 0.0
+        found = [h.distance for h in shadow.result.hits][:RECALL_AT]
+        recall = recall_by_distance(found, [h.distance for h in exact][:RECALL_AT])
+        name = shadow.collection.name
+        with self._lock:
+            window = self._recalls.setdefault(name, deque(maxlen=self.window))
+            window.append(recall)
+            mean = float(np.mean(window))
+        for listener in self.listeners:
+            listener(name, recall, mean)

@@ -1,0 +1,166 @@
+"""Index upkeep, seen through the API: every build's recall is measured and reported, a poor
+build is rebuilt and then searched harder, live searches are shadowed by exact ones, and a BINARY
+quantizer is refitted once its collection has doubled."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from imgsearch.v1 import searcher_pb2 as pb
+from searcher.config import SearcherConfig
+from searcher.server import Searcher
+from tests.searcher_helpers import clustered_vectors, searcher_stub, upsert_messages, vector
+from tests.test_metrics import scrape
+
+_names = itertools.count()
+UPKEEP_S = 300  # a deadline for background builds and checks, not an expected duration
+
+
+@pytest.fixture(scope="module", params=["pg18-embedded", "pgvector06-dsn"])
+def searcher(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Searcher]:
+    # Every search shadowed, with no rest between exact re-runs.
+    common = {
+        "address": "127.0.0.1:0",
+        "metrics_address": "127.0.0.1:0",
+        "shadow_share": 1.0,
+        "shadow_budget": 1.0,
+    }
+    if request.param == "pg18-embedded":
+        config = SearcherConfig(data_dir=str(tmp_path_factory.mktemp("upkeep")), **common)
+    else:
+        config = SearcherConfig(dsn=request.getfixturevalue("old_engine_dsn"), **common)
+    with Searcher(config) as running:
+        yield running
+
+
+@pytest.fixture()
+def stub(searcher: Searcher) -> Iterator[object]:
+    channel, stub = searcher_stub(searcher.port)
+    with channel:
+        yield stub
+
+
+def quantized(searcher: Searcher) -> bool:
+    assert searcher.store is not None
+    return searcher.store.pgvector >= (0, 7, 0)
+
+
+def settle(searcher: Searcher) -> None:
+    assert searcher.store is not None
+    assert searcher.store.maintenance.wait_idle(UPKEEP_S), "index upkeep did not finish"
+
+
+def create(stub, kind: int = 0, **params: int) -> str:  # type: ignore[no-untyped-def]
+    name = f"u{next(_names)}"
+    stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            name=name, dim=1000, index_params=pb.IndexParams(kind=kind, **params)
+        )
+    )
+    return name
+
+
+def test_a_build_is_measured_and_its_recall_reported(stub, searcher: Searcher) -> None:
+    name = create(stub)
+    stub.Upsert(upsert_messages(name, clustered_vectors(20_000, seed=4)))
+    settle(searcher)
+    collection = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
+    index = collection.index
+    assert index.HasField("recall") and index.recall >= 0.95
+    assert index.recall_sample == 200 and index.HasField("recall_time")
+    assert (index.generation, index.built_rows) == (2, 20_000)  # 1: the empty collection's
+    assert index.HasField("build_time") and index.build_seconds > 0
+    assert index.note.startswith("search effort calibrated: ef_search ")
+    assert f"for recall@10 {index.recall:.3f} (target 0.99)" in index.note
+    assert index.ef_search in (40, 100, 200, 400, 700, 1000)
+    stats = stub.GetStats(pb.GetStatsRequest(collection=name))
+    assert stats.index == index and stats.index_params.kind == collection.index_params.kind
+    assert stats.postgres_version.split(".")[0] in ("16", "18")
+    assert stats.pgvector_version in ("0.6.2", "0.8.5")
+    assert set(stats.settings) >= {"shared_buffers", "maintenance_work_mem", "effective_cache_size"}
+
+
+def test_a_poor_build_is_rebuilt_with_the_default_parameters(stub, searcher: Searcher) -> None:
+    # m=2, ef_construction=4: a graph so sparse that searches miss most neighbours.
+    name = create(stub, kind=pb.INDEX_KIND_VECTOR, m=2, ef_construction=4)
+    stub.Upsert(upsert_messages(name, clustered_vectors(20_000, seed=4)))
+    settle(searcher)
+    collection = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
+    assert (collection.index_params.m, collection.index_params.ef_construction) == (16, 200)
+    assert collection.index.generation == 3
+    assert collection.index.note.startswith("rebuilt with m=16, ef_construction=200: recall@10 was")
+    assert "at m=2, ef_construction=4 (floor 0.95)" in collection.index.note
+    assert collection.index.recall >= 0.95
+
+
+def test_codes_that_cannot_tell_neighbours_apart_get_the_most_candidates(
+    stub, searcher: Searcher
+) -> None:
+    """Points on one line through the origin: every dimension crosses its three thresholds at
+    the same places, so the BINARY codes split 20k rows into 4 groups and Hamming distance
+    cannot rank inside them. The rebuild cannot help; re-ranking more candidates is all there
+    is: the calibration ends at the most, and says so, though recall stays low."""
+    if not quantized(searcher):
+        pytest.skip("pgvector 0.6 has no BINARY kind")
+    rng = np.random.default_rng(9)
+    line = rng.uniform(0, 1000, size=(20_000, 1)) * np.ones((1, 1000)) / np.sqrt(1000)
+    data = (line + rng.normal(scale=1e-3, size=line.shape)).astype(np.float32)
+    name = create(stub, kind=pb.INDEX_KIND_BINARY)
+    stub.Upsert(upsert_messages(name, data))
+    settle(searcher)
+    index = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert (index.ef_search, index.candidates) == (1000, 1000)
+    assert index.note.startswith("rebuilt with m=24, ef_construction=400: recall@10 was ")
+    assert "search effort calibrated: ef_search 1000, candidates 1000 for recall@10" in index.note
+    assert index.recall < 0.95
+
+
+def test_shadow_queries_measure_live_recall_and_move_the_gauge(stub, searcher: Searcher) -> None:
+    assert searcher.store is not None
+    name = create(stub)
+    stub.Upsert(upsert_messages(name, clustered_vectors(5000, seed=11)))
+    settle(searcher)
+    for query in clustered_vectors(30, seed=12):
+        stub.Search(pb.SearchRequest(collection=name, vector=vector(query), top_k=10))
+        # One at a time: a search arriving while the monitor is busy is not shadowed.
+        assert searcher.store.shadow.wait_idle(60)
+    stub.Search(pb.SearchRequest(collection=name, id=3, top_k=10, params={"exact": True}))
+    assert searcher.store.shadow.wait_idle(60)
+    metrics = scrape(searcher.metrics_port)
+    labels = (("collection", name),)
+    assert metrics[("imgsearch_searcher_shadow_queries_total", labels)] == 30  # exact: none
+    assert 0.95 <= metrics[("imgsearch_searcher_recall", labels)] <= 1.0
+    stats = stub.GetStats(pb.GetStatsRequest(collection=name))
+    assert stats.HasField("live_recall")
+    assert stats.live_recall == metrics[("imgsearch_searcher_recall", labels)]
+
+
+def test_a_binary_quantizer_is_refitted_when_its_collection_doubles(
+    stub, searcher: Searcher
+) -> None:
+    if not quantized(searcher):
+        pytest.skip("pgvector 0.6 has no BINARY kind")
+    data = clustered_vectors(4000, seed=13)
+    name = create(stub, kind=pb.INDEX_KIND_BINARY)
+    stub.Upsert(upsert_messages(name, data[:1000]))
+    settle(searcher)
+    first = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert (first.quantizer_rows, first.generation) == (1000, 2)
+    stub.Upsert(upsert_messages(name, data[1000:1900], first_id=1000))  # 1.9×: kept
+    settle(searcher)
+    kept = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert (kept.quantizer_rows, kept.generation) == (1000, 2)
+    stub.Upsert(upsert_messages(name, data[1900:2100], first_id=1900))  # 2.1×: refitted
+    settle(searcher)
+    refitted = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert (refitted.quantizer_rows, refitted.generation) == (2100, 3)
+    assert refitted.note.startswith("quantizer refitted on 2100 rows (it was fitted on 1000); ")
+    assert refitted.recall >= 0.95
+    hits = stub.Search(pb.SearchRequest(collection=name, vector=vector(data[2050]), top_k=1)).hits
+    assert hits[0].id == 2050 and hits[0].distance == pytest.approx(0.0, abs=1e-4)
