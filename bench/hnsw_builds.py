@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from searcher.embedded import EmbeddedPostgres  # noqa: E402
 from searcher.pool import ConnectionPool  # noqa: E402
-from searcher.store import Item, VectorStore  # noqa: E402
+from searcher.store import IndexKind, Item, VectorStore  # noqa: E402
 from tests.searcher_helpers import clustered_vectors, exact_neighbours  # noqa: E402
 
 TOP_K = 10
@@ -39,7 +39,9 @@ def one_build(
     store: VectorStore, name: str, data: np.ndarray, m: int, ef_construction: int
 ) -> tuple[float, float]:
     """(seconds to load, seconds to build the index) for a new collection holding `data`."""
-    store.create_collection(name, data.shape[1], m=m, ef_construction=ef_construction)
+    store.create_collection(
+        name, data.shape[1], kind=IndexKind.VECTOR, m=m, ef_construction=ef_construction
+    )
     started = time.perf_counter()
     session = store.begin_upsert(name)
     for start in range(0, len(data), 1000):
