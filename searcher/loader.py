@@ -130,8 +130,9 @@ class UpsertSession:
         self.messages = 0
         self._on_close = on_close
         self._index_deferred, empty = loader.prepare_load(collection, has_index)
-        # Loading into an empty collection: messages are most likely all new ids.
-        self._plain_copy = empty
+        # New ids are COPYed straight into the table; the first message holding an existing id
+        # is rolled back to a savepoint and merged instead, and so is the rest of the stream.
+        self._plain_copy = True
         if empty:
             logger.info("bulk load into empty %s: index build deferred", collection.name)
 

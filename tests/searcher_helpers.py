@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -71,3 +73,23 @@ def searcher_stub(port: int) -> tuple[grpc.Channel, searcher_pb2_grpc.SearcherSe
         ],
     )
     return channel, searcher_pb2_grpc.SearcherServiceStub(channel)
+
+
+# The two engines the searcher is tested on: its own embedded PostgreSQL 18 + pgvector 0.8.5,
+# and the old embedded engine's PostgreSQL 16 + pgvector 0.6.2 reached by DSN.
+ENGINES = ["pg18-embedded", "pgvector06-dsn"]
+
+
+@contextlib.contextmanager
+def searcher_on(engine: str, request: Any, tmp_path_factory: Any, **settings: Any) -> Iterator[Any]:
+    """A running Searcher (config `settings`) on one of ENGINES; `request` is the pytest
+    fixture request, for the old engine's DSN fixture."""
+    from searcher.config import SearcherConfig
+    from searcher.server import Searcher
+
+    if engine == "pg18-embedded":
+        where = {"data_dir": str(tmp_path_factory.mktemp("searcher"))}
+    else:
+        where = {"dsn": request.getfixturevalue("old_engine_dsn")}
+    with Searcher(SearcherConfig(address="127.0.0.1:0", **where, **settings)) as running:
+        yield running

@@ -74,6 +74,9 @@ def ingested(stack: tuple[str, str], photos: Path) -> tuple[str, ...]:
     assert "ingested 0 (0 new, 0 updated), skipped 200 already stored" in again.stdout
     stats = imgsearch("stats", *options)
     assert "rows            200" in stats.stdout, stats.stdout + stats.stderr
+    assert "index           HNSW over HALFVEC, m=16, ef_construction=200" in stats.stdout
+    assert "PostgreSQL      18." in stats.stdout and "pgvector        0.8.5" in stats.stdout
+    assert "shared_buffers=" in stats.stdout
     return options
 
 

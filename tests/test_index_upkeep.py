@@ -11,31 +11,28 @@ import numpy as np
 import pytest
 
 from imgsearch.v1 import searcher_pb2 as pb
-from searcher.config import SearcherConfig
 from searcher.server import Searcher
-from tests.searcher_helpers import clustered_vectors, searcher_stub, upsert_messages, vector
+from tests.searcher_helpers import (
+    ENGINES,
+    clustered_vectors,
+    searcher_on,
+    searcher_stub,
+    upsert_messages,
+    vector,
+)
 from tests.test_metrics import scrape
 
 _names = itertools.count()
 UPKEEP_S = 300  # a deadline for background builds and checks, not an expected duration
 
 
-@pytest.fixture(scope="module", params=["pg18-embedded", "pgvector06-dsn"])
+@pytest.fixture(scope="module", params=ENGINES)
 def searcher(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Searcher]:
     # Every search shadowed, with no rest between exact re-runs.
-    common = {
-        "address": "127.0.0.1:0",
-        "metrics_address": "127.0.0.1:0",
-        "shadow_share": 1.0,
-        "shadow_budget": 1.0,
-    }
-    if request.param == "pg18-embedded":
-        config = SearcherConfig(data_dir=str(tmp_path_factory.mktemp("upkeep")), **common)
-    else:
-        config = SearcherConfig(dsn=request.getfixturevalue("old_engine_dsn"), **common)
-    with Searcher(config) as running:
+    settings = {"metrics_address": "127.0.0.1:0", "shadow_share": 1.0, "shadow_budget": 1.0}
+    with searcher_on(request.param, request, tmp_path_factory, **settings) as running:
         yield running
 
 

@@ -16,11 +16,12 @@ import pytest
 from google.protobuf import any_pb2
 
 from imgsearch.v1 import searcher_pb2 as pb
-from searcher.config import SearcherConfig
 from searcher.server import Searcher
 from tests.searcher_helpers import (
+    ENGINES,
     clustered_vectors,
     exact_neighbours,
+    searcher_on,
     searcher_stub,
     upsert_messages,
     vector,
@@ -29,18 +30,13 @@ from tests.searcher_helpers import (
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module", params=["pg18-embedded", "pgvector06-dsn"])
+@pytest.fixture(scope="module", params=ENGINES)
 def searcher(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Searcher]:
     # Filters matching over 1000 rows walk the index (the default is 20k): the tests' 20k-row
     # collections then exercise both paths.
-    common = {"address": "127.0.0.1:0", "exact_filter_rows": 1000}
-    if request.param == "pg18-embedded":
-        config = SearcherConfig(data_dir=str(tmp_path_factory.mktemp("s")), **common)
-    else:
-        config = SearcherConfig(dsn=request.getfixturevalue("old_engine_dsn"), **common)
-    with Searcher(config) as running:
+    with searcher_on(request.param, request, tmp_path_factory, exact_filter_rows=1000) as running:
         yield running
 
 
