@@ -34,7 +34,7 @@ class ConnectionPool:
         connect_timeout_s: int = 5,
         statement_timeout_ms: int = 30_000,
     ) -> None:
-        self._dsn = dsn
+        self.dsn = dsn
         self._wait_s = wait_s
         self._connect_kwargs: dict[str, Any] = {
             "connect_timeout": connect_timeout_s,
@@ -50,7 +50,7 @@ class ConnectionPool:
         self._unregistered: set[int] = set()  # ids of connections without the vector types
 
     def _connect(self) -> Any:
-        conn = psycopg2.connect(self._dsn, **self._connect_kwargs)
+        conn = psycopg2.connect(self.dsn, **self._connect_kwargs)
         try:
             register_vector(conn)
         except psycopg2.ProgrammingError:

@@ -137,6 +137,10 @@ def draw_sample(
     """Up to `size` stored vectors and their exact neighbours, by numpy over a binary COPY of
     every stored vector; None for a collection too small to measure."""
     with pool.connection() as conn, conn, conn.cursor() as cur:
+        # Reading every stored vector grows with the collection (a million 1000-d rows took
+        # over the 30 s request limit): off the request path, like an index build, it runs
+        # without the statement timeout.
+        cur.execute("SET LOCAL statement_timeout = 0")
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
         rows: int = cur.fetchone()[0]
         if rows <= RECALL_AT:

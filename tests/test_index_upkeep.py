@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from imgsearch.v1 import searcher_pb2 as pb
+from searcher.pool import ConnectionPool
+from searcher.recall import draw_sample
 from searcher.server import Searcher
 from tests.searcher_helpers import (
     ENGINES,
@@ -81,6 +83,25 @@ def test_a_build_is_measured_and_its_recall_reported(stub, searcher: Searcher) -
     assert stats.postgres_version.split(".")[0] in ("16", "18")
     assert stats.pgvector_version in ("0.6.2", "0.8.5")
     assert set(stats.settings) >= {"shared_buffers", "maintenance_work_mem", "effective_cache_size"}
+
+
+def test_the_recall_check_reads_every_vector_without_the_request_time_limit(
+    stub, searcher: Searcher
+) -> None:
+    # A million rows took longer than the 30 s request limit to read; 20k rows take longer
+    # than a 50 ms one, which a count or a search here never does.
+    name = create(stub)
+    stub.Upsert(upsert_messages(name, clustered_vectors(20_000, seed=4)))
+    settle(searcher)
+    assert searcher.store is not None
+    collection, _ = searcher.store.catalogue.get(name)
+    hurried = ConnectionPool(searcher.store.pool.dsn, max_size=1, statement_timeout_ms=50)
+    try:
+        sample = draw_sample(hurried, collection, 200)
+    finally:
+        hurried.close()
+    assert sample is not None and len(sample) == 200
+    assert sample.true_distances.shape == (200, 10) and np.isfinite(sample.true_distances).all()
 
 
 def test_a_poor_build_is_rebuilt_with_the_default_parameters(stub, searcher: Searcher) -> None:
