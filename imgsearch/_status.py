@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -81,6 +81,19 @@ def map_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
+        except Exception as exc:
+            abort(context, exc)
+
+    return wrapper
+
+
+def map_stream_errors(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """map_errors for a method that streams its responses (a generator)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
         except Exception as exc:
             abort(context, exc)
 

@@ -115,20 +115,23 @@ class KindSpec:
             sql.Literal(collection.ef_construction),
         )
 
-    def candidate_order(self, collection: Collection) -> sql.Composable:
-        """ORDER BY this (with %(query)s bound to the query's literal) to walk the index."""
+    def candidate_order(
+        self, collection: Collection, query: sql.Composable = QUERY
+    ) -> sql.Composable:
+        """ORDER BY this to walk the index. `query` is the query vector: by default %(query)s,
+        bound to its literal; a join passes another row's `embedding` column."""
         if self.kind is IndexKind.VECTOR:
             return sql.SQL("embedding {} {}::vector").format(
-                sql.SQL(collection.metric.operator), QUERY
+                sql.SQL(collection.metric.operator), query
             )
         if self.kind is IndexKind.HALFVEC:
             half = sql.SQL("halfvec({})").format(sql.Literal(collection.dim))
             return sql.SQL("embedding::{} {} {}::{}").format(
-                half, sql.SQL(collection.metric.operator), QUERY, half
+                half, sql.SQL(collection.metric.operator), query, half
             )
         quantize = sql.Identifier(DATA_SCHEMA, collection.quantizer_name())
         return sql.SQL("{}(embedding)::bit({}) <~> {}({}::vector)").format(
-            quantize, sql.Literal(collection.dim * len(BINARY_THRESHOLDS)), quantize, QUERY
+            quantize, sql.Literal(collection.dim * len(BINARY_THRESHOLDS)), quantize, query
         )
 
     def quantizer_input(self, metric: Metric) -> str:

@@ -31,9 +31,10 @@ class Filter:
     def __bool__(self) -> bool:
         return bool(self.labels or self.attributes)
 
-    def where(self) -> tuple[sql.Composable, dict[str, Any]]:
-        """The WHERE clause (empty for no filter) and its named parameters."""
-        conditions: list[sql.Composable] = []
+    def where(self, *also: sql.Composable) -> tuple[sql.Composable, dict[str, Any]]:
+        """The WHERE clause (empty for no filter) and its named parameters; `also` adds
+        conditions of the caller's."""
+        conditions: list[sql.Composable] = list(also)
         params: dict[str, Any] = {}
         if self.labels:
             conditions.append(sql.SQL("label = ANY(%(filter_labels)s)"))

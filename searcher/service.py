@@ -11,12 +11,20 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 
 from imgsearch import vectors
-from imgsearch._status import DetailedError, map_errors
+from imgsearch._status import DetailedError, map_errors, map_stream_errors
 from imgsearch.errors import ImageSearchError, InvalidArgument
 from imgsearch.v1 import searcher_pb2 as pb
 from imgsearch.v1 import searcher_pb2_grpc
 from searcher.metrics import SearcherMetrics
-from searcher.store import Collection, Filter, IndexKind, Item, Metric, VectorStore
+from searcher.store import (
+    Collection,
+    DuplicateGroup,
+    Filter,
+    IndexKind,
+    Item,
+    Metric,
+    VectorStore,
+)
 
 METRIC_TO_PROTO = {
     Metric.L2: pb.METRIC_L2,
@@ -224,6 +232,37 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             live_recall=stats.live_recall,
             settings=stats.settings,
         )
+
+    @map_stream_errors
+    def FindDuplicates(
+        self, request: pb.FindDuplicatesRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.FindDuplicatesResponse]:
+        events = self.store.find_duplicates(
+            request.collection,
+            request.max_distance,
+            filter=filter_from_proto(request.filter),
+            limit=request.limit,
+            exact=request.exact,
+            cancelled=lambda: not context.is_active(),
+        )
+        for event in events:
+            if isinstance(event, DuplicateGroup):
+                yield pb.FindDuplicatesResponse(
+                    group=pb.DuplicateGroup(
+                        members=[
+                            pb.DuplicateMember(
+                                id=m.id, label=m.label, uri=m.uri, distance=m.distance
+                            )
+                            for m in event.members
+                        ]
+                    )
+                )
+            else:
+                yield pb.FindDuplicatesResponse(
+                    progress=pb.DuplicatesProgress(
+                        scanned_items=event.scanned, total_items=event.total
+                    )
+                )
 
 
 def collection_to_proto(collection: Collection) -> pb.Collection:

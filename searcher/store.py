@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from searcher.catalogue import (
     Metric,
     validate_collection_name,
 )
+from searcher.duplicates import DuplicateFinder, DuplicateGroup, Progress
 from searcher.indexes import IndexBuilder
 from searcher.kinds import spec
 from searcher.loader import (
@@ -52,12 +53,14 @@ __all__ = [
     "DEFAULT_EF_CONSTRUCTION",
     "DEFAULT_M",
     "Collection",
+    "DuplicateGroup",
     "Filter",
     "Hit",
     "IndexKind",
     "Item",
     "Limits",
     "Metric",
+    "Progress",
     "SearchResult",
     "Stats",
     "UpsertCounts",
@@ -122,6 +125,7 @@ class VectorStore:
         self.queries = Queries(
             pool, default_ef_search=default_ef_search, exact_filter_rows=exact_filter_rows
         )
+        self.duplicates = DuplicateFinder(pool, exact_filter_rows=exact_filter_rows)
         self.maintenance = IndexMaintenance(
             pool,
             self.catalogue,
@@ -152,6 +156,7 @@ class VectorStore:
         if self.citus_version:
             logger.info("Citus %s: collection tables are distributed by id", self.citus_version)
         self.queries.iterative_scans = self.pgvector >= (0, 8, 0)
+        self.duplicates.iterative_scans = self.queries.iterative_scans
         logger.info(
             "schema version %d, PostgreSQL %s, pgvector %s",
             version,
@@ -339,6 +344,34 @@ class VectorStore:
         )
         self.shadow.offer(ShadowQuery(collection, vector, top_k, filter, result))
         return result
+
+    def find_duplicates(
+        self,
+        name: str,
+        max_distance: float,
+        *,
+        filter: Filter = Filter(),
+        limit: int = 0,
+        exact: bool = False,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[Progress | DuplicateGroup]:
+        """Progress while the collection is scanned, then its groups of items within
+        `max_distance` of one another (transitively), by first id (searcher.duplicates)."""
+        collection, has_index = self.catalogue.get(name, fresh=True)
+        self._check_filter(filter)
+        if limit < 0:
+            raise InvalidArgument(f"limit must be 0 (every group) or more, got {limit}")
+        effort = self.queries.effort(collection, 1, 0, 0)
+        return self.duplicates.find(
+            collection,
+            has_index,
+            max_distance,
+            filter=filter,
+            effort=effort,
+            limit=limit,
+            exact=exact,
+            cancelled=cancelled,
+        )
 
     def _approximate_search(self, collection: Collection) -> Any:
         """The live approximate path of this collection, for the recall check."""

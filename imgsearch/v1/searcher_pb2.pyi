@@ -338,3 +338,51 @@ class GetStatsResponse(_message.Message):
     live_recall: float
     settings: _containers.ScalarMap[str, str]
     def __init__(self, row_count: _Optional[int] = ..., index_present: _Optional[bool] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., table_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., pgvector_version: _Optional[str] = ..., postgres_version: _Optional[str] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ..., live_recall: _Optional[float] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FindDuplicatesRequest(_message.Message):
+    __slots__ = ("collection", "max_distance", "filter", "limit", "exact")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    max_distance: float
+    filter: Filter
+    limit: int
+    exact: bool
+    def __init__(self, collection: _Optional[str] = ..., max_distance: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
+
+class DuplicatesProgress(_message.Message):
+    __slots__ = ("scanned_items", "total_items")
+    SCANNED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    scanned_items: int
+    total_items: int
+    def __init__(self, scanned_items: _Optional[int] = ..., total_items: _Optional[int] = ...) -> None: ...
+
+class DuplicateMember(_message.Message):
+    __slots__ = ("id", "label", "uri", "distance")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    label: str
+    uri: str
+    distance: float
+    def __init__(self, id: _Optional[int] = ..., label: _Optional[str] = ..., uri: _Optional[str] = ..., distance: _Optional[float] = ...) -> None: ...
+
+class DuplicateGroup(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[DuplicateMember]
+    def __init__(self, members: _Optional[_Iterable[_Union[DuplicateMember, _Mapping]]] = ...) -> None: ...
+
+class FindDuplicatesResponse(_message.Message):
+    __slots__ = ("progress", "group")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    progress: DuplicatesProgress
+    group: DuplicateGroup
+    def __init__(self, progress: _Optional[_Union[DuplicatesProgress, _Mapping]] = ..., group: _Optional[_Union[DuplicateGroup, _Mapping]] = ...) -> None: ...

@@ -94,6 +94,11 @@ class SearcherServiceStub:
                 request_serializer=imgsearch_dot_v1_dot_searcher__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=imgsearch_dot_v1_dot_searcher__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.FindDuplicates = channel.unary_stream(
+                '/imgsearch.v1.SearcherService/FindDuplicates',
+                request_serializer=imgsearch_dot_v1_dot_searcher__pb2.FindDuplicatesRequest.SerializeToString,
+                response_deserializer=imgsearch_dot_v1_dot_searcher__pb2.FindDuplicatesResponse.FromString,
+                _registered_method=True)
 
 
 class SearcherServiceServicer:
@@ -181,6 +186,15 @@ class SearcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindDuplicates(self, request, context):
+        """Finds the groups of near-duplicate items in a collection: items within max_distance of one
+        another, joined transitively. Computed in the database (no vectors are sent); streams
+        progress while it scans, then the groups. Cancel the call to stop it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearcherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +247,11 @@ def add_SearcherServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=imgsearch_dot_v1_dot_searcher__pb2.GetStatsRequest.FromString,
                     response_serializer=imgsearch_dot_v1_dot_searcher__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'FindDuplicates': grpc.unary_stream_rpc_method_handler(
+                    servicer.FindDuplicates,
+                    request_deserializer=imgsearch_dot_v1_dot_searcher__pb2.FindDuplicatesRequest.FromString,
+                    response_serializer=imgsearch_dot_v1_dot_searcher__pb2.FindDuplicatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -515,6 +534,33 @@ class SearcherService:
             '/imgsearch.v1.SearcherService/GetStats',
             imgsearch_dot_v1_dot_searcher__pb2.GetStatsRequest.SerializeToString,
             imgsearch_dot_v1_dot_searcher__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindDuplicates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/imgsearch.v1.SearcherService/FindDuplicates',
+            imgsearch_dot_v1_dot_searcher__pb2.FindDuplicatesRequest.SerializeToString,
+            imgsearch_dot_v1_dot_searcher__pb2.FindDuplicatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,11 @@ class SearcherServiceStub:
     """Row count, index state and measured recall, size on disk, and the database's versions and
     settings.
     """
+    FindDuplicates: _grpc.UnaryStreamMultiCallable[_searcher_pb2.FindDuplicatesRequest, _searcher_pb2.FindDuplicatesResponse]
+    """Finds the groups of near-duplicate items in a collection: items within max_distance of one
+    another, joined transitively. Computed in the database (no vectors are sent); streams
+    progress while it scans, then the groups. Cancel the call to stop it.
+    """
 
 @_typing.type_check_only
 class SearcherServiceAsyncStub(SearcherServiceStub):
@@ -106,6 +111,11 @@ class SearcherServiceAsyncStub(SearcherServiceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_searcher_pb2.GetStatsRequest, _searcher_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Row count, index state and measured recall, size on disk, and the database's versions and
     settings.
+    """
+    FindDuplicates: _aio.UnaryStreamMultiCallable[_searcher_pb2.FindDuplicatesRequest, _searcher_pb2.FindDuplicatesResponse]  # type: ignore[assignment]
+    """Finds the groups of near-duplicate items in a collection: items within max_distance of one
+    another, joined transitively. Computed in the database (no vectors are sent); streams
+    progress while it scans, then the groups. Cancel the call to stop it.
     """
 
 class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -203,6 +213,17 @@ class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_searcher_pb2.GetStatsResponse, _abc.Awaitable[_searcher_pb2.GetStatsResponse]]:
         """Row count, index state and measured recall, size on disk, and the database's versions and
         settings.
+        """
+
+    @_abc_1.abstractmethod
+    def FindDuplicates(
+        self,
+        request: _searcher_pb2.FindDuplicatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_searcher_pb2.FindDuplicatesResponse], _abc.AsyncIterator[_searcher_pb2.FindDuplicatesResponse]]:
+        """Finds the groups of near-duplicate items in a collection: items within max_distance of one
+        another, joined transitively. Computed in the database (no vectors are sent); streams
+        progress while it scans, then the groups. Cancel the call to stop it.
         """
 
 def add_SearcherServiceServicer_to_server(servicer: SearcherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
