@@ -37,6 +37,7 @@ class EmbedderConfig(_serving.ServingConfig):
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int = 256
     grace_s: float = 10.0
+    duplicate_probes: int = 16
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(
@@ -84,6 +85,8 @@ HELP = {
     "max_message_bytes": "largest gRPC message accepted",
     "max_concurrent_rpcs": "RPCs served at once; more get RESOURCE_EXHAUSTED",
     "grace_s": "seconds in-flight RPCs get to finish on shutdown",
+    "duplicate_probes": "generated probe photos (each with 8 edits) the duplicate distance is "
+    "measured on at start-up; 0 skips it (GetModelInfo then suggests none)",
     **_serving.SERVING_HELP,
 }
 

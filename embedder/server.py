@@ -17,9 +17,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embedder.batcher import Batcher
+from embedder.calibration import DuplicateDistances, calibrate
 from embedder.config import EmbedderConfig
 from embedder.metrics import embedder_metrics
-from embedder.model import EmbeddingModel
+from embedder.model import EmbeddingModel, preprocess
 from embedder.service import SERVICE_NAME, EmbedderServicer
 from imgsearch._serving import (
     MetricsEndpoint,
@@ -47,6 +48,7 @@ class Embedder:
         self.metrics: RpcMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_port = 0
+        self.duplicates: DuplicateDistances | None = None
 
     def start(self) -> Embedder:
         """Load and warm the model, then serve; health is SERVING once this returns."""
@@ -54,6 +56,10 @@ class Embedder:
             self.model = EmbeddingModel(self.config.model_spec())
         batcher_config = self.config.batcher_config(self.model.device.type)
         self.model.warm_up(batcher_config.max_batch_size)
+        if self.config.duplicate_probes > 0:
+            self.duplicates = calibrate(
+                self.model.forward, preprocess, self.config.duplicate_probes
+            )
         self.batcher = Batcher(self.model.forward, batcher_config, self.config.decode_limits())
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -85,6 +91,7 @@ class Embedder:
         servicer = EmbedderServicer(
             self.batcher,
             self.model.info,
+            duplicates=self.duplicates,
             max_images_per_request=config.max_images_per_request,
             stream_window_images=max(64, 4 * self.batcher.config.max_batch_size),
         )

@@ -12,6 +12,7 @@ import grpc
 from google.rpc import status_pb2
 
 from embedder.batcher import Batcher
+from embedder.calibration import DuplicateDistances
 from embedder.model import ModelInfo
 from imgsearch import vectors
 from imgsearch._status import abort_status, status_code_of
@@ -52,11 +53,13 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         batcher: Batcher,
         info: ModelInfo,
         *,
+        duplicates: DuplicateDistances | None = None,
         max_images_per_request: int = 256,
         stream_window_images: int = 64,
     ) -> None:
         self.batcher = batcher
         self.info = info
+        self.duplicates = duplicates
         self.max_images_per_request = max_images_per_request
         # How far EmbedStream reads ahead of what it has answered: enough to keep batches full,
         # small enough that a fast sender waits on gRPC flow control, not on our memory.
@@ -130,6 +133,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             max_images_per_request=self.max_images_per_request,
             max_image_bytes=self.batcher.limits.max_image_bytes,
             max_image_pixels=self.batcher.limits.max_image_pixels,
+            duplicate_distance=self.duplicates.l2 if self.duplicates else 0,
+            duplicate_cosine_distance=self.duplicates.cosine if self.duplicates else 0,
+            duplicate_calibration=self.duplicates.note if self.duplicates else "",
         )
 
     async def _embed(self, images: Any, deadline: float | None) -> list[pb.EmbedResult]:

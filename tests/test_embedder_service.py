@@ -15,7 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image, ImageOps
 
+from embedder import probes
 from embedder.config import EmbedderConfig
+from embedder.probes import textured_photo
 from embedder.server import Embedder
 from imgsearch.v1 import embedder_pb2 as pb
 from tests import images
@@ -183,6 +185,21 @@ def test_model_info_describes_the_serving_model(stub, embedder, weights: Path) -
     assert info.fingerprint.startswith("sha256:")
     assert (info.max_batch_size, info.max_images_per_request) == (8, 256)
     assert (info.max_image_bytes, info.max_image_pixels) == (16 << 20, 50_000_000)
+    assert info.duplicate_distance > 0 and 0 < info.duplicate_cosine_distance < 2
+    assert "generated probes" in info.duplicate_calibration
+
+
+def test_duplicate_distance_keeps_a_reencoded_copy_and_drops_another_picture(stub) -> None:
+    """The distance calibrated at start-up, on probes the test does not use, separates a light
+    JPEG re-encoding of a photo-like picture from a different picture."""
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    original = textured_photo(1001, (640, 480), scene=901)
+    other = textured_photo(1002, (640, 480), scene=902)
+    pictures = [original, probes.jpeg(85)(original), other]
+    as_bytes = [images.encode(p, "PNG") for p in pictures]
+    first, copy, different = (vector_of(r) for r in embed(stub, as_bytes))
+    assert np.linalg.norm(copy - first) < info.duplicate_distance
+    assert np.linalg.norm(different - first) > info.duplicate_distance
 
 
 def test_reflection_lists_the_services(embedder) -> None:

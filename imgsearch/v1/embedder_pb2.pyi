@@ -76,7 +76,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "weights_source", "weights", "head", "dim", "preprocessing", "device", "runtime", "fingerprint", "max_batch_size", "max_images_per_request", "max_image_bytes", "max_image_pixels")
+    __slots__ = ("model", "weights_source", "weights", "head", "dim", "preprocessing", "device", "runtime", "fingerprint", "max_batch_size", "max_images_per_request", "max_image_bytes", "max_image_pixels", "duplicate_distance", "duplicate_cosine_distance", "duplicate_calibration")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,9 @@ class GetModelInfoResponse(_message.Message):
     MAX_IMAGES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_COSINE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     weights_source: WeightsSource
     weights: str
@@ -103,4 +106,7 @@ class GetModelInfoResponse(_message.Message):
     max_images_per_request: int
     max_image_bytes: int
     max_image_pixels: int
-    def __init__(self, model: _Optional[str] = ..., weights_source: _Optional[_Union[WeightsSource, str]] = ..., weights: _Optional[str] = ..., head: _Optional[_Union[Head, str]] = ..., dim: _Optional[int] = ..., preprocessing: _Optional[str] = ..., device: _Optional[str] = ..., runtime: _Optional[str] = ..., fingerprint: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_images_per_request: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ...) -> None: ...
+    duplicate_distance: float
+    duplicate_cosine_distance: float
+    duplicate_calibration: str
+    def __init__(self, model: _Optional[str] = ..., weights_source: _Optional[_Union[WeightsSource, str]] = ..., weights: _Optional[str] = ..., head: _Optional[_Union[Head, str]] = ..., dim: _Optional[int] = ..., preprocessing: _Optional[str] = ..., device: _Optional[str] = ..., runtime: _Optional[str] = ..., fingerprint: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_images_per_request: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., duplicate_distance: _Optional[float] = ..., duplicate_cosine_distance: _Optional[float] = ..., duplicate_calibration: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,166 @@
+"""Generated photo-like pictures and the edits people make to photos (re-encoding, resizing,
+cropping, light, rotation, overlaid text, screenshot padding): the probes the embedder measures
+its duplicate distance on (embedder.calibration), and the corpus of bench/quality.py and tests.
+No torch here."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+
+def textured_photo(
+    seed: int, size: tuple[int, int] = (500, 375), scene: int | None = None
+) -> Image.Image:
+    """A photo-like RGB picture: a lit two-part backdrop, fractal-noise texture at several scales
+    (mostly in brightness, a little in colour), soft shapes that carry the texture too, a little
+    blur and sensor noise.
+
+    Pictures of one `scene` share a palette, a layout and a texture scale (like photos taken at
+    one place); each seed varies the rest. Flat shapes on flat colour make near-identical CNN
+    features; texture and noise are what real photographs give a model."""
+    from PIL import ImageFilter
+
+    look = np.random.default_rng(1_000_003 * (seed if scene is None else scene) + 7)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    palette = look.uniform(0, 255, size=(4, 3)).astype(np.float32)
+    horizon = look.uniform(0.3, 0.7) + rng.normal(0, 0.05)
+    octave_weights = look.dirichlet(np.ones(4)) * look.uniform(25, 80)
+
+    texture = np.zeros((height, width, 3), np.float32)
+    for octave, weight in enumerate(octave_weights):
+        cells = 2 ** (octave + 2)
+        grid = rng.standard_normal((cells, max(2, cells * width // height), 4), np.float32)
+        # channel 0 drives brightness, the others a weaker colour shift
+        grid = grid[..., :1] + 0.35 * grid[..., 1:]
+        layer = Image.fromarray(np.uint8(np.clip(grid * 40 + 128, 0, 255)), "RGB")
+        layer = layer.resize(size, Image.Resampling.BICUBIC)
+        texture += (np.asarray(layer, np.float32) - 128) * (weight / 40)
+
+    y = (np.arange(height, dtype=np.float32) / height)[:, None, None]
+    x = (np.arange(width, dtype=np.float32) / width)[None, :, None]
+    light = 0.75 + 0.5 * rng.uniform(-1, 1) * (x - 0.5) + 0.3 * rng.uniform(-1, 1) * (y - 0.5)
+    backdrop = np.where(y < horizon, palette[0] + (palette[1] - palette[0]) * y, palette[2])
+    image = Image.fromarray(np.uint8(np.clip(backdrop * light + texture, 0, 255)), "RGB")
+
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    for _ in range(int(rng.integers(2, 7))):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        rx, ry = rng.uniform(0.03, 0.25) * width, rng.uniform(0.03, 0.25) * height
+        box = (cx - rx, cy - ry, cx + rx, cy + ry)
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=255)
+    fill = palette[3] * rng.uniform(0.6, 1.3) + rng.normal(0, 20, size=3).astype(np.float32)
+    shapes = Image.fromarray(np.uint8(np.clip(fill * light + 0.6 * texture[::-1], 0, 255)), "RGB")
+    mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 3)))
+    image = Image.composite(shapes, image, mask)
+    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+    grain = rng.standard_normal((height, width, 1), np.float32) * rng.uniform(1, 6)
+    return Image.fromarray(np.uint8(np.clip(np.asarray(image, np.float32) + grain, 0, 255)), "RGB")
+
+
+Edit = Callable[[Image.Image], Image.Image]
+
+
+def jpeg(quality: int) -> Edit:
+    def edit(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        buffer.seek(0)
+        return Image.open(buffer).convert("RGB")
+
+    return edit
+
+
+def resize(scale: float) -> Edit:
+    def edit(image: Image.Image) -> Image.Image:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.BICUBIC)
+
+    return edit
+
+
+def centre_crop(keep: float) -> Edit:
+    """Keep the centre `keep` of each side."""
+
+    def edit(image: Image.Image) -> Image.Image:
+        width, height = round(image.width * keep), round(image.height * keep)
+        left, top = (image.width - width) // 2, (image.height - height) // 2
+        return image.crop((left, top, left + width, top + height))
+
+    return edit
+
+
+def brightness(factor: float) -> Edit:
+    return lambda image: ImageEnhance.Brightness(image).enhance(factor)
+
+
+def contrast(factor: float) -> Edit:
+    return lambda image: ImageEnhance.Contrast(image).enhance(factor)
+
+
+def rotate(degrees: float) -> Edit:
+    """Rotated about the centre and cropped to the largest upright rectangle inside."""
+
+    def edit(image: Image.Image) -> Image.Image:
+        turned = image.rotate(degrees, resample=Image.Resampling.BICUBIC)
+        angle = np.radians(abs(degrees))
+        keep = 1 / (np.cos(angle) + np.sin(angle) * max(image.size) / min(image.size))
+        return centre_crop(float(keep))(turned)
+
+    return edit
+
+
+def flip(image: Image.Image) -> Image.Image:
+    return ImageOps.mirror(image)
+
+
+def overlaid_text(image: Image.Image) -> Image.Image:
+    """A caption in a corner, like a watermark or a meme's line."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    size = max(10, image.height // 14)
+    x, y = image.width // 20, image.height - 2 * size
+    draw.text((x + 1, y + 1), "(c) imgsearch 2026", fill="black", font_size=size)
+    draw.text((x, y), "(c) imgsearch 2026", fill="white", font_size=size)
+    return out
+
+
+def screenshot(image: Image.Image) -> Image.Image:
+    """Shown on a screen and captured: a grey frame and a title bar around the picture."""
+    pad, bar = image.width // 12, image.height // 10
+    out = Image.new("RGB", (image.width + 2 * pad, image.height + 2 * pad + bar), (236, 236, 236))
+    ImageDraw.Draw(out).rectangle((0, 0, out.width, bar), fill=(60, 60, 70))
+    out.paste(image, (pad, pad + bar))
+    return out
+
+
+# Every edit kind of the quality benchmark, each at a few strengths.
+EDITS: dict[str, dict[str, Edit]] = {
+    "jpeg": {f"q{q}": jpeg(q) for q in (50, 70, 90)},
+    "resize": {f"{round(s * 100)}%": resize(s) for s in (0.5, 0.7, 0.9)},
+    "crop": {f"{round(k * 100)}%": centre_crop(k) for k in (0.8, 0.9, 0.95)},
+    "brightness": {f"{f:+.0%}": brightness(1 + f) for f in (-0.15, -0.08, 0.08, 0.15)},
+    "contrast": {f"x{f}": contrast(f) for f in (0.8, 1.25)},
+    "rotate": {f"{d:+d}deg": rotate(d) for d in (-5, -2, 2, 5)},
+    "flip": {"horizontal": flip},
+    "text": {"caption": overlaid_text},
+    "screenshot": {"padded": screenshot},
+}
+
+# The edits the embedder calibrates its duplicate distance on: the everyday ones, at moderate
+# strength (a flip or a 50% resize is a harder question than "is this the same picture").
+CALIBRATION_EDITS: tuple[Edit, ...] = (
+    jpeg(60),
+    resize(0.7),
+    centre_crop(0.9),
+    brightness(1.12),
+    brightness(0.88),
+    contrast(1.2),
+    rotate(3),
+    overlaid_text,
+)
