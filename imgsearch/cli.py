@@ -285,6 +285,73 @@ def _open(data: bytes) -> Any:
         return None
 
 
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    """Find the collection's groups of near-duplicates, print them, optionally draw them."""
+    from tqdm import tqdm
+
+    with _client(args) as client:
+        max_distance = args.max_distance
+        if max_distance is None:
+            max_distance = client.suggested_duplicate_distance()
+        with tqdm(desc="comparing", unit=" items", disable=args.json, file=sys.stderr) as bar:
+
+            def progress(scanned: int, total: int) -> None:
+                bar.total = total
+                bar.update(scanned - bar.n)
+
+            groups = client.find_duplicates(
+                max_distance,
+                labels=args.label,
+                limit=args.limit,
+                exact=args.exact,
+                on_progress=progress,
+            )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "max_distance": max_distance,
+                    "groups": [
+                        [{"id": m.id, "label": m.label, "uri": m.uri, "distance": m.distance}
+                         for m in group]
+                        for group in groups
+                    ],
+                },
+                indent=2,
+            )
+        )  # fmt: skip
+    else:
+        items = sum(len(group) for group in groups)
+        print(f"{len(groups)} groups of near-duplicates ({items} items) within {max_distance:g}")
+        for number, group in enumerate(groups, 1):
+            print(f"group {number}: {len(group)} items")
+            for member in group:
+                print(
+                    f"  {member.id:>20}  {member.label[:16]:<16}  {member.distance:>10.4f}  "
+                    f"{member.uri}"
+                )
+    if args.grid:
+        write_duplicate_sheets(Path(args.grid), groups)
+    return 0
+
+
+def write_duplicate_sheets(folder: Path, groups: Sequence[Sequence[Any]]) -> None:
+    """One picture per group: its first member, then the others with their distance to it."""
+    from imgsearch.grid import load_image, search_grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, group in enumerate(groups, 1):
+        first, *rest = group
+        sheet = search_grid(
+            load_image(first.uri) if first.uri else None,
+            f"id {first.id}",
+            [(load_image(m.uri) if m.uri else None, m.label, m.distance) for m in rest],
+            first_caption=f"group {number}",
+        )
+        sheet.save(folder / f"group-{number:04d}.png")
+    print(f"wrote {len(groups)} sheets to {folder.resolve()}")
+
+
 def cmd_import_features(args: argparse.Namespace) -> int:
     from imgsearch.features import read_features
 
@@ -573,6 +640,31 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON for scripts")
     search.add_argument("--grid", metavar="PNG", help="write a picture of the query and its hits")
     search.set_defaults(run=cmd_search)
+
+    duplicates = commands.add_parser(
+        "duplicates",
+        help="groups of near-duplicate images in the collection",
+        formatter_class=_Formatter,
+    )
+    _client_options(duplicates)
+    duplicates.add_argument(
+        "--max-distance",
+        type=float,
+        help="items this close are duplicates (default: the embedder's suggestion for its "
+        "model, GetModelInfo duplicate_distance)",
+    )
+    duplicates.add_argument(
+        "--label", action="append", default=[], help="only these labels (repeatable)"
+    )
+    duplicates.add_argument("--limit", type=int, default=0, help="most groups; 0 for all")
+    duplicates.add_argument(
+        "--exact", action="store_true", help="compare every pair exactly (slower)"
+    )
+    duplicates.add_argument("--json", action="store_true", help="print JSON for scripts")
+    duplicates.add_argument(
+        "--grid", metavar="DIR", help="write one picture per group into this folder"
+    )
+    duplicates.set_defaults(run=cmd_duplicates)
 
     for name, run, text in (
         ("import-features", cmd_import_features, "store vectors from a id|label|{v1,...} file"),

@@ -86,6 +86,14 @@ class Hit:
     attributes: dict[str, str]
 
 
+@dataclass(frozen=True)
+class DuplicateMember:
+    id: int
+    label: str
+    uri: str
+    distance: float  # to the group's first member
+
+
 @dataclass
 class IngestReport:
     inserted: int = 0
@@ -298,10 +306,74 @@ class ImageSearchClient:
             raise outcome
         return self.search_vector(outcome, top_k, labels=labels, collection=collection)
 
+    def find_duplicates(
+        self,
+        max_distance: float,
+        *,
+        labels: Sequence[str] = (),
+        collection: str | None = None,
+        limit: int = 0,
+        exact: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[list[DuplicateMember]]:
+        """The collection's groups of near-duplicates (items within `max_distance` of one
+        another, transitively), each with its first member (smallest id) first. `on_progress`
+        gets (scanned, total) as the searcher scans. No deadline unless `timeout_s` is given:
+        a large collection takes minutes; interrupting (Ctrl-C) cancels the search."""
+        request = searcher_pb2.FindDuplicatesRequest(
+            collection=collection or self.collection,
+            max_distance=max_distance,
+            filter=searcher_pb2.Filter(labels=list(labels)),
+            limit=limit,
+            exact=exact,
+        )
+        call = self.searcher.FindDuplicates(request, timeout=timeout_s)
+        groups: list[list[DuplicateMember]] = []
+        try:
+            for event in call:
+                if event.WhichOneof("event") == "progress":
+                    if on_progress is not None:
+                        on_progress(event.progress.scanned_items, event.progress.total_items)
+                else:
+                    groups.append(
+                        [
+                            DuplicateMember(m.id, m.label, m.uri, m.distance)
+                            for m in event.group.members
+                        ]
+                    )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended; stops the searcher otherwise
+        return groups
+
     def existing_ids(self, ids: Sequence[int], collection: str | None = None) -> set[int]:
         request = searcher_pb2.GetRequest(collection=collection or self.collection, ids=ids)
         response = self._call(self.searcher.Get, request)
         return {item.id for item in response.items}
+
+    def describe_collection(self, name: str | None = None) -> searcher_pb2.Collection:
+        request = searcher_pb2.GetCollectionRequest(name=name or self.collection)
+        collection: searcher_pb2.Collection = self._call(
+            self.searcher.GetCollection, request
+        ).collection
+        return collection
+
+    def suggested_duplicate_distance(self, collection: str | None = None) -> float:
+        """The embedder's measured duplicate distance under the collection's metric."""
+        metric = self.describe_collection(collection).metric
+        info = self.model_info()
+        suggestion = {
+            searcher_pb2.METRIC_L2: info.duplicate_distance,
+            searcher_pb2.METRIC_COSINE: info.duplicate_cosine_distance,
+        }.get(metric, 0.0)
+        if suggestion <= 0:
+            raise InvalidArgument(
+                "the embedder suggests no duplicate distance for this collection's metric "
+                f"({searcher_pb2.Metric.Name(metric)}); give --max-distance"
+            )
+        return float(suggestion)
 
     def collections(self) -> list[searcher_pb2.Collection]:
         response = self._call(self.searcher.ListCollections, searcher_pb2.ListCollectionsRequest())

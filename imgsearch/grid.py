@@ -47,9 +47,10 @@ def search_grid(
     hits: Sequence[tuple[Image.Image | None, str, float]],
     columns: int = 5,
     warning: str = "",
+    first_caption: str = "query",
 ) -> Image.Image:
     """query first (outlined), then one tile per (image, label, distance)."""
-    tiles = [_tile(query, ["query", query_caption], border="red")]
+    tiles = [_tile(query, [first_caption, query_caption], border="red")]
     tiles += [_tile(img, [label, f"d={distance:.4g}"]) for img, label, distance in hits]
     rows = (len(tiles) + columns - 1) // columns
     banner = 20 if warning else 0

@@ -11,9 +11,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from embedder import probes
 from tests import images
 from tests.conftest import ROOT
 from tests.process_helpers import imgsearch, offline_env
@@ -141,8 +143,90 @@ def test_errors_are_one_readable_line(ingested, tmp_path) -> None:
     assert "Traceback" not in nowhere.stderr
 
 
+@pytest.fixture(scope="module")
+def planted_duplicates(
+    stack: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[tuple[str, ...], list[set[str]], float]:
+    """A collection of 24 distinct photo-like pictures, 6 of them with one edited copy and 4
+    with two: (CLI options, the planted groups as sets of file paths, a max distance that
+    separates copies from distinct pictures on this embedder)."""
+    from imgsearch.client import ImageSearchClient
+
+    root = tmp_path_factory.mktemp("duplicates")
+    edits = [probes.jpeg(70), probes.resize(0.8), probes.centre_crop(0.95)]
+    files: list[Path] = []
+    groups: list[set[str]] = []
+    for seed in range(24):
+        original = images.textured_photo(seed, (400, 300))
+        path = root / f"photo{seed:02d}.jpg"
+        original.save(path, "JPEG", quality=92)
+        files.append(path)
+        copies = 1 if seed < 6 else 2 if seed < 10 else 0
+        group = {str(path.resolve())}
+        for n in range(copies):
+            copy = root / f"photo{seed:02d}_copy{n}.jpg"
+            edits[(seed + n) % len(edits)](original).save(copy, "JPEG", quality=85)
+            group.add(str(copy.resolve()))
+        if copies:
+            groups.append(group)
+    embedder, searcher = stack
+    options = ("--embedder", embedder, "--searcher", searcher, "--collection", "planted")
+    assert imgsearch("ingest", str(root), *options).returncode == 0
+    # The threshold for this test: between the copies' distances and the distinct pictures'.
+    with ImageSearchClient(embedder, searcher) as client:
+        vectors = {}
+        for path in root.iterdir():
+            (vectors[str(path.resolve())],) = client.embed([path.read_bytes()])
+    distinct = [str(path.resolve()) for path in files]
+    nearest_distinct = min(
+        float(np.linalg.norm(vectors[a] - vectors[b]))
+        for i, a in enumerate(distinct)
+        for b in distinct[i + 1 :]
+    )
+    farthest_copy = max(
+        float(np.linalg.norm(vectors[a] - vectors[b])) for g in groups for a in g for b in g
+    )
+    assert farthest_copy < nearest_distinct, (farthest_copy, nearest_distinct)
+    return options, groups, (farthest_copy + nearest_distinct) / 2
+
+
+def test_planted_duplicates_come_back_as_groups_and_distinct_pictures_do_not(
+    planted_duplicates, tmp_path
+) -> None:
+    options, planted, max_distance = planted_duplicates
+    sheets = tmp_path / "sheets"
+    result = imgsearch(
+        "duplicates", "--max-distance", str(max_distance), "--json", "--grid", str(sheets),
+        *options,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    found = [{member["uri"] for member in group} for group in report["groups"]]
+    assert sorted(found, key=min) == sorted(planted, key=min)
+    for group in report["groups"]:
+        assert group[0]["distance"] == 0 and all(m["distance"] > 0 for m in group[1:])
+    assert sorted(p.name for p in sheets.iterdir()) == [
+        f"group-{n:04d}.png" for n in range(1, len(planted) + 1)
+    ]
+
+
+def test_duplicates_prints_groups_and_defaults_to_the_embedders_distance(
+    planted_duplicates,
+) -> None:
+    from imgsearch.client import ImageSearchClient
+
+    options, _, _ = planted_duplicates
+    result = imgsearch("duplicates", *options)
+    assert result.returncode == 0, result.stderr
+    with ImageSearchClient(options[1], options[3]) as client:
+        suggested = client.model_info().duplicate_distance
+    assert suggested > 0
+    assert f"within {suggested:g}" in result.stdout.splitlines()[0]
+    assert "comparing" in result.stderr  # the progress bar
+
+
 def test_every_command_documents_its_options(tmp_path) -> None:
-    for command in ("up", "ingest", "search", "collections", "stats", "demo"):
+    for command in ("up", "ingest", "search", "duplicates", "collections", "stats", "demo"):
         result = imgsearch(command, "--help")
         assert result.returncode == 0
         assert "default" in result.stdout, command
