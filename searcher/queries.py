@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,38 @@ class Filter:
         if not conditions:
             return sql.SQL(""), params
         return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions), params
+
+
+@dataclass(frozen=True)
+class DistanceRange:
+    """Which hits a search keeps by their distance to the query: `low` leaves out the query's
+    near-duplicates (its own copies), `high` keeps only them. 0 means no bound at that end
+    (inner-product distances can be negative, so 0 cannot mean "from zero")."""
+
+    low: float = 0.0
+    high: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in (("min_distance", self.low), ("max_distance", self.high)):
+            if not math.isfinite(value):
+                raise InvalidArgument(f"{name} must be a finite distance, got {value}")
+        if self.low and self.high and self.low > self.high:
+            raise InvalidArgument(
+                f"min_distance ({self.low}) is above max_distance ({self.high}): no hit can lie "
+                "between them"
+            )
+
+    def __bool__(self) -> bool:
+        return bool(self.low or self.high)
+
+    def too_near(self, distance: float) -> bool:
+        return bool(self.low) and distance < self.low
+
+    def too_far(self, distance: float) -> bool:
+        return bool(self.high) and distance > self.high
+
+
+ANY_DISTANCE = DistanceRange()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from imgsearch.v1 import searcher_pb2_grpc
 from searcher.metrics import SearcherMetrics
 from searcher.store import (
     Collection,
+    DistanceRange,
     DuplicateGroup,
     Filter,
     IndexKind,
@@ -160,6 +161,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             ef_search=request.params.ef_search,
             candidates=request.params.candidates,
             exact=request.params.exact,
+            distances=DistanceRange(request.min_distance, request.max_distance),
         )
         if self.metrics is not None:
             self.metrics.query_seconds.observe(time.perf_counter() - started)

@@ -43,7 +43,16 @@ from searcher.loader import (
 from searcher.maintenance import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, IndexMaintenance
 from searcher.pgvector_io import Item, item_from_row
 from searcher.pool import ConnectionPool
-from searcher.queries import Effort, Filter, Hit, Queries, SearchResult, check_effort
+from searcher.queries import (
+    ANY_DISTANCE,
+    DistanceRange,
+    Effort,
+    Filter,
+    Hit,
+    Queries,
+    SearchResult,
+    check_effort,
+)
 from searcher.recall import ShadowMonitor, ShadowQuery
 from searcher.schema import DATA_SCHEMA, apply_migrations
 
@@ -53,6 +62,7 @@ __all__ = [
     "DEFAULT_EF_CONSTRUCTION",
     "DEFAULT_M",
     "Collection",
+    "DistanceRange",
     "DuplicateGroup",
     "Filter",
     "Hit",
@@ -320,13 +330,16 @@ class VectorStore:
         ef_search: int = 0,
         candidates: int = 0,
         exact: bool = False,
+        distances: DistanceRange = ANY_DISTANCE,
     ) -> SearchResult:
         """The top_k items nearest to a vector (or to the stored item with id `query`).
 
         Always returns min(top_k, matching items) hits, with exact distances whatever the
         index kind. Filters that match few rows are answered exactly; otherwise the index is
         walked (with iterative scans on pgvector 0.8+) and an exact scan is the fallback
-        whenever the index returns too few rows.
+        whenever the index returns too few rows. With `distances`, only hits in that range
+        are returned: fewer than top_k when fewer lie in it (or when over max_top_k items lie
+        closer than its low end).
         """
         collection, has_index = self.catalogue.get(name)
         if not 1 <= top_k <= self.limits.max_top_k:
@@ -338,12 +351,29 @@ class VectorStore:
         if not isinstance(query, int):
             query = np.asarray(query, dtype=np.float32)
             check_vector(query, collection, "query")
-        effort = self.queries.effort(collection, top_k, ef_search, candidates)
-        result, vector = self.queries.nearest(
-            collection, has_index, query, top_k, filter=filter, effort=effort, exact=exact
-        )
-        self.shadow.offer(ShadowQuery(collection, vector, top_k, filter, result))
-        return result
+        # Hits come nearest first, so the ones below the range's low end are a prefix: ask
+        # for more until top_k remain past it, the collection runs out, or max_top_k is hit.
+        asked = top_k
+        while True:
+            effort = self.queries.effort(collection, asked, ef_search, candidates)
+            result, vector = self.queries.nearest(
+                collection, has_index, query, asked, filter=filter, effort=effort, exact=exact
+            )
+            too_near = sum(1 for hit in result.hits if distances.too_near(hit.distance))
+            beyond = sum(1 for hit in result.hits if distances.too_far(hit.distance))
+            kept = result.hits[too_near : len(result.hits) - beyond]
+            if (
+                len(kept) >= top_k
+                or beyond
+                or len(result.hits) < asked
+                or asked == self.limits.max_top_k
+            ):
+                break
+            asked = min(self.limits.max_top_k, max(2 * asked, top_k + too_near))
+        self.shadow.offer(ShadowQuery(collection, vector, asked, filter, result))
+        if not distances:
+            return result
+        return SearchResult(hits=kept[:top_k], exact=result.exact)
 
     def find_duplicates(
         self,

@@ -108,6 +108,7 @@ def test_services_and_rpcs_are_as_designed() -> None:
         "ListCollections",
         "DropCollection",
         "Upsert",
+        "FindDuplicates",
         "Search",
         "Get",
         "ListItems",

@@ -341,6 +341,59 @@ def test_a_query_of_the_wrong_dimension_or_without_a_query_is_invalid(stub) -> N
     assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_min_distance_looks_past_the_querys_copies_and_max_distance_keeps_only_them(
+    stub,
+) -> None:
+    """40 near-copies of one stored vector, more than top_k: min_distance leaves them out and
+    still returns top_k others, nearest first; max_distance returns just the copies."""
+    data = clustered_vectors(2000, seed=5)
+    rng = np.random.default_rng(5)
+    copies = data[7] + rng.normal(0, 1e-3, (40, data.shape[1])).astype(np.float32)
+    name = new_collection(stub)
+    stub.Upsert(upsert_messages(name, np.vstack([data, copies])))
+    everything = np.vstack([data, copies])
+    distances = np.linalg.norm(everything - data[7], axis=1)
+    copy_ids = {7, *range(2000, 2040)}
+    farthest_copy = max(distances[i] for i in copy_ids)
+    nearest_other = min(d for i, d in enumerate(distances) if i not in copy_ids)
+    assert farthest_copy < nearest_other / 10
+    cut = float(farthest_copy * 2)
+    others_by_distance = [int(i) for i in np.argsort(distances) if i not in copy_ids]
+    for exact in (True, False):
+        params = pb.SearchParams(exact=exact)
+        past = stub.Search(
+            pb.SearchRequest(collection=name, id=7, top_k=5, min_distance=cut, params=params)
+        )
+        assert len(past.hits) == 5 and not {h.id for h in past.hits} & copy_ids
+        if exact:
+            assert [h.id for h in past.hits] == others_by_distance[:5]
+        within = stub.Search(
+            pb.SearchRequest(
+                collection=name, vector=vector(data[7]), top_k=100, max_distance=cut, params=params
+            )
+        )
+        assert {h.id for h in within.hits} == copy_ids
+        assert all(h.distance <= cut for h in within.hits)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "words"),
+    [
+        (float("nan"), 0.0, "min_distance must be a finite distance"),
+        (0.0, float("inf"), "max_distance must be a finite distance"),
+        (float("-inf"), 1.0, "min_distance must be a finite distance"),
+        (2.0, 1.0, "min_distance (2.0) is above max_distance (1.0)"),
+    ],
+)
+def test_a_distance_range_that_cannot_be_met_is_invalid(stub, low, high, words) -> None:
+    name = new_collection(stub, dim=4)
+    request = pb.SearchRequest(
+        collection=name, vector=vector(np.ones(4)), top_k=1, min_distance=low, max_distance=high
+    )
+    error = rpc_error(stub.Search, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details()
+
+
 def test_unknown_collections_and_ids_are_not_found(stub) -> None:
     missing = rpc_error(
         stub.Search, pb.SearchRequest(collection="nope", vector=vector([1]), top_k=1)

@@ -204,20 +204,24 @@ class SearchParams(_message.Message):
     def __init__(self, ef_search: _Optional[int] = ..., exact: _Optional[bool] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "vector", "id", "top_k", "filter", "params")
+    __slots__ = ("collection", "vector", "id", "top_k", "filter", "params", "min_distance", "max_distance")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MIN_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vector: _vector_pb2.Vector
     id: int
     top_k: int
     filter: Filter
     params: SearchParams
-    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ..., id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ...) -> None: ...
+    min_distance: float
+    max_distance: float
+    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ..., id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., min_distance: _Optional[float] = ..., max_distance: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "label", "uri", "attributes", "distance")
