@@ -27,6 +27,7 @@ from imgsearch._channel import ChannelSecurity  # noqa: E402
 from imgsearch._lifecycle import stop_on_signals  # noqa: E402
 from imgsearch.client import DEFAULT_COLLECTION, Hit, ImageSearchClient, IngestItem  # noqa: E402
 from imgsearch.errors import ImageSearchError, InvalidArgument  # noqa: E402
+from imgsearch.regions import Box, crop  # noqa: E402
 from imgsearch.v1 import embedder_pb2, searcher_pb2  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
@@ -79,6 +80,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             searcher_port=args.searcher_port,
             weights=args.weights,
             model=args.model,
+            head=args.head,
+            runtime=args.runtime,
             seed=args.seed,
         )
     )
@@ -207,22 +210,77 @@ def ingest_items(
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if bool(args.images) == (args.id is not None):
+        raise ImageSearchError("give the query: one or more image files, or --id ID")
+    if args.box and args.id is not None:
+        raise ImageSearchError("--box cuts a region out of a query image; --id has none")
+    box = Box.parse(args.box) if args.box else None
+    ranges = {"min_distance": args.min_distance, "max_distance": args.max_distance}
     with _client(args) as client:
         if args.id is not None:
-            hits = client.search_id(args.id, args.top_k, labels=args.label)
-            query_caption = f"id {args.id}"
-            query_image = None
-        else:
-            data = Path(args.image).read_bytes()
-            hits = client.search_image(data, args.top_k, labels=args.label)
-            query_caption = Path(args.image).name
-            query_image = _open(data)
-        # Only an image query touches the embedder; a search by id needs only the searcher.
-        random_weights = args.id is None and _random_weights(client)
-        show_hits(hits, as_json=args.json, random_weights=random_weights)
+            hits = client.search_id(args.id, args.top_k, labels=args.label, **ranges)
+            show_hits(hits, as_json=args.json)
+            if args.grid:
+                write_grid(args.grid, None, f"id {args.id}", hits, False)
+            return 0
+        outcomes = client.search_images(
+            args.images, args.top_k, box=box, labels=args.label, **ranges
+        )
+        random_weights = _random_weights(client)
+    if len(args.images) == 1:
+        (only,) = outcomes
+        if isinstance(only, ImageSearchError):
+            raise only
+        show_hits(only, as_json=args.json, random_weights=random_weights)
         if args.grid:
-            write_grid(args.grid, query_image, query_caption, hits, random_weights)
-    return 0
+            image = args.images[0]
+            write_grid(args.grid, _query_picture(image, box), Path(image).name, only,
+                       random_weights)  # fmt: skip
+        return 0
+    show_several(args.images, outcomes, as_json=args.json, random_weights=random_weights)
+    if args.grid:
+        # One sheet per query image: out-01.png, out-02.png, ... in the order given.
+        out = Path(args.grid)
+        for number, (image, found) in enumerate(zip(args.images, outcomes, strict=True), 1):
+            if not isinstance(found, ImageSearchError):
+                sheet = out.with_name(f"{out.stem}-{number:02d}{out.suffix or '.png'}")
+                write_grid(str(sheet), _query_picture(image, box), Path(image).name, found,
+                           random_weights)  # fmt: skip
+    return 1 if any(isinstance(o, ImageSearchError) for o in outcomes) else 0
+
+
+def show_several(
+    images: Sequence[str],
+    outcomes: Sequence[Sequence[Hit] | ImageSearchError],
+    *,
+    as_json: bool,
+    random_weights: bool,
+) -> None:
+    """Each query image's hits (or why it has none), keyed by the file as given."""
+    if as_json:
+        queries: dict[str, Any] = {}
+        for image, outcome in zip(images, outcomes, strict=True):
+            if isinstance(outcome, ImageSearchError):
+                queries[image] = {"error": str(outcome)}
+            else:
+                queries[image] = {"hits": _hits_json(outcome)}
+        print(json.dumps({"queries": queries, "random_weights": random_weights}, indent=2))
+        return
+    if random_weights:
+        print(RANDOM_WEIGHTS_WARNING)
+    for image, outcome in zip(images, outcomes, strict=True):
+        print(f"\n== {image}")
+        if isinstance(outcome, ImageSearchError):
+            print(f"  failed: {outcome}")
+        else:
+            show_hits(outcome)
+
+
+def _query_picture(image: str, box: Box | None) -> Any:
+    data = Path(image).read_bytes()
+    if box is not None:
+        data = crop(data, box, max_pixels=1 << 62)  # already cropped once under the limit
+    return _open(data)
 
 
 def _random_weights(client: ImageSearchClient) -> bool:
@@ -236,17 +294,10 @@ def show_hits(hits: Sequence[Hit], *, as_json: bool = False, random_weights: boo
     if as_json:
         print(
             json.dumps(
-                {
-                    "hits": [
-                        {"rank": r, "id": h.id, "label": h.label, "distance": h.distance,
-                         "uri": h.uri, "attributes": h.attributes}
-                        for r, h in enumerate(hits, 1)
-                    ],
-                    "random_weights": random_weights,
-                },
+                {"hits": _hits_json(hits), "random_weights": random_weights},
                 indent=2,
             )
-        )  # fmt: skip
+        )
         return
     if random_weights:
         print(RANDOM_WEIGHTS_WARNING)
@@ -255,6 +306,14 @@ def show_hits(hits: Sequence[Hit], *, as_json: bool = False, random_weights: boo
         print(f"{rank:>4}  {hit.id:>20}  {hit.label[:16]:<16}  {hit.distance:>10.4f}  {hit.uri}")
     if not hits:
         print("(no hits: the collection is empty or nothing matches the filter)")
+
+
+def _hits_json(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    return [
+        {"rank": r, "id": h.id, "label": h.label, "distance": h.distance,
+         "uri": h.uri, "attributes": h.attributes}
+        for r, h in enumerate(hits, 1)
+    ]  # fmt: skip
 
 
 def write_grid(
@@ -444,7 +503,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         paths = write_dataset(images_dir, per_label=args.per_label)
     stack = _start_stack(
-        StackConfig(data_dir=data_dir, embedder_port=0, searcher_port=0, weights=args.weights)
+        StackConfig(
+            data_dir=data_dir,
+            embedder_port=0,
+            searcher_port=0,
+            weights=args.weights,
+            model=args.model,
+            head=args.head,
+            runtime=args.runtime,
+            seed=args.seed,
+        )
     )
     if stack is None:
         return 2
@@ -559,6 +627,30 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The embedder's model, as `python -m embedder` takes it."""
+    parser.add_argument(
+        "--model", default="squeezenet1_1", help="torchvision model (squeezenet1_1, resnet50, ...)"
+    )
+    parser.add_argument(
+        "--head",
+        default="logits",
+        help="logits (the classifier output) or gem (GeM-pooled features, L2-normalised; "
+        "better for finding the same picture)",
+    )
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        help="auto (ONNX Runtime on CPU when installed, else torch), torch or onnx",
+    )
+    parser.add_argument(
+        "--weights",
+        default=_env("IMGSEARCH_WEIGHTS", "imagenet"),
+        help="imagenet, a state_dict path, or random (meaningless results) [env IMGSEARCH_WEIGHTS]",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+
+
 def _security(args: argparse.Namespace) -> ChannelSecurity:
     token = ChannelSecurity.from_env().token
     if args.token_file:
@@ -593,13 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to listen on")
     up.add_argument("--embedder-port", type=int, default=50051, help="0 picks a free port")
     up.add_argument("--searcher-port", type=int, default=50052, help="0 picks a free port")
-    up.add_argument("--model", default="squeezenet1_1", help="torchvision model")
-    up.add_argument(
-        "--weights",
-        default=_env("IMGSEARCH_WEIGHTS", "imagenet"),
-        help="imagenet, a state_dict path, or random (meaningless results) [env IMGSEARCH_WEIGHTS]",
-    )
-    up.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    _model_options(up)
     up.set_defaults(run=cmd_up)
 
     ingest = commands.add_parser(
@@ -630,9 +716,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     _client_options(search)
-    query = search.add_mutually_exclusive_group(required=True)
-    query.add_argument("image", nargs="?", help="query image file")
-    query.add_argument("--id", type=int, help="search with the stored item's own vector")
+    search.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="query image files, each with its own hits"
+    )
+    search.add_argument("--id", type=int, help="search with the stored item's own vector")
+    search.add_argument(
+        "--box",
+        metavar="X,Y,W,H",
+        help="search by this region of each image (pixels, after EXIF orientation)",
+    )
+    search.add_argument(
+        "--min-distance",
+        type=float,
+        default=0.0,
+        help="leave out hits nearer than this: the query's near-duplicates (see GetModelInfo "
+        "duplicate_distance)",
+    )
+    search.add_argument(
+        "--max-distance",
+        type=float,
+        default=0.0,
+        help="keep only hits this near: the query's near-duplicates; 0 for no bound",
+    )
     search.add_argument("--top-k", type=int, default=10, help="how many hits")
     search.add_argument(
         "--label", action="append", default=[], help="only these labels (repeatable)"
@@ -691,11 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-dir", default=str(Path(data_dir) / "demo"), help="demo database and images"
     )
-    demo.add_argument(
-        "--weights",
-        default=_env("IMGSEARCH_WEIGHTS", "imagenet"),
-        help="imagenet, a state_dict path, or random (meaningless results) [env IMGSEARCH_WEIGHTS]",
-    )
+    _model_options(demo)
     demo.add_argument("--collection", default="demo", help="collection to fill")
     demo.add_argument(
         "--cifar100",

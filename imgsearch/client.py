@@ -37,6 +37,7 @@ from imgsearch.errors import (
     InvalidArgument,
 )
 from imgsearch.features import FeatureRow
+from imgsearch.regions import Box, crop
 from imgsearch.v1 import embedder_pb2, embedder_pb2_grpc, searcher_pb2, searcher_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,11 @@ class ImageSearchClient:
         ef_search: int = 0,
         candidates: int = 0,
         exact: bool = False,
+        min_distance: float = 0.0,
+        max_distance: float = 0.0,
     ) -> list[Hit]:
+        """The stored items nearest to a vector. min_distance > 0 leaves out its near-duplicates
+        (and finds top_k others past them); max_distance > 0 keeps only hits that close."""
         request = searcher_pb2.SearchRequest(
             collection=collection or self.collection,
             vector=vectors.to_proto(vector),
@@ -271,6 +276,8 @@ class ImageSearchClient:
             params=searcher_pb2.SearchParams(
                 ef_search=ef_search, candidates=candidates, exact=exact
             ),
+            min_distance=min_distance,
+            max_distance=max_distance,
         )
         return _hits(self._call(self.searcher.Search, request))
 
@@ -281,12 +288,18 @@ class ImageSearchClient:
         *,
         labels: Sequence[str] = (),
         collection: str | None = None,
+        min_distance: float = 0.0,
+        max_distance: float = 0.0,
     ) -> list[Hit]:
+        """The stored items nearest to a stored item (itself included, at distance 0, unless
+        min_distance leaves it out)."""
         request = searcher_pb2.SearchRequest(
             collection=collection or self.collection,
             id=item_id,
             top_k=top_k,
             filter=searcher_pb2.Filter(labels=list(labels)),
+            min_distance=min_distance,
+            max_distance=max_distance,
         )
         return _hits(self._call(self.searcher.Search, request))
 
@@ -295,16 +308,80 @@ class ImageSearchClient:
         image: bytes | str | Path,
         top_k: int = 10,
         *,
+        box: Box | None = None,
         labels: Sequence[str] = (),
         collection: str | None = None,
+        min_distance: float = 0.0,
+        max_distance: float = 0.0,
     ) -> list[Hit]:
-        """Embed an image (bytes or a file path) and return its nearest stored items."""
-        data = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
-        self.ensure_collection(collection)
-        (outcome,) = self.embed([data])
+        """Embed an image (bytes or a file path), or the region `box` of it, and return its
+        nearest stored items."""
+        (outcome,) = self.search_images(
+            [image],
+            top_k,
+            box=box,
+            labels=labels,
+            collection=collection,
+            min_distance=min_distance,
+            max_distance=max_distance,
+        )
         if isinstance(outcome, ImageSearchError):
             raise outcome
-        return self.search_vector(outcome, top_k, labels=labels, collection=collection)
+        return outcome
+
+    def search_images(
+        self,
+        images: Sequence[bytes | str | Path],
+        top_k: int = 10,
+        *,
+        box: Box | None = None,
+        labels: Sequence[str] = (),
+        collection: str | None = None,
+        min_distance: float = 0.0,
+        max_distance: float = 0.0,
+    ) -> list[list[Hit] | ImageSearchError]:
+        """Each image's own nearest stored items, in the order given: the images are embedded
+        in batches, then searched one by one. An image that cannot be read, cropped to `box` or
+        embedded gets its error in place of hits; the others are still searched."""
+        self.ensure_collection(collection)
+        prepared: list[bytes | ImageSearchError] = [self._query_bytes(i, box) for i in images]
+        readable = {i: p for i, p in enumerate(prepared) if isinstance(p, bytes)}
+        outcomes: list[list[Hit] | ImageSearchError] = [
+            p if isinstance(p, ImageSearchError) else [] for p in prepared
+        ]
+        per_call = max(1, min(64, self.model_info().max_images_per_request or 64))
+        indexes = list(readable)
+        for start in range(0, len(indexes), per_call):
+            chunk = indexes[start : start + per_call]
+            embedded = self.embed([readable[i] for i in chunk])
+            for index, vector in zip(chunk, embedded, strict=True):
+                if isinstance(vector, ImageSearchError):
+                    outcomes[index] = vector
+                    continue
+                outcomes[index] = self.search_vector(
+                    vector,
+                    top_k,
+                    labels=labels,
+                    collection=collection,
+                    min_distance=min_distance,
+                    max_distance=max_distance,
+                )
+        return outcomes
+
+    def _query_bytes(self, image: bytes | str | Path, box: Box | None) -> bytes | ImageSearchError:
+        if isinstance(image, (str, Path)):
+            try:
+                data = Path(image).read_bytes()
+            except OSError as exc:
+                return InvalidArgument(f"{image}: {exc.strerror or exc}")
+        else:
+            data = image
+        if box is None:
+            return data
+        try:
+            return crop(data, box, self.model_info().max_image_pixels or 50_000_000)
+        except ImageSearchError as exc:
+            return exc
 
     def find_duplicates(
         self,

@@ -22,6 +22,8 @@ class StackConfig:
     searcher_port: int = 50052
     weights: str = "imagenet"
     model: str = "squeezenet1_1"
+    head: str = "logits"
+    runtime: str = "auto"
     seed: int = 0
 
 
@@ -59,7 +61,12 @@ class LocalStack:
         c = self.config
         self._embedder = Embedder(
             EmbedderConfig(
-                address=f"{c.host}:{c.embedder_port}", model=c.model, weights=c.weights, seed=c.seed
+                address=f"{c.host}:{c.embedder_port}",
+                model=c.model,
+                head=c.head,
+                runtime=c.runtime,
+                weights=c.weights,
+                seed=c.seed,
             )
         ).start()
         try:

@@ -3,6 +3,7 @@ stores a labelled folder tree, `search` finds images and their re-encoded copies
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from embedder import probes
 from tests import images
@@ -24,32 +25,40 @@ LABELS = [f"label{i:02d}" for i in range(10)]
 PER_LABEL = 20
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """`imgsearch up` with random weights on free ports; yields (embedder, searcher)."""
-    data_dir = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def imgsearch_up(data_dir: Path, *options: str) -> Iterator[tuple[str, str]]:
+    """`imgsearch up` with random weights on free ports; yields (embedder, searcher), then stops
+    it with Ctrl-C and checks that it stopped cleanly."""
     process = subprocess.Popen(
         [sys.executable, "-m", "imgsearch.cli", "up", "--data-dir", str(data_dir),
-         "--embedder-port", "0", "--searcher-port", "0", "--weights", "random"],
+         "--embedder-port", "0", "--searcher-port", "0", "--weights", "random", *options],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    assert process.stdout is not None
-    addresses: dict[str, str] = {}
-    output = []
-    for line in process.stdout:
-        output.append(line)
-        name, _, value = line.partition(" ")
-        if name in ("embedder", "searcher"):
-            addresses[name] = value.strip()
-        if line.startswith("ready"):
-            break
-    assert set(addresses) == {"embedder", "searcher"}, "".join(output)
-    assert any("RANDOM weights" in line for line in output)
-    yield addresses["embedder"], addresses["searcher"]
-    process.send_signal(signal.SIGINT)
-    rest = process.communicate(timeout=60)[0]
+    try:
+        assert process.stdout is not None
+        addresses: dict[str, str] = {}
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            name, _, value = line.partition(" ")
+            if name in ("embedder", "searcher"):
+                addresses[name] = value.strip()
+            if line.startswith("ready"):
+                break
+        assert set(addresses) == {"embedder", "searcher"}, "".join(output)
+        assert any("RANDOM weights" in line for line in output)
+        yield addresses["embedder"], addresses["searcher"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=60)[0]
     assert process.returncode == 0, rest
     assert "stopped" in rest
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    with imgsearch_up(tmp_path_factory.mktemp("stack")) as addresses:
+        yield addresses
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +152,67 @@ def test_errors_are_one_readable_line(ingested, tmp_path) -> None:
     assert "Traceback" not in nowhere.stderr
 
 
+def test_several_images_get_their_own_hits_keyed_by_file(ingested, photos: Path, tmp_path) -> None:
+    queries = [photos / "label02" / "04.jpg", photos / "label07" / "11.jpg"]
+    missing = tmp_path / "missing.jpg"
+    result = imgsearch(
+        "search", *map(str, queries), str(missing), "--top-k", "3", "--json", *ingested
+    )
+    assert result.returncode == 1, result.stderr  # one query failed; the others answered
+    report = json.loads(result.stdout)["queries"]
+    assert list(report) == [*map(str, queries), str(missing)]
+    for query in queries:
+        hits = report[str(query)]["hits"]
+        assert len(hits) == 3 and hits[0]["uri"] == str(query.resolve())
+    assert "No such file" in report[str(missing)]["error"]
+    text = imgsearch("search", *map(str, queries), "--top-k", "2", *ingested)
+    assert text.returncode == 0 and text.stdout.count("\n== ") == 2
+
+
+def test_a_box_finds_the_picture_it_was_cut_from(ingested, photos: Path, tmp_path) -> None:
+    """A screenshot-like page with an ingested photo pasted into it: searching by the photo's
+    region finds that photo; searching by the whole page need not."""
+    found_by_box = 0
+    for n, (label, name) in enumerate([("label01", "05"), ("label04", "12"), ("label09", "00")]):
+        original = photos / label / f"{name}.jpg"
+        page = images.textured_photo(500 + n, (900, 700)).filter(ImageFilter.GaussianBlur(3))
+        with Image.open(original) as picture:
+            page.paste(picture.convert("RGB"), (130 + 40 * n, 210))
+        page_file = tmp_path / f"page{n}.png"
+        page.save(page_file)
+        hits = _search(ingested, page_file, "--top-k", "1", "--box", f"{130 + 40 * n},210,320,240")
+        found_by_box += hits[0]["uri"] == str(original.resolve())
+        assert float(hits[0]["distance"]) < 1e-3  # type: ignore[arg-type]
+    assert found_by_box == 3
+    outside = imgsearch("search", str(page_file), "--box", "800,600,320,240", *ingested)
+    assert outside.returncode == 2
+    assert "reaches past the picture, which is 900x700 pixels" in outside.stderr
+    malformed = imgsearch("search", str(page_file), "--box", "1,2,3", *ingested)
+    assert malformed.returncode == 2 and "x,y,width,height" in malformed.stderr
+
+
+def test_min_and_max_distance_drop_or_keep_the_querys_near_duplicates(
+    ingested, photos: Path
+) -> None:
+    image = photos / "label06" / "08.jpg"
+    nearest = _search(ingested, image, "--top-k", "5")
+    assert nearest[0]["uri"] == str(image.resolve())
+    # The image itself (distance 0) is left out, and five others still come back.
+    others = _search(ingested, image, "--top-k", "5", "--min-distance", "1e-3")
+    assert [h["id"] for h in others] == [h["id"] for h in _search(ingested, image, "--top-k", "6")][
+        1:
+    ]
+    only_copies = _search(ingested, image, "--top-k", "5", "--max-distance", "1e-3")
+    assert [h["uri"] for h in only_copies] == [str(image.resolve())]
+    by_id = imgsearch(
+        "search", "--id", str(nearest[0]["id"]), "--min-distance", "1e-3", "--json", *ingested
+    )
+    assert nearest[0]["id"] not in [h["id"] for h in json.loads(by_id.stdout)["hits"]]
+    wrong = imgsearch("search", str(image), "--min-distance", "2", "--max-distance", "1", *ingested)
+    assert wrong.returncode == 2
+    assert "min_distance (2.0) is above max_distance (1.0)" in wrong.stderr
+
+
 @pytest.fixture(scope="module")
 def planted_duplicates(
     stack: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -223,6 +293,34 @@ def test_duplicates_prints_groups_and_defaults_to_the_embedders_distance(
     assert suggested > 0
     assert f"within {suggested:g}" in result.stdout.splitlines()[0]
     assert "comparing" in result.stderr  # the progress bar
+
+
+def test_up_serves_the_gem_head_and_a_logits_collection_refuses_it(
+    ingested: tuple[str, ...], photos: Path, tmp_path
+) -> None:
+    from imgsearch.client import ImageSearchClient
+    from imgsearch.v1 import embedder_pb2
+
+    with imgsearch_up(tmp_path / "gem", "--head", "gem", "--runtime", "torch") as (embedder, own):
+        with ImageSearchClient(embedder, own) as client:
+            info = client.model_info()
+        assert (info.model, info.head, info.runtime) == (
+            "squeezenet1_1",
+            embedder_pb2.HEAD_GEM,
+            "torch",
+        )
+        assert 0 < info.duplicate_cosine_distance < 1 and 0 < info.duplicate_distance < 2
+        # Its own searcher takes GeM vectors...
+        photo = photos / "label03" / "01.jpg"
+        mine = ("--embedder", embedder, "--searcher", own)
+        assert imgsearch("ingest", str(photo), *mine).returncode == 0
+        assert _search(mine, photo, "--top-k", "1")[0]["uri"] == str(photo.resolve())
+        # ...but the first stack's collection, filled with logits, refuses them unless forced.
+        logits = ("--embedder", embedder, "--searcher", ingested[3])
+        refused = imgsearch("search", str(photo), *logits)
+        assert refused.returncode == 2
+        assert "was filled by model" in refused.stderr and "--force" in refused.stderr
+        assert imgsearch("search", str(photo), *logits, "--force").returncode == 0
 
 
 def test_every_command_documents_its_options(tmp_path) -> None:
