@@ -35,7 +35,7 @@ def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(tmp_path: Pa
     try:
         channel, stub = embedder_stub(port)
         with channel:
-            data = [images.jpeg(i, (320, 240)) for i in range(96)]
+            data = [images.jpeg(i, (320, 240)) for i in range(192)]  # seconds of work
             request = pb.EmbedRequest(
                 images=[pb.Image(key=str(i), data=d) for i, d in enumerate(data)]
             )
@@ -44,7 +44,7 @@ def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(tmp_path: Pa
             assert not in_flight.done()
             process.send_signal(signal.SIGTERM)
             results = in_flight.result().results
-            assert [r.key for r in results] == [str(i) for i in range(96)]
+            assert [r.key for r in results] == [str(i) for i in range(192)]
             assert all(vector_of(r).shape == (1000,) for r in results)
         assert process.wait(timeout=30) == 0
         channel, stub = embedder_stub(port)
