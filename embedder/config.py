@@ -69,7 +69,8 @@ HELP = {
     "model": "torchvision model name (squeezenet1_1, resnet50, ...)",
     "weights": "imagenet (torchvision's, from the TORCH_HOME cache), a state_dict file path, "
     "or random (tests and benchmarks only: results are meaningless)",
-    "head": "logits (the classifier output) or gem (GeM-pooled last conv map, L2-normalised)",
+    "head": "logits (the classifier output) or gem (input standardised per image, GeM-pooled "
+    "last conv map, L2-normalised: robust to brightness and contrast)",
     "seed": "seed for --weights random",
     "device": "auto, cpu or cuda[:N]",
     "threads": "CPU threads for the model (0: one per core)",

@@ -100,14 +100,27 @@ class GeM(nn.Module):
 
 
 class GeMHead(nn.Module):
-    """Last convolutional map → GeM → L2 normalisation."""
+    """Each image's channels standardised → last convolutional map → GeM → L2 normalisation.
 
-    def __init__(self, trunk: nn.Module) -> None:
+    Standardising the input (zero mean, unit deviation per image and channel) makes the vector
+    blind to changes of brightness and contrast, which are affine in each channel: they were the
+    GeM head's weakest edits in bench/quality.py (see bench/RESULTS.md, "Result quality")."""
+
+    # What the head computes, for the model fingerprint: vectors of an earlier GeM head (without
+    # the standardised input) are then never mixed with these.
+    IDENTITY = "gem/standardised-input"
+
+    def __init__(self, trunk: nn.Module, *, standardise: bool = True) -> None:
         super().__init__()
         self.trunk = trunk
         self.pool = GeM()
+        self.standardise = standardise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardise:
+            mean = x.mean(dim=(2, 3), keepdim=True)
+            deviation = x.std(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+            x = (x - mean) / deviation
         return nn.functional.normalize(self.pool(self.trunk(x)), p=2.0, dim=1)
 
 
@@ -147,7 +160,8 @@ class EmbeddingModel:
         self.device = resolve_device(spec.device)
         started = time.monotonic()
         classifier, source, description = load_classifier(spec)
-        fingerprint = weights_fingerprint(spec.name, spec.head, classifier.state_dict())
+        head_identity = GeMHead.IDENTITY if spec.head == "gem" else spec.head
+        fingerprint = weights_fingerprint(spec.name, head_identity, classifier.state_dict())
         network: nn.Module = (
             classifier
             if spec.head == "logits"

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from embedder.model import EmbeddingModel, ModelLoadError, ModelSpec, imagenet_weights_file
+from embedder import probes
+from embedder.model import (
+    EmbeddingModel,
+    ModelLoadError,
+    ModelSpec,
+    imagenet_weights_file,
+    load_classifier,
+    preprocess,
+    weights_fingerprint,
+)
 from tests.embedder_helpers import save_random_weights
 from tests.process_helpers import DEAD_PROXY
 
@@ -107,13 +116,39 @@ def test_heads_and_backbones_have_their_natural_dimension(name: str, head: str, 
         assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
-def test_the_default_runtime_is_onnx_on_cpu_when_installed_and_it_matches_torch() -> None:
+@pytest.mark.parametrize("head", ["logits", "gem"])
+def test_the_default_runtime_is_onnx_on_cpu_when_installed_and_it_matches_torch(head) -> None:
     from embedder import onnx_runtime
 
-    auto = EmbeddingModel(ModelSpec(weights="random", device="cpu"))
-    eager = EmbeddingModel(ModelSpec(weights="random", device="cpu", runtime="torch"))
+    auto = EmbeddingModel(ModelSpec(weights="random", device="cpu", head=head))
+    eager = EmbeddingModel(ModelSpec(weights="random", device="cpu", runtime="torch", head=head))
     assert auto.info.runtime == ("onnx" if onnx_runtime.available() else "torch")
     assert auto.info.fingerprint == eager.info.fingerprint  # the runtime does not change vectors
     batch = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     a, b = auto.forward(batch), eager.forward(batch)
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5
+
+
+def test_the_gem_head_is_blind_to_brightness_and_contrast_and_the_logits_are_not() -> None:
+    """Its input is standardised per image and channel, so a darker or flatter copy of a
+    picture gets (nearly) the picture's own vector."""
+    original = probes.textured_photo(3, (500, 375))
+    darker, flatter = probes.brightness(0.85)(original), probes.contrast(0.8)(original)
+    other = probes.textured_photo(4, (500, 375))
+    batch = torch.stack([preprocess(p) for p in (original, darker, flatter, other)])
+    for head, blind in (("gem", True), ("logits", False)):
+        vectors = EmbeddingModel(ModelSpec(weights="random", head=head, device="cpu")).forward(
+            batch
+        )
+        to_other = np.linalg.norm(vectors[3] - vectors[0])
+        for copy in (1, 2):
+            ratio = np.linalg.norm(vectors[copy] - vectors[0]) / to_other
+            assert (ratio < 0.05) == blind, (head, copy, ratio)
+
+
+def test_a_gem_collection_of_the_unstandardised_head_is_not_comparable() -> None:
+    """The fingerprint names what the head computes, not only its name."""
+    spec = ModelSpec(weights="random", head="gem", device="cpu", runtime="torch")
+    classifier, _, _ = load_classifier(spec)
+    earlier = weights_fingerprint(spec.name, "gem", classifier.state_dict())
+    assert EmbeddingModel(spec).info.fingerprint != earlier
