@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from embedder.decode import DecodeLimits, decode_image
 from embedder.model import preprocess
@@ -75,8 +76,10 @@ class Batcher:
         forward: Forward,
         config: BatcherConfig = BatcherConfig(),
         limits: DecodeLimits | None = None,
+        prepare: Callable[[Image.Image], torch.Tensor] = preprocess,
     ) -> None:
         self.forward = forward
+        self.prepare = prepare  # decoded picture -> the model's input tensor
         self.config = config
         self.limits = limits or DecodeLimits()
         self.stats = BatcherStats()
@@ -190,7 +193,7 @@ class Batcher:
         started = time.perf_counter()
         image = decode_image(data, self.limits)
         decoded = time.perf_counter()
-        tensor = preprocess(image)
+        tensor = self.prepare(image)
         return tensor, decoded - started, time.perf_counter() - decoded
 
     # -- the batching loop --------------------------------------------------------------------

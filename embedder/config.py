@@ -69,8 +69,9 @@ HELP = {
     "model": "torchvision model name (squeezenet1_1, resnet50, ...)",
     "weights": "imagenet (torchvision's, from the TORCH_HOME cache), a state_dict file path, "
     "or random (tests and benchmarks only: results are meaningless)",
-    "head": "logits (the classifier output) or gem (input standardised per image, GeM-pooled "
-    "last conv map, L2-normalised: robust to brightness and contrast)",
+    "head": "logits (the classifier output) or gem (uniform borders trimmed, input standardised "
+    "per image, GeM-pooled last conv map, L2-normalised: robust to brightness, contrast and "
+    "screenshot frames)",
     "seed": "seed for --weights random",
     "device": "auto, cpu or cuda[:N]",
     "threads": "CPU threads for the model (0: one per core)",

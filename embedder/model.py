@@ -25,6 +25,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+from embedder.borders import trim_uniform_borders
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "squeezenet1_1"
@@ -107,8 +109,10 @@ class GeMHead(nn.Module):
     GeM head's weakest edits in bench/quality.py (see bench/RESULTS.md, "Result quality")."""
 
     # What the head computes, for the model fingerprint: vectors of an earlier GeM head (without
-    # the standardised input) are then never mixed with these.
-    IDENTITY = "gem/standardised-input"
+    # the standardised input or the trimmed borders) are then never mixed with these.
+    IDENTITY = "gem/standardised-input/trimmed-borders"
+    # Before the shared preprocessing, the GeM head's pictures lose their uniform borders.
+    PREPROCESSING = "trim uniform borders (embedder.borders); " + PREPROCESSING
 
     def __init__(self, trunk: nn.Module, *, standardise: bool = True) -> None:
         super().__init__()
@@ -179,7 +183,7 @@ class EmbeddingModel:
             weights=description,
             head=spec.head,
             dim=int(dim),
-            preprocessing=PREPROCESSING,
+            preprocessing=GeMHead.PREPROCESSING if spec.head == "gem" else PREPROCESSING,
             device=str(self.device),
             runtime=self.runtime,
             fingerprint=fingerprint,
@@ -234,6 +238,13 @@ class EmbeddingModel:
         torch.set_num_threads(1)
         logger.info("ONNX Runtime %s matches torch to %.1e on a probe batch", runner.version, error)
         return "onnx"
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image → this model's input tensor (the GeM head trims uniform borders
+        first; the logits head keeps the tutorial's preprocessing exactly)."""
+        if self.spec.head == "gem":
+            image = trim_uniform_borders(image)
+        return preprocess(image)
 
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         """Vectors (N×dim float32) for a batch of preprocessed images."""

@@ -20,7 +20,7 @@ from embedder.batcher import Batcher
 from embedder.calibration import DuplicateDistances, calibrate
 from embedder.config import EmbedderConfig
 from embedder.metrics import embedder_metrics
-from embedder.model import EmbeddingModel, preprocess
+from embedder.model import EmbeddingModel
 from embedder.service import SERVICE_NAME, EmbedderServicer
 from imgsearch._serving import (
     MetricsEndpoint,
@@ -58,9 +58,14 @@ class Embedder:
         self.model.warm_up(batcher_config.max_batch_size)
         if self.config.duplicate_probes > 0:
             self.duplicates = calibrate(
-                self.model.forward, preprocess, self.config.duplicate_probes
+                self.model.forward, self.model.preprocess, self.config.duplicate_probes
             )
-        self.batcher = Batcher(self.model.forward, batcher_config, self.config.decode_limits())
+        self.batcher = Batcher(
+            self.model.forward,
+            batcher_config,
+            self.config.decode_limits(),
+            prepare=self.model.preprocess,
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="embedder-loop", daemon=True

@@ -315,6 +315,12 @@ def test_up_serves_the_gem_head_and_a_logits_collection_refuses_it(
         mine = ("--embedder", embedder, "--searcher", own)
         assert imgsearch("ingest", str(photo), *mine).returncode == 0
         assert _search(mine, photo, "--top-k", "1")[0]["uri"] == str(photo.resolve())
+        # The GeM head trims a screenshot's frame: the screenshot finds the photo, at ~0.
+        shot = tmp_path / "screenshot.png"
+        with Image.open(photo) as picture:
+            probes.screenshot(picture.convert("RGB")).save(shot)
+        (hit,) = _search(mine, shot, "--top-k", "1")
+        assert hit["uri"] == str(photo.resolve()) and float(hit["distance"]) < 1e-3  # type: ignore[arg-type]
         # ...but the first stack's collection, filled with logits, refuses them unless forced.
         logits = ("--embedder", embedder, "--searcher", ingested[3])
         refused = imgsearch("search", str(photo), *logits)
