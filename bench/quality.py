@@ -1,7 +1,7 @@
 """Result quality: does an edited copy of a picture find its original, and do the duplicate
 groups at the embedder's own threshold hold the right pictures?
 
-    python bench/quality.py                       # all models, ~15 minutes on 2 cores
+    python bench/quality.py                       # all models, ~20 minutes on 2 cores
     python bench/quality.py --models squeezenet1_1:gem --originals 100
 
 A corpus of generated photo-like pictures (embedder.probes.textured_photo: lit backdrops, fractal
