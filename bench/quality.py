@@ -48,7 +48,11 @@ CORPUS_SEED = 100_000
 GOAL_TOP1 = 0.97
 GOAL_KIND_TOP1 = 0.85
 GOAL_DUPLICATES = 0.95
-DEFAULT_MODELS = "squeezenet1_1:logits,squeezenet1_1:gem,resnet18:gem,resnet50:gem"
+DEFAULT_MODELS = (
+    "squeezenet1_1:logits,squeezenet1_1:gem,squeezenet1_1:gem:plain,squeezenet1_1:gem:untrimmed,"
+    "squeezenet1_1:gem:centred,squeezenet1_1:gem:flip-averaged,resnet18:logits,resnet18:gem,"
+    "resnet50:gem"
+)
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
