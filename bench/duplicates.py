@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench import datasets  # noqa: E402
 from bench.searcher import SearcherProcess, upsert_all, wait_for_upkeep  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
+from searcher.duplicates import Groups  # noqa: E402
 from tests.searcher_helpers import searcher_stub  # noqa: E402
 
 COPY_NOISE = 0.5  # norm of the difference between a planted copy and its original
@@ -57,27 +58,16 @@ def planted(rows: int, groups: int, seed: int = 7) -> tuple[np.ndarray, list[set
 
 def exact_groups(data: np.ndarray, max_distance: float, block: int = 2000) -> list[set[int]]:
     """Connected components (of two or more) of every pair within max_distance, by numpy."""
-    parent = list(range(len(data)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    groups = Groups()
     x = data.astype(np.float64)
     squares = np.einsum("ij,ij->i", x, x)
     for start in range(0, len(x), block):
         part = x[start : start + block]
         d = squares[start : start + block, None] - 2 * part @ x.T + squares[None, :]
         for i, j in zip(*np.nonzero(d <= max_distance**2), strict=True):
-            a, b = root(start + int(i)), root(int(j))
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    components: dict[int, set[int]] = {}
-    for i in range(len(x)):
-        components.setdefault(root(i), set()).add(i)
-    return [c for c in components.values() if len(c) > 1]
+            if start + int(i) != int(j):
+                groups.join(start + int(i), int(j))
+    return [set(ids) for ids in groups.components()]
 
 
 def find_duplicates(port: int, name: str, max_distance: float) -> dict[str, Any]:

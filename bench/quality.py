@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from embedder.calibration import calibrate  # noqa: E402
 from embedder.model import EmbeddingModel, GeMHead, ModelSpec, preprocess  # noqa: E402
 from embedder.probes import EDITS, textured_photo  # noqa: E402
+from searcher.duplicates import Groups  # noqa: E402
 
 SIZES = ((500, 375), (375, 500), (640, 480), (400, 300), (800, 600))
 # Far from the seeds embedder.calibration's probes use (0..probes), so the threshold is never
@@ -173,22 +174,16 @@ def retrieval(stored: np.ndarray, queries: np.ndarray) -> tuple[float, float]:
 
 
 def duplicate_groups(vectors: np.ndarray, max_distance: float) -> np.ndarray:
-    """Connected components of "within max_distance" (as FindDuplicates joins them): the root
-    item of each item's group."""
-    parent = np.arange(len(vectors))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
-
+    """Connected components of "within max_distance", joined by the searcher's own union-find
+    (as FindDuplicates joins them): each item's group, named by its smallest item."""
+    groups = Groups()
     close = squared_distances(vectors, vectors) <= max_distance**2
     for i, j in zip(*np.nonzero(np.triu(close, k=1)), strict=True):
-        a, b = root(int(i)), root(int(j))
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(len(vectors))])
+        groups.join(int(i), int(j))
+    group_of = np.arange(len(vectors))
+    for ids in groups.components():
+        group_of[ids] = ids[0]
+    return group_of
 
 
 def pair_scores(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -22,7 +22,7 @@ from imgsearch.errors import InvalidArgument
 from searcher.catalogue import Collection
 from searcher.kinds import spec
 from searcher.pool import ConnectionPool
-from searcher.queries import MAX_EF_SEARCH, Effort, Filter
+from searcher.queries import MAX_EF_SEARCH, Effort, Filter, Queries
 
 logger = logging.getLogger(__name__)
 
@@ -81,20 +81,19 @@ class DuplicateFinder:
     def __init__(
         self,
         pool: ConnectionPool,
+        queries: Queries,
         *,
-        exact_filter_rows: int,
         batch_rows: int = 256,
         neighbours: int = 32,
     ) -> None:
         self.pool = pool
-        # A filter matching at most this many rows is scanned exactly, as in a search.
-        self.exact_filter_rows = exact_filter_rows
+        # Plans as a search does: the same exact-filter size and index settings.
+        self.queries = queries
         # Items whose neighbours are found per statement: short enough to stay well under the
         # statement timeout and to notice a cancellation within a second or two.
         self.batch_rows = batch_rows
         # Index candidates fetched per item, at least.
         self.neighbours = neighbours
-        self.iterative_scans = False
 
     def find(
         self,
@@ -117,7 +116,9 @@ class DuplicateFinder:
                 f"({collection.metric.value}), got {max_distance}"
             )
         total = self._count(collection, filter)
-        use_index = has_index and not exact and (not filter or total > self.exact_filter_rows)
+        use_index = (
+            has_index and not exact and (not filter or total > self.queries.exact_filter_rows)
+        )
         candidates = max(self.neighbours, effort.candidates)
         groups = Groups()
         scanned, start = 0, -(2**63)
@@ -211,15 +212,12 @@ class DuplicateFinder:
         effort: Effort,
     ) -> list[tuple[int, int]]:
         where, params = filter.where()
-        ef_search = min(max(effort.ef_search, candidates), MAX_EF_SEARCH)
-        if filter and not self.iterative_scans:
-            # The filter runs after the index scan: widen the list to the most pgvector allows.
-            ef_search = MAX_EF_SEARCH
-        settings: list[sql.Composable] = [
-            sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search))
-        ]
-        if filter and self.iterative_scans:
-            settings.append(sql.SQL("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+        # Candidates are kept by exact distance, so they need not come in order (re-ranked).
+        settings = self.queries.index_settings(
+            min(max(effort.ef_search, candidates), MAX_EF_SEARCH),
+            filtered=bool(filter),
+            reranked=True,
+        )
         # Each item's candidates in the index's order, then kept by their exact distance.
         query = sql.SQL(
             "SELECT a.id, n.id FROM {table} AS a CROSS JOIN LATERAL ("

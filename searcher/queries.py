@@ -133,6 +133,22 @@ class Queries:
         ef = ef_search or collection.ef_search or default_ef
         return Effort(ef_search=min(max(ef, wanted, top_k), MAX_EF_SEARCH), candidates=wanted)
 
+    def index_settings(
+        self, ef_search: int, *, filtered: bool, reranked: bool
+    ) -> list[sql.Composable]:
+        """The SET LOCAL statements for one walk of an HNSW index. With a filter: iterative
+        scans where pgvector has them (re-ranked candidates need not come in order; full
+        vectors must), else the widest candidate list, since the filter runs after the scan."""
+        if filtered and not self.iterative_scans:
+            ef_search = MAX_EF_SEARCH
+        settings: list[sql.Composable] = [
+            sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search))
+        ]
+        if filtered and self.iterative_scans:
+            order = "relaxed_order" if reranked else "strict_order"
+            settings.append(sql.SQL("SET LOCAL hnsw.iterative_scan = {}").format(sql.SQL(order)))
+        return settings
+
     def nearest(
         self,
         collection: Collection,
@@ -178,17 +194,9 @@ class Queries:
         effort: Effort,
         filtered: bool,
     ) -> list[Hit]:
-        settings = [sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(effort.ef_search))]
-        if filtered and self.iterative_scans:
-            # Re-ranked candidates need not come in order; full vectors must.
-            order = "relaxed_order" if effort.candidates else "strict_order"
-            settings.append(sql.SQL("SET LOCAL hnsw.iterative_scan = {}").format(sql.SQL(order)))
-        elif filtered:
-            # Without iterative scans, HNSW returns ef_search candidates and the filter runs
-            # after: widen the list to the most pgvector allows.
-            settings[0] = sql.SQL("SET LOCAL hnsw.ef_search = {}").format(
-                sql.Literal(MAX_EF_SEARCH)
-            )
+        settings = self.index_settings(
+            effort.ef_search, filtered=filtered, reranked=bool(effort.candidates)
+        )
         order_by = spec(collection.kind).candidate_order(collection)
         if effort.candidates:
             query = sql.SQL(

@@ -135,7 +135,7 @@ class VectorStore:
         self.queries = Queries(
             pool, default_ef_search=default_ef_search, exact_filter_rows=exact_filter_rows
         )
-        self.duplicates = DuplicateFinder(pool, exact_filter_rows=exact_filter_rows)
+        self.duplicates = DuplicateFinder(pool, self.queries)
         self.maintenance = IndexMaintenance(
             pool,
             self.catalogue,
@@ -166,7 +166,6 @@ class VectorStore:
         if self.citus_version:
             logger.info("Citus %s: collection tables are distributed by id", self.citus_version)
         self.queries.iterative_scans = self.pgvector >= (0, 8, 0)
-        self.duplicates.iterative_scans = self.queries.iterative_scans
         logger.info(
             "schema version %d, PostgreSQL %s, pgvector %s",
             version,
