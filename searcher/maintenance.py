@@ -221,7 +221,10 @@ class IndexMaintenance:
         for ef_search, candidates in kind.effort_ladder(collection.candidates):
             chosen = replace(collection, ef_search=ef_search, candidates=candidates)
             recalls = sample.recalls(self.searcher_for(chosen))
-            recall = float(recalls.mean())
+            # Rounded as it is stored and shown (a `real` column, 3 decimals in notes): the
+            # mean of 200 tenths is often exactly half-way (0.9985), and the note and GetStats
+            # then rounded the float64 and the float4 of it different ways.
+            recall = round(float(recalls.mean()), 4)
             logger.debug("%s: ef_search %d, candidates %d: recall@10 %.3f, lowest %.1f",
                          collection.name, ef_search, candidates, recall, recalls.min())  # fmt: skip
             if at_default is None and (ef_search, candidates) >= default:
