@@ -17,6 +17,7 @@ RUN useradd --create-home --uid 10001 --user-group imgsearch
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY imgsearch ./imgsearch
+COPY serving ./serving
 COPY embedder ./embedder
 COPY searcher ./searcher
 

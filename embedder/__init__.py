@@ -1,1 +1,5 @@
 """The embedder service: image bytes to embeddings with a torchvision CNN."""
+
+from serving import require_extra
+
+require_extra("embedder", "torch", "torchvision")

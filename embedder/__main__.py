@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from embedder.config import parse_config
 from embedder.model import ModelLoadError
 from embedder.server import Embedder
-from imgsearch._lifecycle import configure_logging, stop_on_signals
+from serving.lifecycle import configure_logging, stop_on_signals
 
 
 def main(argv: Sequence[str] | None = None) -> int:

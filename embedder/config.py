@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from embedder.batcher import BatcherConfig
 from embedder.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DecodeLimits
 from embedder.model import DEFAULT_MODEL, ModelSpec
-from imgsearch import _config, _serving
+from serving import config as serving_config
+from serving.config import SERVING_HELP, ServingConfig, parse_dataclass_config
 
 ENV_PREFIX = "IMGSEARCH_EMBEDDER_"
 
@@ -18,7 +19,7 @@ DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
 
 
 @dataclass(frozen=True)
-class EmbedderConfig(_serving.ServingConfig):
+class EmbedderConfig(ServingConfig):
     address: str = "[::]:50051"
     model: str = DEFAULT_MODEL
     weights: str = "imagenet"
@@ -89,18 +90,18 @@ HELP = {
     "grace_s": "seconds in-flight RPCs get to finish on shutdown",
     "duplicate_probes": "generated probe photos (each with 8 edits) the duplicate distance is "
     "measured on at start-up; 0 skips it (GetModelInfo then suggests none)",
-    **_serving.SERVING_HELP,
+    **SERVING_HELP,
 }
 
 
 def env_name(field_name: str) -> str:
-    return _config.env_name(ENV_PREFIX, field_name)
+    return serving_config.env_name(ENV_PREFIX, field_name)
 
 
 def parse_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> EmbedderConfig:
-    return _config.parse_dataclass_config(
+    return parse_dataclass_config(
         EmbedderConfig,
         prog="imgsearch-embedder",
         description="Serve imgsearch.v1.EmbedderService: image bytes to vectors.",

@@ -16,7 +16,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from embedder.batcher import Batcher
-from imgsearch._serving import RpcMetrics
+from serving.metrics import RpcMetrics
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

@@ -22,15 +22,10 @@ from embedder.config import EmbedderConfig
 from embedder.metrics import embedder_metrics
 from embedder.model import EmbeddingModel
 from embedder.service import SERVICE_NAME, EmbedderServicer
-from imgsearch._serving import (
-    MetricsEndpoint,
-    RpcGuard,
-    RpcMetrics,
-    Tokens,
-    message_size_options,
-    server_credentials,
-)
 from imgsearch.v1 import embedder_pb2_grpc
+from serving.guard import RpcGuard, message_size_options
+from serving.metrics import MetricsEndpoint, RpcMetrics
+from serving.security import Tokens, server_credentials
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
 from imgsearch._status import error_from_rpc
+from imgsearch.errors import ImageSearchError
 from imgsearch.v1 import searcher_pb2
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ class UpsertWriter:
         messages_per_stream: int = 64,
         attempts: int = 5,
         initial_backoff_s: float = 0.5,
+        translate: Callable[[grpc.RpcError], ImageSearchError] = error_from_rpc,
     ) -> None:
         self._upsert = upsert  # the stub's Upsert (stream-unary) method
+        self._translate = translate
         self._timeout_s = timeout_s
         self._per_stream = messages_per_stream
         self._attempts = attempts
@@ -96,7 +99,7 @@ class UpsertWriter:
                 response = call.result()
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._attempts:
-                    raise error_from_rpc(exc) from None
+                    raise self._translate(exc) from None
                 logger.warning(
                     "searcher unavailable (%s); re-sending %d messages in %.1f s",
                     exc.details(),

@@ -24,7 +24,6 @@ from typing import Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from imgsearch._channel import ChannelSecurity  # noqa: E402
-from imgsearch._lifecycle import stop_on_signals  # noqa: E402
 from imgsearch.client import DEFAULT_COLLECTION, Hit, ImageSearchClient, IngestItem  # noqa: E402
 from imgsearch.errors import ImageSearchError, InvalidArgument  # noqa: E402
 from imgsearch.regions import Box, crop  # noqa: E402
@@ -70,7 +69,8 @@ def image_files(paths: Sequence[str]) -> Iterator[Path]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from imgsearch.local_stack import StackConfig
+    from serving.lifecycle import stop_on_signals
+    from serving.local_stack import StackConfig
 
     stack = _start_stack(
         StackConfig(
@@ -103,8 +103,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _start_stack(config: Any) -> Any:
     from embedder.model import ModelLoadError
-    from imgsearch.local_stack import LocalStack
     from searcher.embedded import EmbeddedDatabaseError
+    from serving.local_stack import LocalStack
 
     try:
         return LocalStack(config).start()
@@ -487,7 +487,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from imgsearch.demo_data import write_dataset
-    from imgsearch.local_stack import StackConfig
+    from serving.local_stack import StackConfig
 
     data_dir = Path(args.data_dir)
     paths = cifar100_files(Path(args.cifar100), data_dir / "cifar-images", args.cifar_images)

@@ -35,6 +35,7 @@ from imgsearch.errors import (
     FailedPrecondition,
     ImageSearchError,
     InvalidArgument,
+    ServiceUnreachable,
 )
 from imgsearch.features import FeatureRow
 from imgsearch.regions import Box, crop
@@ -137,6 +138,43 @@ def _channel(
     return open_channel(channel_target(target), options, security)
 
 
+# What gRPC's core says when no connection could be made at all (as opposed to a server that
+# answered UNAVAILABLE itself, e.g. a searcher whose database is down).
+_CONNECT_FAILURES = (
+    "failed to connect to all addresses",
+    "connections to all backends failing",
+    "dns resolution failed",
+    "connection refused",
+    "handshake failed",
+    "socket closed",
+    "errors resolving",
+)
+
+
+@dataclass(frozen=True)
+class _Service:
+    """One of the two services as this client reaches it."""
+
+    name: str  # "embedder" or "searcher": also the CLI flag that sets its address
+    address: str
+    channel: grpc.Channel
+
+    def error(self, exc: grpc.RpcError) -> ImageSearchError:
+        """The imgsearch error for a failed call; one that never reached the service says
+        which service, where, and what to do about it."""
+        details = exc.details() or ""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and any(
+            failure in details.lower() for failure in _CONNECT_FAILURES
+        ):
+            reason = details.rsplit(": ", 1)[-1].strip(" []") or "no connection"
+            return ServiceUnreachable(
+                f"cannot reach the {self.name} at {self.address} ({reason}). Start both "
+                f"services on this machine with `imgsearch up`, or point --{self.name} "
+                f"(env IMGSEARCH_{self.name.upper()}) at a running {self.name}"
+            )
+        return error_from_rpc(exc)
+
+
 class ImageSearchClient:
     def __init__(
         self,
@@ -153,37 +191,48 @@ class ImageSearchClient:
         self.timeout_s = timeout_s
         self.force = force
         security = ChannelSecurity.from_env() if security is None else security
-        self._embedder_channel = (
-            _channel(embedder, security, _EMBEDDER_SERVICE_CONFIG) if embedder else None
+        self._embedder = (
+            _Service("embedder", embedder, _channel(embedder, security, _EMBEDDER_SERVICE_CONFIG))
+            if embedder
+            else None
         )
-        self._searcher_channel = _channel(searcher, security) if searcher else None
+        self._searcher = (
+            _Service("searcher", searcher, _channel(searcher, security)) if searcher else None
+        )
         self._model_info: embedder_pb2.GetModelInfoResponse | None = None
         self._checked: set[str] = set()
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    def _service(self, name: str) -> _Service:
+        service = self._embedder if name == "embedder" else self._searcher
+        if service is None:
+            raise FailedPrecondition(f"this client has no {name} address")
+        return service
+
     @property
     def embedder(self) -> embedder_pb2_grpc.EmbedderServiceStub:
-        if self._embedder_channel is None:
-            raise FailedPrecondition("this client has no embedder address")
-        return embedder_pb2_grpc.EmbedderServiceStub(self._embedder_channel)
+        return embedder_pb2_grpc.EmbedderServiceStub(self._service("embedder").channel)
 
     @property
     def searcher(self) -> searcher_pb2_grpc.SearcherServiceStub:
-        if self._searcher_channel is None:
-            raise FailedPrecondition("this client has no searcher address")
-        return searcher_pb2_grpc.SearcherServiceStub(self._searcher_channel)
+        return searcher_pb2_grpc.SearcherServiceStub(self._service("searcher").channel)
 
-    def _call(self, method: Callable[..., Any], request: Any, **kwargs: Any) -> Any:
+    def _call(self, service: str, method: str, request: Any, **kwargs: Any) -> Any:
+        """Call `method` of the embedder or the searcher with the client's deadline; a failure
+        becomes the matching imgsearch error."""
+        stub = self.embedder if service == "embedder" else self.searcher
         try:
-            return method(request, timeout=kwargs.pop("timeout", self.timeout_s), **kwargs)
+            return getattr(stub, method)(
+                request, timeout=kwargs.pop("timeout", self.timeout_s), **kwargs
+            )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise self._service(service).error(exc) from None
 
     def close(self) -> None:
-        for channel in (self._embedder_channel, self._searcher_channel):
-            if channel is not None:
-                channel.close()
+        for service in (self._embedder, self._searcher):
+            if service is not None:
+                service.channel.close()
 
     def __enter__(self) -> ImageSearchClient:
         return self
@@ -196,7 +245,7 @@ class ImageSearchClient:
     def model_info(self) -> embedder_pb2.GetModelInfoResponse:
         if self._model_info is None:
             self._model_info = self._call(
-                self.embedder.GetModelInfo, embedder_pb2.GetModelInfoRequest()
+                "embedder", "GetModelInfo", embedder_pb2.GetModelInfoRequest()
             )
         return self._model_info
 
@@ -205,7 +254,7 @@ class ImageSearchClient:
         request = embedder_pb2.EmbedRequest(
             images=[embedder_pb2.Image(key=str(i), data=d) for i, d in enumerate(images)]
         )
-        response = self._call(self.embedder.Embed, request)
+        response = self._call("embedder", "Embed", request)
         return [_outcome(result) for result in response.results]
 
     # -- the searcher -------------------------------------------------------------------------
@@ -228,10 +277,10 @@ class ImageSearchClient:
     ) -> searcher_pb2.Collection:
         """The collection `request` describes, or the one of that name that already exists."""
         try:
-            return self._call(self.searcher.CreateCollection, request).collection
+            return self._call("searcher", "CreateCollection", request).collection
         except AlreadyExists:
             return self._call(
-                self.searcher.GetCollection, searcher_pb2.GetCollectionRequest(name=request.name)
+                "searcher", "GetCollection", searcher_pb2.GetCollectionRequest(name=request.name)
             ).collection
 
     def _check_model(
@@ -279,7 +328,7 @@ class ImageSearchClient:
             min_distance=min_distance,
             max_distance=max_distance,
         )
-        return _hits(self._call(self.searcher.Search, request))
+        return _hits(self._call("searcher", "Search", request))
 
     def search_id(
         self,
@@ -301,7 +350,7 @@ class ImageSearchClient:
             min_distance=min_distance,
             max_distance=max_distance,
         )
-        return _hits(self._call(self.searcher.Search, request))
+        return _hits(self._call("searcher", "Search", request))
 
     def search_image(
         self,
@@ -420,20 +469,20 @@ class ImageSearchClient:
                         ]
                     )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise self._service("searcher").error(exc) from None
         finally:
             call.cancel()  # a no-op once the stream has ended; stops the searcher otherwise
         return groups
 
     def existing_ids(self, ids: Sequence[int], collection: str | None = None) -> set[int]:
         request = searcher_pb2.GetRequest(collection=collection or self.collection, ids=ids)
-        response = self._call(self.searcher.Get, request)
+        response = self._call("searcher", "Get", request)
         return {item.id for item in response.items}
 
     def describe_collection(self, name: str | None = None) -> searcher_pb2.Collection:
         request = searcher_pb2.GetCollectionRequest(name=name or self.collection)
         collection: searcher_pb2.Collection = self._call(
-            self.searcher.GetCollection, request
+            "searcher", "GetCollection", request
         ).collection
         return collection
 
@@ -453,12 +502,12 @@ class ImageSearchClient:
         return float(suggestion)
 
     def collections(self) -> list[searcher_pb2.Collection]:
-        response = self._call(self.searcher.ListCollections, searcher_pb2.ListCollectionsRequest())
+        response = self._call("searcher", "ListCollections", searcher_pb2.ListCollectionsRequest())
         return list(response.collections)
 
     def stats(self, collection: str | None = None) -> searcher_pb2.GetStatsResponse:
         request = searcher_pb2.GetStatsRequest(collection=collection or self.collection)
-        response: searcher_pb2.GetStatsResponse = self._call(self.searcher.GetStats, request)
+        response: searcher_pb2.GetStatsResponse = self._call("searcher", "GetStats", request)
         return response
 
     def list_items(
@@ -468,7 +517,8 @@ class ImageSearchClient:
         token = ""
         while True:
             page = self._call(
-                self.searcher.ListItems,
+                "searcher",
+                "ListItems",
                 searcher_pb2.ListItemsRequest(
                     collection=collection or self.collection,
                     page_size=page_size,
@@ -510,7 +560,7 @@ class ImageSearchClient:
             if batch:
                 yield _feature_message(name, batch)
 
-        response = self._call(self.searcher.Upsert, messages(), timeout=max(self.timeout_s, 3600))
+        response = self._call("searcher", "Upsert", messages(), timeout=max(self.timeout_s, 3600))
         stored = int(response.inserted_count + response.updated_count)
         if stopped:
             raise InvalidArgument(
@@ -547,7 +597,11 @@ class ImageSearchClient:
         name = collection or self.collection
         self.ensure_collection(name)
         report = IngestReport()
-        writer = UpsertWriter(self.searcher.Upsert, timeout_s=max(self.timeout_s, 3600.0))
+        writer = UpsertWriter(
+            self.searcher.Upsert,
+            timeout_s=max(self.timeout_s, 3600.0),
+            translate=self._service("searcher").error,
+        )
         pending: deque[tuple[list[IngestItem], Any]] = deque()
         batch: list[searcher_pb2.Item] = []
 
@@ -556,7 +610,9 @@ class ImageSearchClient:
             try:
                 response = future.result()
             except grpc.RpcError as exc:
-                error = error_from_rpc(exc)
+                error = self._service("embedder").error(exc)
+                if isinstance(error, ServiceUnreachable):
+                    raise error from None
                 raise type(error)(
                     f"the embedder failed ({exc.code().name}: {error}); the items stored before "
                     "stay stored: run the same ingest again to resume"

@@ -7,6 +7,7 @@
      ├── FailedPrecondition   FAILED_PRECONDITION  the system is not in a state to do this
      ├── ResourceExhausted    RESOURCE_EXHAUSTED   a size or rate limit was crossed
      ├── Unavailable          UNAVAILABLE          a dependency is down; retry later
+     │    └── ServiceUnreachable                     (client) no connection to a service at all
      └── DeadlineExceeded     DEADLINE_EXCEEDED    the work did not finish in time
 
 Services raise these from their plain-Python cores; one table (imgsearch._status) turns them into
@@ -42,6 +43,11 @@ class ResourceExhausted(ImageSearchError):
 
 class Unavailable(ImageSearchError):
     pass
+
+
+class ServiceUnreachable(Unavailable):
+    """The client could not connect to a service: its message names the service, the address
+    and what to run."""
 
 
 class DeadlineExceeded(ImageSearchError):

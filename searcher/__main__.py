@@ -9,10 +9,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from imgsearch._lifecycle import configure_logging, stop_on_signals
 from searcher.config import parse_config
 from searcher.embedded import EmbeddedDatabaseError, upgrade_data_dir
 from searcher.server import Searcher
+from serving.lifecycle import configure_logging, stop_on_signals
 
 UPGRADE_FLAG = "--upgrade-data-dir"
 

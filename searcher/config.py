@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgsearch import _config, _serving
+from serving import config as serving_config
+from serving.config import SERVING_HELP, ServingConfig, parse_dataclass_config
 
 
 @dataclass(frozen=True)
-class SearcherConfig(_serving.ServingConfig):
+class SearcherConfig(ServingConfig):
     address: str = "[::]:50052"
     # Secret-bearing; read from flag or environment, never logged.
     dsn: str = ""
@@ -65,7 +66,7 @@ HELP = {
     "(0 turns it off)",
     "shadow_budget": "most of one core's time those exact re-runs may take",
     "grace_s": "seconds in-flight RPCs get to finish on shutdown",
-    **_serving.SERVING_HELP,
+    **SERVING_HELP,
 }
 
 
@@ -75,13 +76,13 @@ SHARED_ENV = {"dsn": "IMGSEARCH_DSN"}
 
 
 def env_name(field_name: str) -> str:
-    return _config.env_name(ENV_PREFIX, field_name, SHARED_ENV)
+    return serving_config.env_name(ENV_PREFIX, field_name, SHARED_ENV)
 
 
 def parse_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> SearcherConfig:
-    return _config.parse_dataclass_config(
+    return parse_dataclass_config(
         SearcherConfig,
         prog="imgsearch-searcher",
         description="Serve imgsearch.v1.SearcherService over PostgreSQL + pgvector. "

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from imgsearch._serving import RpcMetrics
 from searcher.pool import ConnectionPool
+from serving.metrics import RpcMetrics
 
 
 class SearcherMetrics(RpcMetrics):

@@ -12,13 +12,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from imgsearch._serving import (
-    MetricsEndpoint,
-    RpcGuard,
-    Tokens,
-    message_size_options,
-    server_credentials,
-)
 from imgsearch.errors import ImageSearchError
 from imgsearch.v1 import searcher_pb2, searcher_pb2_grpc
 from searcher.config import SearcherConfig
@@ -27,6 +20,9 @@ from searcher.metrics import SearcherMetrics
 from searcher.pool import ConnectionPool
 from searcher.service import WRITE_METHODS, SearcherServicer
 from searcher.store import IndexKind, Limits, VectorStore
+from serving.guard import RpcGuard, message_size_options
+from serving.metrics import MetricsEndpoint
+from serving.security import Tokens, server_credentials
 
 logger = logging.getLogger(__name__)
 

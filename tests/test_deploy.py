@@ -105,6 +105,15 @@ def test_every_file_the_dockerfile_copies_exists(stages) -> None:
                 assert (ROOT / source).exists(), source
 
 
+def test_the_image_copies_every_package_the_wheel_ships(stages) -> None:
+    packages = {
+        pattern.rstrip("*")
+        for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    copied = {shlex.split(args)[0] for args in stages["base"].all("COPY")}
+    assert packages <= copied, f"the base stage does not copy {sorted(packages - copied)}"
+
+
 def test_the_services_check_their_health_over_grpc_on_the_port_they_serve(stages) -> None:
     for name, service in (("searcher", "SEARCHER"), ("embedder", "EMBEDDER")):
         stage = stages[name]

@@ -17,12 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from embedder.config import EmbedderConfig
 from embedder.server import Embedder
-from imgsearch._lifecycle import JsonFormatter
 from imgsearch.v1 import embedder_pb2 as epb
 from imgsearch.v1 import embedder_pb2_grpc
 from imgsearch.v1 import searcher_pb2 as spb
 from searcher.config import SearcherConfig
 from searcher.server import Searcher
+from serving.lifecycle import JsonFormatter
 from tests import images
 from tests.process_helpers import run_module
 from tests.searcher_helpers import searcher_stub, upsert_messages
@@ -142,13 +142,11 @@ def test_json_log_lines_are_one_object_per_event() -> None:
 def test_the_health_probe_command_exits_0_only_when_serving(postgres_dsn: str) -> None:
     with Searcher(SearcherConfig(address="127.0.0.1:0", dsn=postgres_dsn)) as searcher:
         deadline = time.monotonic() + 30
-        while (
-            probe := run_module("imgsearch.healthcheck", f"127.0.0.1:{searcher.port}")
-        ).returncode:
+        while (probe := run_module("serving.healthcheck", f"127.0.0.1:{searcher.port}")).returncode:
             assert time.monotonic() < deadline, probe.stderr  # SERVING once the database is seen
             time.sleep(0.2)
         assert "SERVING" in probe.stdout
         port = searcher.port
-    stopped = run_module("imgsearch.healthcheck", f"127.0.0.1:{port}", "--timeout", "1")
+    stopped = run_module("serving.healthcheck", f"127.0.0.1:{port}", "--timeout", "1")
     assert stopped.returncode == 1
     assert "UNAVAILABLE" in stopped.stderr or "DEADLINE_EXCEEDED" in stopped.stderr

@@ -1,189 +1,25 @@
-"""What both servers wrap around their services, the same way: TLS credentials, bearer-token
-auth with read-only tokens, limits on concurrent RPCs and on message size that name themselves,
-RPC metrics, and the Prometheus endpoint.
+"""The interceptor every RPC of both servers passes: bearer-token auth with read-only tokens,
+limits on concurrent RPCs and on message size that name themselves, and RPC metrics.
 
 Health is never guarded: probes must work whatever the auth, and however busy the server is.
 """
 
 from __future__ import annotations
 
-import hmac
 import inspect
-import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from imgsearch.errors import ResourceExhausted
-
-logger = logging.getLogger(__name__)
+from serving.metrics import RpcMetrics
+from serving.security import Tokens
 
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
-
-# Tokens come from the environment or a file, never from flags (flags show in `ps`).
-TOKEN_ENV = "IMGSEARCH_TOKEN"
-READ_TOKEN_ENV = "IMGSEARCH_READ_TOKEN"
-ROLES = ("read", "write")
-
-
-@dataclass(frozen=True)
-class ServingConfig:
-    """The settings every server has; each service's config dataclass extends this one."""
-
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    tokens_file: str = ""
-    metrics_address: str = ""
-    log_format: str = "text"
-
-
-SERVING_HELP = {
-    "tls_cert": "PEM certificate chain: serve TLS (with --tls-key)",
-    "tls_key": "PEM private key of --tls-cert",
-    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
-    "tokens_file": "file of bearer tokens, one 'read TOKEN' or 'write TOKEN' per line; with "
-    f"{TOKEN_ENV} / {READ_TOKEN_ENV} set or this file given, every RPC but health needs a token",
-    "metrics_address": "host:port for Prometheus /metrics over HTTP (empty: off)",
-    "log_format": "text or json (one JSON object per line)",
-}
-
-
-# -- TLS ----------------------------------------------------------------------------------------
-
-
-def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCredentials | None:
-    """TLS when a certificate and key are given; mutual TLS (client certificates required and
-    checked against `client_ca`) when a CA is given too. None: plaintext."""
-    if not cert and not key:
-        if client_ca:
-            raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
-        return None
-    if not (cert and key):
-        raise SystemExit("TLS needs both --tls-cert and --tls-key")
-    return grpc.ssl_server_credentials(
-        [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
-        root_certificates=_read(client_ca, "client CA") if client_ca else None,
-        require_client_auth=bool(client_ca),
-    )
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise SystemExit(f"cannot read the {what} {path}: {exc.strerror}") from None
-
-
-# -- tokens -------------------------------------------------------------------------------------
-
-
-class Tokens:
-    """Bearer tokens and their roles: "write" may call everything, "read" everything but the
-    methods that change data."""
-
-    def __init__(self, roles: Mapping[str, str]) -> None:
-        self._roles = [(token.encode(), role) for token, role in roles.items()]
-
-    @classmethod
-    def load(cls, tokens_file: str = "", environ: Mapping[str, str] | None = None) -> Tokens | None:
-        """Tokens from IMGSEARCH_TOKEN (write), IMGSEARCH_READ_TOKEN (read) and `tokens_file`
-        (lines "write TOKEN" or "read TOKEN"; # comments). None when none is configured: no auth."""
-        environ = os.environ if environ is None else environ
-        roles: dict[str, str] = {}
-        if environ.get(TOKEN_ENV):
-            roles[environ[TOKEN_ENV]] = "write"
-        if environ.get(READ_TOKEN_ENV):
-            roles[environ[READ_TOKEN_ENV]] = "read"
-        if tokens_file:
-            text = _read(tokens_file, "tokens file").decode()
-            for number, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                parts = line.split()
-                if len(parts) != 2 or parts[0] not in ROLES:
-                    raise SystemExit(
-                        f"{tokens_file} line {number}: expected 'read TOKEN' or 'write TOKEN'"
-                    )
-                roles[parts[1]] = parts[0]
-        return cls(roles) if roles else None
-
-    def role_of(self, metadata: Iterable[tuple[str, Any]] | None) -> str | None:
-        offered = _bearer_token(metadata)
-        if offered is None:
-            return None
-        role = None
-        for token, token_role in self._roles:  # compare with all: no timing hint of which
-            if hmac.compare_digest(token, offered):
-                role = token_role
-        return role
-
-
-def _bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> bytes | None:
-    for key, value in metadata or ():
-        if key == "authorization":
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() == "bearer" and token:
-                return token.strip().encode()
-    return None
-
-
-# -- metrics ------------------------------------------------------------------------------------
-
-
-class RpcMetrics:
-    """RPC counts by method and status, and latency by method, in the service's own registry
-    (two services in one process, as `imgsearch up` runs them, must not share one)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.requests = Counter(
-            "imgsearch_rpc_requests",
-            "RPCs finished, by method and status code",
-            ["method", "code"],
-            registry=registry,
-        )
-        self.seconds = Histogram(
-            "imgsearch_rpc_duration_seconds",
-            "RPC time in the server, by method",
-            ["method"],
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )
-        self.in_flight = Gauge(
-            "imgsearch_rpc_in_flight", "RPCs being served now", registry=registry
-        )
-
-    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        name = method.lstrip("/")
-        self.requests.labels(name, code.name).inc()
-        self.seconds.labels(name).observe(seconds)
-
-
-class MetricsEndpoint:
-    """Prometheus's text format over HTTP at /metrics, on `address` ("host:port"; port 0 picks
-    a free one)."""
-
-    def __init__(self, registry: CollectorRegistry, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]") or "0.0.0.0"
-        self._httpd, self._thread = start_http_server(int(port), addr=host, registry=registry)
-        self.port: int = self._httpd.server_port
-        logger.info("metrics on http://%s:%d/metrics", host, self.port)
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
 
 # -- message size -------------------------------------------------------------------------------
 

@@ -7,10 +7,35 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from serving.security import READ_TOKEN_ENV, TOKEN_ENV
+
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The settings every server has; each service's config dataclass extends this one."""
+
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tokens_file: str = ""
+    metrics_address: str = ""
+    log_format: str = "text"
+
+
+SERVING_HELP = {
+    "tls_cert": "PEM certificate chain: serve TLS (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "tokens_file": "file of bearer tokens, one 'read TOKEN' or 'write TOKEN' per line; with "
+    f"{TOKEN_ENV} / {READ_TOKEN_ENV} set or this file given, every RPC but health needs a token",
+    "metrics_address": "host:port for Prometheus /metrics over HTTP (empty: off)",
+    "log_format": "text or json (one JSON object per line)",
+}
 
 
 def env_name(prefix: str, field_name: str, shared: Mapping[str, str] = {}) -> str:
