@@ -69,28 +69,37 @@ def image_files(paths: Sequence[str]) -> Iterator[Path]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from serving.lifecycle import stop_on_signals
-    from serving.local_stack import StackConfig
-
     stack = _start_stack(
-        StackConfig(
-            data_dir=Path(args.data_dir),
-            host=args.host,
-            embedder_port=args.embedder_port,
-            searcher_port=args.searcher_port,
-            weights=args.weights,
-            model=args.model,
-            head=args.head,
-            runtime=args.runtime,
-            seed=args.seed,
-        )
+        args,
+        host=args.host,
+        embedder_port=args.embedder_port,
+        searcher_port=args.searcher_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        tokens_file=args.tokens_file,
+        embedder_metrics_address=args.embedder_metrics_address,
+        searcher_metrics_address=args.searcher_metrics_address,
     )
     if stack is None:
         return 2
+    from serving.lifecycle import stop_on_signals
+
     stop = stop_on_signals()
     print(f"embedder  {stack.embedder_address}", flush=True)
     print(f"searcher  {stack.searcher_address}", flush=True)
     print(f"data      {args.data_dir}", flush=True)
+    if args.tls_cert:
+        mutual = ", client certificates required" if args.tls_client_ca else ""
+        print(f"tls       on ({args.tls_cert}{mutual}): clients pass --tls-ca", flush=True)
+    if (
+        args.tokens_file
+        or os.environ.get("IMGSEARCH_TOKEN")
+        or os.environ.get("IMGSEARCH_READ_TOKEN")
+    ):
+        print("auth      bearer tokens required (clients: IMGSEARCH_TOKEN or --token-file)")
+    for name, url in stack.metrics_urls.items():
+        print(f"metrics   {name} {url}", flush=True)
     if stack.model_info.weights_source == "random":
         print(RANDOM_WEIGHTS_WARNING, flush=True)
     print("ready; Ctrl-C stops everything", flush=True)
@@ -101,11 +110,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_stack(config: Any) -> Any:
-    from embedder.model import ModelLoadError
-    from searcher.embedded import EmbeddedDatabaseError
-    from serving.local_stack import LocalStack
-
+def _start_stack(args: argparse.Namespace, **settings: Any) -> Any:
+    """The local stack, started with the model options in `args` and `settings`, or None after
+    saying why it could not start. The server side is imported here, and only here."""
+    try:
+        from embedder.model import ModelLoadError
+        from searcher.embedded import EmbeddedDatabaseError
+        from serving.local_stack import LocalStack, StackConfig
+    except ImportError as exc:
+        raise ImageSearchError(
+            f"`imgsearch {args.command}` runs both services on this machine and needs them "
+            f"installed: pip install 'imgsearch[all]' ({exc})"
+        ) from None
+    config = StackConfig(
+        data_dir=Path(args.data_dir),
+        weights=args.weights,
+        model=args.model,
+        head=args.head,
+        runtime=args.runtime,
+        seed=args.seed,
+        **settings,
+    )
     try:
         return LocalStack(config).start()
     except EmbeddedDatabaseError as exc:
@@ -487,7 +512,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from imgsearch.demo_data import write_dataset
-    from serving.local_stack import StackConfig
 
     data_dir = Path(args.data_dir)
     paths = cifar100_files(Path(args.cifar100), data_dir / "cifar-images", args.cifar_images)
@@ -502,18 +526,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             flush=True,
         )
         paths = write_dataset(images_dir, per_label=args.per_label)
-    stack = _start_stack(
-        StackConfig(
-            data_dir=data_dir,
-            embedder_port=0,
-            searcher_port=0,
-            weights=args.weights,
-            model=args.model,
-            head=args.head,
-            runtime=args.runtime,
-            seed=args.seed,
-        )
-    )
+    stack = _start_stack(args, embedder_port=0, searcher_port=0)
     if stack is None:
         return 2
     try:
@@ -651,6 +664,41 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
 
 
+def _serving_options(parser: argparse.ArgumentParser) -> None:
+    """The servers' own TLS, token and metrics settings, for both services of `imgsearch up`."""
+    parser.add_argument(
+        "--tls-cert",
+        default="",
+        help="PEM certificate chain: both services serve TLS (with --tls-key)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default="",
+        help="PEM private key of --tls-cert",
+    )
+    parser.add_argument(
+        "--tls-client-ca",
+        default="",
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    )
+    parser.add_argument(
+        "--tokens-file",
+        default="",
+        help="bearer tokens, one 'read TOKEN' or 'write TOKEN' per line; with it (or "
+        "IMGSEARCH_TOKEN / IMGSEARCH_READ_TOKEN set) every call but health needs a token",
+    )
+    parser.add_argument(
+        "--embedder-metrics-address",
+        default="",
+        help="host:port for the embedder's Prometheus /metrics (empty: off; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--searcher-metrics-address",
+        default="",
+        help="host:port for the searcher's Prometheus /metrics (empty: off; port 0 picks one)",
+    )
+
+
 def _security(args: argparse.Namespace) -> ChannelSecurity:
     token = ChannelSecurity.from_env().token
     if args.token_file:
@@ -686,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--embedder-port", type=int, default=50051, help="0 picks a free port")
     up.add_argument("--searcher-port", type=int, default=50052, help="0 picks a free port")
     _model_options(up)
+    _serving_options(up)
     up.set_defaults(run=cmd_up)
 
     ingest = commands.add_parser(

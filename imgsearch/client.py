@@ -272,6 +272,14 @@ class ImageSearchClient:
         self._check_model(collection, info)
         return collection
 
+    def searchable_collection(self, name: str | None = None) -> searcher_pb2.Collection:
+        """The existing collection, checked against the embedder's model as ensure_collection
+        does; never created, so a read-only token can search."""
+        info = self.model_info()
+        collection = self.describe_collection(name)
+        self._check_model(collection, info)
+        return collection
+
     def _create_or_get(
         self, request: searcher_pb2.CreateCollectionRequest
     ) -> searcher_pb2.Collection:
@@ -392,7 +400,7 @@ class ImageSearchClient:
         """Each image's own nearest stored items, in the order given: the images are embedded
         in batches, then searched one by one. An image that cannot be read, cropped to `box` or
         embedded gets its error in place of hits; the others are still searched."""
-        self.ensure_collection(collection)
+        self.searchable_collection(collection)
         prepared: list[bytes | ImageSearchError] = [self._query_bytes(i, box) for i in images]
         readable = {i: p for i, p in enumerate(prepared) if isinstance(p, bytes)}
         outcomes: list[list[Hit] | ImageSearchError] = [

