@@ -348,13 +348,18 @@ def write_grid(
     hits: Sequence[Hit],
     random_weights: bool,
 ) -> None:
-    from imgsearch.grid import load_image, search_grid
+    from imgsearch.grid import GridHit, load_image, name_of, search_grid
 
     grid = search_grid(
         query_image,
         query_caption,
-        [(load_image(h.uri) if h.uri else None, h.label, h.distance) for h in hits],
-        warning="RANDOM WEIGHTS: results are meaningless" if random_weights else "",
+        [
+            GridHit(load_image(h.uri) if h.uri else None, h.label, h.distance, name_of(h.uri))
+            for h in hits
+        ],
+        warning="RANDOM WEIGHTS: these results say nothing about image content"
+        if random_weights
+        else "",
     )
     grid.save(out)
     print(f"wrote {Path(out).resolve()}")
@@ -421,15 +426,18 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 def write_duplicate_sheets(folder: Path, groups: Sequence[Sequence[Any]]) -> None:
     """One picture per group: its first member, then the others with their distance to it."""
-    from imgsearch.grid import load_image, search_grid
+    from imgsearch.grid import GridHit, load_image, name_of, search_grid
 
     folder.mkdir(parents=True, exist_ok=True)
     for number, group in enumerate(groups, 1):
         first, *rest = group
         sheet = search_grid(
             load_image(first.uri) if first.uri else None,
-            f"id {first.id}",
-            [(load_image(m.uri) if m.uri else None, m.label, m.distance) for m in rest],
+            f"id {first.id} {name_of(first.uri)}",
+            [
+                GridHit(load_image(m.uri) if m.uri else None, m.label, m.distance, name_of(m.uri))
+                for m in rest
+            ],
             first_caption=f"group {number}",
         )
         sheet.save(folder / f"group-{number:04d}.png")
