@@ -619,11 +619,14 @@ class ImageSearchClient:
                 response = future.result()
             except grpc.RpcError as exc:
                 error = self._service("embedder").error(exc)
-                if isinstance(error, ServiceUnreachable):
-                    raise error from None
+                what = (
+                    error
+                    if isinstance(error, ServiceUnreachable)
+                    else (f"the embedder failed ({exc.code().name}: {error})")
+                )
                 raise type(error)(
-                    f"the embedder failed ({exc.code().name}: {error}); the items stored before "
-                    "stay stored: run the same ingest again to resume"
+                    f"{what}; the items stored before stay stored: run the same ingest again "
+                    "to resume"
                 ) from None
             for item, result in zip(chunk, response.results, strict=True):
                 outcome = _outcome(result)

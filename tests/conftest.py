@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails the run when a server or service the tests started is still running after them
+    (checked after every other fixture has finished), and ends it so that it does not run on."""
+    from tests.process_helpers import describe, end_processes, processes_left_behind
+
+    started = time.time() - 1  # process start times are rounded
+    basetemp = tmp_path_factory.getbasetemp()
+    yield
+    deadline = time.monotonic() + 15  # servers told to stop may take a moment to exit
+    while (left := processes_left_behind(basetemp, started)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        described = [describe(process) for process in left]
+        end_processes(left)
+        pytest.fail(
+            f"{len(left)} process(es) the tests started outlived them (now ended):\n  "
+            + "\n  ".join(described),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
+
+import psutil
 
 from tests.conftest import ROOT
 
@@ -79,3 +83,48 @@ def end_process(process: subprocess.Popen[str]) -> None:
         reader.join(timeout=10)
     if process.stdout is not None:
         process.stdout.close()
+
+
+# -- what the tests leave running ----------------------------------------------------------------
+
+
+def processes_left_behind(basetemp: Path, started_after: float) -> list[psutil.Process]:
+    """Processes started during the run that still live: this process's descendants, and any
+    process whose command line names a path under the run's `basetemp` (PostgreSQL servers
+    daemonise away from their parent, but their data directories are there). A PostgreSQL
+    server's own workers are left out: they end with their postmaster."""
+    me = psutil.Process()
+    descendants = {child.pid for child in me.children(recursive=True)}
+    ancestors = {me.pid} | {parent.pid for parent in me.parents()}  # e.g. `timeout ... pytest`
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
+        info = process.info
+        if info["pid"] in ancestors or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if (info["create_time"] or 0) < started_after:
+            continue
+        command = " ".join(info["cmdline"] or ())
+        if command.startswith("postgres: "):
+            continue  # a worker of a postmaster: reported through its postmaster
+        if info["pid"] in descendants or str(basetemp) in command:
+            found.append(process)
+    return found
+
+
+def describe(process: psutil.Process) -> str:
+    try:
+        return f"pid {process.pid}: {' '.join(process.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {process.pid}: (gone)"
+
+
+def end_processes(processes: list[psutil.Process], grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL what is still there after `grace_s`."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)

@@ -45,3 +45,33 @@ def test_the_readme_documents_every_flag_and_variable_of_each_service(service: s
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         assert f"`{flag}` | `{config.env_name(field.name)}`" in readme, flag
+
+
+def test_the_leak_check_finds_a_daemonised_server_and_a_child_left_running(tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.process_helpers import end_processes, processes_left_behind
+
+    started = time.time() - 1
+    data_dir = tmp_path / "pgdata"
+    # A "server" that daemonised: its parent shell is gone, only its data directory names it.
+    subprocess.run(
+        ["sh", "-c", f'setsid {sys.executable} -c "import time; time.sleep(600)" {data_dir} &'],
+        check=True,
+    )
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        left = processes_left_behind(tmp_path, started)
+        commands = [" ".join(process.cmdline()) for process in left]
+        assert any(str(data_dir) in command for command in commands), commands
+        assert child.pid in {process.pid for process in left}
+        daemon = next(p for p in left if str(data_dir) in " ".join(p.cmdline()))
+        assert daemon.ppid() != psutil.Process().pid  # not our child: found by its path
+    finally:
+        end_processes(processes_left_behind(tmp_path, started))
+        child.wait(timeout=10)
+    assert processes_left_behind(tmp_path, started) == []
