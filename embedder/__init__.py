@@ -1,5 +1,5 @@
 """The embedder service: image bytes to embeddings with a torchvision CNN."""
 
-from serving import require_extra
+from imgsearch._extras import require_extra
 
 require_extra("embedder", "torch", "torchvision")

