@@ -3,7 +3,7 @@
 #   docker build --target embedder -t imgsearch-embedder .   (CPU torch)
 #   docker build --target embedder --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
 #       -t imgsearch-embedder:cuda .                         (CUDA torch; run with --gpus all)
-#   docker build --target client -t imgsearch .               (the imgsearch CLI)
+#   docker build --target client -t imgsearch .               (the imgsearch CLI and search page)
 # No secrets are baked in: DSN, tokens and keys come from the environment or mounted files.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -18,6 +18,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY imgsearch ./imgsearch
 COPY serving ./serving
+COPY webui ./webui
 COPY embedder ./embedder
 COPY searcher ./searcher
 
@@ -47,6 +48,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 ENTRYPOINT ["imgsearch-embedder"]
 
 FROM base AS client
-RUN pip install "."
+# The CLI and the search page (`imgsearch web --address 0.0.0.0:8080`).
+RUN pip install ".[web]"
 USER imgsearch
 ENTRYPOINT ["imgsearch"]

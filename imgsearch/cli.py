@@ -13,9 +13,12 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +103,93 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("auth      bearer tokens required (clients: IMGSEARCH_TOKEN or --token-file)")
     for name, url in stack.metrics_urls.items():
         print(f"metrics   {name} {url}", flush=True)
-    if stack.model_info.weights_source == "random":
-        print(RANDOM_WEIGHTS_WARNING, flush=True)
-    print("ready; Ctrl-C stops everything", flush=True)
-    stop.wait()
-    print("stopping …", flush=True)
-    stack.stop()
+    page = None
+    try:
+        if args.web:
+            security = ChannelSecurity.from_env()
+            if args.tls_cert:
+                security = replace(security, tls=True)
+            page = _start_page(
+                args.web,
+                ImageSearchClient(
+                    stack.embedder_address, stack.searcher_address, security=security
+                ),
+                collection=DEFAULT_COLLECTION,
+                max_upload_mb=20.0,
+            )
+            print(f"web       {page.url}", flush=True)
+        if stack.model_info.weights_source == "random":
+            print(RANDOM_WEIGHTS_WARNING, flush=True)
+        print("ready; Ctrl-C stops everything", flush=True)
+        stop.wait()
+        print("stopping …", flush=True)
+    finally:
+        if page is not None:
+            page.stop()
+        stack.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+class _Page:
+    """The search page's server and the client it searches with, stopped together."""
+
+    def __init__(self, server: Any, client: ImageSearchClient) -> None:
+        self.server, self.client = server, client
+        self.url: str = server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.client.close()
+
+
+def _start_page(
+    address: str, client: ImageSearchClient, *, collection: str, max_upload_mb: float
+) -> _Page:
+    """The search page on `address`, searching through `client` (closed with it)."""
+    try:
+        from webui.app import WebConfig, create_app
+        from webui.server import WebServer, is_loopback, split_address
+    except ImportError as exc:
+        client.close()
+        raise ImageSearchError(f"the search page needs its extra ({exc})") from None
+    try:
+        host, _ = split_address(address)
+    except ValueError as exc:
+        client.close()
+        raise InvalidArgument(str(exc)) from None
+    if max_upload_mb <= 0:
+        client.close()
+        raise InvalidArgument("--max-upload-mb must be above 0")
+    config = WebConfig(collection=collection, max_upload_bytes=int(max_upload_mb * 1e6))
+    try:
+        server = WebServer(create_app(client, config), address).start()
+    except OSError as exc:
+        client.close()
+        raise ImageSearchError(f"the search page cannot listen on {address}: {exc}") from None
+    if not is_loopback(host):
+        print(
+            f"WARNING: the search page listens on {host}, beyond this machine, and asks no "
+            "one for a password: anyone who can reach it can search and see the pictures",
+            file=sys.stderr,
+        )
+    return _Page(server, client)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    page = _start_page(
+        args.address, _client(args), collection=args.collection, max_upload_mb=args.max_upload_mb
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"web       {page.url}", flush=True)
+    print(f"searching {args.collection} through {args.embedder} and {args.searcher}", flush=True)
+    print("ready; Ctrl-C stops the page", flush=True)
+    try:
+        stop.wait()
+    finally:
+        page.stop()
     print("stopped", flush=True)
     return 0
 
@@ -557,6 +641,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             write_grid(args.grid, copy, query_path.name, hits, random_weights)
             if random_weights:
                 print(RANDOM_WEIGHTS_WARNING)
+        page_command = [
+            "imgsearch", "up", "--data-dir", str(data_dir), "--web",
+            *(["--weights", args.weights] if args.weights != "imagenet" else []),
+            *(["--model", args.model] if args.model != "squeezenet1_1" else []),
+            *(["--head", args.head] if args.head != "logits" else []),
+        ]  # fmt: skip
+        print(
+            "search page: run `" + " ".join(page_command) + "`, then open "
+            f"http://127.0.0.1:8080/?collection={args.collection}"
+        )
         return status
     finally:
         stack.stop()
@@ -743,6 +837,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--searcher-port", type=int, default=50052, help="0 picks a free port")
     _model_options(up)
     _serving_options(up)
+    up.add_argument(
+        "--web",
+        nargs="?",
+        const="127.0.0.1:8080",
+        default="",
+        metavar="ADDRESS",
+        help="also serve the search page (host:port; 127.0.0.1:8080 when none is given)",
+    )
     up.set_defaults(run=cmd_up)
 
     ingest = commands.add_parser(
@@ -844,6 +946,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, formatter_class=_Formatter)
         _client_options(sub)
         sub.set_defaults(run=run)
+
+    web = commands.add_parser(
+        "web",
+        help="a search page in the browser: drop an image, see the matches",
+        formatter_class=_Formatter,
+    )
+    _client_options(web)
+    web.add_argument(
+        "--address",
+        default=_env("IMGSEARCH_WEB_ADDRESS", "127.0.0.1:8080"),
+        help="host:port to serve the page on; loopback unless you choose otherwise "
+        "[env IMGSEARCH_WEB_ADDRESS]",
+    )
+    web.add_argument(
+        "--max-upload-mb", type=float, default=20.0, help="largest picture the page takes, MB"
+    )
+    web.set_defaults(run=cmd_web)
 
     demo = commands.add_parser(
         "demo",

@@ -89,6 +89,14 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class StoredItem:
+    id: int
+    label: str
+    uri: str
+    attributes: dict[str, str]
+
+
+@dataclass(frozen=True)
 class DuplicateMember:
     id: int
     label: str
@@ -481,6 +489,15 @@ class ImageSearchClient:
         finally:
             call.cancel()  # a no-op once the stream has ended; stops the searcher otherwise
         return groups
+
+    def get_items(self, ids: Sequence[int], collection: str | None = None) -> list[StoredItem]:
+        """The stored items of these ids (at most 1000) that exist, without their vectors."""
+        request = searcher_pb2.GetRequest(collection=collection or self.collection, ids=ids)
+        response = self._call("searcher", "Get", request)
+        return [
+            StoredItem(item.id, item.label, item.uri, dict(item.attributes))
+            for item in response.items
+        ]
 
     def existing_ids(self, ids: Sequence[int], collection: str | None = None) -> set[int]:
         request = searcher_pb2.GetRequest(collection=collection or self.collection, ids=ids)

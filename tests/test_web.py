@@ -1,0 +1,366 @@
+"""The search page over HTTP, against a real uvicorn server on a loopback port, over real
+services: search by upload (raw body or form) and by id, label filters, thumbnails by item id
+only, and every refusal with its status and a message a person can act on. Then in a real
+browser: headless Chromium (Debian's `chromium` and `chromium-driver`) driven by Selenium opens
+the page, uploads a picture, waits for the grid, counts the hit tiles, clicks one to search by
+it, and keeps screenshots of what a person sees."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from http.client import HTTPConnection
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from embedder.config import EmbedderConfig
+from embedder.server import Embedder
+from imgsearch.client import ImageSearchClient, IngestItem
+from searcher.config import SearcherConfig
+from searcher.server import Searcher
+from tests import images
+from webui.app import WebConfig, create_app
+from webui.server import WebServer
+
+COLLECTION = "web"
+LABELS = ("harbour", "forest")
+PER_LABEL = 10
+ODD = "web_odd"  # items whose uri is no picture here
+MAX_UPLOAD = 300_000
+SECRET = "this text must never be served"
+
+
+@pytest.fixture(scope="module")
+def services(postgres_dsn: str) -> Iterator[tuple[str, str]]:
+    with Searcher(SearcherConfig(address="127.0.0.1:0", dsn=postgres_dsn)) as searcher:
+        embedder = Embedder(
+            EmbedderConfig(
+                address="127.0.0.1:0", weights="random", seed=4, device="cpu", duplicate_probes=0
+            )
+        ).start()
+        try:
+            yield f"127.0.0.1:{embedder.port}", f"127.0.0.1:{searcher.port}"
+        finally:
+            embedder.stop(grace_s=1)
+
+
+@pytest.fixture(scope="module")
+def stored(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Photos of two labels, ingested with their paths as uris; plus items whose uri is a text
+    file, a URL, and a file since deleted. Returns ids by name."""
+    folder = tmp_path_factory.mktemp("photos")
+    items, ids = [], {}
+    for n in range(2 * PER_LABEL):
+        path = folder / f"{LABELS[n % 2]}-{n:02d}.jpg"
+        path.write_bytes(images.encode(images.textured_photo(n, (480, 360)), "JPEG", quality=90))
+        ids[path.name] = 1000 + n
+        items.append(IngestItem(1000 + n, path.read_bytes(), LABELS[n % 2], str(path)))
+    secret = folder / "notes.txt"
+    secret.write_text(SECRET)
+    gone = folder / "gone.jpg"
+    gone.write_bytes(images.jpeg(99))
+    odd = {"text": (2001, str(secret)), "url": (2002, "https://example.com/a.jpg"),
+           "gone": (2003, str(gone))}  # fmt: skip
+    odd_items = [IngestItem(i, images.jpeg(i), "odd", uri) for i, uri in odd.values()]
+    ids.update({name: item_id for name, (item_id, _) in odd.items()})
+    with ImageSearchClient(*services, collection=COLLECTION) as client:
+        for collection, batch in ((COLLECTION, items), (ODD, odd_items)):
+            report = client.ingest(batch, collection=collection)
+            assert report.stored == len(batch), report.failed
+        client.ensure_collection("web_empty")
+    gone.unlink()
+    return ids
+
+
+@pytest.fixture(scope="module")
+def page(services: tuple[str, str], stored) -> Iterator[str]:
+    client = ImageSearchClient(*services, collection=COLLECTION)
+    config = WebConfig(collection=COLLECTION, max_upload_bytes=MAX_UPLOAD)
+    with WebServer(create_app(client, config), "127.0.0.1:0") as server:
+        yield server.url
+    client.close()
+
+
+@pytest.fixture
+def http(page: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=page, timeout=60) as client:
+        yield client
+
+
+def _photo(stored_name: str) -> bytes:
+    n = int(stored_name.split("-")[1].split(".")[0])
+    return images.encode(images.textured_photo(n, (480, 360)), "JPEG", quality=90)
+
+
+def _search(http: httpx.Client, body: bytes, **params: object) -> httpx.Response:
+    return http.post(
+        "/api/search", content=body, params=params, headers={"Content-Type": "image/jpeg"}
+    )
+
+
+# -- the page --------------------------------------------------------------------------------
+
+
+def test_the_page_and_its_script_come_with_a_strict_content_policy(http) -> None:
+    page = http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Drop an image" in page.text and '<script src="/page.js">' in page.text
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'self'" in policy
+    script = http.get("/page.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "innerHTML" not in script.text  # server text goes in as text, never as markup
+
+
+def test_info_names_the_model_the_collections_and_the_random_weights(http) -> None:
+    info = http.get("/api/info").json()
+    assert info["model"] == "squeezenet1_1" and info["random_weights"] is True
+    assert {COLLECTION, "web_empty"} <= set(info["collections"])
+    assert info["collection"] == COLLECTION and info["max_upload_bytes"] == MAX_UPLOAD
+    assert "image/jpeg" in info["image_types"]
+
+
+# -- searching -------------------------------------------------------------------------------
+
+
+def test_an_uploaded_picture_finds_itself_first_with_a_thumbnail_per_hit(http, stored) -> None:
+    answer = _search(http, _photo("forest-03.jpg"), top_k=5).json()
+    assert answer["random_weights"] is True and answer["collection"] == COLLECTION
+    hits = answer["hits"]
+    assert len(hits) == 5 and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert hits[0]["name"] == "forest-03.jpg" and hits[0]["distance"] < 1e-3
+    assert hits[0]["id"] == str(stored["forest-03.jpg"])  # ids as strings: 64-bit safe in JS
+    for hit in hits:
+        assert hit["thumbnail"] == f"/thumbnails/{COLLECTION}/{hit['id']}"
+    thumbnail = http.get(hits[0]["thumbnail"])
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(thumbnail.content)) as picture:
+        assert max(picture.size) == 256 and picture.size[0] > picture.size[1]
+    assert http.get(hits[0]["thumbnail"]).content == thumbnail.content  # served again, the same
+
+
+def test_a_form_upload_searches_like_a_raw_one(http) -> None:
+    photo = _photo("harbour-04.jpg")
+    form = http.post(
+        "/api/search",
+        params={"top_k": 3},
+        files={"image": ("query.jpg", photo, "image/jpeg")},
+    )
+    assert form.status_code == 200, form.text
+    assert form.json()["hits"] == _search(http, photo, top_k=3).json()["hits"]
+
+
+def test_search_by_id_and_a_label_filter(http, stored) -> None:
+    item = stored["harbour-02.jpg"]
+    by_id = http.get("/api/search", params={"id": item, "top_k": 4}).json()
+    assert by_id["query"] == {"id": str(item)} and by_id["hits"][0]["id"] == str(item)
+    forest = http.get("/api/search", params={"id": item, "top_k": 20, "label": "forest"}).json()
+    assert len(forest["hits"]) == PER_LABEL and {h["label"] for h in forest["hits"]} == {"forest"}
+    nothing = http.get("/api/search", params={"id": item, "label": "desert"}).json()
+    assert nothing["hits"] == [] and "desert" in nothing["message"]
+    assert nothing["empty_collection"] is False
+
+
+def test_an_empty_collection_says_how_to_fill_it(http) -> None:
+    answer = _search(http, _photo("forest-01.jpg"), collection="web_empty").json()
+    assert answer["hits"] == [] and answer["empty_collection"] is True
+    assert "imgsearch ingest FOLDER --collection web_empty" in answer["message"]
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_kind", "status", "says"),
+    [
+        ("text file", 415, "text/plain is not a picture type"),
+        ("no content type", 415, "Content-Type"),
+        ("not an image", 400, "not an image"),
+        ("too large", 413, "up to 0.3 MB"),
+        ("empty", 400, "no picture in the request"),
+        ("form without image field", 400, "form field 'image'"),
+        ("top_k zero", 400, "top_k must be 1..100"),
+        ("top_k word", 400, "top_k must be a whole number"),
+        ("no id", 400, "needs ?id="),
+        ("id word", 400, "id must be a whole number"),
+        ("unknown id", 404, "no item with id 424242"),
+        ("unknown collection", 404, "nowhere"),
+        ("bad collection name", 400, "is not a collection name"),
+    ],
+)
+def test_bad_requests_are_refused_with_the_status_and_a_reason(
+    http, request_kind: str, status: int, says: str
+) -> None:
+    photo = _photo("forest-01.jpg")
+    big = images.encode(images.textured_photo(1, (1400, 1000)), "PNG")
+    assert len(big) > MAX_UPLOAD
+    send = {
+        "text file": lambda: http.post(
+            "/api/search", content=b"hello", headers={"Content-Type": "text/plain"}
+        ),
+        "no content type": lambda: http.post("/api/search", content=photo, headers={}),
+        "not an image": lambda: _search(http, b"\xff\xd8 not really a jpeg"),
+        "too large": lambda: _search(http, big),
+        "empty": lambda: _search(http, b""),
+        "form without image field": lambda: http.post(
+            "/api/search", files={"picture": ("q.jpg", photo, "image/jpeg")}
+        ),
+        "top_k zero": lambda: _search(http, photo, top_k=0),
+        "top_k word": lambda: _search(http, photo, top_k="ten"),
+        "no id": lambda: http.get("/api/search"),
+        "id word": lambda: http.get("/api/search", params={"id": "4x"}),
+        "unknown id": lambda: http.get("/api/search", params={"id": 424242}),
+        "unknown collection": lambda: _search(http, photo, collection="nowhere"),
+        "bad collection name": lambda: _search(http, photo, collection="../etc"),
+    }[request_kind]
+    response = send()
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+
+
+def test_thumbnails_are_served_by_item_id_never_by_path(http, page: str, stored) -> None:
+    photo_id = stored["forest-01.jpg"]
+    assert http.get(f"/thumbnails/{COLLECTION}/{photo_id}").status_code == 200
+    # Only items of the collection named.
+    missing = http.get(f"/thumbnails/{COLLECTION}/424242")
+    assert missing.status_code == 404 and "no item 424242" in missing.json()["error"]
+    assert http.get(f"/thumbnails/web_empty/{photo_id}").status_code == 404
+    # The item's own uri decides the file, and only pictures come back, re-encoded.
+    for name, says in (("text", "not a picture"), ("url", "no picture on this machine"),
+                       ("gone", "is gone")):  # fmt: skip
+        response = http.get(f"/thumbnails/{ODD}/{stored[name]}")
+        assert response.status_code == 404 and says in response.json()["error"], name
+        assert SECRET not in response.text
+    # A path in the URL is never a file to read.
+    host, port = page.removeprefix("http://").rstrip("/").split(":")
+    for target in (
+        "/thumbnails/../../etc/passwd",
+        "/thumbnails/web/..%2F..%2F..%2Fetc%2Fpasswd",
+        f"/thumbnails/web/{photo_id}/../../../etc/passwd",
+        "/thumbnails/%2Fetc%2Fpasswd/1",
+        "/thumbnails?path=/etc/passwd",
+        "/static/../../etc/passwd",
+    ):
+        connection = HTTPConnection(host, int(port), timeout=30)
+        connection.request("GET", target)  # sent as written, no normalising
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert response.status in (400, 404), target
+        assert b"root:" not in body and SECRET.encode() not in body, target
+
+
+def test_an_unreachable_service_is_named_on_the_page(tmp_path) -> None:
+    client = ImageSearchClient("127.0.0.1:9", "127.0.0.1:7", timeout_s=5)
+    with WebServer(create_app(client), "127.0.0.1:0") as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            info = http.get("/api/info")
+            assert info.status_code == 503
+            assert "cannot reach the embedder at 127.0.0.1:9" in info.json()["error"]
+            by_id = http.get("/api/search", params={"id": 1})
+            assert by_id.status_code == 503
+            assert "cannot reach the searcher at 127.0.0.1:7" in by_id.json()["error"]
+    client.close()
+
+
+# -- in a browser ------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Chromium is not installed here: apt-get install chromium chromium-driver "
+    "(.ci/run installs them)",
+)
+
+# Where the screenshots go: IMGSEARCH_SCREENSHOTS when set (to keep them), else the test's tmp.
+SCREENSHOTS_ENV = "IMGSEARCH_SCREENSHOTS"
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1400,1000"):  # fmt: skip
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.mark.slow
+@NEEDS_CHROMIUM
+def test_in_a_browser_upload_a_picture_see_the_grid_and_click_a_hit(
+    browser, page: str, stored: dict[str, int], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(page + f"?collection={COLLECTION}")
+    wait.until(lambda driver: driver.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    assert "RANDOM weights" in browser.find_element(By.ID, "weights").text
+
+    top_k = browser.find_element(By.ID, "top-k")
+    top_k.clear()
+    top_k.send_keys("12")
+    query = tmp_path / "forest-05.jpg"
+    query.write_bytes(images.encode(images.textured_photo(5, (480, 360)), "JPEG", quality=90))
+    upload = browser.find_element(By.ID, "file")
+    browser.execute_script("arguments[0].hidden = false", upload)  # as if picked in the dialog
+    upload.send_keys(str(query))
+
+    wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#hits .hit")) == 12)
+    tiles = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
+    assert tiles[0].get_attribute("data-id") == str(stored["forest-05.jpg"])
+    assert "1. forest" in tiles[0].text and "forest-05.jpg" in tiles[0].text
+    assert "distance" in tiles[0].text
+    wait.until(  # every thumbnail has loaded
+        lambda driver: driver.execute_script(
+            "return [...document.querySelectorAll('#hits .hit img')]"
+            ".every(img => img.complete && img.naturalWidth > 0)"
+        )
+    )
+    assert browser.find_element(By.ID, "query-image").get_attribute("src").startswith("blob:")
+    assert browser.save_screenshot(str(_shots(tmp_path) / "search-page-results.png"))
+
+    # Clicking a hit searches by that stored item.
+    second = tiles[1]
+    second_id = second.get_attribute("data-id")
+    second.click()
+    wait.until(
+        lambda driver: (
+            driver.find_element(By.ID, "query-caption").text == f"stored item {second_id}"
+        )
+    )
+    wait.until(ready.text_to_be_present_in_element((By.ID, "status"), "12 hits"))
+    first = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")[0]
+    assert first.get_attribute("data-id") == second_id
+
+    # A file that is not a picture gets a message on the page, and the grid stays.
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    upload.send_keys(str(text))
+    wait.until(ready.visibility_of_element_located((By.ID, "error")))
+    assert "is not a picture the page takes" in browser.find_element(By.ID, "error").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#hits .hit")) == 12
+    assert browser.save_screenshot(str(_shots(tmp_path) / "search-page-error.png"))
