@@ -304,9 +304,16 @@ def test_up_serves_the_gem_head_and_a_logits_collection_refuses_it(
     from imgsearch.client import ImageSearchClient
     from imgsearch.v1 import embedder_pb2
 
-    with imgsearch_up(tmp_path / "gem", "--head", "gem", "--runtime", "torch") as (embedder, own):
+    said: list[str] = []
+    with imgsearch_up(
+        tmp_path / "gem", "--head", "gem", "--runtime", "torch", "--web", "127.0.0.1:0", said=said
+    ) as (embedder, own):
         with ImageSearchClient(embedder, own) as client:
             info = client.model_info()
+        # `up --web` serves the search page over this stack.
+        (page,) = [line.split()[1] for line in said if line.startswith("web ")]
+        with urllib.request.urlopen(page + "api/info", timeout=30) as response:
+            assert json.loads(response.read())["head"] == "gem"
         assert (info.model, info.head, info.runtime) == (
             "squeezenet1_1",
             embedder_pb2.HEAD_GEM,
@@ -386,8 +393,36 @@ def test_up_serves_tls_tokens_and_metrics_as_the_servers_do(photos: Path, tmp_pa
     assert any(line.startswith("auth ") for line in said)
 
 
+def test_web_serves_the_page_over_running_services_until_ctrl_c(ingested, photos: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgsearch.cli", "web", "--address", "127.0.0.1:0", *ingested],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        said = []
+        for line in process.stdout:
+            said.append(line)
+            if line.startswith("ready"):
+                break
+        (page,) = [line.split()[1] for line in said if line.startswith("web ")]
+        photo = (photos / "label06" / "02.jpg").read_bytes()
+        request = urllib.request.Request(
+            page + "api/search?top_k=3", data=photo, headers={"Content-Type": "image/jpeg"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            hits = json.loads(response.read())["hits"]
+        assert hits[0]["name"] == "02.jpg" and hits[0]["label"] == "label06"
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=60)[0]
+    assert process.returncode == 0 and "stopped" in rest, rest
+
+
 def test_every_command_documents_its_options(tmp_path) -> None:
-    for command in ("up", "ingest", "search", "duplicates", "collections", "stats", "demo"):
+    for command in (
+        "up", "ingest", "search", "duplicates", "collections", "stats", "web", "demo"
+    ):  # fmt: skip
         result = imgsearch(command, "--help")
         assert result.returncode == 0
         assert "default" in result.stdout, command
@@ -402,6 +437,11 @@ def test_the_demo_runs_offline_with_random_weights_and_says_so(tmp_path) -> None
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "ingested 60 (60 new" in result.stdout
+    demo_dir = tmp_path / "demo"
+    assert (
+        f"search page: run `imgsearch up --data-dir {demo_dir} --web --weights random`, then open "
+        "http://127.0.0.1:8080/?collection=demo"
+    ) in result.stdout
     assert result.stdout.count("RANDOM weights") >= 2  # before the results and after them
     assert "rank" in result.stdout and grid.exists()
 
