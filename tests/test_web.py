@@ -364,3 +364,20 @@ def test_in_a_browser_upload_a_picture_see_the_grid_and_click_a_hit(
     assert "is not a picture the page takes" in browser.find_element(By.ID, "error").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#hits .hit")) == 12
     assert browser.save_screenshot(str(_shots(tmp_path) / "search-page-error.png"))
+
+
+@pytest.mark.slow
+@NEEDS_CHROMIUM
+def test_in_a_browser_an_unreachable_service_is_named_on_the_page(browser, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    client = ImageSearchClient("127.0.0.1:9", "127.0.0.1:7", timeout_s=5)
+    with WebServer(create_app(client), "127.0.0.1:0") as server:
+        browser.get(server.url)
+        WebDriverWait(browser, 60).until(ready.visibility_of_element_located((By.ID, "error")))
+        message = browser.find_element(By.ID, "error").text
+        assert "cannot reach the embedder at 127.0.0.1:9" in message and "imgsearch up" in message
+        assert browser.save_screenshot(str(_shots(tmp_path) / "search-page-unreachable.png"))
+    client.close()
