@@ -146,27 +146,28 @@ class _Page:
 def _start_page(
     address: str, client: ImageSearchClient, *, collection: str, max_upload_mb: float
 ) -> _Page:
-    """The search page on `address`, searching through `client` (closed with it)."""
+    """The search page on `address`, searching through `client` (closed with it, or at once
+    when the page cannot start)."""
     try:
-        from webui.app import WebConfig, create_app
-        from webui.server import WebServer, is_loopback, split_address
-    except ImportError as exc:
+        try:
+            from webui.app import WebConfig, create_app
+            from webui.server import WebServer, is_loopback, split_address
+        except ImportError as exc:
+            raise ImageSearchError(f"the search page needs its extra ({exc})") from None
+        try:
+            host, _ = split_address(address)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if max_upload_mb <= 0:
+            raise InvalidArgument("--max-upload-mb must be above 0")
+        config = WebConfig(collection=collection, max_upload_bytes=int(max_upload_mb * 1e6))
+        try:
+            server = WebServer(create_app(client, config), address).start()
+        except OSError as exc:
+            raise ImageSearchError(f"the search page cannot listen on {address}: {exc}") from None
+    except BaseException:
         client.close()
-        raise ImageSearchError(f"the search page needs its extra ({exc})") from None
-    try:
-        host, _ = split_address(address)
-    except ValueError as exc:
-        client.close()
-        raise InvalidArgument(str(exc)) from None
-    if max_upload_mb <= 0:
-        client.close()
-        raise InvalidArgument("--max-upload-mb must be above 0")
-    config = WebConfig(collection=collection, max_upload_bytes=int(max_upload_mb * 1e6))
-    try:
-        server = WebServer(create_app(client, config), address).start()
-    except OSError as exc:
-        client.close()
-        raise ImageSearchError(f"the search page cannot listen on {address}: {exc}") from None
+        raise
     if not is_loopback(host):
         print(
             f"WARNING: the search page listens on {host}, beyond this machine, and asks no "

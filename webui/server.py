@@ -50,7 +50,7 @@ class WebServer:
         deadline = time.monotonic() + timeout_s
         while not self._server.started:  # uvicorn offers no event to wait on
             if not self._thread.is_alive():
-                raise OSError(f"the search page could not listen on {self.host} (see the log)")
+                raise OSError("uvicorn stopped before listening; its log line above says why")
             if time.monotonic() > deadline:
                 raise TimeoutError("the search page did not start")
             time.sleep(0.05)
