@@ -384,6 +384,10 @@ def test_up_serves_tls_tokens_and_metrics_as_the_servers_do(photos: Path, tmp_pa
         assert no_token.returncode == 2 and "bearer token" in no_token.stderr
         plaintext = imgsearch("stats", "--searcher", searcher, "--timeout", "5")
         assert plaintext.returncode == 2 and f"the searcher at {searcher}" in plaintext.stderr
+        # The search page forwards the CA and the token to the services.
+        with imgsearch_web(*tls, "--token-file", str(tmp_path / "write-token")) as page:
+            with urllib.request.urlopen(page + "api/info", timeout=30) as response:
+                assert json.loads(response.read())["collections"] == ["images"]
         metrics = {line.split()[1]: line.split()[2] for line in said if line.startswith("metrics")}
         assert set(metrics) == {"embedder", "searcher"}
         for url in metrics.values():
@@ -393,9 +397,12 @@ def test_up_serves_tls_tokens_and_metrics_as_the_servers_do(photos: Path, tmp_pa
     assert any(line.startswith("auth ") for line in said)
 
 
-def test_web_serves_the_page_over_running_services_until_ctrl_c(ingested, photos: Path) -> None:
+@contextlib.contextmanager
+def imgsearch_web(*options: str) -> Iterator[str]:
+    """`imgsearch web` on a free port; yields the page's address, then stops it with Ctrl-C and
+    checks that it stopped cleanly."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "imgsearch.cli", "web", "--address", "127.0.0.1:0", *ingested],
+        [sys.executable, "-m", "imgsearch.cli", "web", "--address", "127.0.0.1:0", *options],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -405,7 +412,17 @@ def test_web_serves_the_page_over_running_services_until_ctrl_c(ingested, photos
             said.append(line)
             if line.startswith("ready"):
                 break
-        (page,) = [line.split()[1] for line in said if line.startswith("web ")]
+        pages = [line.split()[1] for line in said if line.startswith("web ")]
+        assert len(pages) == 1, "".join(said)
+        yield pages[0]
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=60)[0]
+    assert process.returncode == 0 and "stopped" in rest, rest
+
+
+def test_web_serves_the_page_over_running_services_until_ctrl_c(ingested, photos: Path) -> None:
+    with imgsearch_web(*ingested) as page:
         photo = (photos / "label06" / "02.jpg").read_bytes()
         request = urllib.request.Request(
             page + "api/search?top_k=3", data=photo, headers={"Content-Type": "image/jpeg"}
@@ -413,10 +430,6 @@ def test_web_serves_the_page_over_running_services_until_ctrl_c(ingested, photos
         with urllib.request.urlopen(request, timeout=60) as response:
             hits = json.loads(response.read())["hits"]
         assert hits[0]["name"] == "02.jpg" and hits[0]["label"] == "label06"
-    finally:
-        process.send_signal(signal.SIGINT)
-        rest = process.communicate(timeout=60)[0]
-    assert process.returncode == 0 and "stopped" in rest, rest
 
 
 def test_every_command_documents_its_options(tmp_path) -> None:
