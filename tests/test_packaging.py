@@ -130,6 +130,11 @@ def test_the_client_alone_imports_every_client_module_and_nothing_heavy(environm
     assert set(report["refused"]) == {"serving", "embedder", "searcher", "webui"}
     assert "imgsearch[server]" in report["refused"]["serving"]
     _answers_help(venv, "imgsearch")
+    for script, extra in (("imgsearch-searcher", "searcher"), ("imgsearch-embedder", "embedder"),
+                          ("imgsearch-health", "server")):  # fmt: skip
+        refused = _run(venv / "bin" / script, "--help", cwd=venv.parent)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"pip install 'imgsearch[{extra}]'" in refused.stderr
     up = _run(venv / "bin" / "imgsearch", "up", "--data-dir", venv / "data", cwd=venv.parent)
     assert up.returncode == 2 and "pip install 'imgsearch[all]'" in up.stderr, up.stderr
     assert "Traceback" not in up.stderr
