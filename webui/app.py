@@ -209,7 +209,7 @@ class SearchPage:
             if not found:
                 raise NotFound(f"no item {item_id} in collection {collection!r}")
             what = f"item {item_id} of {collection!r}"
-            return self.thumbnails.thumbnail(found[0].uri, what).jpeg
+            return self.thumbnails.thumbnail(found[0].uri, what)
 
         jpeg = await run_in_threadpool(make)
         headers = {**SECURITY_HEADERS, "Cache-Control": "private, max-age=300"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -20,13 +19,6 @@ from imgsearch.errors import NotFound
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_PIXELS = 100_000_000  # the embedder's own limit on decoded pictures
-
-
-@dataclass(frozen=True)
-class Thumbnail:
-    jpeg: bytes
-    width: int
-    height: int
 
 
 def local_path(uri: str) -> Path | None:
@@ -42,11 +34,11 @@ class ThumbnailCache:
     def __init__(self, *, size_px: int = 256, capacity: int = 2048) -> None:
         self.size_px = size_px
         self.capacity = capacity
-        self._cache: OrderedDict[tuple[str, int, int], Thumbnail] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def thumbnail(self, uri: str, what: str) -> Thumbnail:
-        """The thumbnail of the picture at `uri`; `what` names the item in errors. Cached by
+    def thumbnail(self, uri: str, what: str) -> bytes:
+        """The JPEG thumbnail of the picture at `uri`; `what` names the item in errors. Cached by
         file, size and modification time, so an edited file is read again."""
         path = local_path(uri)
         if path is None:
@@ -67,7 +59,7 @@ class ThumbnailCache:
                 self._cache.popitem(last=False)
         return made
 
-    def _make(self, path: Path, size: int, what: str) -> Thumbnail:
+    def _make(self, path: Path, size: int, what: str) -> bytes:
         if size > MAX_FILE_BYTES:
             raise NotFound(f"{what}: its picture {path.name} is too large to show ({size} bytes)")
         try:
@@ -81,4 +73,4 @@ class ThumbnailCache:
         picture.thumbnail((self.size_px, self.size_px))
         out = io.BytesIO()
         picture.save(out, "JPEG", quality=85)
-        return Thumbnail(out.getvalue(), picture.width, picture.height)
+        return out.getvalue()
