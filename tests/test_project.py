@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tests.command_help import COMMANDS, GOLDEN, help_text, options
 from tests.conftest import ROOT
 
 
@@ -75,3 +76,10 @@ def test_the_leak_check_finds_a_daemonised_server_and_a_child_left_running(tmp_p
         end_processes(processes_left_behind(tmp_path, started))
         child.wait(timeout=10)
     assert processes_left_behind(tmp_path, started) == []
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_keeps_its_options_defaults_and_variables(command: str) -> None:
+    """Recorded by `python -m tests.command_help --write`; a difference is a change users see."""
+    recorded = options((GOLDEN / f"{command}.txt").read_text())
+    assert options(help_text(command)) == recorded
