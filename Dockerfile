@@ -21,6 +21,7 @@ COPY serving ./serving
 COPY webui ./webui
 COPY embedder ./embedder
 COPY searcher ./searcher
+COPY stack ./stack
 
 FROM base AS searcher
 RUN pip install ".[searcher]"

@@ -39,6 +39,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._processes import write_results  # noqa: E402
 from embedder.batcher import BatcherConfig  # noqa: E402
 from embedder.decode import decode_image  # noqa: E402
 from embedder.model import EmbeddingModel, ModelSpec, preprocess, reference_transform  # noqa: E402
@@ -239,9 +240,7 @@ def main() -> int:
         "b16_over_c": b16 / results["c_ceiling"]["ceiling_images_per_s"],
     }
     print(json.dumps(results["ratios"], indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
     return 0
 
 

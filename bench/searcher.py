@@ -31,8 +31,6 @@ import argparse
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
+from bench._processes import PostgresMemory, SearcherProcess, write_results  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from searcher.catalogue import quantizer_prefix  # noqa: E402
 from searcher.embedded import EmbeddedPostgres  # noqa: E402
@@ -66,81 +65,6 @@ DEFAULT_KIND = "halfvec"
 FAISS_EF_SEARCHES = (16, 32, 64, 128, 256, 512)
 INSERT_ROWS = 2000
 OLD_DEFAULT_EF_SEARCH = 400
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class SearcherProcess:
-    """`imgsearch-searcher` on an embedded PostgreSQL in `data_dir`; its log goes to a file."""
-
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "searcher", "--address", f"127.0.0.1:{self.port}",
-             "--data-dir", str(data_dir)],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while "listening on port" not in log_path.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"searcher did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=120)
-        self._log.close()
-
-
-class PostgresMemory:
-    """Samples the summed proportional set size of the PostgreSQL processes of a data
-    directory; `peak()` since the last `reset()`."""
-
-    def __init__(self, data_dir: Path, interval_s: float = 0.5) -> None:
-        self.data_dir = str(data_dir)
-        self._peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            total = 0
-            postmaster = _postmaster(self.data_dir)
-            if postmaster is None:
-                continue
-            for process in [postmaster, *postmaster.children(recursive=True)]:
-                try:
-                    total += process.memory_full_info().pss
-                except psutil.Error:
-                    pass
-            self._peak = max(self._peak, total)
-
-    def reset(self) -> None:
-        self._peak = 0
-
-    def peak_mb(self) -> float:
-        return self._peak / 1e6
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _postmaster(data_dir: str) -> psutil.Process | None:
-    pid_file = Path(data_dir) / "postmaster.pid"
-    try:
-        return psutil.Process(int(pid_file.read_text().split()[0]))
-    except (OSError, ValueError, psutil.Error):
-        return None
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -500,9 +424,7 @@ def main() -> int:
             result["goals"] = goals(result, DEFAULT_KIND)
             print(f"  goals: {json.dumps(result['goals'])}", flush=True)
         results[dataset] = result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
     return 0
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from embedder.batcher import BatcherConfig
 from embedder.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DecodeLimits
-from embedder.model import DEFAULT_MODEL, ModelSpec
+from embedder.model import ModelSpec
+from imgsearch import defaults
 from serving import config as serving_config
 from serving.config import SERVING_HELP, ServingConfig, parse_dataclass_config
 
@@ -20,14 +21,17 @@ DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
 
 @dataclass(frozen=True)
 class EmbedderConfig(ServingConfig):
-    address: str = "[::]:50051"
-    model: str = DEFAULT_MODEL
-    weights: str = "imagenet"
-    head: str = "logits"
+    """Every setting of the embedder; `--help` lists each with its variable and default."""
+
+    address: str = defaults.EMBEDDER_BIND
+    max_concurrent_rpcs: int = 256
+    model: str = defaults.MODEL
+    weights: str = defaults.WEIGHTS
+    head: str = defaults.HEAD
     seed: int = 0
     device: str = "auto"
     threads: int = 0
-    runtime: str = "auto"
+    runtime: str = defaults.RUNTIME
     max_batch_size: int = 0
     max_delay_ms: float = 5.0
     max_queue_images: int = 512
@@ -35,9 +39,6 @@ class EmbedderConfig(ServingConfig):
     max_images_per_request: int = 256
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_concurrent_rpcs: int = 256
-    grace_s: float = 10.0
     duplicate_probes: int = 16
 
     def model_spec(self) -> ModelSpec:
@@ -66,7 +67,6 @@ class EmbedderConfig(ServingConfig):
 
 
 HELP = {
-    "address": "host:port to serve on",
     "model": "torchvision model name (squeezenet1_1, resnet50, ...)",
     "weights": "imagenet (torchvision's, from the TORCH_HOME cache), a state_dict file path, "
     "or random (tests and benchmarks only: results are meaningless)",
@@ -85,9 +85,6 @@ HELP = {
     "max_images_per_request": "most images in one request message",
     "max_image_bytes": "largest encoded image",
     "max_image_pixels": "most pixels (width × height) in one image",
-    "max_message_bytes": "largest gRPC message accepted",
-    "max_concurrent_rpcs": "RPCs served at once; more get RESOURCE_EXHAUSTED",
-    "grace_s": "seconds in-flight RPCs get to finish on shutdown",
     "duplicate_probes": "generated probe photos (each with 8 edits) the duplicate distance is "
     "measured on at start-up; 0 skips it (GetModelInfo then suggests none)",
     **SERVING_HELP,

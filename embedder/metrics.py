@@ -22,6 +22,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class BatcherCollector(Collector):
+    """The batcher's counters as Prometheus metric families, read at scrape time."""
+
     def __init__(self, batcher: Batcher) -> None:
         self.batcher = batcher
 
@@ -52,26 +54,34 @@ class BatcherCollector(Collector):
         yield CounterMetricFamily(
             "imgsearch_embedder_images", "images embedded (rate: images/s)", value=stats.images
         )
-        stage = CounterMetricFamily(
-            "imgsearch_embedder_stage_seconds",
-            "time spent per stage, summed over images (forward: over batches)",
-            labels=["stage"],
+        by_label = (
+            (
+                "imgsearch_embedder_stage_seconds",
+                "time spent per stage, summed over images (forward: over batches)",
+                "stage",
+                {
+                    "decode": stats.decode_seconds,
+                    "preprocess": stats.preprocess_seconds,
+                    "forward": stats.forward_seconds,
+                },
+            ),
+            (
+                "imgsearch_embedder_images_not_embedded",
+                "images refused or dropped, by reason",
+                "reason",
+                {
+                    "overload": stats.rejected_overload,
+                    "cancelled": stats.dropped_cancelled,
+                    "deadline": stats.dropped_expired,
+                    **dict(stats.errors),
+                },
+            ),
         )
-        stage.add_metric(["decode"], stats.decode_seconds)
-        stage.add_metric(["preprocess"], stats.preprocess_seconds)
-        stage.add_metric(["forward"], stats.forward_seconds)
-        yield stage
-        refused = CounterMetricFamily(
-            "imgsearch_embedder_images_not_embedded",
-            "images refused or dropped, by reason",
-            labels=["reason"],
-        )
-        refused.add_metric(["overload"], stats.rejected_overload)
-        refused.add_metric(["cancelled"], stats.dropped_cancelled)
-        refused.add_metric(["deadline"], stats.dropped_expired)
-        for error, n in dict(stats.errors).items():
-            refused.add_metric([error], n)
-        yield refused
+        for name, text, label, values in by_label:
+            family = CounterMetricFamily(name, text, labels=[label])
+            for value_label, value in values.items():
+                family.add_metric([value_label], value)
+            yield family
 
 
 def embedder_metrics(batcher: Batcher) -> RpcMetrics:

@@ -26,10 +26,11 @@ from torch import nn
 from torchvision import transforms
 
 from embedder.borders import trim_uniform_borders
+from imgsearch import defaults
+from imgsearch.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "squeezenet1_1"
 HEADS = ("logits", "gem")
 RUNTIMES = ("auto", "torch", "onnx")
 # A runtime other than eager torch must reproduce torch's vectors this closely on a probe batch
@@ -43,10 +44,6 @@ PREPROCESSING = (
     f"RGB; Resize({RESIZE}, bilinear, antialias); CenterCrop({CROP}); ToTensor; "
     f"Normalize(mean={list(IMAGENET_MEAN)}, std={list(IMAGENET_STD)})"
 )
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be served as configured; the message says what to do."""
 
 
 def reference_transform() -> transforms.Compose:
@@ -63,15 +60,17 @@ def reference_transform() -> transforms.Compose:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str = DEFAULT_MODEL
+    """Which model to serve, with which weights and head, where and how."""
+
+    name: str = defaults.MODEL
     # "imagenet", "random", or a path to a saved state_dict.
-    weights: str = "imagenet"
-    head: str = "logits"
+    weights: str = defaults.WEIGHTS
+    head: str = defaults.HEAD
     seed: int = 0  # for weights="random" only
     device: str = "auto"  # auto | cpu | cuda[:N]
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     # auto: ONNX Runtime on CPU when installed (the fastest that keeps the vectors), else torch.
-    runtime: str = "auto"
+    runtime: str = defaults.RUNTIME
 
 
 @dataclass(frozen=True)
@@ -294,7 +293,7 @@ def imagenet_weights_file(name: str) -> tuple[Any, Path]:
     except (ValueError, KeyError):
         raise ModelLoadError(
             f"unknown model {name!r}; use a torchvision classification model name such as "
-            f"{DEFAULT_MODEL} or resnet50"
+            f"{defaults.MODEL} or resnet50"
         ) from None
     filename = os.path.basename(urlparse(weights.url).path)
     return weights, Path(torch.hub.get_dir()) / "checkpoints" / filename

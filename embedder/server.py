@@ -13,24 +13,26 @@ import threading
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from embedder.batcher import Batcher
 from embedder.calibration import DuplicateDistances, calibrate
 from embedder.config import EmbedderConfig
 from embedder.metrics import embedder_metrics
-from embedder.model import EmbeddingModel
+from embedder.model import EmbeddingModel, ModelInfo
 from embedder.service import SERVICE_NAME, EmbedderServicer
 from imgsearch.v1 import embedder_pb2_grpc
-from serving.guard import RpcGuard, message_size_options
 from serving.metrics import MetricsEndpoint, RpcMetrics
-from serving.security import Tokens, server_credentials
+from serving.server import add_maintenance_and_bind, server_settings
 
 logger = logging.getLogger(__name__)
 
 
 class Embedder:
+    """The embedder with one lifecycle: start() loads and warms the model and serves; stop()
+    drains and releases everything. Used by the console script, the local stack, the tests and
+    the benchmarks alike."""
+
     def __init__(self, config: EmbedderConfig, model: EmbeddingModel | None = None) -> None:
         self.config = config
         self.model = model
@@ -44,6 +46,12 @@ class Embedder:
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_port = 0
         self.duplicates: DuplicateDistances | None = None
+
+    @property
+    def model_info(self) -> ModelInfo:
+        if self.model is None:
+            raise RuntimeError("the embedder is not started")
+        return self.model.info
 
     def start(self) -> Embedder:
         """Load and warm the model, then serve; health is SERVING once this returns."""
@@ -66,7 +74,11 @@ class Embedder:
             target=self._loop.run_forever, name="embedder-loop", daemon=True
         )
         self._thread.start()
-        self._call(self._start())
+        try:
+            self._call(self._start())
+        except BaseException:
+            self.stop(grace_s=0)  # e.g. a TLS file that cannot be read: release what started
+            raise
         logger.info("embedder serving on port %d", self.port)
         return self
 
@@ -78,16 +90,8 @@ class Embedder:
         if config.metrics_address:
             self._metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_address)
             self.metrics_port = self._metrics_endpoint.port
-        guard = RpcGuard(
-            max_concurrent_rpcs=config.max_concurrent_rpcs,
-            max_message_bytes=config.max_message_bytes,
-            tokens=Tokens.load(config.tokens_file),
-            metrics=self.metrics,
-        )
-        server = grpc.aio.server(
-            interceptors=[guard.aio_interceptor()],
-            options=message_size_options(config.max_message_bytes),
-        )
+        guard, options = server_settings(config, metrics=self.metrics)
+        server = grpc.aio.server(interceptors=[guard.aio_interceptor()], options=options)
         servicer = EmbedderServicer(
             self.batcher,
             self.model.info,
@@ -97,17 +101,7 @@ class Embedder:
         )
         embedder_pb2_grpc.add_EmbedderServiceServicer_to_server(servicer, server)
         self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-        if credentials is None:
-            self.port = server.add_insecure_port(config.address)
-        else:
-            self.port = server.add_secure_port(config.address, credentials)
-        if self.port == 0:
-            raise RuntimeError(f"could not bind {config.address}")
+        self.port = add_maintenance_and_bind(server, config, SERVICE_NAME, self._health)
         await server.start()
         self._server = server
         for service in ("", SERVICE_NAME):

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 
-
-class MissingExtra(ImportError):
-    pass
+from imgsearch.errors import MissingExtra
 
 
 def require_extra(extra: str, *modules: str) -> None:
+    """Raise MissingExtra naming `extra` unless every one of `modules` can be imported."""
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingExtra(

@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from imgsearch._extras import MissingExtra
+from imgsearch.errors import MissingExtra
 
 
 def _run(script: str, module: str) -> Callable[[], int]:

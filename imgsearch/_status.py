@@ -37,19 +37,10 @@ def status_code_of(exc: errors.ImageSearchError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-class DetailedError(errors.ImageSearchError):
-    """Wraps an error with a protobuf message to attach as a rich-status detail."""
-
-    def __init__(self, error: errors.ImageSearchError, detail: Message) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.detail = detail
-
-
 def abort_status(exc: BaseException) -> grpc.Status:
     """The status that `exc` maps to; unexpected errors become INTERNAL (and are logged)."""
     detail: Message | None = None
-    if isinstance(exc, DetailedError):
+    if isinstance(exc, errors.DetailedError):
         detail, exc = exc.detail, exc.error
     if isinstance(exc, errors.ImageSearchError):
         status = status_pb2.Status(code=status_code_of(exc).value[0], message=str(exc))

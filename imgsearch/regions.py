@@ -21,6 +21,8 @@ _UNREADABLE = (OSError, ValueError, Image.DecompressionBombWarning, Image.Decomp
 
 @dataclass(frozen=True)
 class Box:
+    """A region of a picture in pixels: its top-left corner (x, y), width and height."""
+
     x: int
     y: int
     width: int

@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
-from searcher.config import parse_config
-from searcher.embedded import EmbeddedDatabaseError, upgrade_data_dir
+from searcher.config import SearcherConfig, parse_config
+from searcher.embedded import upgrade_data_dir
 from searcher.server import Searcher
-from serving.lifecycle import configure_logging, stop_on_signals
+from serving.main import run_service
 
 UPGRADE_FLAG = "--upgrade-data-dir"
 
@@ -22,23 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     upgrade = UPGRADE_FLAG in args
     if upgrade:
         args.remove(UPGRADE_FLAG)
-    config = parse_config(args)
-    configure_logging(config.log_format)
-    stop = stop_on_signals()
-    try:
+
+    def start(config: SearcherConfig) -> Searcher:
         if upgrade:
             upgrade_data_dir(config.resolved_data_dir())
-        searcher = Searcher(config).start()
-    except EmbeddedDatabaseError as exc:
-        print(f"imgsearch-searcher: {exc}", file=sys.stderr)
-        return 2
-    print(f"imgsearch-searcher listening on port {searcher.port}", flush=True)
-    try:
-        stop.wait()
-        logging.getLogger(__name__).info("shutting down (grace %.0f s)", config.grace_s)
-    finally:
-        searcher.stop()
-    return 0
+        return Searcher(config).start()
+
+    return run_service("imgsearch-searcher", lambda: parse_config(args), start)
 
 
 if __name__ == "__main__":

@@ -6,27 +6,26 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from psycopg2 import errors as pg_errors
 from psycopg2 import sql
 
-from imgsearch.errors import AlreadyExists, InvalidArgument, NotFound
+from imgsearch import defaults
+from imgsearch.errors import AlreadyExists, NotFound
+from imgsearch.names import check_collection_name
 from searcher.pool import ConnectionPool
 from searcher.schema import CATALOG_SCHEMA, DATA_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_COLLECTION = "images"
+# The default collection is made on first use with the default model's vectors (SqueezeNet 1.1).
 DEFAULT_DIM = 1000
-COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-MAX_DIM = 16000  # pgvector's limit for a stored vector
 
 
 class Metric(enum.Enum):
@@ -47,6 +46,8 @@ class IndexKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Collection:
+    """A collection as the catalogue records it."""
+
     name: str
     dim: int
     metric: Metric
@@ -72,6 +73,11 @@ class Collection:
     recall_sample: int = 0
     recall_measured_at: datetime | None = None
     index_note: str = ""
+
+    @property
+    def half_precision_index(self) -> bool:
+        """Whether the index holds half-precision copies (values beyond ±65504 cannot fit)."""
+        return self.kind is IndexKind.HALFVEC
 
     @property
     def table(self) -> sql.Identifier:
@@ -100,14 +106,6 @@ def quantizer_prefix(name: str) -> str:
 
 def _name_hash(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()[:20]
-
-
-def validate_collection_name(name: str) -> None:
-    if not COLLECTION_NAME.match(name):
-        raise InvalidArgument(
-            f"invalid collection name {name[:80]!r}: use 1-63 lower case letters, digits and "
-            "underscores, starting with a letter"
-        )
 
 
 _COLUMNS = (
@@ -174,7 +172,39 @@ class Catalogue:
         self._cache: dict[str, tuple[float, Collection, bool]] = {}
         self._lock = threading.Lock()
 
-    def insert(self, cur: Any, collection: Collection) -> datetime:
+    def create(self, cur: Any, collection: Collection, *, distributed: bool) -> Collection:
+        """Record a new collection and create its table, inside the caller's transaction; the
+        collection as recorded. `distributed`: a Citus cluster, sharded by id."""
+        created = replace(collection, created_at=self._insert(cur, collection))
+        table = created.table
+        cur.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id bigint PRIMARY KEY, label text NOT NULL DEFAULT '', "
+                "uri text NOT NULL DEFAULT '', attributes jsonb NOT NULL DEFAULT '{{}}', "
+                "embedding vector({}) NOT NULL)"
+            ).format(table, sql.Literal(created.dim))
+        )
+        # Keep 4 KB vectors inline instead of in TOAST: exact scans 4-5x faster, and the
+        # planner can build the HNSW index in parallel.
+        cur.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(table)
+        )
+        cur.execute(sql.SQL("CREATE INDEX ON {} (label)").format(table))
+        cur.execute(
+            sql.SQL("CREATE INDEX ON {} USING gin (attributes jsonb_path_ops)").format(table)
+        )
+        if distributed:
+            # Shards by id across the workers; each shard gets its own HNSW index, and Citus
+            # runs a k-NN query on every shard and merges the results.
+            cur.execute("SELECT create_distributed_table(%s, 'id')", (created.qualified_table,))
+        return created
+
+    def drop(self, cur: Any, name: str) -> None:
+        """Remove a collection's row and its table inside the caller's transaction."""
+        self._delete(cur, name)
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DATA_SCHEMA, name)))
+
+    def _insert(self, cur: Any, collection: Collection) -> datetime:
         """Add a collection's row inside the caller's transaction; returns its created_at."""
         try:
             cur.execute(
@@ -199,8 +229,8 @@ class Catalogue:
 
     def get(self, name: str, *, fresh: bool = False) -> tuple[Collection, bool]:
         """The collection and whether its index exists; "images" is made on first use."""
-        name = name or DEFAULT_COLLECTION
-        validate_collection_name(name)
+        name = name or defaults.COLLECTION
+        check_collection_name(name)
         with self._lock:
             cached = self._cache.get(name)
         if cached is not None and not fresh and time.monotonic() - cached[0] < self.CACHE_SECONDS:
@@ -216,7 +246,7 @@ class Catalogue:
                 )
                 has_index: bool = cur.fetchone()[0]
         if row is None:
-            if name != DEFAULT_COLLECTION:
+            if name != defaults.COLLECTION:
                 raise NotFound(f"collection {name!r} does not exist")
             try:
                 collection = self._create_default()
@@ -231,8 +261,7 @@ class Catalogue:
             cur.execute(f"{_SELECT} ORDER BY name")
             return [_from_row(row) for row in cur.fetchall()]
 
-    def delete(self, cur: Any, name: str) -> None:
-        """Remove a collection's row inside the caller's transaction."""
+    def _delete(self, cur: Any, name: str) -> None:
         cur.execute(
             f"DELETE FROM {CATALOG_SCHEMA}.collections WHERE name = %s RETURNING name", (name,)
         )

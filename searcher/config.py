@@ -7,41 +7,70 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgsearch import defaults
+from imgsearch.errors import ConfigError
+from searcher.catalogue import IndexKind
+from searcher.settings import StoreSettings
+from searcher.validation import Limits
 from serving import config as serving_config
 from serving.config import SERVING_HELP, ServingConfig, parse_dataclass_config
+
+_STORE = StoreSettings()  # the defaults of the store's settings, offered below as flags
 
 
 @dataclass(frozen=True)
 class SearcherConfig(ServingConfig):
-    address: str = "[::]:50052"
+    """Every setting of the searcher; `--help` lists each with its variable and default."""
+
+    address: str = defaults.SEARCHER_BIND
     # Secret-bearing; read from flag or environment, never logged.
     dsn: str = ""
     data_dir: str = ""
     pool_size: int = 8
     statement_timeout_ms: int = 30_000
-    max_top_k: int = 1000
-    max_items_per_message: int = 1000
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_concurrent_rpcs: int = 64
-    default_index_kind: str = "halfvec"
-    default_ef_search: int = 400
-    exact_filter_rows: int = 20_000
-    maintenance_work_mem: str = ""
-    recall_floor: float = 0.95
-    recall_target: float = 0.99
-    recall_sample: int = 200
-    shadow_share: float = 0.01
-    shadow_budget: float = 0.05
-    grace_s: float = 10.0
+    max_top_k: int = _STORE.limits.max_top_k
+    max_items_per_message: int = _STORE.limits.max_items_per_message
+    default_index_kind: str = _STORE.default_kind.value
+    default_ef_search: int = _STORE.default_ef_search
+    exact_filter_rows: int = _STORE.exact_filter_rows
+    maintenance_work_mem: str = _STORE.maintenance_work_mem
+    recall_floor: float = _STORE.recall_floor
+    recall_target: float = _STORE.recall_target
+    recall_sample: int = _STORE.recall_sample
+    shadow_share: float = _STORE.shadow_share
+    shadow_budget: float = _STORE.shadow_budget
 
     def resolved_data_dir(self) -> Path:
-        from searcher.embedded import default_data_dir
+        """The embedded database's data directory (defaults.data_dir()/pgdata when unset)."""
+        return Path(self.data_dir) if self.data_dir else defaults.data_dir() / "pgdata"
 
-        return Path(self.data_dir) if self.data_dir else default_data_dir()
+    def store_settings(self) -> StoreSettings:
+        """The store's settings as configured; ConfigError for an unknown index kind."""
+        return StoreSettings(
+            limits=Limits(
+                max_top_k=self.max_top_k, max_items_per_message=self.max_items_per_message
+            ),
+            default_kind=index_kind(self.default_index_kind),
+            default_ef_search=self.default_ef_search,
+            exact_filter_rows=self.exact_filter_rows,
+            maintenance_work_mem=self.maintenance_work_mem,
+            recall_floor=self.recall_floor,
+            recall_target=self.recall_target,
+            recall_sample=self.recall_sample,
+            shadow_share=self.shadow_share,
+            shadow_budget=self.shadow_budget,
+        )
+
+
+def index_kind(text: str) -> IndexKind:
+    try:
+        return IndexKind(text.lower())
+    except ValueError:
+        choices = ", ".join(kind.value for kind in IndexKind)
+        raise ConfigError(f"unknown index kind {text!r}; use one of {choices}") from None
 
 
 HELP = {
-    "address": "host:port to serve on",
     "dsn": "PostgreSQL DSN (with pgvector); standard PG* variables also work; "
     "unset: an embedded PostgreSQL in --data-dir",
     "data_dir": "embedded PostgreSQL data directory (default: ~/.local/share/imgsearch/pgdata)",
@@ -49,8 +78,6 @@ HELP = {
     "statement_timeout_ms": "per-statement time limit in the database",
     "max_top_k": "largest top_k accepted",
     "max_items_per_message": "most items per Upsert message",
-    "max_message_bytes": "largest gRPC message accepted",
-    "max_concurrent_rpcs": "RPCs served at once; more get RESOURCE_EXHAUSTED",
     "default_index_kind": "index kind of new collections: vector, halfvec or binary",
     "default_ef_search": "HNSW ef_search of VECTOR and HALFVEC indexes when neither the request "
     "nor the collection's calibration gives one (BINARY walks as many as it re-ranks)",
@@ -65,7 +92,6 @@ HELP = {
     "shadow_share": "share of searches re-run exactly in the background to measure live recall "
     "(0 turns it off)",
     "shadow_budget": "most of one core's time those exact re-runs may take",
-    "grace_s": "seconds in-flight RPCs get to finish on shutdown",
     **SERVING_HELP,
 }
 

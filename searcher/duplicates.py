@@ -13,33 +13,22 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg2 import sql
 
 from imgsearch.errors import InvalidArgument
+from imgsearch.records import DuplicateGroup, DuplicateMember
 from searcher.catalogue import Collection
 from searcher.kinds import spec
 from searcher.pool import ConnectionPool
-from searcher.queries import MAX_EF_SEARCH, Effort, Filter, Queries
+from searcher.queries import Effort, Filter, Queries
+from searcher.validation import MAX_EF_SEARCH
 
 logger = logging.getLogger(__name__)
 
 OTHER = sql.SQL("a.embedding")  # the vector of the item whose neighbours are sought
-
-
-@dataclass(frozen=True)
-class Member:
-    id: int
-    label: str
-    uri: str
-    distance: float  # to the group's first member (the smallest id)
-
-
-@dataclass(frozen=True)
-class DuplicateGroup:
-    members: list[Member]
 
 
 @dataclass(frozen=True)
@@ -75,6 +64,22 @@ class Groups:
         for item in self._parent:
             members.setdefault(self._root(item), []).append(item)
         return [sorted(ids) for _, ids in sorted(members.items())]
+
+
+@dataclass
+class _Scan:
+    """One duplicate search: what it compares, how, and what it has found so far."""
+
+    collection: Collection
+    filter: Filter
+    max_distance: float
+    use_index: bool
+    candidates: int  # index candidates fetched per item
+    effort: Effort
+    total: int
+    scanned: int = 0
+    groups: Groups = field(default_factory=Groups)
+    saturated: list[int] = field(default_factory=list)
 
 
 class DuplicateFinder:
@@ -116,70 +121,82 @@ class DuplicateFinder:
                 f"({collection.metric.value}), got {max_distance}"
             )
         total = self._count(collection, filter)
-        use_index = (
-            has_index and not exact and (not filter or total > self.queries.exact_filter_rows)
+        scan = _Scan(
+            collection,
+            filter,
+            max_distance,
+            use_index=has_index
+            and not exact
+            and (not filter or total > self.queries.exact_filter_rows),
+            candidates=max(self.neighbours, effort.candidates),
+            effort=effort,
+            total=total,
         )
-        candidates = max(self.neighbours, effort.candidates)
-        groups = Groups()
-        scanned, start = 0, -(2**63)
-        saturated: list[int] = []
         finished = False
         try:
-            while not cancelled():
-                ids = self._batch(collection, filter, start)
-                if not ids:
-                    break
-                if use_index:
-                    pairs = self._pairs_by_index(
-                        collection, filter, ids, max_distance, candidates, effort
-                    )
-                    found: dict[int, int] = {}
-                    for a, _ in pairs:
-                        found[a] = found.get(a, 0) + 1
-                    # All candidates within the distance (the item itself among them): there
-                    # may be more than the index was asked for.
-                    saturated += [item for item, count in found.items() if count >= candidates - 1]
-                else:
-                    pairs = self._pairs_exact(collection, filter, ids, max_distance)
-                for a, b in pairs:
-                    groups.join(a, b)
-                scanned += len(ids)
-                yield Progress(scanned=scanned, total=max(total, scanned))
-                if ids[-1] == 2**63 - 1:
-                    break
-                start = ids[-1] + 1
-            for first in range(0, len(saturated), self.batch_rows):
-                if cancelled():
-                    return
-                batch = saturated[first : first + self.batch_rows]
-                for a, b in self._pairs_exact(collection, filter, batch, max_distance):
-                    groups.join(a, b)
-            if saturated:
-                logger.info(
-                    "duplicate search in %s: %d items had more than %d neighbours within %g; "
-                    "scanned exactly",
-                    collection.name,
-                    len(saturated),
-                    candidates - 1,
-                    max_distance,
-                )
-            components = [ids for ids in groups.components() if len(ids) > 1]
-            if limit:
-                components = components[:limit]
-            for first in range(0, len(components), self.batch_rows):
-                if cancelled():
-                    return
-                yield from self._described(collection, components[first : first + self.batch_rows])
-            finished = True
+            yield from self._scan(scan, cancelled)
+            if not cancelled() and self._rescan_saturated(scan, cancelled):
+                groups = [ids for ids in scan.groups.components() if len(ids) > 1]
+                groups = groups[:limit] if limit else groups
+                for first in range(0, len(groups), self.batch_rows):
+                    if cancelled():
+                        return
+                    yield from self._described(collection, groups[first : first + self.batch_rows])
+                finished = True
         finally:
             # Also reached when the caller stops reading (a cancelled RPC closes the generator).
             if not finished:
                 logger.info(
                     "duplicate search in %s cancelled after %d of %d items",
                     collection.name,
-                    scanned,
+                    scan.scanned,
                     total,
                 )
+
+    def _scan(self, scan: _Scan, cancelled: Callable[[], bool]) -> Iterator[Progress]:
+        """Every matching item's neighbours within the distance, a batch at a time, joined
+        into scan.groups; items that may have more than the index gave go to scan.saturated."""
+        start = -(2**63)
+        while not cancelled():
+            ids = self._batch(scan.collection, scan.filter, start)
+            if not ids:
+                return
+            if scan.use_index:
+                pairs = self._pairs_by_index(scan, ids)
+                found: dict[int, int] = {}
+                for a, _ in pairs:
+                    found[a] = found.get(a, 0) + 1
+                # All candidates within the distance (the item itself among them): there may be
+                # more than the index was asked for.
+                scan.saturated += [i for i, n in found.items() if n >= scan.candidates - 1]
+            else:
+                pairs = self._pairs_exact(scan.collection, scan.filter, ids, scan.max_distance)
+            for a, b in pairs:
+                scan.groups.join(a, b)
+            scan.scanned += len(ids)
+            yield Progress(scanned=scan.scanned, total=max(scan.total, scan.scanned))
+            if ids[-1] == 2**63 - 1:
+                return
+            start = ids[-1] + 1
+
+    def _rescan_saturated(self, scan: _Scan, cancelled: Callable[[], bool]) -> bool:
+        """Join the saturated items' neighbours by an exact range scan; False if cancelled."""
+        for first in range(0, len(scan.saturated), self.batch_rows):
+            if cancelled():
+                return False
+            batch = scan.saturated[first : first + self.batch_rows]
+            for a, b in self._pairs_exact(scan.collection, scan.filter, batch, scan.max_distance):
+                scan.groups.join(a, b)
+        if scan.saturated:
+            logger.info(
+                "duplicate search in %s: %d items had more than %d neighbours within %g; "
+                "scanned exactly",
+                scan.collection.name,
+                len(scan.saturated),
+                scan.candidates - 1,
+                scan.max_distance,
+            )
+        return True
 
     def _count(self, collection: Collection, filter: Filter) -> int:
         where, params = filter.where()
@@ -202,20 +219,13 @@ class DuplicateFinder:
             )
             return [row[0] for row in cur.fetchall()]
 
-    def _pairs_by_index(
-        self,
-        collection: Collection,
-        filter: Filter,
-        ids: Sequence[int],
-        max_distance: float,
-        candidates: int,
-        effort: Effort,
-    ) -> list[tuple[int, int]]:
-        where, params = filter.where()
+    def _pairs_by_index(self, scan: _Scan, ids: Sequence[int]) -> list[tuple[int, int]]:
+        collection, effort, candidates = scan.collection, scan.effort, scan.candidates
+        where, params = scan.filter.where()
         # Candidates are kept by exact distance, so they need not come in order (re-ranked).
         settings = self.queries.index_settings(
             min(max(effort.ef_search, candidates), MAX_EF_SEARCH),
-            filtered=bool(filter),
+            filtered=bool(scan.filter),
             reranked=True,
         )
         # Each item's candidates in the index's order, then kept by their exact distance.
@@ -235,7 +245,7 @@ class DuplicateFinder:
             **params,
             "ids": list(ids),
             "candidates": candidates,
-            "max_distance": max_distance,
+            "max_distance": scan.max_distance,
         }
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
             cur.execute(sql.SQL("; ").join([*settings, query]), params)
@@ -277,4 +287,6 @@ class DuplicateFinder:
         for ids in components:
             found = sorted(rows.get(ids[0], []), key=lambda m: (m[0] != ids[0], m[3], m[0]))
             if len(found) > 1:
-                yield DuplicateGroup([Member(m[0], m[1], m[2], float(m[3])) for m in found])
+                yield DuplicateGroup(
+                    [DuplicateMember(m[0], m[1], m[2], float(m[3])) for m in found]
+                )

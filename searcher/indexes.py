@@ -70,59 +70,17 @@ class IndexBuilder:
         across searchers."""
         if not self.indexable(collection):
             return collection
-        kind = spec(collection.kind)
         with self._autocommit() as cur, _advisory_lock(cur, "build", collection.name):
             current, _ = self.catalogue.get(collection.name, fresh=True)
-            generation = current.generation + 1
             target = replace(
                 current,
-                generation=generation,
+                generation=current.generation + 1,
                 m=m or current.m,
                 ef_construction=ef_construction or current.ef_construction,
             )
-            started = time.monotonic()
-            if self.maintenance_work_mem:
-                cur.execute(
-                    sql.SQL("SET maintenance_work_mem = {}").format(
-                        sql.Literal(self.maintenance_work_mem)
-                    )
-                )
-            # The statement timeout bounds requests; a build's time grows with the data (a
-            # minute or more for 100k full vectors) and must not be cut short.
-            cur.execute("SET statement_timeout = 0")
-            try:
-                recorded: dict[str, Any] = {}
-                if kind.needs_quantizer:
-                    recorded = self._fit_quantizer(cur, target)
-                    if not recorded["quantizer_rows"]:
-                        return current  # nothing to fit on yet: searches stay exact
-                try:
-                    cur.execute(kind.create_index(target, generation, concurrently=concurrently))
-                except BaseException:
-                    # A failed CONCURRENTLY build leaves an invalid index behind.
-                    _drop_index(cur, target.index_name(generation), concurrently=False)
-                    raise
-                cur.execute(sql.SQL("ANALYZE {}").format(target.table))
-                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(target.table))
-                rows: int = cur.fetchone()[0]
-                seconds = time.monotonic() - started
-                self.catalogue.record(
-                    cur,
-                    target.name,
-                    index_generation=generation,
-                    hnsw_m=target.m,
-                    hnsw_ef_construction=target.ef_construction,
-                    built_rows=rows,
-                    built_at=datetime.now(UTC),
-                    build_seconds=seconds,
-                    recall=None,
-                    recall_sample=0,
-                    recall_measured_at=None,
-                    index_note=note,
-                    **recorded,
-                )
-            finally:
-                cur.execute("RESET maintenance_work_mem; RESET statement_timeout")
+            built = self._build_generation(cur, target, concurrently=concurrently, note=note)
+            if built is None:
+                return current  # nothing to fit a quantizer on yet: searches stay exact
             # The previous generation goes once the new one is recorded.
             _drop_index(cur, current.index_name(), concurrently=concurrently)
             # Older ones go; the previous one stays one generation longer, for searchers whose
@@ -130,11 +88,12 @@ class IndexBuilder:
             self.drop_quantizers(
                 cur, target.name, keep=(target.quantizer_name(), current.quantizer_name())
             )
+        rows, seconds = built
         logger.info(
             "built %s index of %s (generation %d, %d rows, m=%d, ef_construction=%d) in %.1f s%s",
             collection.kind.name,
             collection.name,
-            generation,
+            target.generation,
             rows,
             target.m,
             target.ef_construction,
@@ -142,6 +101,46 @@ class IndexBuilder:
             f": {note}" if note else "",
         )
         return self.catalogue.get(collection.name, fresh=True)[0]
+
+    def _build_generation(
+        self, cur: Any, target: Collection, *, concurrently: bool, note: str
+    ) -> tuple[int, float] | None:
+        """Create `target`'s index (fitting its quantizer first for BINARY) and record it in
+        the catalogue; (rows, seconds), or None when there are no rows to fit a quantizer on."""
+        kind = spec(target.kind)
+        started = time.monotonic()
+        with _build_settings(cur, self.maintenance_work_mem):
+            recorded: dict[str, Any] = {}
+            if kind.needs_quantizer:
+                recorded = self._fit_quantizer(cur, target)
+                if not recorded["quantizer_rows"]:
+                    return None
+            try:
+                cur.execute(kind.create_index(target, target.generation, concurrently=concurrently))
+            except BaseException:
+                # A failed CONCURRENTLY build leaves an invalid index behind.
+                _drop_index(cur, target.index_name(), concurrently=False)
+                raise
+            cur.execute(sql.SQL("ANALYZE {}").format(target.table))
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(target.table))
+            rows: int = cur.fetchone()[0]
+            seconds = time.monotonic() - started
+            self.catalogue.record(
+                cur,
+                target.name,
+                index_generation=target.generation,
+                hnsw_m=target.m,
+                hnsw_ef_construction=target.ef_construction,
+                built_rows=rows,
+                built_at=datetime.now(UTC),
+                build_seconds=seconds,
+                recall=None,
+                recall_sample=0,
+                recall_measured_at=None,
+                index_note=note,
+                **recorded,
+            )
+        return rows, seconds
 
     def _fit_quantizer(self, cur: Any, collection: Collection) -> dict[str, Any]:
         """Fit the BINARY quantizer (per-dimension mean and standard deviation) on the stored
@@ -191,6 +190,22 @@ class IndexBuilder:
                     yield cur
             finally:
                 conn.autocommit = old
+
+
+@contextlib.contextmanager
+def _build_settings(cur: Any, maintenance_work_mem: str) -> Iterator[None]:
+    """The session settings of a build: its memory, and no statement timeout (the timeout
+    bounds requests; a build's time grows with the data, a minute or more for 100k full
+    vectors, and must not be cut short)."""
+    if maintenance_work_mem:
+        cur.execute(
+            sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(maintenance_work_mem))
+        )
+    cur.execute("SET statement_timeout = 0")
+    try:
+        yield
+    finally:
+        cur.execute("RESET maintenance_work_mem; RESET statement_timeout")
 
 
 @contextlib.contextmanager

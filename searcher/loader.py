@@ -1,4 +1,5 @@
-"""Writing items: validation, binary COPY, and the bulk-load session of one Upsert stream."""
+"""Writing items: binary COPY (straight into the table, or staged and merged), and the bulk-load
+session of one Upsert stream."""
 
 from __future__ import annotations
 
@@ -6,31 +7,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from psycopg2 import errors as pg_errors
 from psycopg2 import sql
 
-from imgsearch.errors import InvalidArgument, ResourceExhausted
-from searcher.catalogue import Collection, IndexKind
+from searcher.catalogue import Collection
 from searcher.indexes import IndexBuilder
 from searcher.pgvector_io import Item, encode_binary_copy
 from searcher.pool import ConnectionPool
+from searcher.validation import Limits, check_items
 
 logger = logging.getLogger(__name__)
-
-MAX_ID = 2**63 - 1
-HALF_MAX = 65504.0  # the largest finite half-precision value
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_top_k: int = 1000
-    max_items_per_message: int = 1000
-    max_ids_per_request: int = 1000
-    max_text_bytes: int = 1024  # label, uri, attribute value
-    max_attribute_key_bytes: int = 128
-    max_attributes: int = 64
-    max_filter_labels: int = 1000
 
 
 @dataclass(frozen=True)
@@ -50,7 +36,7 @@ class Loader:
     ) -> tuple[UpsertCounts, bool]:
         """Write one message in one transaction; returns the counts and whether a plain COPY
         into the table did it (possible only when none of the ids exists yet)."""
-        validate_items(collection, items, self.limits)
+        check_items(collection, items, self.limits)
         if not items:
             return UpsertCounts(), False
         payload = encode_binary_copy(items, collection.dim)
@@ -150,64 +136,3 @@ class UpsertSession:
     def close(self) -> None:
         deferred, self._index_deferred = self._index_deferred, False
         self._on_close(self, deferred)
-
-
-def validate_items(collection: Collection, items: Sequence[Item], limits: Limits) -> None:
-    if len(items) > limits.max_items_per_message:
-        raise ResourceExhausted(
-            f"{len(items)} items in one message; the limit is {limits.max_items_per_message} "
-            "(max_items_per_message)"
-        )
-    seen: set[int] = set()
-    for index, item in enumerate(items):
-        where = f"item {index} (id {item.id})"
-        if not 0 <= item.id <= MAX_ID:
-            raise InvalidArgument(f"{where}: id must be between 0 and 2^63-1")
-        if item.id in seen:
-            raise InvalidArgument(f"{where}: id appears twice in one message")
-        seen.add(item.id)
-        check_vector(item.vector, collection, where)
-        check_text(item.label, "label", limits.max_text_bytes, where)
-        check_text(item.uri, "uri", limits.max_text_bytes, where)
-        check_attributes(item.attributes, limits, where)
-
-
-def check_vector(vector: np.ndarray, collection: Collection, where: str) -> None:
-    if vector.ndim != 1 or vector.shape[0] != collection.dim:
-        raise InvalidArgument(
-            f"{where}: vector has {vector.size} values; collection {collection.name!r} has "
-            f"dim {collection.dim}"
-        )
-    if not np.isfinite(vector).all():
-        raise InvalidArgument(f"{where}: vector contains NaN or infinity")
-    if collection.kind is IndexKind.HALFVEC and np.abs(vector).max(initial=0.0) > HALF_MAX:
-        raise InvalidArgument(
-            f"{where}: vector has a value beyond ±{HALF_MAX:g}, which half precision cannot "
-            f"hold; collection {collection.name!r} has a HALFVEC index (use VECTOR or BINARY "
-            "for such vectors)"
-        )
-
-
-def check_text(
-    value: str, what: str, max_bytes: int, where: str, limit_name: str = "max_text_bytes"
-) -> None:
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        raise InvalidArgument(
-            f"{where}: {what} is {size} bytes; the limit is {max_bytes} ({limit_name})"
-        )
-    if "\x00" in value:
-        raise InvalidArgument(f"{where}: {what} contains a NUL character")
-
-
-def check_attributes(attributes: dict[str, str], limits: Limits, where: str) -> None:
-    if len(attributes) > limits.max_attributes:
-        raise InvalidArgument(
-            f"{where}: {len(attributes)} attributes; the limit is {limits.max_attributes} "
-            "(max_attributes)"
-        )
-    for key, value in attributes.items():
-        check_text(
-            key, "attribute key", limits.max_attribute_key_bytes, where, "max_attribute_key_bytes"
-        )
-        check_text(value, f"attribute {key[:40]!r}", limits.max_text_bytes, where)

@@ -15,13 +15,12 @@ import numpy as np
 from psycopg2 import sql
 
 from imgsearch.errors import InvalidArgument, NotFound
+from imgsearch.records import Hit
 from searcher.catalogue import Collection
 from searcher.kinds import spec
 from searcher.pgvector_io import as_array, vector_literal
 from searcher.pool import ConnectionPool
-
-MAX_EF_SEARCH = 1000  # pgvector's limit for hnsw.ef_search
-MAX_CANDIDATES = MAX_EF_SEARCH  # one index scan returns at most ef_search rows
+from searcher.validation import MAX_CANDIDATES, MAX_EF_SEARCH
 
 
 @dataclass(frozen=True)
@@ -81,18 +80,20 @@ ANY_DISTANCE = DistanceRange()
 
 
 @dataclass(frozen=True)
-class Hit:
-    id: int
-    label: str
-    uri: str
-    attributes: dict[str, str]
-    distance: float
-
-
-@dataclass(frozen=True)
 class SearchResult:
     hits: list[Hit]
     exact: bool
+
+
+@dataclass(frozen=True)
+class RangedResult:
+    """A search's hits within its distance range, and how they were found: the query vector,
+    and the `asked` nearest items fetched (`fetched`) to keep them."""
+
+    result: SearchResult
+    vector: np.ndarray
+    asked: int
+    fetched: SearchResult
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,38 @@ class Queries:
             order = "relaxed_order" if reranked else "strict_order"
             settings.append(sql.SQL("SET LOCAL hnsw.iterative_scan = {}").format(sql.SQL(order)))
         return settings
+
+    def nearest_in_range(
+        self,
+        collection: Collection,
+        has_index: bool,
+        query: np.ndarray | int,
+        top_k: int,
+        *,
+        filter: Filter,
+        ef_search: int,
+        candidates: int,
+        exact: bool,
+        distances: DistanceRange,
+        max_top_k: int,
+    ) -> RangedResult:
+        """The top_k items nearest to the query within `distances`. Hits come nearest first, so
+        the ones below the range's low end are a prefix: ask for more until top_k remain past
+        it, the collection runs out, or max_top_k is reached."""
+        asked = top_k
+        while True:
+            effort = self.effort(collection, asked, ef_search, candidates)
+            fetched, vector = self.nearest(
+                collection, has_index, query, asked, filter=filter, effort=effort, exact=exact
+            )
+            too_near = sum(1 for hit in fetched.hits if distances.too_near(hit.distance))
+            beyond = sum(1 for hit in fetched.hits if distances.too_far(hit.distance))
+            kept = fetched.hits[too_near : len(fetched.hits) - beyond]
+            if len(kept) >= top_k or beyond or len(fetched.hits) < asked or asked == max_top_k:
+                break
+            asked = min(max_top_k, max(2 * asked, top_k + too_near))
+        result = SearchResult(hits=kept[:top_k], exact=fetched.exact) if distances else fetched
+        return RangedResult(result, vector, asked, fetched)
 
     def nearest(
         self,
@@ -272,13 +305,7 @@ def _exact_distance(collection: Collection) -> sql.Composable:
 
 
 def _hits(rows: list[Any]) -> list[Hit]:
-    return [Hit(row[0], row[1], row[2], row[3], float(row[4])) for row in rows]
-
-
-def check_effort(ef_search: int, candidates: int) -> None:
-    if not 0 <= ef_search <= MAX_EF_SEARCH:
-        raise InvalidArgument(f"ef_search must be between 0 and {MAX_EF_SEARCH}, got {ef_search}")
-    if not 0 <= candidates <= MAX_CANDIDATES:
-        raise InvalidArgument(
-            f"candidates must be between 0 and {MAX_CANDIDATES}, got {candidates}"
-        )
+    return [
+        Hit(id=row[0], label=row[1], uri=row[2], attributes=row[3], distance=float(row[4]))
+        for row in rows
+    ]

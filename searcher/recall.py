@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from psycopg2 import sql
 
+from imgsearch.records import Hit
 from searcher.catalogue import Collection, Metric
 from searcher.pgvector_io import (
     COPY_HEADER_BYTES,
@@ -25,7 +26,7 @@ from searcher.pgvector_io import (
     id_vector_row_bytes,
 )
 from searcher.pool import ConnectionPool
-from searcher.queries import Filter, Hit, SearchResult
+from searcher.queries import Filter, SearchResult
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ import threading
 from concurrent import futures
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry
 
 from imgsearch.errors import ImageSearchError
@@ -19,10 +18,10 @@ from searcher.embedded import EmbeddedPostgres
 from searcher.metrics import SearcherMetrics
 from searcher.pool import ConnectionPool
 from searcher.service import WRITE_METHODS, SearcherServicer
-from searcher.store import IndexKind, Limits, VectorStore
-from serving.guard import RpcGuard, message_size_options
+from searcher.settings import StoreSettings
+from searcher.store import VectorStore
 from serving.metrics import MetricsEndpoint
-from serving.security import Tokens, server_credentials
+from serving.server import add_maintenance_and_bind, server_settings
 
 logger = logging.getLogger(__name__)
 
@@ -93,38 +92,22 @@ def build_server(
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A server bound to config.address (port 0 picks a free one), not yet started; health
     says NOT_SERVING until the database watch has seen the database."""
-    guard = RpcGuard(
-        max_concurrent_rpcs=config.max_concurrent_rpcs,
-        max_message_bytes=config.max_message_bytes,
-        write_methods=WRITE_METHODS,
-        tokens=Tokens.load(config.tokens_file),
-        metrics=metrics,
-    )
+    guard, options = server_settings(config, metrics=metrics, write_methods=WRITE_METHODS)
     server = grpc.server(
         # Spare threads beyond the limit: health checks and quick refusals always get one.
         futures.ThreadPoolExecutor(
             max_workers=config.max_concurrent_rpcs + SPARE_THREADS, thread_name_prefix="rpc"
         ),
         interceptors=[guard.interceptor()],
-        options=message_size_options(config.max_message_bytes),
+        options=options,
     )
     searcher_pb2_grpc.add_SearcherServiceServicer_to_server(
         SearcherServicer(store, metrics), server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-    if credentials is None:
-        port = server.add_insecure_port(config.address)
-    else:
-        port = server.add_secure_port(config.address, credentials)
-    if port == 0:
-        raise RuntimeError(f"could not bind {config.address}")
+    port = add_maintenance_and_bind(server, config, SERVICE_NAME, health_servicer)
     return server, port, health_servicer
 
 
@@ -144,6 +127,18 @@ class Searcher:
         self.metrics_port = 0
 
     def start(self) -> Searcher:
+        """Start the database (embedded unless a DSN is configured) and serve; what started is
+        stopped again when a later part cannot start (a port taken, a TLS file missing)."""
+        settings = self.config.store_settings()  # a bad setting fails before anything starts
+        try:
+            self._start(settings)
+        except BaseException:
+            self.stop(grace_s=0)
+            raise
+        logger.info("searcher serving on port %d", self.port)
+        return self
+
+    def _start(self, settings: StoreSettings) -> None:
         config = self.config
         dsn = config.dsn
         if not dsn and not _libpq_environment():
@@ -152,21 +147,7 @@ class Searcher:
         pool = ConnectionPool(
             dsn, max_size=config.pool_size, statement_timeout_ms=config.statement_timeout_ms
         )
-        self.store = VectorStore(
-            pool,
-            limits=Limits(
-                max_top_k=config.max_top_k, max_items_per_message=config.max_items_per_message
-            ),
-            default_kind=index_kind(config.default_index_kind),
-            default_ef_search=config.default_ef_search,
-            exact_filter_rows=config.exact_filter_rows,
-            maintenance_work_mem=config.maintenance_work_mem,
-            recall_floor=config.recall_floor,
-            recall_target=config.recall_target,
-            recall_sample=config.recall_sample,
-            shadow_share=config.shadow_share,
-            shadow_budget=config.shadow_budget,
-        )
+        self.store = VectorStore(pool, settings)
         self.metrics = SearcherMetrics(CollectorRegistry(), pool)
         self.store.shadow.listeners.append(self.metrics.observe_shadow_query)
         if config.metrics_address:
@@ -176,8 +157,6 @@ class Searcher:
         self._watch = DatabaseWatch(self.store, health_servicer)
         self._watch.start()
         self._server.start()
-        logger.info("searcher serving on port %d", self.port)
-        return self
 
     def wait(self) -> None:
         if self._server is not None:
@@ -206,14 +185,6 @@ class Searcher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def index_kind(text: str) -> IndexKind:
-    try:
-        return IndexKind(text.lower())
-    except ValueError:
-        choices = ", ".join(kind.value for kind in IndexKind)
-        raise ValueError(f"unknown index kind {text!r}; use one of {choices}") from None
 
 
 def _libpq_environment() -> bool:

@@ -10,16 +10,16 @@ import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from imgsearch import vectors
-from imgsearch._status import DetailedError, map_errors, map_stream_errors
-from imgsearch.errors import ImageSearchError, InvalidArgument
+from imgsearch import defaults, vectors
+from imgsearch._status import map_errors, map_stream_errors
+from imgsearch.errors import DetailedError, ImageSearchError, InvalidArgument
+from imgsearch.records import DuplicateGroup
 from imgsearch.v1 import searcher_pb2 as pb
 from imgsearch.v1 import searcher_pb2_grpc
 from searcher.metrics import SearcherMetrics
 from searcher.store import (
     Collection,
     DistanceRange,
-    DuplicateGroup,
     Filter,
     IndexKind,
     Item,
@@ -49,6 +49,9 @@ WRITE_METHODS = frozenset(
 
 
 class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
+    """imgsearch.v1.SearcherService over a VectorStore: messages in, store calls, messages out;
+    every error becomes its status through imgsearch._status."""
+
     def __init__(self, store: VectorStore, metrics: SearcherMetrics | None = None) -> None:
         self.store = store
         self.metrics = metrics
@@ -106,7 +109,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
         number = 1  # of the message being read or written: reading one can fail too
         try:
             for message in request_iterator:
-                name = message.collection or "images"
+                name = message.collection or defaults.COLLECTION
                 if session is None:
                     session = self.store.begin_upsert(name)
                 elif name != session.collection.name:

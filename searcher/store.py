@@ -1,8 +1,10 @@
 """The searcher's plain-Python core: collections of embeddings in PostgreSQL + pgvector.
 
-It composes the parts, each in its own module: the catalogue (searcher.catalogue), the index
-kinds and their builds (searcher.kinds, searcher.indexes), loading (searcher.loader), queries
-(searcher.queries), and measured recall with the upkeep it drives (searcher.recall,
+A front over the parts, each in its own module: the rules every request meets
+(searcher.validation), the catalogue and its tables (searcher.catalogue), the index kinds and
+their builds (searcher.kinds, searcher.indexes), loading (searcher.loader), queries
+(searcher.queries), item reads and deletes (searcher.items), duplicates (searcher.duplicates),
+stats (searcher.stats), and measured recall with the upkeep it drives (searcher.recall,
 searcher.maintenance). No gRPC here; the servicer sits on top.
 """
 
@@ -11,94 +13,38 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
-from psycopg2 import sql
 
-from imgsearch.errors import ImageSearchError, InvalidArgument, ResourceExhausted
-from searcher.catalogue import (
-    DEFAULT_COLLECTION,
-    DEFAULT_DIM,
-    MAX_DIM,
-    Catalogue,
-    Collection,
-    IndexKind,
-    Metric,
-    validate_collection_name,
-)
-from searcher.duplicates import DuplicateFinder, DuplicateGroup, Progress
+from imgsearch import defaults
+from imgsearch.errors import ImageSearchError, InvalidArgument
+from imgsearch.names import check_collection_name
+from imgsearch.records import DuplicateGroup, Hit
+from searcher.catalogue import DEFAULT_DIM, Catalogue, Collection, IndexKind, Metric
+from searcher.duplicates import DuplicateFinder, Progress
 from searcher.indexes import IndexBuilder
+from searcher.items import Items
 from searcher.kinds import spec
-from searcher.loader import (
-    Limits,
-    Loader,
-    UpsertCounts,
-    UpsertSession,
-    check_attributes,
-    check_text,
+from searcher.loader import Loader, UpsertCounts, UpsertSession
+from searcher.maintenance import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, IndexMaintenance
+from searcher.pgvector_io import Item
+from searcher.pool import ConnectionPool
+from searcher.queries import ANY_DISTANCE, DistanceRange, Effort, Filter, Queries, SearchResult
+from searcher.recall import ShadowMonitor, ShadowQuery
+from searcher.schema import apply_migrations
+from searcher.settings import StoreSettings
+from searcher.stats import Stats, collection_stats
+from searcher.validation import (
+    check_effort,
+    check_filter,
+    check_new_collection,
+    check_top_k,
     check_vector,
 )
-from searcher.maintenance import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, IndexMaintenance
-from searcher.pgvector_io import Item, item_from_row
-from searcher.pool import ConnectionPool
-from searcher.queries import (
-    ANY_DISTANCE,
-    DistanceRange,
-    Effort,
-    Filter,
-    Hit,
-    Queries,
-    SearchResult,
-    check_effort,
-)
-from searcher.recall import ShadowMonitor, ShadowQuery
-from searcher.schema import DATA_SCHEMA, apply_migrations
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DEFAULT_EF_CONSTRUCTION",
-    "DEFAULT_M",
-    "Collection",
-    "DistanceRange",
-    "DuplicateGroup",
-    "Filter",
-    "Hit",
-    "IndexKind",
-    "Item",
-    "Limits",
-    "Metric",
-    "Progress",
-    "SearchResult",
-    "Stats",
-    "UpsertCounts",
-    "VectorStore",
-]
-
-# The database settings a user tuning the searcher needs to see (GetStats, `imgsearch stats`).
-REPORTED_SETTINGS = (
-    "shared_buffers",
-    "effective_cache_size",
-    "maintenance_work_mem",
-    "work_mem",
-    "max_parallel_maintenance_workers",
-    "max_parallel_workers_per_gather",
-)
-
-
-@dataclass(frozen=True)
-class Stats:
-    collection: Collection
-    row_count: int
-    index_present: bool
-    table_bytes: int
-    index_bytes: int
-    postgres_version: str
-    pgvector_version: str
-    settings: dict[str, str]
-    live_recall: float | None  # over the last shadow queries of this searcher
+__all__ = ["Collection", "DistanceRange", "Filter", "IndexKind", "Item", "Metric", "VectorStore"]
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -108,45 +54,38 @@ def parse_version(text: str) -> tuple[int, ...]:
 class VectorStore:
     """Thread-safe; every request is one short transaction (or one implicit one)."""
 
-    def __init__(
-        self,
-        pool: ConnectionPool,
-        *,
-        limits: Limits = Limits(),
-        default_kind: IndexKind = IndexKind.HALFVEC,
-        default_ef_search: int = 400,
-        exact_filter_rows: int = 20_000,
-        maintenance_work_mem: str = "",
-        recall_floor: float = 0.95,
-        recall_target: float = 0.99,
-        recall_sample: int = 200,
-        shadow_share: float = 0.01,
-        shadow_budget: float = 0.05,
-    ) -> None:
+    def __init__(self, pool: ConnectionPool, settings: StoreSettings = StoreSettings()) -> None:
         self.pool = pool
-        self.limits = limits
-        self.default_kind = default_kind
+        self.settings = settings
+        self.limits = settings.limits
         self.postgres_version = ""
         self.pgvector_version = ""
         self.citus_version = ""  # set when the database is a Citus cluster
         self.catalogue = Catalogue(pool, create_default=self._create_default)
-        self.builder = IndexBuilder(pool, self.catalogue, maintenance_work_mem=maintenance_work_mem)
-        self.loader = Loader(pool, self.builder, limits)
-        self.queries = Queries(
-            pool, default_ef_search=default_ef_search, exact_filter_rows=exact_filter_rows
+        self.builder = IndexBuilder(
+            pool, self.catalogue, maintenance_work_mem=settings.maintenance_work_mem
         )
+        self.loader = Loader(pool, self.builder, self.limits)
+        self.queries = Queries(
+            pool,
+            default_ef_search=settings.default_ef_search,
+            exact_filter_rows=settings.exact_filter_rows,
+        )
+        self.items = Items(pool, self.limits)
         self.duplicates = DuplicateFinder(pool, self.queries)
         self.maintenance = IndexMaintenance(
             pool,
             self.catalogue,
             self.builder,
             self._approximate_search,
-            recall_floor=recall_floor,
-            recall_target=recall_target,
-            recall_sample=recall_sample,
-            default_ef_search=default_ef_search,
+            recall_floor=settings.recall_floor,
+            recall_target=settings.recall_target,
+            recall_sample=settings.recall_sample,
+            default_ef_search=settings.default_ef_search,
         )
-        self.shadow = ShadowMonitor(self._shadow_exact, share=shadow_share, budget=shadow_budget)
+        self.shadow = ShadowMonitor(
+            self._shadow_exact, share=settings.shadow_share, budget=settings.shadow_budget
+        )
         self._opened = False
 
     def open(self) -> None:
@@ -201,20 +140,9 @@ class VectorStore:
         ef_construction: int = 0,
         model_fingerprint: str = "",
     ) -> Collection:
-        validate_collection_name(name)
-        if not 1 <= dim <= MAX_DIM:
-            raise InvalidArgument(f"dim must be between 1 and {MAX_DIM}, got {dim}")
         m = m or DEFAULT_M
         ef_construction = ef_construction or DEFAULT_EF_CONSTRUCTION
-        if not 2 <= m <= 100:
-            raise InvalidArgument(f"index m must be between 2 and 100, got {m}")
-        if not 2 * m <= ef_construction <= 1000:
-            raise InvalidArgument(
-                f"index ef_construction must be between 2*m ({2 * m}) and 1000, "
-                f"got {ef_construction}"
-            )
-        if len(model_fingerprint.encode()) > 256 or "\x00" in model_fingerprint:
-            raise InvalidArgument("model_fingerprint must be at most 256 bytes of text")
+        check_new_collection(name, dim, m, ef_construction, model_fingerprint)
         kind = kind or self._default_kind_for(metric)
         spec(kind).check(metric, self.pgvector)
         draft = Collection(
@@ -225,34 +153,11 @@ class VectorStore:
             m=m,
             ef_construction=ef_construction,
             model_fingerprint=model_fingerprint,
-            created_at=None,  # type: ignore[arg-type]  # set by the database below
+            created_at=None,  # type: ignore[arg-type]  # set by the database
         )
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            collection = replace(draft, created_at=self.catalogue.insert(cur, draft))
-            table = collection.table
-            cur.execute(
-                sql.SQL(
-                    "CREATE TABLE {} (id bigint PRIMARY KEY, label text NOT NULL DEFAULT '', "
-                    "uri text NOT NULL DEFAULT '', attributes jsonb NOT NULL DEFAULT '{{}}', "
-                    "embedding vector({}) NOT NULL)"
-                ).format(table, sql.Literal(dim))
-            )
-            # Keep 4 KB vectors inline instead of in TOAST: exact scans 4-5x faster, and the
-            # planner can build the HNSW index in parallel.
-            cur.execute(
-                sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(table)
-            )
-            cur.execute(sql.SQL("CREATE INDEX ON {} (label)").format(table))
-            cur.execute(
-                sql.SQL("CREATE INDEX ON {} USING gin (attributes jsonb_path_ops)").format(table)
-            )
+            collection = self.catalogue.create(cur, draft, distributed=bool(self.citus_version))
             self.builder.create_empty(cur, collection)
-            if self.citus_version:
-                # Shards by id across the workers; each shard gets its own HNSW index, and
-                # Citus runs a k-NN query on every shard and merges the results.
-                cur.execute(
-                    "SELECT create_distributed_table(%s, 'id')", (collection.qualified_table,)
-                )
         logger.info(
             "created collection %s (dim %d, %s, %s index)", name, dim, metric.value, kind.name
         )
@@ -262,7 +167,8 @@ class VectorStore:
     def _default_kind_for(self, metric: Metric) -> IndexKind:
         """The server's default kind, or the next one down that can serve this metric on this
         pgvector (BINARY cannot serve inner product; pgvector 0.6 has only VECTOR)."""
-        for kind in dict.fromkeys((self.default_kind, IndexKind.HALFVEC, IndexKind.VECTOR)):
+        preferred = (self.settings.default_kind, IndexKind.HALFVEC, IndexKind.VECTOR)
+        for kind in dict.fromkeys(preferred):
             try:
                 spec(kind).check(metric, self.pgvector)
             except ImageSearchError:
@@ -271,7 +177,7 @@ class VectorStore:
         return IndexKind.VECTOR
 
     def _create_default(self) -> Collection:
-        return self.create_collection(DEFAULT_COLLECTION, DEFAULT_DIM)
+        return self.create_collection(defaults.COLLECTION, DEFAULT_DIM)
 
     def get_collection(self, name: str) -> Collection:
         return self.catalogue.get(name, fresh=True)[0]
@@ -280,12 +186,9 @@ class VectorStore:
         return self.catalogue.list()
 
     def drop_collection(self, name: str) -> None:
-        validate_collection_name(name)
+        check_collection_name(name)
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            self.catalogue.delete(cur, name)
-            cur.execute(
-                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DATA_SCHEMA, name))
-            )
+            self.catalogue.drop(cur, name)
             self.builder.drop_quantizers(cur, name)
         self.catalogue.forget(name)
         logger.info("dropped collection %s", name)
@@ -341,38 +244,28 @@ class VectorStore:
         closer than its low end).
         """
         collection, has_index = self.catalogue.get(name)
-        if not 1 <= top_k <= self.limits.max_top_k:
-            raise InvalidArgument(
-                f"top_k must be between 1 and {self.limits.max_top_k} (max_top_k), got {top_k}"
-            )
+        check_top_k(top_k, self.limits)
         check_effort(ef_search, candidates)
-        self._check_filter(filter)
+        check_filter(filter.labels, dict(filter.attributes), self.limits)
         if not isinstance(query, int):
             query = np.asarray(query, dtype=np.float32)
             check_vector(query, collection, "query")
-        # Hits come nearest first, so the ones below the range's low end are a prefix: ask
-        # for more until top_k remain past it, the collection runs out, or max_top_k is hit.
-        asked = top_k
-        while True:
-            effort = self.queries.effort(collection, asked, ef_search, candidates)
-            result, vector = self.queries.nearest(
-                collection, has_index, query, asked, filter=filter, effort=effort, exact=exact
-            )
-            too_near = sum(1 for hit in result.hits if distances.too_near(hit.distance))
-            beyond = sum(1 for hit in result.hits if distances.too_far(hit.distance))
-            kept = result.hits[too_near : len(result.hits) - beyond]
-            if (
-                len(kept) >= top_k
-                or beyond
-                or len(result.hits) < asked
-                or asked == self.limits.max_top_k
-            ):
-                break
-            asked = min(self.limits.max_top_k, max(2 * asked, top_k + too_near))
-        self.shadow.offer(ShadowQuery(collection, vector, asked, filter, result))
-        if not distances:
-            return result
-        return SearchResult(hits=kept[:top_k], exact=result.exact)
+        ranged = self.queries.nearest_in_range(
+            collection,
+            has_index,
+            query,
+            top_k,
+            filter=filter,
+            ef_search=ef_search,
+            candidates=candidates,
+            exact=exact,
+            distances=distances,
+            max_top_k=self.limits.max_top_k,
+        )
+        self.shadow.offer(
+            ShadowQuery(collection, ranged.vector, ranged.asked, filter, ranged.fetched)
+        )
+        return ranged.result
 
     def find_duplicates(
         self,
@@ -387,22 +280,21 @@ class VectorStore:
         """Progress while the collection is scanned, then its groups of items within
         `max_distance` of one another (transitively), by first id (searcher.duplicates)."""
         collection, has_index = self.catalogue.get(name, fresh=True)
-        self._check_filter(filter)
+        check_filter(filter.labels, dict(filter.attributes), self.limits)
         if limit < 0:
             raise InvalidArgument(f"limit must be 0 (every group) or more, got {limit}")
-        effort = self.queries.effort(collection, 1, 0, 0)
         return self.duplicates.find(
             collection,
             has_index,
             max_distance,
             filter=filter,
-            effort=effort,
+            effort=self.queries.effort(collection, 1, 0, 0),
             limit=limit,
             exact=exact,
             cancelled=cancelled,
         )
 
-    def _approximate_search(self, collection: Collection) -> Any:
+    def _approximate_search(self, collection: Collection) -> Callable[[np.ndarray, int], list[Hit]]:
         """The live approximate path of this collection, for the recall check."""
 
         def search(vector: np.ndarray, top_k: int) -> list[Hit]:
@@ -429,107 +321,26 @@ class VectorStore:
     ) -> tuple[list[Item], list[int]]:
         """The items with these ids (in request order) and the ids that were not found."""
         collection, _ = self.catalogue.get(name)
-        self._check_id_count(ids)
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("SELECT {} FROM {} WHERE id = ANY(%s)").format(
-                    _item_columns(include_vectors), collection.table
-                ),
-                (list(ids),),
-            )
-            found = {item.id: item for item in map(item_from_row, cur.fetchall())}
-        items = [found[i] for i in dict.fromkeys(ids) if i in found]
-        return items, [i for i in ids if i not in found]
+        return self.items.get(collection, ids, include_vectors=include_vectors)
 
     def list_items(
         self, name: str, *, after_id: int | None, limit: int, include_vectors: bool = False
     ) -> list[Item]:
         """Up to `limit` items with ids above `after_id` (from the start when None), by id."""
         collection, _ = self.catalogue.get(name)
-        if not 1 <= limit <= self.limits.max_ids_per_request:
-            raise InvalidArgument(
-                f"page_size must be between 1 and {self.limits.max_ids_per_request}, got {limit}"
-            )
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("SELECT {} FROM {} WHERE id > %s ORDER BY id LIMIT %s").format(
-                    _item_columns(include_vectors), collection.table
-                ),
-                (-1 if after_id is None else after_id, limit),
-            )
-            return list(map(item_from_row, cur.fetchall()))
+        return self.items.page(
+            collection, after_id=after_id, limit=limit, include_vectors=include_vectors
+        )
 
     def delete(self, name: str, *, ids: Sequence[int] = (), filter: Filter = Filter()) -> int:
         collection, _ = self.catalogue.get(name)
-        if bool(ids) == bool(filter):
-            raise InvalidArgument("give either ids or a non-empty filter to delete, not both")
-        self._check_id_count(ids)
-        self._check_filter(filter)
-        where: sql.Composable
-        if ids:
-            where, params = sql.SQL("WHERE id = ANY(%(ids)s)"), {"ids": list(ids)}
-        else:
-            where, params = filter.where()
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {} {}").format(collection.table, where), params)
-            deleted: int = cur.rowcount
-        return deleted
+        return self.items.delete(collection, ids=ids, filter=filter)
 
     def stats(self, name: str) -> Stats:
         collection, _ = self.catalogue.get(name, fresh=True)
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            cur.execute(
-                sql.SQL(
-                    "SELECT (SELECT count(*) FROM {}), to_regclass(%s) IS NOT NULL, "
-                    "pg_table_size(%s::regclass), pg_indexes_size(%s::regclass)"
-                ).format(collection.table),
-                (
-                    f"{DATA_SCHEMA}.{collection.index_name()}",
-                    collection.qualified_table,
-                    collection.qualified_table,
-                ),
-            )
-            rows, has_index, table_bytes, index_bytes = cur.fetchone()
-            cur.execute(
-                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)",
-                (list(REPORTED_SETTINGS),),
-            )
-            settings = dict(cur.fetchall())
-        return Stats(
-            collection=collection,
-            row_count=rows,
-            index_present=has_index,
-            table_bytes=table_bytes,
-            index_bytes=index_bytes,
-            postgres_version=self.postgres_version,
-            pgvector_version=self.pgvector_version,
-            settings=settings,
+        return collection_stats(
+            self.pool,
+            collection,
+            versions=(self.postgres_version, self.pgvector_version),
             live_recall=self.shadow.recall(collection.name),
         )
-
-    # -- checks -------------------------------------------------------------------------------
-
-    def _check_id_count(self, ids: Sequence[int]) -> None:
-        if len(ids) > self.limits.max_ids_per_request:
-            raise ResourceExhausted(
-                f"{len(ids)} ids in one request; the limit is {self.limits.max_ids_per_request} "
-                "(max_ids_per_request)"
-            )
-
-    def _check_filter(self, filter: Filter) -> None:
-        limits = self.limits
-        if len(filter.labels) > limits.max_filter_labels:
-            raise ResourceExhausted(
-                f"{len(filter.labels)} labels in a filter; the limit is {limits.max_filter_labels} "
-                "(max_filter_labels)"
-            )
-        for label in filter.labels:
-            check_text(label, "filter label", limits.max_text_bytes, "filter")
-        check_attributes(dict(filter.attributes), limits, "filter")
-
-
-def _item_columns(include_vectors: bool) -> sql.Composable:
-    """The columns item_from_row reads; the vector only when asked for (4 KB a row)."""
-    return sql.SQL("id, label, uri, attributes, {}").format(
-        sql.SQL("embedding" if include_vectors else "NULL")
-    )

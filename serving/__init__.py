@@ -1,13 +1,11 @@
-"""What both servers share and the client never imports: TLS and tokens (`security`), the RPC
-guard with its limits and metrics (`guard`, `metrics`), configuration (`config`), process
-lifecycle (`lifecycle`), the health probe command (`healthcheck`) and the local stack behind
-`imgsearch up` / `imgsearch demo` (`local_stack`).
+"""What both servers share and the client never imports: configuration (`config`), the RPC guard
+with its limits and metrics (`guard`, `metrics`), TLS and tokens (`security`), health, reflection
+and binding (`server`), one main for both console scripts (`main`), process lifecycle
+(`lifecycle`) and the health probe command (`healthcheck`). It imports no service.
 
 Each server-side package checks on import that its extra is installed (imgsearch._extras).
 """
 
-from imgsearch._extras import MissingExtra, require_extra
-
-__all__ = ["MissingExtra", "require_extra"]
+from imgsearch._extras import require_extra
 
 require_extra("server", "grpc_health", "grpc_reflection", "prometheus_client")

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from imgsearch import defaults
+from imgsearch.errors import ConfigError
 from serving.security import READ_TOKEN_ENV, TOKEN_ENV
 
 T = TypeVar("T")
@@ -17,7 +19,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """The settings every server has; each service's config dataclass extends this one."""
+    """The settings every server has; each service's config dataclass extends this one (and
+    gives `address` and `max_concurrent_rpcs` its own defaults)."""
 
     tls_cert: str = ""
     tls_key: str = ""
@@ -25,6 +28,10 @@ class ServingConfig:
     tokens_file: str = ""
     metrics_address: str = ""
     log_format: str = "text"
+    address: str = ""
+    max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
+    max_concurrent_rpcs: int = 64
+    grace_s: float = 10.0
 
 
 SERVING_HELP = {
@@ -35,10 +42,15 @@ SERVING_HELP = {
     f"{TOKEN_ENV} / {READ_TOKEN_ENV} set or this file given, every RPC but health needs a token",
     "metrics_address": "host:port for Prometheus /metrics over HTTP (empty: off)",
     "log_format": "text or json (one JSON object per line)",
+    "address": "host:port to serve on",
+    "max_message_bytes": "largest gRPC message accepted",
+    "max_concurrent_rpcs": "RPCs served at once; more get RESOURCE_EXHAUSTED",
+    "grace_s": "seconds in-flight RPCs get to finish on shutdown",
 }
 
 
 def env_name(prefix: str, field_name: str, shared: Mapping[str, str] = {}) -> str:
+    """The environment variable of a setting: PREFIX_FIELD_NAME, or its shared name."""
     return shared.get(field_name, prefix + field_name.upper())
 
 
@@ -55,12 +67,12 @@ def parse_dataclass_config(
     environ: Mapping[str, str] | None = None,
 ) -> T:
     """Parse argv into `cls`. Every field is a flag (--field-name) and an environment variable;
-    secrets are never shown in --help."""
+    secrets are never shown in --help. A variable that does not parse raises ConfigError."""
     environ = os.environ if environ is None else environ
-    defaults = cls()
+    initial = cls()
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for f in fields(cls):  # type: ignore[arg-type]
-        default = getattr(defaults, f.name)
+        default = getattr(initial, f.name)
         env = env_name(prefix, f.name, shared_env)
         value: Any = _convert(type(default), environ[env], env) if env in environ else default
         shown = "(hidden)" if f.name in secrets and value else value
@@ -78,4 +90,4 @@ def _convert(kind: type, text: str, env: str) -> Any:
     try:
         return kind(text)
     except ValueError:
-        raise SystemExit(f"{env}={text!r} is not a valid {kind.__name__}") from None
+        raise ConfigError(f"{env}={text!r} is not a valid {kind.__name__}") from None

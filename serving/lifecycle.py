@@ -8,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 
 from imgsearch._signals import stop_on_signals
+from imgsearch.errors import ConfigError
 
 __all__ = ["JsonFormatter", "configure_logging", "stop_on_signals"]
 
@@ -31,8 +32,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str = "text") -> None:
+    """Log INFO and above to stderr as text or as one JSON object per line."""
     if log_format not in ("text", "json"):
-        raise SystemExit(f"log format must be text or json, not {log_format!r}")
+        raise ConfigError(f"log format must be text or json, not {log_format!r}")
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)

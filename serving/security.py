@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from imgsearch.errors import ConfigError
+
 TOKEN_ENV = "IMGSEARCH_TOKEN"
 READ_TOKEN_ENV = "IMGSEARCH_READ_TOKEN"
 ROLES = ("read", "write")
@@ -22,10 +24,10 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
     checked against `client_ca`) when a CA is given too. None: plaintext."""
     if not cert and not key:
         if client_ca:
-            raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     if not (cert and key):
-        raise SystemExit("TLS needs both --tls-cert and --tls-key")
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
     return grpc.ssl_server_credentials(
         [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
         root_certificates=_read(client_ca, "client CA") if client_ca else None,
@@ -37,7 +39,7 @@ def _read(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise SystemExit(f"cannot read the {what} {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
 class Tokens:
@@ -65,7 +67,7 @@ class Tokens:
                     continue
                 parts = line.split()
                 if len(parts) != 2 or parts[0] not in ROLES:
-                    raise SystemExit(
+                    raise ConfigError(
                         f"{tokens_file} line {number}: expected 'read TOKEN' or 'write TOKEN'"
                     )
                 roles[parts[1]] = parts[0]

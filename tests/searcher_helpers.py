@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 
 from imgsearch import vectors
 from imgsearch.v1 import searcher_pb2 as pb
@@ -93,3 +95,22 @@ def searcher_on(engine: str, request: Any, tmp_path_factory: Any, **settings: An
         where = {"dsn": request.getfixturevalue("old_engine_dsn")}
     with Searcher(SearcherConfig(address="127.0.0.1:0", **where, **settings)) as running:
         yield running
+
+
+_names = itertools.count()
+
+
+def new_collection(stub, dim: int = 1000, metric: int = pb.METRIC_L2, kind: int = 0) -> str:  # type: ignore[no-untyped-def]
+    """A new collection of a fresh name."""
+    name = f"t{next(_names)}_{np.random.default_rng().integers(1 << 30)}"
+    params = pb.IndexParams(kind=kind)
+    stub.CreateCollection(
+        pb.CreateCollectionRequest(name=name, dim=dim, metric=metric, index_params=params)
+    )
+    return name
+
+
+def rpc_error(call, *args) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as raised:
+        call(*args)
+    return raised.value

@@ -180,7 +180,7 @@ def test_a_collection_filled_by_another_model_is_refused(searcher, embedder) -> 
 
 
 def test_tutorial_paths_are_stable_ids(tmp_path: Path) -> None:
-    from imgsearch.cli import stable_id
+    from imgsearch.cli.ingest import stable_id
 
     path = tmp_path / "a" / "b.jpg"
     assert stable_id(path) == stable_id(tmp_path / "a" / ".." / "a" / "b.jpg")
@@ -259,3 +259,17 @@ def _try(function, *args):  # type: ignore[no-untyped-def]
         return function(*args)
     except BaseException as exc:  # returned to the test's thread
         return exc
+
+
+def test_the_readmes_python_example_runs_as_written(
+    searcher, embedder, tmp_path, monkeypatch
+) -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    addresses = f'"127.0.0.1:{embedder.port}", "127.0.0.1:{searcher.port}", collection="readme"'
+    assert example.count('"localhost:50051", "localhost:50052"') == 1
+    example = example.replace('"localhost:50051", "localhost:50052"', addresses)
+    monkeypatch.chdir(tmp_path)
+    for number, name in enumerate(("cat.jpg", "query.jpg")):
+        (tmp_path / name).write_bytes(images.jpeg(number))
+    exec(compile(example, "README.md", "exec"), {})

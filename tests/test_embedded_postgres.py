@@ -149,9 +149,9 @@ def test_a_data_directory_of_the_old_engine_is_refused_then_upgraded_in_place(
 
     import grpc
 
+    from imgsearch.errors import EmbeddedDatabaseError
     from imgsearch.v1 import searcher_pb2 as pb
     from searcher.config import SearcherConfig
-    from searcher.embedded import EmbeddedDatabaseError
     from searcher.server import Searcher
     from tests.searcher_helpers import clustered_vectors, searcher_stub, upsert_messages, vector
 

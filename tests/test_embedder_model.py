@@ -13,13 +13,13 @@ import torch
 from embedder import probes
 from embedder.model import (
     EmbeddingModel,
-    ModelLoadError,
     ModelSpec,
     imagenet_weights_file,
     load_classifier,
     preprocess,
     weights_fingerprint,
 )
+from imgsearch.errors import ModelLoadError
 from tests.embedder_helpers import save_random_weights
 from tests.process_helpers import DEAD_PROXY
 

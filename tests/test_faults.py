@@ -18,7 +18,7 @@ import numpy as np
 import psycopg2
 import pytest
 
-from imgsearch.cli import image_files, stable_id
+from imgsearch.cli.ingest import image_files, stable_id
 from imgsearch.v1 import searcher_pb2 as spb
 from searcher.embedded import EmbeddedPostgres
 from tests import images

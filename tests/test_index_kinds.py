@@ -19,6 +19,7 @@ from searcher.kinds import spec
 from searcher.pgvector_io import Item, decode_binary_copy_ids_vectors, encode_binary_copy
 from searcher.pool import ConnectionPool
 from searcher.recall import ExactNeighbours, recall_by_distance
+from searcher.settings import StoreSettings
 from searcher.store import VectorStore
 from tests.searcher_helpers import clustered_vectors
 
@@ -28,7 +29,7 @@ _names = itertools.count()
 @pytest.fixture(scope="module")
 def store(postgres_dsn: str) -> Iterator[VectorStore]:
     pool = ConnectionPool(postgres_dsn, max_size=4)
-    store = VectorStore(pool, shadow_share=0)
+    store = VectorStore(pool, StoreSettings(shadow_share=0))
     store.open()
     try:
         yield store
@@ -102,7 +103,7 @@ def test_halfvec_refuses_values_half_precision_cannot_hold(store: VectorStore) -
 
 def test_the_default_kind_gives_way_to_one_that_serves_the_metric(postgres_dsn: str) -> None:
     pool = ConnectionPool(postgres_dsn, max_size=2)
-    store = VectorStore(pool, default_kind=IndexKind.BINARY, shadow_share=0)
+    store = VectorStore(pool, StoreSettings(default_kind=IndexKind.BINARY, shadow_share=0))
     store.open()
     try:
         inner = store.create_collection(f"k{next(_names)}", 8, Metric.INNER_PRODUCT)

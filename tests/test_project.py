@@ -1,8 +1,12 @@
-"""The project's ground rules: CI runs exactly the README's test command."""
+"""The project's ground rules: CI runs exactly the README's test command, every command keeps its
+options, and the layout keeps its rules (imports one way, small rooms, one home per default,
+one error tree, a documented public API)."""
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +87,159 @@ def test_every_command_keeps_its_options_defaults_and_variables(command: str) ->
     """Recorded by `python -m tests.command_help --write`; a difference is a change users see."""
     recorded = options((GOLDEN / f"{command}.txt").read_text())
     assert options(help_text(command)) == recorded
+
+
+# -- the layout's rules, checked on the source ------------------------------------------------
+
+PACKAGES = ("imgsearch", "serving", "embedder", "searcher", "stack", "webui")
+SERVICES = {"embedder", "searcher"}
+SERVER_SIDE = {*SERVICES, "serving", "stack"}
+
+
+def _sources(*roots: str) -> list[Path]:
+    """Our Python files under `roots`, generated code left out."""
+    return sorted(
+        path
+        for root in roots
+        for path in (ROOT / root).rglob("*.py")
+        if "imgsearch/v1" not in path.as_posix() and ".venv" not in path.parts
+    )
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The top-level packages a file imports, at the top or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+def test_imports_run_one_way_and_only_the_stack_composes_both_services() -> None:
+    """client → contract; services → serving → contract; the stack above both services."""
+    wrong: list[str] = []
+    for path in _sources(*PACKAGES):
+        relative = path.relative_to(ROOT).as_posix()
+        package = relative.split("/")[0]
+        allowed = {
+            "imgsearch": {"imgsearch", "webui"},  # the CLI serves the search page
+            "webui": {"imgsearch", "webui"},
+            "serving": {"imgsearch", "serving"},
+            "embedder": {"imgsearch", "serving", "embedder"},
+            "searcher": {"imgsearch", "serving", "searcher"},
+            "stack": set(PACKAGES) - {"webui"},
+        }[package]
+        if relative == "imgsearch/cli/stack.py":
+            allowed = allowed | {"stack"}  # the one module of the client that starts servers
+        wrong += [f"{relative} imports {name}" for name in _imported_packages(path) - allowed]
+    assert wrong == []
+    composing = [p for p in _sources(*PACKAGES) if SERVICES <= _imported_packages(p)]
+    assert {p.relative_to(ROOT).parts[0] for p in composing} == {"stack"}
+
+
+def test_no_module_over_500_lines_and_no_function_over_60_outside_bench_and_tests() -> None:
+    long_modules = [
+        f"{path.relative_to(ROOT)}: {lines}"
+        for path in _sources(*PACKAGES, "bench", "scripts", "tests")
+        if (lines := len(path.read_text().splitlines())) > 500
+    ]
+    long_functions = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length}"
+        for path in _sources(*PACKAGES, "scripts")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (length := node.end_lineno - node.lineno + 1) > 60  # type: ignore[operator]
+    ]
+    assert long_modules == [] and long_functions == []
+
+
+def test_only_entry_points_exit_the_process() -> None:
+    """Library code raises imgsearch errors; `main`s turn them into exit statuses, and only a
+    module run as a program (`sys.exit(main())`) exits."""
+    exits = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in _sources(*PACKAGES)
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if ("SystemExit" in line or "sys.exit(" in line) and line.strip() != "sys.exit(main())"
+    ]
+    assert exits == []
+
+
+def test_each_shared_default_is_defined_once_in_imgsearch_defaults() -> None:
+    from imgsearch import defaults
+
+    values = {
+        defaults.EMBEDDER_PORT,
+        defaults.SEARCHER_PORT,
+        defaults.MAX_MESSAGE_BYTES,
+        defaults.MAX_UPLOAD_BYTES,
+        8080,
+        defaults.COLLECTION,
+        defaults.MODEL,
+        ".local",
+    }
+    # Other things called "images": the ONNX graph's input, and `imgsearch search`'s argument.
+    exempt = {("embedder/onnx_runtime.py", "images"), ("imgsearch/cli/search.py", "images")}
+    found = []
+    for path in _sources(*PACKAGES):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative == "imgsearch/defaults.py":
+            continue
+        text = path.read_text()
+        if "64 * 1024 * 1024" in text:
+            found.append(f"{relative}: 64 * 1024 * 1024")
+        for node in ast.walk(ast.parse(text)):
+            value = getattr(node, "value", None) if isinstance(node, ast.Constant) else None
+            if value in values and (relative, value) not in exempt and not isinstance(value, bool):
+                found.append(f"{relative}:{node.lineno}: {value!r}")
+    assert found == []
+
+
+def test_the_public_api_is_listed_and_every_name_in_it_says_what_it_is() -> None:
+    import inspect
+
+    import imgsearch
+
+    assert {"ImageSearchClient", "SearchOptions", "Hit", "ImageSearchError"} <= set(
+        imgsearch.__all__
+    )
+    undocumented = []
+    for name in imgsearch.__all__:
+        value = getattr(imgsearch, name)
+        doc = inspect.getdoc(value) or ""
+        if not doc or doc.startswith(f"{name}("):  # a dataclass's generated signature
+            undocumented.append(name)
+        if inspect.isclass(value) and not issubclass(value, Exception):
+            undocumented += [
+                f"{name}.{member}"
+                for member, function in vars(value).items()
+                if not member.startswith("_")
+                and (inspect.isfunction(function) or isinstance(function, property))
+                and not inspect.getdoc(function)
+            ]
+    assert undocumented == []
+
+
+def test_every_error_is_in_the_one_tree_that_errors_py_draws() -> None:
+    import importlib
+    import pkgutil
+
+    from imgsearch import errors
+
+    for package in PACKAGES:
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, f"{package}."):
+            if not info.name.endswith("__main__") and ".v1" not in info.name:
+                importlib.import_module(info.name)
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    ours = [
+        c for c in subclasses(errors.ImageSearchError) if c.__module__.split(".")[0] in PACKAGES
+    ]
+    assert [c.__qualname__ for c in ours if c.__module__ != errors.__name__] == []
+    drawn = errors.__doc__ or ""
+    assert [c.__name__ for c in ours if c.__name__ not in drawn.split()] == []

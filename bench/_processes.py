@@ -1,0 +1,100 @@
+"""What the benchmarks start and watch beside the code they measure: `imgsearch-searcher` as its
+own process, the memory of a PostgreSQL server, and where the results go."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class SearcherProcess:
+    """`imgsearch-searcher` on an embedded PostgreSQL in `data_dir`; its log goes to a file."""
+
+    def __init__(self, data_dir: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "searcher", "--address", f"127.0.0.1:{self.port}",
+             "--data-dir", str(data_dir)],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while "listening on port" not in log_path.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"searcher did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=120)
+        self._log.close()
+
+
+class PostgresMemory:
+    """Samples the summed proportional set size of the PostgreSQL processes of a data
+    directory; `peak()` since the last `reset()`."""
+
+    def __init__(self, data_dir: Path, interval_s: float = 0.5) -> None:
+        self.data_dir = str(data_dir)
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            total = 0
+            postmaster = _postmaster(self.data_dir)
+            if postmaster is None:
+                continue
+            for process in [postmaster, *postmaster.children(recursive=True)]:
+                try:
+                    total += process.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            self._peak = max(self._peak, total)
+
+    def reset(self) -> None:
+        self._peak = 0
+
+    def peak_mb(self) -> float:
+        return self._peak / 1e6
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _postmaster(data_dir: str) -> psutil.Process | None:
+    pid_file = Path(data_dir) / "postmaster.pid"
+    try:
+        return psutil.Process(int(pid_file.read_text().split()[0]))
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    """The run's figures as JSON in `out` (bench/results/ by default)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -1,0 +1,178 @@
+"""The plain records of imgsearch's public API: what a call takes (IngestItem, SearchOptions) and
+what it gives back (Hit, StoredItem, DuplicateGroup, ModelInfo, CollectionInfo, CollectionStats,
+IngestReport). No protobuf and no gRPC here: the searcher builds its hits from the same Hit, and
+the client converts the wire messages into these in one place (imgsearch._convert)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One image to embed and store: its id (same id again = update), the encoded image, and
+    what is stored beside its vector."""
+
+    id: int
+    image: bytes
+    label: str = ""
+    uri: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a search is answered. Which items may be hits: only these `labels` (any of them) and
+    `attributes` (all of them); only those at least `min_distance` away (0: no bound; leaves out
+    the query's near-duplicates) and at most `max_distance` away (0: no bound; keeps only them).
+    How hard the index is walked: `ef_search` and, for quantized index kinds, `candidates`
+    re-ranked exactly (0: the collection's calibrated effort); `exact` scans every row."""
+
+    labels: Sequence[str] = ()
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    min_distance: float = 0.0
+    max_distance: float = 0.0
+    ef_search: int = 0
+    candidates: int = 0
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A stored item found by a search, with its exact distance to the query (smaller is
+    nearer, under the collection's metric)."""
+
+    id: int
+    label: str
+    uri: str
+    distance: float
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """An item as stored; `vector` only when it was asked for."""
+
+    id: int
+    label: str
+    uri: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class DuplicateMember:
+    """One item of a group of near-duplicates, with its distance to the group's first member."""
+
+    id: int
+    label: str
+    uri: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Items within the duplicate distance of one another (transitively); the first member (the
+    smallest id) first, at distance 0."""
+
+    members: list[DuplicateMember]
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: rows inserted and updated, and each image that failed with why."""
+
+    inserted: int = 0
+    updated: int = 0
+    failed: list[tuple[IngestItem, str]] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        """Rows written, new or updated."""
+        return self.inserted + self.updated
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the embedder serves: its model, weights and head, the vectors' length and the
+    fingerprint collections record, its limits, and the duplicate distances it measured at
+    start-up (0 when not measured)."""
+
+    model: str
+    weights_source: str  # imagenet | checkpoint | random
+    weights: str  # the torchvision enum member, the checkpoint path, or the random seed
+    head: str  # logits | gem
+    dim: int
+    preprocessing: str
+    device: str
+    runtime: str
+    fingerprint: str
+    max_batch_size: int
+    max_images_per_request: int
+    max_image_bytes: int
+    max_image_pixels: int
+    duplicate_distance: float
+    duplicate_cosine_distance: float
+    duplicate_calibration: str
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the vectors say nothing about image content (weights=random)."""
+        return self.weights_source == "random"
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What a collection's last index build left: its generation, size and time, the recall it
+    measured, and the search effort calibrated from it (0: the server's default)."""
+
+    generation: int
+    built_rows: int
+    built_at: datetime | None
+    build_seconds: float
+    recall: float | None
+    recall_sample: int
+    recall_measured_at: datetime | None
+    ef_search: int
+    candidates: int
+    quantizer_rows: int
+    note: str
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection: its vectors' length and metric (l2, cosine, inner_product), its index kind
+    (vector, halfvec, binary) and HNSW parameters, the model that filled it, and its index."""
+
+    name: str
+    dim: int
+    metric: str
+    index_kind: str
+    m: int
+    ef_construction: int
+    model_fingerprint: str
+    created_at: datetime | None
+    index: IndexInfo
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    """A collection's size on disk, its index and its measured recall, the database's versions
+    and the settings that shape its speed."""
+
+    row_count: int
+    index_present: bool
+    index_kind: str
+    m: int
+    ef_construction: int
+    index: IndexInfo
+    table_bytes: int
+    index_bytes: int
+    postgres_version: str
+    pgvector_version: str
+    settings: dict[str, str]
+    live_recall: float | None  # over the last shadow queries of the searcher that answered

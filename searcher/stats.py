@@ -1,0 +1,73 @@
+"""What GetStats reports of a collection: its rows, index and sizes on disk, and the database's
+versions and the settings a user tuning the searcher needs to see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg2 import sql
+
+from searcher.catalogue import Collection
+from searcher.pool import ConnectionPool
+from searcher.schema import DATA_SCHEMA
+
+REPORTED_SETTINGS = (
+    "shared_buffers",
+    "effective_cache_size",
+    "maintenance_work_mem",
+    "work_mem",
+    "max_parallel_maintenance_workers",
+    "max_parallel_workers_per_gather",
+)
+
+
+@dataclass(frozen=True)
+class Stats:
+    collection: Collection
+    row_count: int
+    index_present: bool
+    table_bytes: int
+    index_bytes: int
+    postgres_version: str
+    pgvector_version: str
+    settings: dict[str, str]
+    live_recall: float | None  # over the last shadow queries of this searcher
+
+
+def collection_stats(
+    pool: ConnectionPool,
+    collection: Collection,
+    *,
+    versions: tuple[str, str],
+    live_recall: float | None,
+) -> Stats:
+    """The collection's stats; `versions`: (PostgreSQL, pgvector) as the store detected them."""
+    with pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT (SELECT count(*) FROM {}), to_regclass(%s) IS NOT NULL, "
+                "pg_table_size(%s::regclass), pg_indexes_size(%s::regclass)"
+            ).format(collection.table),
+            (
+                f"{DATA_SCHEMA}.{collection.index_name()}",
+                collection.qualified_table,
+                collection.qualified_table,
+            ),
+        )
+        rows, has_index, table_bytes, index_bytes = cur.fetchone()
+        cur.execute(
+            "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)",
+            (list(REPORTED_SETTINGS),),
+        )
+        settings = dict(cur.fetchall())
+    return Stats(
+        collection=collection,
+        row_count=rows,
+        index_present=has_index,
+        table_bytes=table_bytes,
+        index_bytes=index_bytes,
+        postgres_version=versions[0],
+        pgvector_version=versions[1],
+        settings=settings,
+        live_recall=live_recall,
+    )
