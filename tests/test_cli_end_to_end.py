@@ -112,6 +112,16 @@ def test_an_ingested_image_finds_itself_first_at_distance_zero(ingested, photos:
     assert abs(float(hits[0]["distance"])) < 1e-3  # type: ignore[arg-type]
 
 
+def test_search_effort_options_reach_the_searcher(ingested, photos: Path) -> None:
+    image = photos / "label05" / "03.jpg"
+    walked = _search(ingested, image, "--top-k", "10", "--ef-search", "100", "--candidates", "50")
+    exact = _search(ingested, image, "--top-k", "10", "--exact")
+    assert [h["id"] for h in walked] == [h["id"] for h in exact]  # 200 rows: the index finds all
+    too_much = imgsearch("search", str(image), "--ef-search", "5000", *ingested)
+    assert too_much.returncode == 2
+    assert "ef_search must be between 0 and 1000, got 5000" in too_much.stderr
+
+
 def test_re_encoded_copies_find_their_original_first(ingested, photos: Path, tmp_path) -> None:
     found = 0
     for n in range(50):
