@@ -108,7 +108,7 @@ def start_stack(args: argparse.Namespace, **settings: Any) -> Any:
         way_out = (
             "; without ImageNet weights you can still try everything with --weights random "
             "(results are then meaningless)"
-            if config.weights == defaults.WEIGHTS
+            if config.weights == defaults.WEIGHTS and "--weights random" not in str(exc)
             else ""
         )
         raise ModelLoadError(f"the embedder cannot start: {exc}{way_out}") from None
