@@ -95,9 +95,21 @@ class Collection:
         base = "hnsw_" + _name_hash(self.name)
         return base if generation == 0 else f"{base}_{generation}"
 
+    @property
+    def qualified_index(self) -> str:
+        """The current index as a regclass text."""
+        return f"{DATA_SCHEMA}.{self.index_name()}"
+
     def quantizer_name(self, generation: int | None = None) -> str:
         generation = self.generation if generation is None else generation
         return f"{quantizer_prefix(self.name)}{generation}"
+
+
+# Whether an index (by its qualified name) exists and is valid. An index whose CONCURRENTLY
+# build was interrupted exists but is invalid: the planner never uses it.
+INDEX_IS_VALID = (
+    "SELECT coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)), false)"
+)
 
 
 def quantizer_prefix(name: str) -> str:
@@ -228,7 +240,8 @@ class Catalogue:
         return created_at
 
     def get(self, name: str, *, fresh: bool = False) -> tuple[Collection, bool]:
-        """The collection and whether its index exists; "images" is made on first use."""
+        """The collection and whether its index exists and is valid (searches can use it);
+        "images" is made on first use."""
         name = name or defaults.COLLECTION
         check_collection_name(name)
         with self._lock:
@@ -240,10 +253,7 @@ class Catalogue:
             row = cur.fetchone()
             if row is not None:
                 collection = _from_row(row)
-                cur.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL",
-                    (f"{DATA_SCHEMA}.{collection.index_name()}",),
-                )
+                cur.execute(INDEX_IS_VALID, (collection.qualified_index,))
                 has_index: bool = cur.fetchone()[0]
         if row is None:
             if name != defaults.COLLECTION:

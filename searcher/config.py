@@ -82,8 +82,9 @@ HELP = {
     "default_ef_search": "HNSW ef_search of VECTOR and HALFVEC indexes when neither the request "
     "nor the collection's calibration gives one (BINARY walks as many as it re-ranks)",
     "exact_filter_rows": "filters matching at most this many rows are searched exactly",
-    "maintenance_work_mem": "PostgreSQL maintenance_work_mem for index builds "
-    "(empty: the database's setting; the embedded one sizes it from the machine's memory)",
+    "maintenance_work_mem": "PostgreSQL maintenance_work_mem for index builds (empty: what "
+    "each build's graph needs, at most the database's own setting, which the embedded server "
+    "sizes from the machine's memory)",
     "recall_floor": "an index build whose measured recall@10 at the default search effort is "
     "below this is rebuilt once with larger m and ef_construction",
     "recall_target": "after each build, a collection searches with the least effort (ef_search, "

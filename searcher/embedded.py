@@ -230,8 +230,9 @@ def write_tuning(data_dir: Path) -> dict[str, str]:
         # A planner hint: what the OS and PostgreSQL together are likely to cache.
         "effective_cache_size": f"{_clamp(memory // 2, 256 * mb, 64 * 1024 * mb) // mb}MB",
         # An HNSW build is fast while its graph fits in this (a million 1000-d half vectors:
-        # ~2.7 GB); beyond it the build goes on far slower, on disk.
-        "maintenance_work_mem": f"{_clamp(memory // 8, 64 * mb, 4096 * mb) // mb}MB",
+        # ~3 GB); beyond it the build goes on far slower, on disk. The searcher asks each
+        # build for what its graph needs, up to this.
+        "maintenance_work_mem": f"{_clamp(memory // 4, 64 * mb, 16384 * mb) // mb}MB",
         "max_parallel_maintenance_workers": str(max(1, min(cpus, 8))),
         # Bulk loads write GBs; fewer checkpoints in the middle of one.
         "max_wal_size": "4GB",

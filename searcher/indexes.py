@@ -19,13 +19,18 @@ from typing import Any
 import numpy as np
 from psycopg2 import sql
 
-from searcher.catalogue import Catalogue, Collection, quantizer_prefix
+from imgsearch.errors import Unavailable
+from searcher.catalogue import INDEX_IS_VALID, Catalogue, Collection, quantizer_prefix
 from searcher.kinds import create_quantizer, spec
-from searcher.pgvector_io import as_array
+from searcher.pgvector_io import as_array, vector_literal
 from searcher.pool import ConnectionPool
 from searcher.schema import DATA_SCHEMA
 
 logger = logging.getLogger(__name__)
+
+MEMORY = "maintenance_work_mem"
+MB = 1 << 20
+MIN_BUILD_MEMORY = 64 * MB  # PostgreSQL's own default
 
 
 class IndexBuilder:
@@ -109,18 +114,28 @@ class IndexBuilder:
         the catalogue; (rows, seconds), or None when there are no rows to fit a quantizer on."""
         kind = spec(target.kind)
         started = time.monotonic()
-        with _build_settings(cur, self.maintenance_work_mem):
+        with _build_settings(cur, self._build_memory(cur, target)):
             recorded: dict[str, Any] = {}
             if kind.needs_quantizer:
                 recorded = self._fit_quantizer(cur, target)
                 if not recorded["quantizer_rows"]:
                     return None
+            # An index of this name can only be a leftover: a build of this generation that a
+            # crash interrupted (invalid), or one that was never recorded. Never take it for
+            # the new one.
+            _drop_index(cur, target.index_name(), concurrently=concurrently)
+            cur.connection.notices.clear()
             try:
                 cur.execute(kind.create_index(target, target.generation, concurrently=concurrently))
+                spilled = _spill_notice(cur.connection.notices)
+                _check_usable(cur, target)
             except BaseException:
                 # A failed CONCURRENTLY build leaves an invalid index behind.
                 _drop_index(cur, target.index_name(), concurrently=False)
                 raise
+            if spilled:
+                logger.warning("the index build of %s went on on disk: %s", target.name, spilled)
+                note = "; ".join(filter(None, [note, f"the build spilled to disk ({spilled})"]))
             cur.execute(sql.SQL("ANALYZE {}").format(target.table))
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(target.table))
             rows: int = cur.fetchone()[0]
@@ -141,6 +156,70 @@ class IndexBuilder:
                 **recorded,
             )
         return rows, seconds
+
+    def clean_up(self) -> dict[str, bool]:
+        """Drop what interrupted builds left: invalid indexes (a CONCURRENTLY build cut short by
+        a crash) and indexes of generations the catalogue does not record (a build interrupted
+        between its index and its record, or before dropping the previous one). Collections a
+        searcher is building now are left alone. Says so in each collection's note; returns the
+        collections cleaned, each with whether its recorded index itself was invalid (then it
+        needs a build; the others, a check: the build that was cut short may have been a
+        repair)."""
+        collections = {c.name: c for c in self.catalogue.list()}
+        with self._autocommit() as cur:
+            cur.execute(
+                "SELECT t.relname, c.relname, i.indisvalid FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+                "WHERE c.relnamespace = %s::regnamespace AND starts_with(c.relname, 'hnsw_') "
+                "ORDER BY 1, 2",
+                (DATA_SCHEMA,),
+            )
+            found = cur.fetchall()
+            cleaned: dict[str, bool] = {}
+            for table, index, valid in found:
+                collection = collections.get(table)
+                recorded = collection.index_name() if collection else None
+                if collection is None or (valid and index == recorded):
+                    continue
+                with _advisory_lock(cur, "build", table, wait=False) as locked:
+                    if not locked:
+                        continue  # another searcher is building it now
+                    _drop_index(cur, index, concurrently=True)
+                what = "an invalid index" if not valid else "an index no build recorded"
+                note = f"dropped {what} ({index}) left by an interrupted build"
+                cleaned[table] = cleaned.get(table, False) or index == recorded
+                if index == recorded:
+                    note += "; it was the recorded one: the index is built again"
+                logger.warning("%s: %s", table, note)
+                previous = self.catalogue.get(table, fresh=True)[0].index_note
+                self.catalogue.record(
+                    cur, table, index_note="; ".join(filter(None, [note, previous]))
+                )
+        return cleaned
+
+    def _build_memory(self, cur: Any, collection: Collection) -> str:
+        """maintenance_work_mem for building this collection's graph: what the graph needs
+        (so a small build does not reserve the server's whole setting: a parallel build takes
+        all of it from shared memory up front), at most the server's setting. Configured
+        explicitly, that value as it is."""
+        if self.maintenance_work_mem:
+            return self.maintenance_work_mem
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
+        rows: int = cur.fetchone()[0]
+        need = spec(collection.kind).graph_bytes(rows, collection.dim, collection.m)
+        cur.execute("SELECT setting::bigint * 1024 FROM pg_settings WHERE name = %s", (MEMORY,))
+        most: int = cur.fetchone()[0]
+        if need > most:
+            logger.warning(
+                "the graph of %s (%d rows) needs about %.1f GB to build in memory; "
+                "maintenance_work_mem allows %.1f GB: the build will spill to disk (slower). "
+                "Raise it (--maintenance-work-mem, or the server's setting) to build faster",
+                collection.name,
+                rows,
+                need / 1e9,
+                most / 1e9,
+            )
+        return f"{max(MIN_BUILD_MEMORY, min(need, most)) // MB}MB"
 
     def _fit_quantizer(self, cur: Any, collection: Collection) -> dict[str, Any]:
         """Fit the BINARY quantizer (per-dimension mean and standard deviation) on the stored
@@ -192,15 +271,51 @@ class IndexBuilder:
                 conn.autocommit = old
 
 
+def _spill_notice(notices: list[str]) -> str:
+    """PostgreSQL's notice that the HNSW graph outgrew maintenance_work_mem (from then on the
+    build inserts row by row through the on-disk path, far slower), or ""."""
+    for notice in notices:
+        if "no longer fits into maintenance_work_mem" in notice:
+            return " ".join(notice.split()).removeprefix("NOTICE: ")
+    return ""
+
+
+def _check_usable(cur: Any, collection: Collection) -> None:
+    """Raise unless the collection's current index is valid and the planner walks it for a
+    nearest-neighbour query (with sequential scans and sorts ruled out, so that a small table's
+    cheaper plan does not hide an index that can never be used)."""
+    cur.execute(INDEX_IS_VALID, (collection.qualified_index,))
+    if not cur.fetchone()[0]:
+        raise Unavailable(f"the new index of {collection.name!r} is not valid")
+    cur.execute(sql.SQL("SELECT embedding FROM {} LIMIT 1").format(collection.table))
+    row = cur.fetchone()
+    if row is None:
+        return  # nothing to search with: valid is all there is to check
+    cur.execute("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
+    try:
+        cur.execute(
+            sql.SQL("EXPLAIN SELECT id FROM {} ORDER BY {} LIMIT 10").format(
+                collection.table, spec(collection.kind).candidate_order(collection)
+            ),
+            {"query": vector_literal(as_array(row[0]))},
+        )
+        plan = "\n".join(line for (line,) in cur.fetchall())
+    finally:
+        cur.execute("ROLLBACK")
+    new, previous = collection.index_name(), collection.index_name(collection.generation - 1)
+    # While the previous generation exists the planner picks either when their expressions
+    # are the same once inlined (a BINARY quantizer refitted on the same rows): then the new
+    # one serves the same searches.
+    if f" using {new} " not in plan and f" using {previous} " not in plan:
+        raise Unavailable(f"searches of {collection.name!r} would not use its new index {new}")
+
+
 @contextlib.contextmanager
 def _build_settings(cur: Any, maintenance_work_mem: str) -> Iterator[None]:
     """The session settings of a build: its memory, and no statement timeout (the timeout
     bounds requests; a build's time grows with the data, a minute or more for 100k full
     vectors, and must not be cut short)."""
-    if maintenance_work_mem:
-        cur.execute(
-            sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(maintenance_work_mem))
-        )
+    cur.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(maintenance_work_mem)))
     cur.execute("SET statement_timeout = 0")
     try:
         yield
@@ -209,12 +324,21 @@ def _build_settings(cur: Any, maintenance_work_mem: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _advisory_lock(cur: Any, purpose: str, name: str) -> Iterator[None]:
-    cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"{purpose}:{name}",))
+def _advisory_lock(cur: Any, purpose: str, name: str, *, wait: bool = True) -> Iterator[bool]:
+    """A session lock on (purpose, name); with wait=False, yields False at once if another
+    session holds it."""
+    key = f"{purpose}:{name}"
+    if wait:
+        cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+    else:
+        cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+        if not cur.fetchone()[0]:
+            yield False
+            return
     try:
-        yield
+        yield True
     finally:
-        cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"{purpose}:{name}",))
+        cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
 def _drop_index(cur: Any, name: str, *, concurrently: bool) -> None:

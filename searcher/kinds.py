@@ -62,6 +62,23 @@ class KindSpec:
             return [(ef, ef) for ef in EFFORT_LADDER]
         return [(ef, candidates or self.default_candidates) for ef in EFFORT_LADDER]
 
+    def value_bytes(self, dim: int) -> int:
+        """What one indexed value takes in memory (a varlena: header, then the data)."""
+        if self.kind is IndexKind.VECTOR:
+            return 8 + 4 * dim
+        if self.kind is IndexKind.HALFVEC:
+            return 8 + 2 * dim
+        return 8 + -(-dim * len(BINARY_THRESHOLDS) // 8)
+
+    def graph_bytes(self, rows: int, dim: int, m: int) -> int:
+        """pgvector's in-memory graph of `rows` elements while it builds (hnswbuild.c): each
+        element's struct (~128 bytes), its value, its level-0 neighbours (2m candidates of 16
+        bytes) and its upper levels' (m each, on about 1/(m-1) of the elements), plus a tenth
+        for allocation headers."""
+        upper = (8 + 16 * m) / max(m - 1, 1)
+        element = 128 + 16 + self.value_bytes(dim) + (8 + 16 * 2 * m) + upper
+        return int(rows * element * 1.1)
+
     @property
     def needs_quantizer(self) -> bool:
         return self.kind is IndexKind.BINARY
@@ -102,9 +119,11 @@ class KindSpec:
     def create_index(
         self, collection: Collection, generation: int, *, concurrently: bool
     ) -> sql.Composable:
+        """CREATE INDEX of this generation. Never IF NOT EXISTS: an index of that name can only
+        be what a crashed build left (invalid, or never recorded), and it would be taken for
+        the new one; the builder drops such a leftover first."""
         return sql.SQL(
-            "CREATE INDEX {} IF NOT EXISTS {} ON {} USING hnsw ({} {}) "
-            "WITH (m = {}, ef_construction = {})"
+            "CREATE INDEX {} {} ON {} USING hnsw ({} {}) WITH (m = {}, ef_construction = {})"
         ).format(
             sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""),
             sql.Identifier(collection.index_name(generation)),

@@ -40,6 +40,8 @@ DEFAULT_M = 16
 # at 0.969 at any ef_search; 200 gave 0.999 in all 22, for ~55% more build time
 # (bench/hnsw_builds.py, bench/RESULTS.md).
 DEFAULT_EF_CONSTRUCTION = 200
+# How the note of a collection's index says what the calibration chose.
+CALIBRATED = "search effort calibrated"
 # Per-query recall below which a sampled search counts as lost (see _calibrate).
 LOST_QUERY_RECALL = 0.5
 MAX_M = 100
@@ -145,6 +147,8 @@ class IndexMaintenance:
                 kind, name = task
                 if kind == "check":
                     self.check(name)
+                elif kind == "build":
+                    self.rebuild(name)
                 else:
                     self.requantize(name)
             except ImageSearchError as exc:
@@ -167,7 +171,12 @@ class IndexMaintenance:
         if sample is None:
             return
         calibrated = self._calibrate(collection, sample)
-        notes = [collection.index_note] if collection.index_note else []
+        # What the build and the start-up found stays; the calibration is said anew.
+        notes = [
+            part
+            for part in collection.index_note.split("; ")
+            if part and not part.startswith(CALIBRATED)
+        ]
         if calibrated.at_default < self.recall_floor:
             m = min(MAX_M, max(DEFAULT_M, math.ceil(collection.m * 1.5)))
             ef_construction = min(
@@ -180,9 +189,13 @@ class IndexMaintenance:
                 f"{collection.ef_construction} (floor {self.recall_floor:.2f})"
             )
             logger.warning("%s: %s", name, repair)
-            notes = [repair]
+            notes.append(repair)
             collection = self.builder.build(
-                collection, concurrently=True, m=m, ef_construction=ef_construction, note=repair
+                collection,
+                concurrently=True,
+                m=m,
+                ef_construction=ef_construction,
+                note="; ".join(notes),
             )
             calibrated = self._calibrate(collection, sample)
             if calibrated.recall < self.recall_floor:
@@ -197,10 +210,17 @@ class IndexMaintenance:
             f", candidates {chosen.candidates}" if chosen.candidates else ""
         )
         notes.append(
-            f"search effort calibrated: {effort} for recall@10 {calibrated.recall:.3f} "
+            f"{CALIBRATED}: {effort} for recall@10 {calibrated.recall:.3f} "
             f"(target {self.recall_target:.2f})"
         )
         self._record(chosen, calibrated.recall, len(sample), "; ".join(notes))
+
+    def rebuild(self, name: str) -> None:
+        """Build the collection's index again (its recorded one was lost), then check it."""
+        collection, has_index = self.catalogue.get(name, fresh=True)
+        if not has_index:
+            built = self.builder.build(collection, concurrently=True, note=collection.index_note)
+            self.check(built.name)
 
     def requantize(self, name: str) -> None:
         collection, has_index = self.catalogue.get(name, fresh=True)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from psycopg2 import sql
 
-from searcher.catalogue import Collection
+from searcher.catalogue import INDEX_IS_VALID, Collection
 from searcher.pool import ConnectionPool
-from searcher.schema import DATA_SCHEMA
 
 REPORTED_SETTINGS = (
     "shared_buffers",
@@ -45,14 +44,10 @@ def collection_stats(
     with pool.connection() as conn, conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT (SELECT count(*) FROM {}), to_regclass(%s) IS NOT NULL, "
-                "pg_table_size(%s::regclass), pg_indexes_size(%s::regclass)"
-            ).format(collection.table),
-            (
-                f"{DATA_SCHEMA}.{collection.index_name()}",
-                collection.qualified_table,
-                collection.qualified_table,
-            ),
+                "SELECT (SELECT count(*) FROM {}), ({}), pg_table_size(%s::regclass), "
+                "pg_indexes_size(%s::regclass)"
+            ).format(collection.table, sql.SQL(INDEX_IS_VALID)),
+            (collection.qualified_index, collection.qualified_table, collection.qualified_table),
         )
         rows, has_index, table_bytes, index_bytes = cur.fetchone()
         cur.execute(

@@ -115,6 +115,8 @@ class VectorStore:
             self._opened = True
             self.maintenance.start()
             self.shadow.start()
+            for name, lost_index in self.builder.clean_up().items():
+                self.maintenance.schedule("build" if lost_index else "check", name)
             self.maintenance.check_unmeasured()
 
     def close(self) -> None:

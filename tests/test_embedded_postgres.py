@@ -134,7 +134,7 @@ def test_a_new_data_directory_runs_postgresql_18_sized_for_the_machine(tmp_path:
     assert (major, pgvector) == (18, "0.8.5")
     memory = machine_memory_bytes()
     assert shared_buffers == min(max(memory // 4, 128 << 20), 8192 << 20) // (1 << 20) << 20
-    assert maintenance_kb << 10 == min(max(memory // 8, 64 << 20), 4096 << 20) // (1 << 20) << 20
+    assert maintenance_kb << 10 == min(max(memory // 4, 64 << 20), 16384 << 20) // (1 << 20) << 20
     tuning = (tmp_path / "data" / "imgsearch.conf").read_text()
     assert "sized for its machine" in tuning and "effective_cache_size" in tuning
 
