@@ -105,6 +105,7 @@ def collection_stats(response: searcher_pb2.GetStatsResponse) -> records.Collect
         pgvector_version=response.pgvector_version,
         settings=dict(response.settings),
         live_recall=response.live_recall if response.HasField("live_recall") else None,
+        fresh_rows=response.fresh_rows,
     )
 
 

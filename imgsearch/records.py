@@ -176,3 +176,4 @@ class CollectionStats:
     pgvector_version: str
     settings: dict[str, str]
     live_recall: float | None  # over the last shadow queries of the searcher that answered
+    fresh_rows: int = 0  # not in the index yet (added since its build): searched exactly

@@ -73,6 +73,21 @@ class Collection:
     recall_sample: int = 0
     recall_measured_at: datetime | None = None
     index_note: str = ""
+    # Rows of segment <= index_segment are in the index (its predicate); the others are fresh:
+    # searched exactly until folded in. Writers give new and updated rows growing_segment.
+    index_segment: int = 0
+    growing_segment: int = 1
+
+    @property
+    def indexed(self) -> sql.Composable:
+        """The condition of the rows the current index holds (its predicate, as a query must
+        say it for the planner to use the index)."""
+        return sql.SQL("segment <= {}").format(sql.Literal(self.index_segment))
+
+    @property
+    def fresh(self) -> sql.Composable:
+        """The condition of the rows not (yet) in the current index."""
+        return sql.SQL("segment > {}").format(sql.Literal(self.index_segment))
 
     @property
     def half_precision_index(self) -> bool:
@@ -112,6 +127,11 @@ INDEX_IS_VALID = (
 )
 
 
+def segment_index_name(name: str) -> str:
+    """The btree index on a collection's segment column (as migration 3 names it)."""
+    return "segment_" + hashlib.md5(name.encode()).hexdigest()
+
+
 def quantizer_prefix(name: str) -> str:
     return f"quantize_{_name_hash(name)}_"
 
@@ -123,7 +143,8 @@ def _name_hash(name: str) -> str:
 _COLUMNS = (
     "name, dim, metric, index_kind, hnsw_m, hnsw_ef_construction, model_fingerprint, "
     "created_at, index_generation, search_ef, search_candidates, quantizer_rows, built_rows, "
-    "built_at, build_seconds, recall, recall_sample, recall_measured_at, index_note"
+    "built_at, build_seconds, recall, recall_sample, recall_measured_at, index_note, "
+    "index_segment, growing_segment"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM {CATALOG_SCHEMA}.collections"
 # Columns that builds and recall checks may set (record()).
@@ -144,6 +165,8 @@ _RECORDED = frozenset(
         "recall_sample",
         "recall_measured_at",
         "index_note",
+        "index_segment",
+        "growing_segment",
     }
 )
 
@@ -169,6 +192,8 @@ def _from_row(row: Sequence[Any]) -> Collection:
         recall_sample=row[16],
         recall_measured_at=row[17],
         index_note=row[18],
+        index_segment=row[19],
+        growing_segment=row[20],
     )
 
 
@@ -193,8 +218,14 @@ class Catalogue:
             sql.SQL(
                 "CREATE TABLE {} (id bigint PRIMARY KEY, label text NOT NULL DEFAULT '', "
                 "uri text NOT NULL DEFAULT '', attributes jsonb NOT NULL DEFAULT '{{}}', "
-                "embedding vector({}) NOT NULL)"
+                "embedding vector({}) NOT NULL, segment integer NOT NULL DEFAULT 0)"
             ).format(table, sql.Literal(created.dim))
+        )
+        # Finds the fresh rows (the few above index_segment) without reading the others.
+        cur.execute(
+            sql.SQL("CREATE INDEX {} ON {} (segment)").format(
+                sql.Identifier(segment_index_name(created.name)), table
+            )
         )
         # Keep 4 KB vectors inline instead of in TOAST: exact scans 4-5x faster, and the
         # planner can build the HNSW index in parallel.
@@ -221,8 +252,9 @@ class Catalogue:
         try:
             cur.execute(
                 f"INSERT INTO {CATALOG_SCHEMA}.collections (name, dim, metric, index_kind, hnsw_m, "
-                "hnsw_ef_construction, model_fingerprint, index_generation) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING created_at",
+                "hnsw_ef_construction, model_fingerprint, index_generation, index_segment, "
+                "growing_segment) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "RETURNING created_at",
                 (
                     collection.name,
                     collection.dim,
@@ -232,6 +264,8 @@ class Catalogue:
                     collection.ef_construction,
                     collection.model_fingerprint,
                     collection.generation,
+                    collection.index_segment,
+                    collection.growing_segment,
                 ),
             )
         except pg_errors.UniqueViolation:

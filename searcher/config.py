@@ -39,6 +39,7 @@ class SearcherConfig(ServingConfig):
     recall_sample: int = _STORE.recall_sample
     shadow_share: float = _STORE.shadow_share
     shadow_budget: float = _STORE.shadow_budget
+    fold_share: float = _STORE.fold_share
 
     def resolved_data_dir(self) -> Path:
         """The embedded database's data directory (defaults.data_dir()/pgdata when unset)."""
@@ -59,6 +60,7 @@ class SearcherConfig(ServingConfig):
             recall_sample=self.recall_sample,
             shadow_share=self.shadow_share,
             shadow_budget=self.shadow_budget,
+            fold_share=self.fold_share,
         )
 
 
@@ -93,6 +95,8 @@ HELP = {
     "shadow_share": "share of searches re-run exactly in the background to measure live recall "
     "(0 turns it off)",
     "shadow_budget": "most of one core's time those exact re-runs may take",
+    "fold_share": "most of one core's time that folding rows added to an indexed collection "
+    "into its graph may take while writes go on (after them: all it needs)",
     **SERVING_HELP,
 }
 

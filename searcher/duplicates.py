@@ -169,6 +169,10 @@ class DuplicateFinder:
                 # All candidates within the distance (the item itself among them): there may be
                 # more than the index was asked for.
                 scan.saturated += [i for i, n in found.items() if n >= scan.candidates - 1]
+                # The rows not in the index yet: compared exactly.
+                pairs += self._pairs_exact(
+                    scan.collection, scan.filter, ids, scan.max_distance, scan.collection.fresh
+                )
             else:
                 pairs = self._pairs_exact(scan.collection, scan.filter, ids, scan.max_distance)
             for a, b in pairs:
@@ -220,8 +224,9 @@ class DuplicateFinder:
             return [row[0] for row in cur.fetchall()]
 
     def _pairs_by_index(self, scan: _Scan, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """Each item's neighbours among the indexed rows, by the index."""
         collection, effort, candidates = scan.collection, scan.effort, scan.candidates
-        where, params = scan.filter.where()
+        where, params = scan.filter.where(collection.indexed)
         # Candidates are kept by exact distance, so they need not come in order (re-ranked).
         settings = self.queries.index_settings(
             min(max(effort.ef_search, candidates), MAX_EF_SEARCH),
@@ -252,10 +257,16 @@ class DuplicateFinder:
             return [(row[0], row[1]) for row in cur.fetchall()]
 
     def _pairs_exact(
-        self, collection: Collection, filter: Filter, ids: Sequence[int], max_distance: float
+        self,
+        collection: Collection,
+        filter: Filter,
+        ids: Sequence[int],
+        max_distance: float,
+        *among: sql.Composable,
     ) -> list[tuple[int, int]]:
+        """Each item's neighbours by exact distance, among every row or those `among` says."""
         distance = sql.SQL("embedding {} a.embedding").format(sql.SQL(collection.metric.operator))
-        where, params = filter.where(sql.SQL("{} <= %(max_distance)s").format(distance))
+        where, params = filter.where(*among, sql.SQL("{} <= %(max_distance)s").format(distance))
         query = sql.SQL(
             "SET LOCAL enable_indexscan = off; "
             "SELECT a.id, n.id FROM {table} AS a CROSS JOIN LATERAL "

@@ -1,7 +1,12 @@
-"""Building and replacing a collection's HNSW index, one generation at a time.
+"""Building and replacing a collection's HNSW index, one generation at a time, and folding
+fresh rows into it.
 
 A build makes generation g+1 beside generation g (for BINARY: a quantizer fitted on the rows,
 then the index over its codes), records it in the catalogue, and only then drops generation g.
+Each generation is a partial index over the rows written before its build began (segment <=
+its index_segment); rows written since are fresh, searched exactly, until a fold moves them
+under the index (an UPDATE of their segment: PostgreSQL inserts them into the graph) or the
+next build takes them in.
 A live collection is rebuilt CONCURRENTLY, so searches and writes go on meanwhile; after a bulk
 load into an empty collection the index is built in one plain pass, which is faster.
 """
@@ -77,11 +82,17 @@ class IndexBuilder:
             return collection
         with self._autocommit() as cur, _advisory_lock(cur, "build", collection.name):
             current, _ = self.catalogue.get(collection.name, fresh=True)
+            # The new generation takes in every row written so far: writers move on to the
+            # next segment first, and what they write meanwhile stays fresh.
+            sealed = current.growing_segment
+            self.catalogue.record(cur, current.name, growing_segment=sealed + 1)
             target = replace(
                 current,
                 generation=current.generation + 1,
                 m=m or current.m,
                 ef_construction=ef_construction or current.ef_construction,
+                index_segment=sealed,
+                growing_segment=sealed + 1,
             )
             built = self._build_generation(cur, target, concurrently=concurrently, note=note)
             if built is None:
@@ -144,6 +155,7 @@ class IndexBuilder:
                 cur,
                 target.name,
                 index_generation=target.generation,
+                index_segment=target.index_segment,
                 hnsw_m=target.m,
                 hnsw_ef_construction=target.ef_construction,
                 built_rows=rows,
@@ -157,29 +169,71 @@ class IndexBuilder:
             )
         return rows, seconds
 
-    def clean_up(self) -> dict[str, bool]:
+    def fresh_rows(self, collection: Collection) -> int:
+        """Rows not in the current index: written since its build began, and not folded."""
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                    collection.table, collection.fresh
+                )
+            )
+            rows: int = cur.fetchone()[0]
+        return rows
+
+    def fold(self, collection: Collection, rows: int) -> int | None:
+        """Move up to `rows` fresh rows under the current index (PostgreSQL inserts each into
+        the graph); how many moved, or None while a build of the collection runs (it takes
+        them in). Rows being written now are skipped, never waited for."""
+        with (
+            self._autocommit() as cur,
+            _advisory_lock(cur, "build", collection.name, wait=False) as free,
+        ):
+            if not free:
+                return None
+            cur.execute("SET statement_timeout = 0")  # ~4 ms a row into a 100k graph
+            try:
+                cur.execute(
+                    sql.SQL(
+                        "UPDATE {table} SET segment = %(indexed)s WHERE id IN (SELECT id FROM "
+                        "{table} WHERE {fresh} ORDER BY segment, id LIMIT %(rows)s "
+                        "FOR UPDATE SKIP LOCKED)"
+                    ).format(table=collection.table, fresh=collection.fresh),
+                    {"indexed": collection.index_segment, "rows": rows},
+                )
+                moved: int = cur.rowcount
+            finally:
+                cur.execute("RESET statement_timeout")
+        return moved
+
+    def clean_up(self) -> dict[str, str]:
         """Drop what interrupted builds left: invalid indexes (a CONCURRENTLY build cut short by
         a crash) and indexes of generations the catalogue does not record (a build interrupted
         between its index and its record, or before dropping the previous one). Collections a
         searcher is building now are left alone. Says so in each collection's note; returns the
-        collections cleaned, each with whether its recorded index itself was invalid (then it
-        needs a build; the others, a check: the build that was cut short may have been a
-        repair)."""
+        collections cleaned, each with the upkeep it needs: "build" when its recorded index
+        itself was invalid, or covers every row (made before fresh rows existed); "check"
+        otherwise (the build that was cut short may have been a repair)."""
         collections = {c.name: c for c in self.catalogue.list()}
         with self._autocommit() as cur:
             cur.execute(
-                "SELECT t.relname, c.relname, i.indisvalid FROM pg_index i "
+                "SELECT t.relname, c.relname, i.indisvalid, i.indpred IS NULL FROM pg_index i "
                 "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
                 "WHERE c.relnamespace = %s::regnamespace AND starts_with(c.relname, 'hnsw_') "
                 "ORDER BY 1, 2",
                 (DATA_SCHEMA,),
             )
             found = cur.fetchall()
-            cleaned: dict[str, bool] = {}
-            for table, index, valid in found:
+            cleaned: dict[str, str] = {}
+            for table, index, valid, whole_table in found:
                 collection = collections.get(table)
                 recorded = collection.index_name() if collection else None
-                if collection is None or (valid and index == recorded):
+                if collection is None:
+                    continue
+                if valid and index == recorded:
+                    if whole_table:
+                        # Made before fresh rows existed: every addition went into its graph.
+                        logger.info("%s: its index covers every row; built again as partial", table)
+                        cleaned[table] = "build"
                     continue
                 with _advisory_lock(cur, "build", table, wait=False) as locked:
                     if not locked:
@@ -187,7 +241,10 @@ class IndexBuilder:
                     _drop_index(cur, index, concurrently=True)
                 what = "an invalid index" if not valid else "an index no build recorded"
                 note = f"dropped {what} ({index}) left by an interrupted build"
-                cleaned[table] = cleaned.get(table, False) or index == recorded
+                if index == recorded or cleaned.get(table) == "build":
+                    cleaned[table] = "build"
+                else:
+                    cleaned[table] = "check"
                 if index == recorded:
                     note += "; it was the recorded one: the index is built again"
                 logger.warning("%s: %s", table, note)
@@ -294,8 +351,10 @@ def _check_usable(cur: Any, collection: Collection) -> None:
     cur.execute("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
     try:
         cur.execute(
-            sql.SQL("EXPLAIN SELECT id FROM {} ORDER BY {} LIMIT 10").format(
-                collection.table, spec(collection.kind).candidate_order(collection)
+            sql.SQL("EXPLAIN SELECT id FROM {} WHERE {} ORDER BY {} LIMIT 10").format(
+                collection.table,
+                collection.indexed,
+                spec(collection.kind).candidate_order(collection),
             ),
             {"query": vector_literal(as_array(row[0]))},
         )

@@ -119,11 +119,13 @@ class KindSpec:
     def create_index(
         self, collection: Collection, generation: int, *, concurrently: bool
     ) -> sql.Composable:
-        """CREATE INDEX of this generation. Never IF NOT EXISTS: an index of that name can only
+        """CREATE INDEX of this generation, over the rows up to the collection's index_segment
+        (fresh rows stay off the graph). Never IF NOT EXISTS: an index of that name can only
         be what a crashed build left (invalid, or never recorded), and it would be taken for
         the new one; the builder drops such a leftover first."""
         return sql.SQL(
-            "CREATE INDEX {} {} ON {} USING hnsw ({} {}) WITH (m = {}, ef_construction = {})"
+            "CREATE INDEX {} {} ON {} USING hnsw ({} {}) WITH (m = {}, ef_construction = {}) "
+            "WHERE {}"
         ).format(
             sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""),
             sql.Identifier(collection.index_name(generation)),
@@ -132,6 +134,7 @@ class KindSpec:
             sql.SQL(self.opclass(collection.metric)),
             sql.Literal(collection.m),
             sql.Literal(collection.ef_construction),
+            collection.indexed,
         )
 
     def candidate_order(

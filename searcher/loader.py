@@ -39,7 +39,7 @@ class Loader:
         check_items(collection, items, self.limits)
         if not items:
             return UpsertCounts(), False
-        payload = encode_binary_copy(items, collection.dim)
+        payload = encode_binary_copy(items, collection.dim, collection.growing_segment)
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
             if try_plain_copy:
                 # A bulk load of new ids: COPY straight into the table (half the work of
@@ -48,7 +48,7 @@ class Loader:
                 try:
                     cur.copy_expert(
                         sql.SQL(
-                            "COPY {} (id, label, uri, attributes, embedding) "
+                            "COPY {} (id, label, uri, attributes, embedding, segment) "
                             "FROM STDIN WITH (FORMAT binary)"
                         ).format(collection.table),
                         payload,
@@ -59,16 +59,17 @@ class Loader:
                     payload.seek(0)
             cur.execute(
                 "CREATE TEMP TABLE upsert_stage (id bigint, label text, uri text, "
-                "attributes jsonb, embedding vector) ON COMMIT DROP"
+                "attributes jsonb, embedding vector, segment integer) ON COMMIT DROP"
             )
             cur.copy_expert("COPY upsert_stage FROM STDIN WITH (FORMAT binary)", payload)
+            # An updated row becomes fresh again: its old version leaves the index's reach.
             cur.execute(
                 sql.SQL(
-                    "INSERT INTO {} AS t (id, label, uri, attributes, embedding) "
-                    "SELECT id, label, uri, attributes, embedding FROM upsert_stage "
+                    "INSERT INTO {} AS t (id, label, uri, attributes, embedding, segment) "
+                    "SELECT id, label, uri, attributes, embedding, segment FROM upsert_stage "
                     "ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, uri = EXCLUDED.uri, "
-                    "attributes = EXCLUDED.attributes, embedding = EXCLUDED.embedding "
-                    "RETURNING (xmax = 0)"
+                    "attributes = EXCLUDED.attributes, embedding = EXCLUDED.embedding, "
+                    "segment = EXCLUDED.segment RETURNING (xmax = 0)"
                 ).format(collection.table)
             )
             inserted = sum(1 for (was_insert,) in cur.fetchall() if was_insert)
@@ -109,12 +110,14 @@ class UpsertSession:
         has_index: bool,
         *,
         on_close: Callable[[UpsertSession, bool], None],
+        on_write: Callable[[], None] = lambda: None,
     ) -> None:
         self.loader = loader
         self.collection = collection
         self.counts = UpsertCounts()
         self.messages = 0
         self._on_close = on_close
+        self._on_write = on_write
         self._index_deferred, empty = loader.prepare_load(collection, has_index)
         # New ids are COPYed straight into the table; the first message holding an existing id
         # is rolled back to a savepoint and merged instead, and so is the rest of the stream.
@@ -131,6 +134,7 @@ class UpsertSession:
             self.counts.inserted + counts.inserted, self.counts.updated + counts.updated
         )
         self.messages += 1
+        self._on_write()
         return counts
 
     def close(self) -> None:

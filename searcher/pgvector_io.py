@@ -25,25 +25,28 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
 
 
-def encode_binary_copy(items: Iterable[Item], dim: int) -> io.BytesIO:
-    """Rows (id, label, uri, attributes, embedding) in PostgreSQL's binary COPY format.
+def encode_binary_copy(items: Iterable[Item], dim: int, segment: int) -> io.BytesIO:
+    """Rows (id, label, uri, attributes, embedding, segment) in PostgreSQL's binary COPY format,
+    every one in `segment`.
 
     Vectors use pgvector's binary form: int16 dim, int16 unused, then big-endian float32s.
     """
     out = io.BytesIO()
     out.write(_COPY_HEADER)
     vector_header = struct.pack("!ihh", 4 + 4 * dim, dim, 0)
+    segment_field = struct.pack("!ii", 4, segment)
     for item in items:
         label = item.label.encode()
         uri = item.uri.encode()
         attributes = b"\x01" + json.dumps(item.attributes, ensure_ascii=False).encode()
-        out.write(struct.pack("!hiq", 5, 8, item.id))
+        out.write(struct.pack("!hiq", 6, 8, item.id))
         for value in (label, uri, attributes):
             out.write(struct.pack("!i", len(value)))
             out.write(value)
         out.write(vector_header)
         # tobytes() of the big-endian copy is what keeps this fast
         out.write(np.asarray(item.vector, dtype=">f4").tobytes())
+        out.write(segment_field)
     out.write(_COPY_TRAILER)
     out.seek(0)
     return out

@@ -208,7 +208,7 @@ class Queries:
                 matching = self._count(cur, collection, where, params, self.exact_filter_rows + 1)
                 use_index = matching > self.exact_filter_rows
             if use_index:
-                hits = self._approximate(cur, collection, where, params, effort, bool(filter))
+                hits = self._approximate(cur, collection, filter, params, effort)
                 # The index can return fewer rows than exist (filters, deleted rows): check.
                 if len(hits) < top_k and self._count(cur, collection, where, params, top_k) > len(
                     hits
@@ -222,27 +222,38 @@ class Queries:
         self,
         cur: Any,
         collection: Collection,
-        where: sql.Composable,
+        filter: Filter,
         params: dict[str, Any],
         effort: Effort,
-        filtered: bool,
     ) -> list[Hit]:
+        """The index's nearest (re-ranked by exact distance for quantized kinds) merged with the
+        fresh rows' nearest by exact scan: the rows not yet in the index."""
         settings = self.index_settings(
-            effort.ef_search, filtered=filtered, reranked=bool(effort.candidates)
+            effort.ef_search, filtered=bool(filter), reranked=bool(effort.candidates)
         )
+        indexed, _ = filter.where(collection.indexed)
+        fresh, _ = filter.where(collection.fresh)
         order_by = spec(collection.kind).candidate_order(collection)
         if effort.candidates:
-            query = sql.SQL(
+            from_index = sql.SQL(
                 "SELECT id, label, uri, attributes, {} AS distance FROM "
                 "(SELECT id, label, uri, attributes, embedding FROM {} {} ORDER BY {} "
                 "LIMIT %(candidates)s) AS candidates ORDER BY distance LIMIT %(top_k)s"
-            ).format(_exact_distance(collection), collection.table, where, order_by)
+            ).format(_exact_distance(collection), collection.table, indexed, order_by)
             params = {**params, "candidates": effort.candidates}
         else:
-            query = sql.SQL(
+            from_index = sql.SQL(
                 "SELECT id, label, uri, attributes, {} AS distance FROM {} {} "
                 "ORDER BY distance LIMIT %(top_k)s"
-            ).format(order_by, collection.table, where)
+            ).format(order_by, collection.table, indexed)
+        # OFFSET 0 keeps the fresh rows a scan of their own: no index walk may answer them.
+        from_fresh = sql.SQL(
+            "SELECT id, label, uri, attributes, {} AS distance FROM "
+            "(SELECT * FROM {} {} OFFSET 0) AS fresh ORDER BY distance LIMIT %(top_k)s"
+        ).format(_exact_distance(collection), collection.table, fresh)
+        query = sql.SQL(
+            "SELECT * FROM (({}) UNION ALL ({})) AS hits ORDER BY distance LIMIT %(top_k)s"
+        ).format(from_index, from_fresh)
         # One round trip: the settings and the query run as one implicit transaction.
         cur.execute(sql.SQL("; ").join([*settings, query]), params)
         return _hits(cur.fetchall())

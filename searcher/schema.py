@@ -61,6 +61,33 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        3,
+        "segments: rows added to an indexed collection stay off its graph until folded in",
+        [
+            # Rows whose segment is at most index_segment are in the collection's index (a
+            # partial index, WHERE segment <= index_segment); the others are fresh, searched
+            # exactly, and written with growing_segment. Existing rows: segment 0, indexed.
+            f"""
+            ALTER TABLE {CATALOG_SCHEMA}.collections
+                ADD COLUMN index_segment integer NOT NULL DEFAULT 0,
+                ADD COLUMN growing_segment integer NOT NULL DEFAULT 1
+            """,
+            f"""
+            DO $$
+            DECLARE collection record;
+            BEGIN
+                FOR collection IN SELECT name FROM {CATALOG_SCHEMA}.collections LOOP
+                    EXECUTE format(
+                        'ALTER TABLE {DATA_SCHEMA}.%I ADD COLUMN segment integer NOT NULL '
+                        'DEFAULT 0', collection.name);
+                    EXECUTE format('CREATE INDEX %I ON {DATA_SCHEMA}.%I (segment)',
+                        'segment_' || md5(collection.name), collection.name);
+                END LOOP;
+            END $$
+            """,
+        ],
+    ),
 ]
 
 

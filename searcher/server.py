@@ -66,6 +66,8 @@ class DatabaseWatch:
                 logger.warning("database unreachable, NOT_SERVING: %s", exc)
         if serving and self._serving is not True:
             logger.info("database reachable, SERVING")
+            if self._serving is False:
+                self.store.resume()  # upkeep an outage cut short (a fold) goes on
         self._serving = serving
         if not self._stop.is_set():
             status = (

@@ -236,6 +236,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             index=index_state_to_proto(stats.collection),
             live_recall=stats.live_recall,
             settings=stats.settings,
+            fresh_rows=stats.fresh_rows,
         )
 
     @map_stream_errors

@@ -24,3 +24,4 @@ class StoreSettings:
     recall_sample: int = 200
     shadow_share: float = 0.01
     shadow_budget: float = 0.05
+    fold_share: float = 0.1

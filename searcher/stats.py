@@ -31,6 +31,7 @@ class Stats:
     pgvector_version: str
     settings: dict[str, str]
     live_recall: float | None  # over the last shadow queries of this searcher
+    fresh_rows: int  # not in the index yet: searched exactly until folded in
 
 
 def collection_stats(
@@ -44,12 +45,12 @@ def collection_stats(
     with pool.connection() as conn, conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT (SELECT count(*) FROM {}), ({}), pg_table_size(%s::regclass), "
-                "pg_indexes_size(%s::regclass)"
-            ).format(collection.table, sql.SQL(INDEX_IS_VALID)),
+                "SELECT (SELECT count(*) FROM {table}), ({valid}), pg_table_size(%s::regclass), "
+                "pg_indexes_size(%s::regclass), (SELECT count(*) FROM {table} WHERE {fresh})"
+            ).format(table=collection.table, valid=sql.SQL(INDEX_IS_VALID), fresh=collection.fresh),
             (collection.qualified_index, collection.qualified_table, collection.qualified_table),
         )
-        rows, has_index, table_bytes, index_bytes = cur.fetchone()
+        rows, has_index, table_bytes, index_bytes, fresh_rows = cur.fetchone()
         cur.execute(
             "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)",
             (list(REPORTED_SETTINGS),),
@@ -65,4 +66,5 @@ def collection_stats(
         pgvector_version=versions[1],
         settings=settings,
         live_recall=live_recall,
+        fresh_rows=fresh_rows if has_index else rows,
     )

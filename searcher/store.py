@@ -82,6 +82,7 @@ class VectorStore:
             recall_target=settings.recall_target,
             recall_sample=settings.recall_sample,
             default_ef_search=settings.default_ef_search,
+            fold_share=settings.fold_share,
         )
         self.shadow = ShadowMonitor(
             self._shadow_exact, share=settings.shadow_share, budget=settings.shadow_budget
@@ -115,9 +116,19 @@ class VectorStore:
             self._opened = True
             self.maintenance.start()
             self.shadow.start()
-            for name, lost_index in self.builder.clean_up().items():
-                self.maintenance.schedule("build" if lost_index else "check", name)
+            for name, task in self.builder.clean_up().items():
+                self.maintenance.schedule(task, name)
             self.maintenance.check_unmeasured()
+            self.resume()
+
+    def resume(self) -> None:
+        """Fold what is fresh in every collection: rows a fold did not finish before this
+        searcher started, or before the database went away."""
+        try:
+            for collection in self.catalogue.list():
+                self.maintenance.schedule("fold", collection.name)
+        except ImageSearchError as exc:
+            logger.warning("fresh rows are folded later: %s", exc)
 
     def close(self) -> None:
         """Stop the background upkeep (a build in progress finishes first)."""
@@ -200,20 +211,31 @@ class VectorStore:
     def begin_upsert(self, name: str) -> UpsertSession:
         """Start a bulk load: .write() each message, then .close() (builds a deferred index)."""
         collection, has_index = self.catalogue.get(name, fresh=True)
-        return UpsertSession(self.loader, collection, has_index, on_close=self._after_load)
+        return UpsertSession(
+            self.loader,
+            collection,
+            has_index,
+            on_close=self._after_load,
+            on_write=lambda: self.maintenance.writing(collection.name),
+        )
 
     def upsert(self, name: str, items: Sequence[Item]) -> UpsertCounts:
         """Insert or update items in one transaction (no index deferral)."""
         collection, _ = self.catalogue.get(name)
-        return self.loader.write(collection, items)[0]
+        counts = self.loader.write(collection, items)[0]
+        self.maintenance.written(name)
+        return counts
 
     def _after_load(self, session: UpsertSession, build_deferred: bool) -> None:
         if build_deferred:
             built = self.builder.build(session.collection, concurrently=False)
             if built.generation != session.collection.generation:
                 self.maintenance.after_build(built)
-        elif session.counts.inserted:
+            return
+        if session.counts.inserted:
             self.maintenance.after_load(session.collection, session.counts.inserted)
+        if session.counts.inserted or session.counts.updated:
+            self.maintenance.written(session.collection.name)
 
     def build_index(self, name: str) -> Collection:
         """Build the next generation of a collection's index now (for tests and tools)."""

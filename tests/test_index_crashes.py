@@ -49,11 +49,16 @@ def _indexes(dsn: str, table: str) -> dict[str, bool]:
 
 
 def _searched_with(dsn: str, table: str) -> str:
-    """The plan of a nearest-neighbour search of the collection, as the planner makes it."""
+    """The plan of a nearest-neighbour search of the collection's indexed rows, as the planner
+    makes it."""
+    ((indexed,),) = _sql(
+        dsn, "SELECT index_segment FROM imgsearch.collections WHERE name = %s", table
+    )
     plan = _sql(
         dsn,
-        f'EXPLAIN SELECT id FROM {DATA_SCHEMA}."{table}" ORDER BY embedding <-> '
-        f'(SELECT embedding FROM {DATA_SCHEMA}."{table}" LIMIT 1) LIMIT 10',
+        f'EXPLAIN SELECT id FROM {DATA_SCHEMA}."{table}" WHERE segment <= {int(indexed)} '
+        f'ORDER BY embedding <-> (SELECT embedding FROM {DATA_SCHEMA}."{table}" LIMIT 1) '
+        "LIMIT 10",
     )
     return "\n".join(line for (line,) in plan)
 

@@ -56,8 +56,8 @@ def test_each_kinds_query_walks_its_index(store: VectorStore, postgres_dsn: str,
     order_by = spec(kind).candidate_order(collection)
     with psycopg2.connect(postgres_dsn) as conn, conn.cursor() as cur:
         cur.execute(
-            sql.SQL("EXPLAIN SELECT id FROM {} ORDER BY {} LIMIT 10").format(
-                collection.table, order_by
+            sql.SQL("EXPLAIN SELECT id FROM {} WHERE {} ORDER BY {} LIMIT 10").format(
+                collection.table, collection.indexed, order_by
             ),
             {"query": "[" + ",".join(["0.5"] * 128) + "]"},
         )
@@ -123,7 +123,9 @@ def test_streamed_exact_neighbours_equal_numpys(metric: Metric) -> None:
     ids = np.arange(50_123) * 3
     queries, query_ids = data[[5, 777, 40_000]], ids[[5, 777, 40_000]]
     exact = ExactNeighbours(queries, query_ids, metric, k=10, dim=16)
-    payload = encode_binary_copy([Item(int(i), v) for i, v in zip(ids, data, strict=True)], 16)
+    payload = encode_binary_copy(
+        [Item(int(i), v) for i, v in zip(ids, data, strict=True)], 16, segment=1
+    )
     rows = _as_id_vector_copy(payload.getvalue(), 16)
     for start in range(0, len(rows), 65_536):  # as psycopg2 hands COPY data over: in pieces
         exact.write(rows[start : start + 65_536])
@@ -149,7 +151,7 @@ def test_recall_counts_ties_as_found() -> None:
 
 
 def _as_id_vector_copy(full_rows: bytes, dim: int) -> bytes:
-    """Re-encode (id, label, uri, attributes, embedding) COPY rows as (id, embedding) rows,
+    """Re-encode (id, label, uri, attributes, embedding, segment) COPY rows as (id, embedding) rows,
     the shape of the COPY that ExactNeighbours reads."""
     import struct
 

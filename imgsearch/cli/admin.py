@@ -30,6 +30,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rows(stats: CollectionStats) -> str:
+    if not stats.index_present or not stats.fresh_rows:
+        return str(stats.row_count)
+    return (
+        f"{stats.row_count} ({stats.fresh_rows} added since the index was built, searched "
+        "exactly until folded into it)"
+    )
+
+
 def stats_rows(stats: CollectionStats) -> list[tuple[str, str]]:
     """What `imgsearch stats` shows of a collection, row by row."""
     index, kind = stats.index, stats.index_kind.upper()
@@ -49,7 +58,7 @@ def stats_rows(stats: CollectionStats) -> list[tuple[str, str]]:
         effort = "server defaults"
     live = f"{stats.live_recall:.3f}" if stats.live_recall is not None else "no shadow query yet"
     return [
-        ("rows", str(stats.row_count)),
+        ("rows", _rows(stats)),
         ("index", built),
         ("measured recall", recall),
         ("search effort", effort),
