@@ -164,17 +164,27 @@ def sql_searcher(
     dsn: str, collection: pb.Collection
 ) -> tuple[Callable[[np.ndarray], list[int]], Any]:
     """The searcher's query for this kind and effort, written out by hand, on a raw psycopg2
-    connection with pgvector-python's adapter: one round trip, as the searcher does it."""
+    connection with pgvector-python's adapter: one round trip, as the searcher does it (the
+    index's rows merged with an exact scan of the fresh rows, none here)."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     register_vector(conn)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT index_segment FROM imgsearch.collections WHERE name = %s", (collection.name,)
+        )
+        (indexed,) = cur.fetchone()
     table = f'imgsearch_data."{collection.name}"'
     dim, index = collection.dim, collection.index
     settings = f"SET LOCAL hnsw.ef_search = {index.ef_search}; "
     select = "SELECT id, label, uri, attributes, embedding <-> %(q)s AS distance"
     kind = collection.index_params.kind
+    fresh = (
+        f"{select} FROM (SELECT * FROM {table} WHERE segment > {indexed} OFFSET 0) AS fresh "
+        f"ORDER BY distance LIMIT {TOP_K}"
+    )
     if kind == pb.INDEX_KIND_VECTOR:
-        query = f"{select} FROM {table} ORDER BY distance LIMIT {TOP_K}"
+        query = f"{select} FROM {table} WHERE segment <= {indexed} ORDER BY distance LIMIT {TOP_K}"
     else:
         if kind == pb.INDEX_KIND_HALFVEC:
             order = f"embedding::halfvec({dim}) <-> %(q)s::halfvec({dim})"
@@ -184,8 +194,10 @@ def sql_searcher(
             order = f"{quantize}(embedding)::bit({bits}) <~> {quantize}(%(q)s)"
         query = (
             f"{select} FROM (SELECT id, label, uri, attributes, embedding FROM {table} "
-            f"ORDER BY {order} LIMIT {index.candidates}) AS c ORDER BY distance LIMIT {TOP_K}"
+            f"WHERE segment <= {indexed} ORDER BY {order} LIMIT {index.candidates}) AS c "
+            f"ORDER BY distance LIMIT {TOP_K}"
         )
+    query = f"SELECT * FROM (({query}) UNION ALL ({fresh})) AS hits ORDER BY distance LIMIT {TOP_K}"
 
     def search(q: np.ndarray) -> list[int]:
         with conn.cursor() as cur:

@@ -1,0 +1,193 @@
+"""Additions benchmark: searching an indexed collection while items are added to it.
+
+    python bench/additions.py [--rows 100000] [--add 10000] [--out bench/results/additions.json]
+
+`imgsearch-searcher` runs as its own process on a fresh embedded PostgreSQL, with its defaults.
+A collection of the default kind is loaded with `--rows` clustered vectors (bench/datasets.py)
+and its upkeep waited for. Then, in one run, each phase searching with held-out queries (never
+stored vectors), one at a time, as a client does:
+
+- before: Search p50 / p95 and recall@10 (numpy's exact answer over the stored rows);
+- during: `--add` more vectors of the same mixture are upserted, 16 items a message, one
+  Upsert call after another (as `imgsearch ingest` sends them), while a second client searches;
+  after each Upsert returns, the first of its items is searched by its own vector (it must be
+  its own first hit); recall is judged against every row stored before the search began;
+- right after the last Upsert: the same, the added rows not yet folded into the index;
+- folded: once the upkeep has folded them in (or built them in), how long that took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import datasets  # noqa: E402
+from bench._processes import SearcherProcess, write_results  # noqa: E402
+from bench.searcher import percentile_ms, upsert_all, wait_for_upkeep  # noqa: E402
+from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
+from searcher.recall import recall_by_distance  # noqa: E402
+from tests.searcher_helpers import clustered_vectors, searcher_stub, vector  # noqa: E402
+
+TOP_K = 10
+PER_MESSAGE = 16
+COLLECTION = "additions"
+
+
+class Truth:
+    """Exact top-k distances for the held-out queries over the rows stored so far."""
+
+    def __init__(self, queries: np.ndarray, stored: np.ndarray) -> None:
+        self.queries = queries.astype(np.float64)
+        self.best = self._nearest(stored)
+
+    def _nearest(self, rows: np.ndarray, chunk: int = 20_000) -> np.ndarray:
+        own = np.einsum("ij,ij->i", self.queries, self.queries)[:, None]
+        best = np.full((len(self.queries), 0), np.inf)
+        for start in range(0, len(rows), chunk):
+            x = rows[start : start + chunk].astype(np.float64)
+            squares = own + np.einsum("ij,ij->i", x, x)[None, :] - 2 * self.queries @ x.T
+            merged = np.concatenate([best, np.sqrt(np.maximum(squares, 0))], axis=1)
+            keep = min(TOP_K, merged.shape[1])
+            best = np.sort(np.partition(merged, keep - 1, axis=1)[:, :keep], axis=1)
+        return best
+
+    def add(self, rows: np.ndarray) -> None:
+        """Take `rows` in: the truth for searches that begin from now on."""
+        merged = np.concatenate([self.best, self._nearest(rows)], axis=1)
+        self.best = np.sort(merged, axis=1)[:, :TOP_K]
+
+
+def search_loop(
+    stub: Any, queries: np.ndarray, truth: Any, stop: threading.Event, limit: int = 0
+) -> dict[str, float]:
+    """Search the held-out queries round and round until `stop` (or `limit` searches): p50,
+    p95 and mean recall@10, each search judged by the truth as it stood when it began."""
+    seconds, recalls, i = [], [], 0
+    while not stop.is_set() and (not limit or i < limit):
+        q = i % len(queries)
+        expected = truth()[q]
+        request = pb.SearchRequest(collection=COLLECTION, vector=vector(queries[q]), top_k=TOP_K)
+        started = time.perf_counter()
+        hits = stub.Search(request, timeout=60).hits
+        seconds.append(time.perf_counter() - started)
+        recalls.append(recall_by_distance([h.distance for h in hits], expected))
+        i += 1
+    return {
+        "searches": len(seconds),
+        "p50_ms": percentile_ms(seconds, 50),
+        "p95_ms": percentile_ms(seconds, 95),
+        "recall_at_10": float(np.mean(recalls)),
+    }
+
+
+def add_while_searching(
+    port: int, queries: np.ndarray, truth: Truth, added: np.ndarray, first_id: int
+) -> dict[str, Any]:
+    channel, stub = searcher_stub(port)
+    writer_channel, writer = searcher_stub(port)
+    current = {"truth": truth.best}
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+
+    def searching() -> None:
+        result["during"] = search_loop(stub, queries, lambda: current["truth"], stop)
+
+    searcher_thread = threading.Thread(target=searching)
+    own_first, checked = 0, 0
+    started = time.perf_counter()
+    searcher_thread.start()
+    with channel, writer_channel:
+        for start in range(0, len(added), PER_MESSAGE):
+            rows = added[start : start + PER_MESSAGE]
+            items = [pb.Item(id=first_id + start + j, vector=vector(v)) for j, v in enumerate(rows)]
+            message = pb.UpsertRequest(collection=COLLECTION, items=items)
+            writer.Upsert(iter([message]), timeout=60)
+            truth.add(rows)
+            current["truth"] = truth.best
+            hit = writer.Search(
+                pb.SearchRequest(collection=COLLECTION, vector=vector(rows[0]), top_k=1),
+                timeout=60,
+            ).hits[0]
+            own_first += hit.id == first_id + start
+            checked += 1
+        elapsed = time.perf_counter() - started
+        stop.set()
+        searcher_thread.join()
+        result["added_per_s"] = len(added) / elapsed
+        result["own_first_hit"] = own_first / checked
+        never = threading.Event()
+        result["right_after"] = search_loop(stub, queries, lambda: truth.best, never, limit=400)
+        result["fresh_rows_right_after"] = stub.GetStats(
+            pb.GetStatsRequest(collection=COLLECTION)
+        ).fresh_rows
+        folding = time.perf_counter()
+        while stub.GetStats(pb.GetStatsRequest(collection=COLLECTION)).fresh_rows:
+            time.sleep(0.5)
+        result["folded_after_s"] = time.perf_counter() - folding
+        result["folded"] = search_loop(stub, queries, lambda: truth.best, never, limit=400)
+        result["index_note"] = stub.GetCollection(
+            pb.GetCollectionRequest(name=COLLECTION)
+        ).collection.index.note
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--add", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "additions.json")
+    args = parser.parse_args()
+    data, queries = datasets.clustered(args.rows, args.queries)
+    added = clustered_vectors(args.add, seed=77)
+    results: dict[str, Any] = {"rows": args.rows, "added": args.add}
+    with tempfile.TemporaryDirectory(prefix="imgsearch-additions-") as tmp:
+        server = SearcherProcess(Path(tmp) / "pg", Path(tmp) / "searcher.log")
+        try:
+            channel, stub = searcher_stub(server.port)
+            with channel:
+                stub.CreateCollection(pb.CreateCollectionRequest(name=COLLECTION, dim=1000))
+            started = time.perf_counter()
+            upsert_all(server.port, COLLECTION, data)
+            index = wait_for_upkeep(server.port, COLLECTION).index
+            results["load_and_upkeep_s"] = time.perf_counter() - started
+            results["index"] = {"ef_search": index.ef_search, "candidates": index.candidates}
+            truth = Truth(queries, data)
+            channel, stub = searcher_stub(server.port)
+            with channel:
+                never = threading.Event()
+                search_loop(stub, queries, lambda: truth.best, never, limit=len(queries))  # warm
+                results["before"] = search_loop(stub, queries, lambda: truth.best, never, 400)
+            print(f"before: {results['before']}", flush=True)
+            results.update(add_while_searching(server.port, queries, truth, added, args.rows))
+        finally:
+            server.stop()
+    before = results["before"]
+    for phase in ("during", "right_after", "folded"):
+        results[phase]["p50_over_before"] = results[phase]["p50_ms"] / before["p50_ms"]
+        results[phase]["recall_minus_before"] = (
+            results[phase]["recall_at_10"] - before["recall_at_10"]
+        )
+        print(f"{phase}: {results[phase]}", flush=True)
+    print(
+        f"added {results['added_per_s']:.0f} rows/s, own first hit {results['own_first_hit']:.3f}, "
+        f"{results['fresh_rows_right_after']} fresh right after, folded in "
+        f"{results['folded_after_s']:.1f} s",
+        flush=True,
+    )
+    write_results(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
