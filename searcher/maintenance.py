@@ -3,11 +3,12 @@ poor build repaired, and the collection's search effort calibrated; a BINARY ind
 collection outgrew its quantizer is rebuilt.
 
 After each build of a collection's index:
-1. draw a sample of stored vectors and their exact neighbours (searcher.recall);
+1. draw held-out queries (stored vectors moved by half the distance to their nearest
+   neighbour) and their exact neighbours (searcher.recall);
 2. calibrate: walk the kind's effort ladder (ef_search, and candidates for BINARY) from the
    cheapest setting up, measuring recall@10 at each, and keep the first that meets the target
-   (default 0.99) with no sampled query lost (finding under half of its neighbours), else the
-   most thorough;
+   (default 0.99) with at most 1 sampled query in 100 lost (finding under half of its
+   neighbours), else the most thorough;
 3. if the recall at the default effort is below the floor (default 0.95), the build itself is
    poor: rebuild once, CONCURRENTLY, with larger m and ef_construction (at least the defaults,
    twice the ef_construction), and calibrate again.
@@ -25,6 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+
+import numpy as np
 
 from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
@@ -51,8 +54,10 @@ REBUILD_SHARE = 0.25
 REBUILD_MIN_ROWS = 1000
 # How the note of a collection's index says what the calibration chose.
 CALIBRATED = "search effort calibrated"
-# Per-query recall below which a sampled search counts as lost (see _calibrate).
+# Per-query recall below which a sampled search counts as lost, and the share of the sample
+# that may be lost at the effort chosen (see _calibrate).
 LOST_QUERY_RECALL = 0.5
+LOST_QUERIES_ALLOWED = 0.01
 MAX_M = 100
 MAX_EF_CONSTRUCTION = 1000
 # A BINARY index is rebuilt (its quantizer fitted anew) once its collection holds this many
@@ -186,7 +191,9 @@ class IndexMaintenance:
         collection, has_index = self.catalogue.get(name, fresh=True)
         if not has_index:
             return
-        sample = draw_sample(self.pool, collection, self.recall_sample)
+        sample = draw_sample(
+            self.pool, collection, self.recall_sample, self.searcher_for(collection)
+        )
         if sample is None:
             return
         calibrated = self._calibrate(collection, sample)
@@ -316,9 +323,11 @@ class IndexMaintenance:
             if at_default is None and (ef_search, candidates) >= default:
                 at_default = recall
             # A search that found under half of its neighbours was stuck in another part of
-            # the graph: an effort where that happens to a sampled query is not enough, however
-            # good the mean (1 query in 100 once found none of its 10 at ef_search 100).
-            if recall >= self.recall_target and recalls.min() >= LOST_QUERY_RECALL:
+            # the graph: an effort where that happens to more than 1 query in 100 is not enough,
+            # however good the mean. (Asking that none be lost let one unlucky query of 200
+            # double the effort: ef_search 400 in one build of the same 100k, 1000 in another.)
+            lost = float(np.mean(recalls < LOST_QUERY_RECALL))
+            if recall >= self.recall_target and lost <= LOST_QUERIES_ALLOWED:
                 break
         # Stopped below the default: the default, searching harder, would do at least as well.
         return Calibration(chosen, recall, recall if at_default is None else at_default)
@@ -336,7 +345,7 @@ class IndexMaintenance:
                 index_note=note,
             )
         logger.info(
-            "recall@10 of %s: %.3f on %d stored vectors (%s index, generation %d, ef_search %d, "
+            "recall@10 of %s: %.3f on %d held-out queries (%s index, generation %d, ef_search %d, "
             "candidates %d)",
             collection.name,
             recall,

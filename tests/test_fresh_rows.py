@@ -158,7 +158,7 @@ def test_many_added_rows_are_taken_in_by_a_build_rather_than_folded_one_by_one(
     assert nearest(stub, name, added[1499])[0].id == 41_499  # found before and after
     assert searcher.store is not None and searcher.store.maintenance.wait_idle(UPKEEP_S)
     after = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
-    assert after.generation == before.generation + 1 and after.built_rows == 3500
+    assert after.generation > before.generation and after.built_rows == 3500
     assert "1500 fresh rows taken in by a build" in after.note
     assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 0
     assert nearest(stub, name, added[1499])[0].id == 41_499

@@ -97,7 +97,9 @@ def test_the_recall_check_reads_every_vector_without_the_request_time_limit(
     collection, _ = searcher.store.catalogue.get(name)
     hurried = ConnectionPool(searcher.store.pool.dsn, max_size=1, statement_timeout_ms=50)
     try:
-        sample = draw_sample(hurried, collection, 200)
+        sample = draw_sample(
+            hurried, collection, 200, searcher.store._approximate_search(collection)
+        )
     finally:
         hurried.close()
     assert sample is not None and len(sample) == 200

@@ -50,7 +50,7 @@ def stats_rows(stats: CollectionStats) -> list[tuple[str, str]]:
     else:
         built = f"none yet ({kind} is built at the end of the first load; searches are exact)"
     if index.recall is not None:
-        recall = f"{index.recall:.3f} recall@10 on {index.recall_sample} stored vectors"
+        recall = f"{index.recall:.3f} recall@10 on {index.recall_sample} held-out queries"
         effort = f"ef_search {index.ef_search}"
         effort += f", {index.candidates} candidates re-ranked exactly" if index.candidates else ""
     else:

@@ -32,7 +32,7 @@ class SearcherServiceStub:
     Stateless: several searchers may serve one database. A collection is one table of items
     (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
     collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
-    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
+    build's recall@10 is measured on held-out queries and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and
@@ -80,7 +80,7 @@ class SearcherServiceAsyncStub(SearcherServiceStub):
     Stateless: several searchers may serve one database. A collection is one table of items
     (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
     collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
-    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
+    build's recall@10 is measured on held-out queries and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and
@@ -124,7 +124,7 @@ class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
     Stateless: several searchers may serve one database. A collection is one table of items
     (id, label, uri, attributes, vector) with an HNSW index of one of three kinds (IndexKind); the
     collection "images" (dim 1000, L2, the server's default kind) exists on first use. Every index
-    build's recall@10 is measured on a sample of stored vectors and reported (IndexState).
+    build's recall@10 is measured on held-out queries and reported (IndexState).
 
     Default limits (configurable on the server): top_k 1..1000; at most 1000 items per Upsert
     message; 64 MiB per message; labels and uris up to 1024 bytes; up to 64 attributes per item and
