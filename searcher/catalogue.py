@@ -140,60 +140,52 @@ def _name_hash(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()[:20]
 
 
-_COLUMNS = (
-    "name, dim, metric, index_kind, hnsw_m, hnsw_ef_construction, model_fingerprint, "
-    "created_at, index_generation, search_ef, search_candidates, quantizer_rows, built_rows, "
-    "built_at, build_seconds, recall, recall_sample, recall_measured_at, index_note, "
-    "index_segment, growing_segment"
-)
-_SELECT = f"SELECT {_COLUMNS} FROM {CATALOG_SCHEMA}.collections"
-# Columns that builds and recall checks may set (record()).
-_RECORDED = frozenset(
-    {
-        "hnsw_m",
-        "hnsw_ef_construction",
-        "index_generation",
-        "search_ef",
-        "search_candidates",
-        "quantizer_rows",
-        "quantizer_centre",
-        "quantizer_spread",
-        "built_rows",
-        "built_at",
-        "build_seconds",
-        "recall",
-        "recall_sample",
-        "recall_measured_at",
-        "index_note",
-        "index_segment",
-        "growing_segment",
-    }
-)
+# The catalogue's columns and the Collection fields they fill, in order.
+_FIELD_OF_COLUMN = {
+    "name": "name",
+    "dim": "dim",
+    "metric": "metric",
+    "index_kind": "kind",
+    "hnsw_m": "m",
+    "hnsw_ef_construction": "ef_construction",
+    "model_fingerprint": "model_fingerprint",
+    "created_at": "created_at",
+    "index_generation": "generation",
+    "search_ef": "ef_search",
+    "search_candidates": "candidates",
+    "quantizer_rows": "quantizer_rows",
+    "built_rows": "built_rows",
+    "built_at": "built_at",
+    "build_seconds": "build_seconds",
+    "recall": "recall",
+    "recall_sample": "recall_sample",
+    "recall_measured_at": "recall_measured_at",
+    "index_note": "index_note",
+    "index_segment": "index_segment",
+    "growing_segment": "growing_segment",
+}
+_SELECT = f"SELECT {', '.join(_FIELD_OF_COLUMN)} FROM {CATALOG_SCHEMA}.collections"
+# Columns that builds and recall checks may set (record()): all but what a collection is.
+_RECORDED = frozenset(_FIELD_OF_COLUMN).union({"quantizer_centre", "quantizer_spread"}) - {
+    "name",
+    "dim",
+    "metric",
+    "index_kind",
+    "model_fingerprint",
+    "created_at",
+}
 
 
 def _from_row(row: Sequence[Any]) -> Collection:
+    values = dict(zip(_FIELD_OF_COLUMN.values(), row, strict=True))
     return Collection(
-        name=row[0],
-        dim=row[1],
-        metric=Metric(row[2]),
-        kind=IndexKind(row[3]),
-        m=row[4],
-        ef_construction=row[5],
-        model_fingerprint=row[6],
-        created_at=row[7],
-        generation=row[8],
-        ef_search=row[9],
-        candidates=row[10],
-        quantizer_rows=row[11],
-        built_rows=row[12] or 0,
-        built_at=row[13],
-        build_seconds=row[14] or 0.0,
-        recall=row[15],
-        recall_sample=row[16],
-        recall_measured_at=row[17],
-        index_note=row[18],
-        index_segment=row[19],
-        growing_segment=row[20],
+        **values
+        | {
+            "metric": Metric(values["metric"]),
+            "kind": IndexKind(values["kind"]),
+            "built_rows": values["built_rows"] or 0,  # NULL before the first build
+            "build_seconds": values["build_seconds"] or 0.0,
+        }
     )
 
 
