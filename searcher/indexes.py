@@ -186,7 +186,7 @@ class IndexBuilder:
         them in). Rows being written now are skipped, never waited for."""
         with (
             self._autocommit() as cur,
-            _advisory_lock(cur, "build", collection.name, wait=False) as free,
+            _advisory_lock(cur, "build", collection.name, wait=False, shared=True) as free,
         ):
             if not free:
                 return None
@@ -383,21 +383,24 @@ def _build_settings(cur: Any, maintenance_work_mem: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _advisory_lock(cur: Any, purpose: str, name: str, *, wait: bool = True) -> Iterator[bool]:
+def _advisory_lock(
+    cur: Any, purpose: str, name: str, *, wait: bool = True, shared: bool = False
+) -> Iterator[bool]:
     """A session lock on (purpose, name); with wait=False, yields False at once if another
-    session holds it."""
-    key = f"{purpose}:{name}"
+    session holds it. Shared holders (folds) do not exclude each other, only the exclusive one
+    (a build)."""
+    key, kind = f"{purpose}:{name}", "_shared" if shared else ""
     if wait:
-        cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        cur.execute(f"SELECT pg_advisory_lock{kind}(hashtext(%s))", (key,))
     else:
-        cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+        cur.execute(f"SELECT pg_try_advisory_lock{kind}(hashtext(%s))", (key,))
         if not cur.fetchone()[0]:
             yield False
             return
     try:
         yield True
     finally:
-        cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+        cur.execute(f"SELECT pg_advisory_unlock{kind}(hashtext(%s))", (key,))
 
 
 def _drop_index(cur: Any, name: str, *, concurrently: bool) -> None:

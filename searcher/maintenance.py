@@ -18,8 +18,10 @@ effort in force, its measured recall, and a note of what was done.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -44,8 +46,10 @@ DEFAULT_M = 16
 # at 0.969 at any ef_search; 200 gave 0.999 in all 22, for ~55% more build time
 # (bench/hnsw_builds.py, bench/RESULTS.md).
 DEFAULT_EF_CONSTRUCTION = 200
-# Fresh rows are folded into the graph this many at a time (~0.4 s of graph inserts at 100k).
+# Fresh rows are folded into the graph this many at a time (~0.4 s of graph inserts at 100k),
+# by one connection per core (up to 4) at once when writes have stopped.
 FOLD_BATCH_ROWS = 100
+FOLD_WORKERS = min(os.cpu_count() or 1, 4)  # and no more: the pool serves searches too
 # Writes count as going on until this long after the last one ended.
 WRITES_QUIET_S = 2.0
 # Fresh rows are taken in by a build rather than folded once they are this share of the
@@ -264,14 +268,22 @@ class IndexMaintenance:
             self.check(self.builder.build(collection, concurrently=True, note=note).name)
             return
         folded, started = 0, time.monotonic()
-        while not self._stopping.is_set():
-            batch = time.monotonic()
-            moved = self.builder.fold(collection, FOLD_BATCH_ROWS)
-            if not moved:
-                break  # none left, or a build runs that takes them in
-            folded += moved
-            if self._writing(name):
-                self._stopping.wait((time.monotonic() - batch) * (1 / self.fold_share - 1))
+        with concurrent.futures.ThreadPoolExecutor(FOLD_WORKERS, "fold") as workers:
+            while not self._stopping.is_set():
+                batch, writing = time.monotonic(), self._writing(name)
+                # Idle: a batch per core at once (their rows never overlap: SKIP LOCKED).
+                batches = 1 if writing else FOLD_WORKERS
+                moved = sum(
+                    workers.map(
+                        lambda _: self.builder.fold(collection, FOLD_BATCH_ROWS) or 0,
+                        range(batches),
+                    )
+                )
+                if not moved:
+                    break  # none left, or a build runs that takes them in
+                folded += moved
+                if writing:
+                    self._stopping.wait((time.monotonic() - batch) * (1 / self.fold_share - 1))
         if folded:
             logger.info(
                 "%s: %d fresh rows folded into the index in %.1f s",

