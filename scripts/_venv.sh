@@ -31,8 +31,11 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]]; 
   "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools
   "$VENV/bin/python" -m pip install --quiet --editable "$ROOT[$EXTRAS]"
   echo "$wanted" >"$stamp"
-elif [[ "$("$VENV/bin/python" -c 'import imgsearch, pathlib; print(pathlib.Path(imgsearch.__file__).parent.parent)' 2>/dev/null)" != "$ROOT" ]]; then
+elif [[ "$("$VENV/bin/python" -I -c 'import imgsearch, pathlib; print(pathlib.Path(imgsearch.__file__).parent.parent)' 2>/dev/null)" != "$ROOT" ]]; then
   # A cached environment from another checkout: point the editable install here (no downloads).
+  # -I: asked from the checkout, a plain `python -c` finds imgsearch in the working directory
+  # and says all is well, while the console scripts (imgsearch, imgsearch-embedder, ...) still
+  # import the other checkout's code, or none when it is gone.
   "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation --editable "$ROOT"
 fi
 
