@@ -7,6 +7,12 @@ arrived for the batch to fill up to `max_batch_size`, drops images whose caller 
 or past its deadline), and runs the forward pass in its own thread so the event loop stays free.
 Admission is bounded: past `max_queue_images` in flight, callers get ResourceExhausted at once
 rather than a queue that grows without end.
+
+Every image comes in a lane (embedder.lanes): interactive or bulk. Decoding serves the
+interactive lane first; a batch holds one lane's images only, and each lane has its own forward
+thread with one batch at a time: a search's image is decoded next and runs through the model at
+once, beside an import's batch in progress rather than after it (on 2 cores that batch of 8 takes
+~40 ms). A bulk batch being filled gives its turn back when an interactive image arrives.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from PIL import Image
 
 from embedder.decode import DecodeLimits, decode_image
+from embedder.lanes import Lane, LaneQueue
 from embedder.model import preprocess
 from imgsearch.errors import DeadlineExceeded, ImageSearchError, ResourceExhausted, Unavailable
 
@@ -40,11 +47,34 @@ class BatcherConfig:
     max_delay_ms: float = 5.0
     max_queue_images: int = 512
     decode_workers: int = 2
+    # While bulk work waits, at most this many interactive turns (decodes, batches) in a row.
+    max_interactive_run: int = 4
+
+
+# Upper bounds (seconds) of the queue-wait histogram's buckets.
+WAIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class WaitHistogram:
+    """How long images waited from admission to their batch's start (decoding included)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(WAIT_BUCKETS_S))
+    total: int = 0
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.total += 1
+        self.sum_s += seconds
+        for i, bound in enumerate(WAIT_BUCKETS_S):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
 
 
 @dataclass
 class BatcherStats:
-    """Counters for tests, benchmarks and (later) metrics export. Updated on the event loop."""
+    """Counters for tests, benchmarks and metrics export. Updated on the event loop."""
 
     images: int = 0
     batches: int = 0
@@ -56,6 +86,11 @@ class BatcherStats:
     decode_seconds: float = 0.0
     preprocess_seconds: float = 0.0
     forward_seconds: float = 0.0
+    lane_images: collections.Counter[Lane] = field(default_factory=collections.Counter)
+    lane_batches: collections.Counter[Lane] = field(default_factory=collections.Counter)
+    queue_wait: dict[Lane, WaitHistogram] = field(
+        default_factory=lambda: {lane: WaitHistogram() for lane in Lane}
+    )
 
     @property
     def mean_batch_size(self) -> float:
@@ -63,9 +98,16 @@ class BatcherStats:
 
 
 @dataclass
+class _Decoding:
+    data: bytes
+    future: asyncio.Future[tuple[torch.Tensor, float, float]]
+
+
+@dataclass
 class _Pending:
     tensor: torch.Tensor
     future: asyncio.Future[np.ndarray]
+    admitted: float
     enqueued: float
     deadline: float | None
 
@@ -83,10 +125,15 @@ class Batcher:
         self.config = config
         self.limits = limits or DecodeLimits()
         self.stats = BatcherStats()
-        self._queue: asyncio.Queue[_Pending] | None = None
+        self._queue: LaneQueue[_Pending] | None = None  # decoded, waiting for a batch
+        self._decoding: LaneQueue[_Decoding] | None = None  # waiting for a decoding thread
         self._loop_task: asyncio.Task[None] | None = None
+        self._decode_tasks: list[asyncio.Task[None]] = []
         self._decode_pool: ThreadPoolExecutor | None = None
-        self._forward_pool: ThreadPoolExecutor | None = None
+        # One thread per lane: a search's batch runs beside an import's batch in progress
+        # rather than after it (and one batch per lane at a time keeps batches formed late).
+        self._forward_pools: dict[Lane, ThreadPoolExecutor] = {}
+        self._running: dict[Lane, asyncio.Task[None]] = {}
         self._in_flight = 0
         self._waiting = 0
         self._idle: asyncio.Event | None = None
@@ -95,15 +142,25 @@ class Batcher:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue = LaneQueue(self.config.max_interactive_run)
+        # Decoding turns are single images: a batch's worth of them per batch turn.
+        self._decoding = LaneQueue(self.config.max_interactive_run * self.config.max_batch_size)
         self._idle = asyncio.Event()
         self._idle.set()
         self._decode_pool = ThreadPoolExecutor(
             self.config.decode_workers, thread_name_prefix="decode"
         )
-        self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix="forward")
+        self._forward_pools = {
+            lane: ThreadPoolExecutor(1, thread_name_prefix=f"forward-{lane.value}") for lane in Lane
+        }
         self._closing = False
         self._loop_task = asyncio.create_task(self._run(), name="batcher")
+        # As many decoders as threads: the pool's own FIFO never holds a backlog that an
+        # interactive image would wait behind; the lanes hold it.
+        self._decode_tasks = [
+            asyncio.create_task(self._decode_next(), name=f"decode-{i}")
+            for i in range(self.config.decode_workers)
+        ]
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Refuse new work, let admitted images finish (up to grace_s), then shut down."""
@@ -111,14 +168,17 @@ class Batcher:
         if self._idle is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        for pool in (self._decode_pool, self._forward_pool):
+        for task in [*self._decode_tasks, self._loop_task]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._decode_tasks = []
+        for pool in (self._decode_pool, *self._forward_pools.values()):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        self._loop_task = self._decode_pool = self._forward_pool = None
+        self._loop_task = self._decode_pool = None
+        self._forward_pools = {}
 
     @property
     def queue_depth(self) -> int:
@@ -129,18 +189,29 @@ class Batcher:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def lane_waiting(self, lane: Lane) -> tuple[int, int]:
+        """Images of `lane` waiting for a decoding thread, and decoded ones waiting for a batch."""
+        if self._decoding is None or self._queue is None:
+            return 0, 0
+        return self._decoding.waiting(lane), self._queue.waiting(lane)
+
     # -- callers ------------------------------------------------------------------------------
 
     async def embed_many(
-        self, images: Sequence[bytes], deadline: float | None = None
+        self,
+        images: Sequence[bytes],
+        deadline: float | None = None,
+        lane: Lane = Lane.INTERACTIVE,
     ) -> list[np.ndarray | ImageSearchError]:
         """One vector or one error per image, in order. `deadline` is on the event loop's clock
         (loop.time()). Raises ResourceExhausted when the images do not fit in the queue."""
         with self._admit(len(images)):
-            return await asyncio.gather(*(self._embed_one(data, deadline) for data in images))
+            return await asyncio.gather(*(self._embed_one(data, deadline, lane) for data in images))
 
-    async def embed(self, data: bytes, deadline: float | None = None) -> np.ndarray:
-        (outcome,) = await self.embed_many([data], deadline)
+    async def embed(
+        self, data: bytes, deadline: float | None = None, lane: Lane = Lane.INTERACTIVE
+    ) -> np.ndarray:
+        (outcome,) = await self.embed_many([data], deadline, lane)
         if isinstance(outcome, ImageSearchError):
             raise outcome
         return outcome
@@ -166,27 +237,49 @@ class Batcher:
                 self._idle.set()
 
     async def _embed_one(
-        self, data: bytes, deadline: float | None
+        self, data: bytes, deadline: float | None, lane: Lane
     ) -> np.ndarray | ImageSearchError:
         loop = asyncio.get_running_loop()
+        admitted = loop.time()
+        decoded: asyncio.Future[tuple[torch.Tensor, float, float]] = loop.create_future()
+        assert self._decoding is not None and self._queue is not None
+        self._decoding.put(_Decoding(data, decoded), lane)
         try:
-            tensor, decode_s, preprocess_s = await loop.run_in_executor(
-                self._decode_pool, self._decode, data
-            )
+            tensor, decode_s, preprocess_s = await decoded
         except ImageSearchError as exc:
             self.stats.errors[type(exc).__name__] += 1
             return exc
         self.stats.decode_seconds += decode_s
         self.stats.preprocess_seconds += preprocess_s
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        assert self._queue is not None
-        self._queue.put_nowait(_Pending(tensor, future, loop.time(), deadline))
+        self._queue.put(_Pending(tensor, future, admitted, loop.time(), deadline), lane)
         self._waiting += 1
         try:
             return await future
         except ImageSearchError as exc:
             self.stats.errors[type(exc).__name__] += 1
             return exc
+
+    async def _decode_next(self) -> None:
+        """One decoder: the next image by the lanes' turn rule, decoded in the pool, forever."""
+        assert self._decoding is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            job, _ = await self._decoding.get()
+            if job.future.done():  # the caller has gone
+                continue
+            try:
+                outcome = await loop.run_in_executor(self._decode_pool, self._decode, job.data)
+            except asyncio.CancelledError:
+                if not job.future.done():
+                    job.future.set_exception(Unavailable("the embedder is shutting down"))
+                raise
+            except Exception as exc:  # the image's own error (or a bug), for its caller
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            else:
+                if not job.future.done():
+                    job.future.set_result(outcome)
 
     def _decode(self, data: bytes) -> tuple[torch.Tensor, float, float]:
         """The model's input tensor, and the seconds decoding and preprocessing took."""
@@ -204,35 +297,77 @@ class Batcher:
         max_delay = self.config.max_delay_ms / 1000.0
         try:
             while True:
-                await self._next_batch(loop, max_delay)
+                lane = self._lane_to_run()
+                if lane is None:
+                    await self._queue.changed()  # an image came, or a lane's batch finished
+                    continue
+                batch = await self._form_batch(lane, loop, max_delay)
+                if batch:
+                    task = asyncio.create_task(self._compute(batch, lane))
+                    task.add_done_callback(self._lane_finished)
+                    self._running[lane] = task
         except asyncio.CancelledError:
             # Stopped past the grace period: whoever still waits gets an answer.
-            while not self._queue.empty():
-                pending = self._queue.get_nowait()
-                if not pending.future.done():
-                    pending.future.set_exception(Unavailable("the embedder is shutting down"))
+            for task in self._running.values():
+                task.cancel()
+            for lanes in (self._queue, self._decoding):
+                while lanes is not None and len(lanes):
+                    waiting, _ = lanes.take_next()
+                    if not waiting.future.done():
+                        waiting.future.set_exception(Unavailable("the embedder is shutting down"))
             raise
 
-    async def _next_batch(self, loop: asyncio.AbstractEventLoop, max_delay: float) -> None:
+    def _lane_finished(self, _: asyncio.Task[None]) -> None:
+        if self._queue is not None:
+            self._queue.notify()  # its lane may form its next batch
+
+    def _lane_free(self, lane: Lane) -> bool:
+        task = self._running.get(lane)
+        return task is None or task.done()
+
+    def _lane_to_run(self) -> Lane | None:
+        """The lane whose batch to form next: images waiting, and no batch of its own running;
+        interactive first."""
         assert self._queue is not None
-        first = await self._queue.get()
-        batch = [first]
-        close_at = first.enqueued + max_delay
+        for lane in (Lane.INTERACTIVE, Lane.BULK):
+            if self._queue.waiting(lane) and self._lane_free(lane):
+                return lane
+        return None
+
+    async def _form_batch(
+        self, lane: Lane, loop: asyncio.AbstractEventLoop, max_delay: float
+    ) -> list[_Pending]:
+        """Up to max_batch_size images of `lane`, waiting at most max_delay after the first
+        arrived; empty when the turn is given back (a bulk batch still filling when an
+        interactive image arrives that can run now) or every image was abandoned."""
+        queue = self._queue
+        assert queue is not None
+        queue.start_turn(lane)
+        batch = [queue.take(lane)]
+        close_at = batch[0].enqueued + max_delay
         while len(batch) < self.config.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if queue.waiting(lane):
+                batch.append(queue.take(lane))
                 continue
             remaining = close_at - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not await queue.changed(remaining):
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        live = self._drop_abandoned(batch, loop.time())
+            if (
+                lane is Lane.BULK
+                and queue.waiting(Lane.INTERACTIVE)
+                and self._lane_free(Lane.INTERACTIVE)
+            ):
+                queue.put_back(batch, lane)  # a search's image arrived: it goes first
+                return []
+        now = loop.time()
+        live = self._drop_abandoned(batch, now)
         self._waiting -= len(batch)
         if live:
-            await self._compute(live)
+            self.stats.lane_batches[lane] += 1
+            self.stats.lane_images[lane] += len(live)
+            for pending in live:
+                self.stats.queue_wait[lane].observe(now - pending.admitted)
+        return live
 
     def _drop_abandoned(self, batch: list[_Pending], now: float) -> list[_Pending]:
         live = []
@@ -248,13 +383,18 @@ class Batcher:
                 live.append(pending)
         return live
 
-    async def _compute(self, live: list[_Pending]) -> None:
+    async def _compute(self, live: list[_Pending], lane: Lane) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
             vectors = await loop.run_in_executor(
-                self._forward_pool, self.forward, torch.stack([p.tensor for p in live])
+                self._forward_pools[lane], self.forward, torch.stack([p.tensor for p in live])
             )
+        except asyncio.CancelledError:
+            for pending in live:
+                if not pending.future.done():
+                    pending.future.set_exception(Unavailable("the embedder is shutting down"))
+            raise
         except Exception as exc:
             logger.exception("forward pass failed for a batch of %d", len(live))
             for pending in live:

@@ -36,6 +36,7 @@ class EmbedderConfig(ServingConfig):
     max_delay_ms: float = 5.0
     max_queue_images: int = 512
     decode_workers: int = 2
+    max_interactive_run: int = BatcherConfig.max_interactive_run
     max_images_per_request: int = 256
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -58,6 +59,7 @@ class EmbedderConfig(ServingConfig):
             max_delay_ms=self.max_delay_ms,
             max_queue_images=self.max_queue_images,
             decode_workers=self.decode_workers,
+            max_interactive_run=self.max_interactive_run,
         )
 
     def decode_limits(self) -> DecodeLimits:
@@ -82,6 +84,8 @@ HELP = {
     "max_delay_ms": "longest an image waits for its batch to fill",
     "max_queue_images": "images in flight at once; more get RESOURCE_EXHAUSTED",
     "decode_workers": "threads decoding and preprocessing images",
+    "max_interactive_run": "while bulk images (an import's) wait, at most this many turns in a "
+    "row go to interactive ones (a search's) that are served first",
     "max_images_per_request": "most images in one request message",
     "max_image_bytes": "largest encoded image",
     "max_image_pixels": "most pixels (width × height) in one image",

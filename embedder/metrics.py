@@ -1,6 +1,7 @@
 """The embedder's Prometheus metrics: the RPC metrics every server has, plus the batcher's own
-counters (batch sizes, queue depth, per-stage time, images), read from BatcherStats when
-Prometheus scrapes, so the batching loop pays nothing for them."""
+counters (batch sizes, queue depth, per-stage time, images, and per lane: waiting images, queue
+wait, batches and images), read from BatcherStats when Prometheus scrapes, so the batching loop
+pays nothing for them. A starving lane shows as its queue wait growing while its images do not."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from embedder.batcher import Batcher
+from embedder.batcher import WAIT_BUCKETS_S, Batcher
+from embedder.lanes import Lane
 from serving.metrics import RpcMetrics
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -54,6 +56,7 @@ class BatcherCollector(Collector):
         yield CounterMetricFamily(
             "imgsearch_embedder_images", "images embedded (rate: images/s)", value=stats.images
         )
+        yield from self._lanes()
         by_label = (
             (
                 "imgsearch_embedder_stage_seconds",
@@ -82,6 +85,39 @@ class BatcherCollector(Collector):
             for value_label, value in values.items():
                 family.add_metric([value_label], value)
             yield family
+
+    def _lanes(self) -> Iterator[Metric]:
+        stats = self.batcher.stats
+        waiting = GaugeMetricFamily(
+            "imgsearch_embedder_lane_waiting_images",
+            "images waiting, by lane and for what (a decoding thread, or the model)",
+            labels=["lane", "for"],
+        )
+        wait = HistogramMetricFamily(
+            "imgsearch_embedder_queue_wait_seconds",
+            "seconds from an image's admission to its batch's start (decoding included), by lane",
+            labels=["lane"],
+        )
+        batches = CounterMetricFamily(
+            "imgsearch_embedder_lane_batches", "batches run, by lane", labels=["lane"]
+        )
+        images = CounterMetricFamily(
+            "imgsearch_embedder_lane_images", "images embedded, by lane", labels=["lane"]
+        )
+        for lane in Lane:
+            decode, model = self.batcher.lane_waiting(lane)
+            waiting.add_metric([lane.value, "decode"], decode)
+            waiting.add_metric([lane.value, "model"], model)
+            histogram = stats.queue_wait[lane]
+            counts, cumulative, buckets = list(histogram.counts), 0, []
+            for bound, count in zip(WAIT_BUCKETS_S, counts, strict=True):
+                cumulative += count
+                buckets.append((str(bound), cumulative))
+            buckets.append(("+Inf", histogram.total))
+            wait.add_metric([lane.value], buckets, histogram.sum_s)
+            batches.add_metric([lane.value], stats.lane_batches[lane])
+            images.add_metric([lane.value], stats.lane_images[lane])
+        yield from (waiting, wait, batches, images)
 
 
 def embedder_metrics(batcher: Batcher) -> RpcMetrics:

@@ -13,6 +13,7 @@ from google.rpc import status_pb2
 
 from embedder.batcher import Batcher
 from embedder.calibration import DuplicateDistances
+from embedder.lanes import Lane
 from embedder.model import ModelInfo
 from imgsearch import vectors
 from imgsearch._status import abort_status, status_code_of
@@ -30,6 +31,7 @@ WEIGHTS_SOURCE_TO_PROTO = {
     "random": pb.WEIGHTS_SOURCE_RANDOM,
 }
 HEAD_TO_PROTO = {"logits": pb.HEAD_LOGITS, "gem": pb.HEAD_GEM}
+LANE_OF_PRIORITY = {pb.PRIORITY_INTERACTIVE: Lane.INTERACTIVE, pb.PRIORITY_BULK: Lane.BULK}
 
 
 def map_errors_async(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -69,7 +71,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     async def Embed(
         self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> pb.EmbedResponse:
-        results = await self._embed(request.images, _deadline(context))
+        # Unset: a call of one batch or less is someone waiting; more is an import's work.
+        few = len(request.images) <= self.batcher.config.max_batch_size
+        lane = LANE_OF_PRIORITY.get(request.priority, Lane.INTERACTIVE if few else Lane.BULK)
+        results = await self._embed(request.images, _deadline(context), lane)
         return pb.EmbedResponse(results=results)
 
     async def EmbedStream(
@@ -89,7 +94,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                     n = min(len(request.images), self.stream_window_images)
                     for _ in range(n):
                         await window.acquire()
-                    task = asyncio.create_task(self._embed(request.images, deadline))
+                    lane = LANE_OF_PRIORITY.get(request.priority, Lane.BULK)
+                    task = asyncio.create_task(self._embed(request.images, deadline, lane))
                     await answers.put((task, n))
             finally:
                 await answers.put(None)
@@ -138,14 +144,14 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             duplicate_calibration=self.duplicates.note if self.duplicates else "",
         )
 
-    async def _embed(self, images: Any, deadline: float | None) -> list[pb.EmbedResult]:
+    async def _embed(self, images: Any, deadline: float | None, lane: Lane) -> list[pb.EmbedResult]:
         if len(images) > self.max_images_per_request:
             raise ResourceExhausted(
                 f"{len(images)} images in one request; the limit is "
                 f"{self.max_images_per_request} (max_images_per_request)"
             )
         keys = [image.key for image in images]
-        outcomes = await self.batcher.embed_many([image.data for image in images], deadline)
+        outcomes = await self.batcher.embed_many([image.data for image in images], deadline, lane)
         return [_result(key, outcome) for key, outcome in zip(keys, outcomes, strict=True)]
 
 

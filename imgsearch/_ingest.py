@@ -51,7 +51,9 @@ class IngestPipeline:
         try:
             for chunk in _chunks(items, images_per_request):
                 request = embedder_pb2.EmbedRequest(
-                    images=[embedder_pb2.Image(key=str(i.id), data=i.image) for i in chunk]
+                    images=[embedder_pb2.Image(key=str(i.id), data=i.image) for i in chunk],
+                    # A search waiting on the same embedder goes first (embedder.lanes).
+                    priority=embedder_pb2.PRIORITY_BULK,
                 )
                 future = self._stub.Embed.future(request, timeout=self.timeout_s)
                 self._pending.append((chunk, future))

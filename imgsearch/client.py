@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -48,6 +48,12 @@ logger = logging.getLogger(__name__)
 ANY = SearchOptions()
 # Long enough for the largest bulk load; an interrupted one resumes where it stopped.
 BULK_TIMEOUT_S = 3600.0
+# Who waits for an embedding: a person ("interactive", served first) or nobody ("bulk").
+Priority = Literal["interactive", "bulk"]
+PRIORITY_TO_PROTO = {
+    "interactive": embedder_pb2.PRIORITY_INTERACTIVE,
+    "bulk": embedder_pb2.PRIORITY_BULK,
+}
 
 
 class ImageSearchClient:
@@ -130,10 +136,14 @@ class ImageSearchClient:
             self._model_info = _convert.model_info(response)
         return self._model_info
 
-    def embed(self, images: Sequence[bytes]) -> list[np.ndarray | ImageSearchError]:
-        """One vector, or the reason it could not be made, per image."""
+    def embed(
+        self, images: Sequence[bytes], *, priority: Priority = "interactive"
+    ) -> list[np.ndarray | ImageSearchError]:
+        """One vector, or the reason it could not be made, per image. Interactive images go
+        ahead of bulk ones in the embedder's queues; mark work nobody waits for "bulk"."""
         request = embedder_pb2.EmbedRequest(
-            images=[embedder_pb2.Image(key=str(i), data=d) for i, d in enumerate(images)]
+            images=[embedder_pb2.Image(key=str(i), data=d) for i, d in enumerate(images)],
+            priority=PRIORITY_TO_PROTO[priority],
         )
         response = self._call("embedder", "Embed", request)
         return [_convert.embed_outcome(result) for result in response.results]
@@ -269,7 +279,7 @@ class ImageSearchClient:
         indexes = list(readable)
         for start in range(0, len(indexes), per_call):
             chunk = indexes[start : start + per_call]
-            embedded = self.embed([readable[i] for i in chunk])
+            embedded = self.embed([readable[i] for i in chunk], priority="interactive")
             for index, vector in zip(chunk, embedded, strict=True):
                 outcomes[index] = (
                     vector

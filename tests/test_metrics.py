@@ -120,6 +120,17 @@ def test_embedder_batch_size_histogram_reflects_32_concurrent_callers() -> None:
     refused = (("reason", "InvalidArgument"),)
     assert metrics[("imgsearch_embedder_images_not_embedded_total", refused)] == 1
     assert metrics[("imgsearch_embedder_queue_images", ())] == 0
+    # One image per call: the interactive lane's, each waited for from admission to its batch.
+    lane = (("lane", "interactive"),)
+    assert metrics[("imgsearch_embedder_lane_images_total", lane)] == 32
+    assert metrics[("imgsearch_embedder_lane_images_total", (("lane", "bulk"),))] == 0
+    assert metrics[("imgsearch_embedder_lane_batches_total", lane)] == batches
+    assert metrics[("imgsearch_embedder_queue_wait_seconds_count", lane)] == 32
+    assert metrics[("imgsearch_embedder_queue_wait_seconds_bucket", (*lane, ("le", "+Inf")))] == 32
+    assert 0 < metrics[("imgsearch_embedder_queue_wait_seconds_sum", lane)]
+    for waiting_for in ("decode", "model"):
+        waiting = (("for", waiting_for), ("lane", "bulk"))
+        assert metrics[("imgsearch_embedder_lane_waiting_images", waiting)] == 0
 
 
 def test_json_log_lines_are_one_object_per_event() -> None:

@@ -9,6 +9,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
+    PRIORITY_INTERACTIVE: _ClassVar[Priority]
+    PRIORITY_BULK: _ClassVar[Priority]
+
 class WeightsSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WEIGHTS_SOURCE_UNSPECIFIED: _ClassVar[WeightsSource]
@@ -21,6 +27,9 @@ class Head(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEAD_UNSPECIFIED: _ClassVar[Head]
     HEAD_LOGITS: _ClassVar[Head]
     HEAD_GEM: _ClassVar[Head]
+PRIORITY_UNSPECIFIED: Priority
+PRIORITY_INTERACTIVE: Priority
+PRIORITY_BULK: Priority
 WEIGHTS_SOURCE_UNSPECIFIED: WeightsSource
 WEIGHTS_SOURCE_IMAGENET: WeightsSource
 WEIGHTS_SOURCE_CHECKPOINT: WeightsSource
@@ -48,10 +57,12 @@ class EmbedResult(_message.Message):
     def __init__(self, key: _Optional[str] = ..., vector: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "priority")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("results",)
@@ -60,10 +71,12 @@ class EmbedResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[EmbedResult, _Mapping]]] = ...) -> None: ...
 
 class EmbedStreamRequest(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "priority")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class EmbedStreamResponse(_message.Message):
     __slots__ = ("results",)

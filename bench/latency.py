@@ -1,0 +1,153 @@
+"""Latency benchmark: a person's search by image while a bulk import runs on the same stack.
+
+    python bench/latency.py [--import-images 5000] [--searches 60] [--out FILE.json]
+
+`imgsearch up --weights random` (embedded PostgreSQL; the searcher and the embedder in its
+process) with a collection of 200 photos. In one run:
+
+- import alone: `imgsearch ingest` of `--import-images` photo-like JPEGs (500×375) into another
+  collection, as its own process: its rate, the baseline for the import's rate below;
+- idle: search by image (as `ImageSearchClient.search_image` does: embed one JPEG, then search
+  the 200; the two calls timed apart),
+  `--searches` times, one after another with a person's pause between them: p50 and p95;
+- busy: the same searches while the same import runs again (into a third collection, so that
+  what a search scans stays the same): p50 and p95, and the import's own rate.
+
+Goals (issue 23): busy p50 ≤ 2 × idle p50, busy p95 ≤ 4 × idle p95, import rate while searched
+≥ 0.9 × alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._processes import write_results  # noqa: E402
+from bench.ingest import start_stack  # noqa: E402
+from bench.searcher import percentile_ms  # noqa: E402
+from imgsearch import ImageSearchClient  # noqa: E402
+from tests.images import jpeg  # noqa: E402
+
+COLLECTION = "photos"
+PAUSE_S = 0.2  # between one person's searches
+
+
+def write_photos(folder: Path, count: int, first_seed: int) -> list[Path]:
+    paths = []
+    for n in range(count):
+        path = folder / f"label{n % 10}" / f"{n:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg(first_seed + n, (500, 375)))
+        paths.append(path)
+    return paths
+
+
+def ingest(folder: Path, embedder: str, searcher: str, collection: str) -> dict[str, float]:
+    """`imgsearch ingest` as its own process; its own reported rate and its wall time."""
+    started = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "imgsearch.cli", "ingest", str(folder),
+         "--embedder", embedder, "--searcher", searcher, "--collection", collection],
+        cwd=ROOT, capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    assert run.returncode == 0, run.stderr
+    rate = re.search(r"([0-9.]+) images/s", run.stdout)
+    assert rate is not None, run.stdout
+    return {"images_per_s": float(rate.group(1)), "wall_s": wall}
+
+
+def search_until(
+    client: ImageSearchClient, queries: list[Path], *, count: int, stop: threading.Event | None
+) -> list[tuple[float, float]]:
+    """Search by image one query after another (a pause between), `count` times, or until
+    `stop` is set when it is given: each search's seconds embedding and searching. (What
+    `search_image` does, in its two calls, to see where the time goes.)"""
+    seconds = []
+    i = 0
+    while (stop is None and i < count) or (stop is not None and not stop.is_set()):
+        data = queries[i % len(queries)].read_bytes()
+        started = time.perf_counter()
+        (vector,) = client.embed([data], priority="interactive")
+        embedded = time.perf_counter()
+        assert not isinstance(vector, Exception), vector
+        hits = client.search_vector(vector, 10, collection=COLLECTION)
+        seconds.append((embedded - started, time.perf_counter() - embedded))
+        assert hits, "a search found nothing"
+        i += 1
+        time.sleep(PAUSE_S)
+    return seconds
+
+
+def summary(seconds: list[tuple[float, float]]) -> dict[str, Any]:
+    total = [embed + search for embed, search in seconds]
+    return {
+        "searches": len(seconds),
+        "p50_ms": percentile_ms(total, 50),
+        "p95_ms": percentile_ms(total, 95),
+        "embed_p50_ms": percentile_ms([embed for embed, _ in seconds], 50),
+        "search_p50_ms": percentile_ms([search for _, search in seconds], 50),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--import-images", type=int, default=5000)
+    parser.add_argument("--searches", type=int, default=60, help="idle searches")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"import_images": args.import_images, "pause_s": PAUSE_S}
+    with tempfile.TemporaryDirectory(prefix="imgsearch-latency-") as tmp:
+        photos = write_photos(Path(tmp) / "photos", 200, first_seed=0)
+        imported = Path(tmp) / "import"
+        write_photos(imported, args.import_images, first_seed=10_000)
+        process, embedder, searcher = start_stack(Path(tmp) / "stack")
+        try:
+            ingest(photos[0].parent.parent, embedder, searcher, COLLECTION)
+            results["import_alone"] = ingest(imported, embedder, searcher, "import_alone")
+            print(f"import alone: {results['import_alone']}", flush=True)
+            with ImageSearchClient(embedder, searcher, collection=COLLECTION) as client:
+                search_until(client, photos[:10], count=10, stop=None)  # warm up
+                idle = search_until(client, photos, count=args.searches, stop=None)
+                results["idle"] = summary(idle)
+                print(f"idle: {results['idle']}", flush=True)
+                done = threading.Event()
+                busy: list[tuple[float, float]] = []
+                searching = threading.Thread(
+                    target=lambda: busy.extend(search_until(client, photos, count=0, stop=done))
+                )
+                searching.start()
+                try:
+                    results["import_searched"] = ingest(imported, embedder, searcher, "import")
+                finally:
+                    done.set()
+                    searching.join()
+                results["busy"] = summary(busy)
+                print(f"busy: {results['busy']}", flush=True)
+        finally:
+            process.terminate()
+            process.communicate(timeout=60)
+    idle_s, busy_s = results["idle"], results["busy"]
+    results["busy_p50_over_idle"] = busy_s["p50_ms"] / idle_s["p50_ms"]
+    results["busy_p95_over_idle"] = busy_s["p95_ms"] / idle_s["p95_ms"]
+    results["import_rate_searched_over_alone"] = (
+        results["import_searched"]["images_per_s"] / results["import_alone"]["images_per_s"]
+    )
+    for key in ("busy_p50_over_idle", "busy_p95_over_idle", "import_rate_searched_over_alone"):
+        print(f"{key}: {results[key]:.2f}")
+    write_results(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Lanes: a search's image overtakes an import's queued images, in decoding and in batches; the
+import is never starved; callers choose a lane through gRPC, with defaults by call shape."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embedder.batcher import Batcher, BatcherConfig
+from embedder.config import EmbedderConfig
+from embedder.lanes import Lane, LaneQueue
+from embedder.server import Embedder
+from imgsearch.v1 import embedder_pb2 as pb
+from tests import images
+from tests.embedder_helpers import embedder_stub, save_random_weights
+
+INTERACTIVE, BULK = Lane.INTERACTIVE, Lane.BULK
+
+
+class GatedModel:
+    """A model whose work is seen and held: each image's tensor is its width (its name in these
+    tests: bulk images under 300, interactive ones from 300), each batch's widths are recorded in
+    order, and decoding, or the forward pass of a bulk batch, waits while its gate is closed."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.decoded: list[int] = []
+        self.forward_calls = 0  # batches handed to the model, held at the gate or not
+        self.forward_gate = threading.Event()
+        self.decode_gate = threading.Event()
+        self.forward_gate.set()
+        self.decode_gate.set()
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        assert self.decode_gate.wait(30)
+        self.decoded.append(image.width)
+        return torch.tensor([float(image.width)])
+
+    def forward(self, batch: torch.Tensor) -> np.ndarray:
+        self.forward_calls += 1
+        widths = [int(w) for w in batch[:, 0]]
+        if widths[0] < 300:
+            assert self.forward_gate.wait(30)
+        self.batches.append(widths)
+        return batch.numpy()
+
+
+def picture(width: int) -> bytes:
+    return images.jpeg(width, (width, 40))
+
+
+def run(model: GatedModel, config: BatcherConfig, body: Any) -> Any:
+    async def main() -> Any:
+        batcher = Batcher(model.forward, config, prepare=model.prepare)
+        await batcher.start()
+        try:
+            return await body(batcher)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
+async def until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.002)
+
+
+def test_the_turn_rule_serves_interactive_first_and_bulk_every_few_turns() -> None:
+    async def body() -> list[str]:
+        lanes: LaneQueue[str] = LaneQueue(max_interactive_run=2)
+        for i in range(3):
+            lanes.put(f"b{i}", BULK)
+        for i in range(5):
+            lanes.put(f"i{i}", INTERACTIVE)
+        return [lanes.take_next()[0] for _ in range(8)]
+
+    assert asyncio.run(body()) == ["i0", "i1", "b0", "i2", "i3", "b1", "i4", "b2"]
+
+
+def test_an_interactive_image_runs_while_a_bulk_batch_holds_the_model_and_others_wait() -> None:
+    model = GatedModel()
+    config = BatcherConfig(max_batch_size=4, max_delay_ms=500, decode_workers=1)
+
+    async def body(batcher: Batcher) -> list[list[int]]:
+        model.forward_gate.clear()
+        bulk = asyncio.ensure_future(
+            batcher.embed_many([picture(100 + i) for i in range(12)], lane=BULK)
+        )
+        # One bulk batch is in the model (held); the other 8 wait for theirs.
+        await until(lambda: model.forward_calls == 1 and batcher.queue_depth == 8)
+        vector = await batcher.embed(picture(300), lane=INTERACTIVE)
+        assert vector.tolist() == [300.0]
+        answered = list(model.batches)
+        model.forward_gate.set()
+        await bulk
+        return answered
+
+    assert run(model, config, body) == [[300]]
+
+
+def test_an_interactive_image_is_decoded_before_bulk_images_waiting_to_be() -> None:
+    model = GatedModel()
+    config = BatcherConfig(max_batch_size=8, max_delay_ms=5, decode_workers=1)
+
+    async def body(batcher: Batcher) -> list[int]:
+        model.decode_gate.clear()
+        bulk = asyncio.ensure_future(
+            batcher.embed_many([picture(100 + i) for i in range(6)], lane=BULK)
+        )
+        # The one decoding thread holds the first bulk image; five wait for it.
+        await until(lambda: batcher.lane_waiting(BULK) == (5, 0))
+        search = asyncio.ensure_future(batcher.embed(picture(300), lane=INTERACTIVE))
+        await until(lambda: batcher.lane_waiting(INTERACTIVE) == (1, 0))
+        model.decode_gate.set()
+        await asyncio.gather(search, bulk)
+        return model.decoded
+
+    assert run(model, config, body) == [100, 300, 101, 102, 103, 104, 105]
+
+
+def test_bulk_keeps_its_own_batches_under_a_steady_interactive_load() -> None:
+    model = GatedModel()
+    config = BatcherConfig(max_batch_size=1, max_delay_ms=1)
+
+    async def body(batcher: Batcher) -> list[list[int]]:
+        stop = asyncio.Event()
+
+        async def searcher(first: int) -> None:
+            n = first
+            while not stop.is_set():  # always a search waiting, or in the model
+                await batcher.embed(picture(n), lane=INTERACTIVE)
+                n += 2
+
+        searchers = [asyncio.ensure_future(searcher(300 + i)) for i in range(2)]
+        await until(lambda: batcher.stats.lane_images[INTERACTIVE] >= 10)
+        await batcher.embed_many([picture(100 + i) for i in range(10)], lane=BULK)
+        stop.set()
+        await asyncio.gather(*searchers)
+        return model.batches
+
+    batches = run(model, config, body)
+    bulk = [batch[0] for batch in batches if batch[0] < 300]
+    assert sorted(bulk) == list(range(100, 110))
+
+
+def test_a_bulk_batch_being_filled_gives_its_turn_to_an_arriving_interactive_image() -> None:
+    model = GatedModel()
+    # A long fill window: the bulk batch still waits for company when the search's image comes.
+    config = BatcherConfig(max_batch_size=8, max_delay_ms=1000, decode_workers=1)
+
+    async def body(batcher: Batcher) -> list[list[int]]:
+        bulk = asyncio.ensure_future(
+            batcher.embed_many([picture(100 + i) for i in range(3)], lane=BULK)
+        )
+        # All three decoded and taken into the bulk batch, which waits to fill.
+        await until(lambda: len(model.decoded) == 3 and batcher.lane_waiting(BULK) == (0, 0))
+        vector = await batcher.embed(picture(300), lane=INTERACTIVE)
+        assert vector.tolist() == [300.0]
+        await bulk
+        return model.batches
+
+    assert run(model, config, body) == [[300], [100, 101, 102]]
+
+
+def test_queue_wait_batches_and_images_are_counted_per_lane() -> None:
+    model = GatedModel()
+
+    async def body(batcher: Batcher) -> Any:
+        await batcher.embed_many([picture(100 + i) for i in range(3)], lane=BULK)
+        await batcher.embed(picture(300), lane=INTERACTIVE)
+        return batcher.stats
+
+    stats = run(model, BatcherConfig(max_batch_size=8, max_delay_ms=5), body)
+    assert stats.lane_images == {BULK: 3, INTERACTIVE: 1}
+    assert stats.lane_batches[INTERACTIVE] == 1 and stats.lane_batches[BULK] >= 1
+    assert stats.queue_wait[BULK].total == 3 and stats.queue_wait[INTERACTIVE].total == 1
+    assert stats.queue_wait[INTERACTIVE].sum_s > 0
+
+
+# -- through gRPC, with the real model ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedder]:
+    weights = save_random_weights(tmp_path_factory.mktemp("weights") / "w.pth", seed=3)
+    config = EmbedderConfig(address="127.0.0.1:0", weights=str(weights), device="cpu")
+    with Embedder(config) as server:
+        yield server
+
+
+def lane_images(embedder: Embedder) -> dict[Lane, int]:
+    return dict(embedder.batcher.stats.lane_images)
+
+
+def counted(embedder: Embedder, call: Any) -> dict[Lane, int]:
+    """The images each lane embedded during `call()`."""
+    before = lane_images(embedder)
+    call()
+    after = lane_images(embedder)
+    return {lane: after.get(lane, 0) - before.get(lane, 0) for lane in Lane}
+
+
+def test_callers_choose_a_lane_and_the_defaults_follow_the_calls_shape(embedder) -> None:
+    channel, stub = embedder_stub(embedder.port)
+    batch = embedder.batcher.config.max_batch_size
+    few = [pb.Image(key=str(i), data=images.jpeg(i)) for i in range(2)]
+    many = [pb.Image(key=str(i), data=images.jpeg(i)) for i in range(batch + 1)]
+    with channel:
+        assert counted(embedder, lambda: stub.Embed(pb.EmbedRequest(images=few))) == {
+            INTERACTIVE: 2,
+            BULK: 0,
+        }
+        assert counted(embedder, lambda: stub.Embed(pb.EmbedRequest(images=many))) == {
+            INTERACTIVE: 0,
+            BULK: batch + 1,
+        }
+        bulk = pb.EmbedRequest(images=few, priority=pb.PRIORITY_BULK)
+        assert counted(embedder, lambda: stub.Embed(bulk)) == {INTERACTIVE: 0, BULK: 2}
+        messages = [
+            pb.EmbedStreamRequest(images=few),
+            pb.EmbedStreamRequest(images=few, priority=pb.PRIORITY_INTERACTIVE),
+        ]
+        assert counted(embedder, lambda: list(stub.EmbedStream(iter(messages)))) == {
+            INTERACTIVE: 2,
+            BULK: 2,
+        }
+
+
+def test_a_search_returns_while_an_import_stream_is_still_being_embedded(embedder) -> None:
+    channel, stub = embedder_stub(embedder.port)
+    photos = [images.jpeg(i, (500, 375)) for i in range(8)]
+    messages = [
+        pb.EmbedStreamRequest(
+            images=[pb.Image(key=f"{m}-{i}", data=d) for i, d in enumerate(photos)]
+        )
+        for m in range(24)
+    ]
+    finished: dict[str, float] = {}
+    with channel:
+
+        def stream() -> None:
+            for _ in stub.EmbedStream(iter(messages)):
+                pass
+            finished["import"] = time.monotonic()
+
+        before = lane_images(embedder).get(BULK, 0)
+        importer = threading.Thread(target=stream)
+        importer.start()
+        deadline = time.monotonic() + 30
+        while lane_images(embedder).get(BULK, 0) < before + 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        result = stub.Embed(pb.EmbedRequest(images=[pb.Image(key="q", data=photos[0])]))
+        finished["search"] = time.monotonic()
+        importer.join(60)
+    assert result.results[0].HasField("vector")
+    assert finished["search"] < finished["import"]
