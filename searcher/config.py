@@ -76,7 +76,8 @@ HELP = {
     "dsn": "PostgreSQL DSN (with pgvector); standard PG* variables also work; "
     "unset: an embedded PostgreSQL in --data-dir",
     "data_dir": "embedded PostgreSQL data directory (default: ~/.local/share/imgsearch/pgdata)",
-    "pool_size": "database connections",
+    "pool_size": "database connections (2 of them kept for searches and other requests: "
+    "writes, index builds and folds, duplicate scans and recall samples share the rest)",
     "statement_timeout_ms": "per-statement time limit in the database",
     "max_top_k": "largest top_k accepted",
     "max_items_per_message": "most items per Upsert message",

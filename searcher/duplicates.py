@@ -204,7 +204,7 @@ class DuplicateFinder:
 
     def _count(self, collection: Collection, filter: Filter) -> int:
         where, params = filter.where()
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT count(*) FROM {} {}").format(collection.table, where), params
             )
@@ -214,7 +214,7 @@ class DuplicateFinder:
     def _batch(self, collection: Collection, filter: Filter, start: int) -> list[int]:
         """The next matching ids from `start` on, ascending (keyset pagination)."""
         where, params = filter.where(sql.SQL("id >= %(start)s"))
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT id FROM {} {} ORDER BY id LIMIT %(batch)s").format(
                     collection.table, where
@@ -252,7 +252,7 @@ class DuplicateFinder:
             "candidates": candidates,
             "max_distance": scan.max_distance,
         }
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(sql.SQL("; ").join([*settings, query]), params)
             return [(row[0], row[1]) for row in cur.fetchall()]
 
@@ -272,7 +272,7 @@ class DuplicateFinder:
             "SELECT a.id, n.id FROM {table} AS a CROSS JOIN LATERAL "
             "(SELECT id FROM {table} {where}) AS n WHERE a.id = ANY(%(ids)s) AND n.id <> a.id"
         ).format(table=collection.table, where=where)
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(query, {**params, "ids": list(ids), "max_distance": max_distance})
             return [(row[0], row[1]) for row in cur.fetchall()]
 
@@ -283,7 +283,7 @@ class DuplicateFinder:
         deleted meanwhile are left out (and a group left with one member with them)."""
         firsts = [ids[0] for ids in components for _ in ids]
         members = [member for ids in components for member in ids]
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 sql.SQL(
                     "SELECT p.first, m.id, m.label, m.uri, m.embedding {} f.embedding "

@@ -318,7 +318,7 @@ class IndexBuilder:
     @contextlib.contextmanager
     def _autocommit(self) -> Iterator[Any]:
         # CREATE INDEX CONCURRENTLY cannot run inside a transaction block.
-        with self.pool.connection() as conn:
+        with self.pool.connection(bulk=True) as conn:
             old = conn.autocommit
             conn.autocommit = True
             try:

@@ -40,7 +40,7 @@ class Loader:
         if not items:
             return UpsertCounts(), False
         payload = encode_binary_copy(items, collection.dim, collection.growing_segment)
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             if try_plain_copy:
                 # A bulk load of new ids: COPY straight into the table (half the work of
                 # staging and merging). Any existing id aborts it; the merge below then runs.
@@ -82,7 +82,7 @@ class Loader:
         collection that never had rows) is built at the end."""
         if not self.builder.indexable(collection):
             return False, False
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(
                 sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(collection.table)
             )

@@ -18,8 +18,15 @@ from imgsearch.errors import DeadlineExceeded, PermissionDenied, Unavailable
 logger = logging.getLogger(__name__)
 
 
+# Connections kept for searches and other short requests: bulk work (writes, index builds and
+# folds, duplicate scans, recall samples) may hold all the others, never these.
+RESERVED_FOR_REQUESTS = 2
+
+
 class ConnectionPool:
-    """Up to `max_size` connections; callers wait (up to `wait_s`) when all are in use.
+    """Up to `max_size` connections; callers wait (up to `wait_s`) when all are in use, and bulk
+    work waits once it holds all but RESERVED_FOR_REQUESTS of them, so a search always finds a
+    connection that an import or an index build cannot take.
 
     psycopg2's own pools raise instead of waiting, and keep connections that the server has
     closed; this one waits, and discards any connection that failed at the connection level.
@@ -44,6 +51,8 @@ class ConnectionPool:
         self.max_size = max_size
         self.in_use = 0  # connections lent out now (for metrics)
         self._slots = threading.BoundedSemaphore(max_size)
+        self.max_bulk = max(1, max_size - RESERVED_FOR_REQUESTS)
+        self._bulk_slots = threading.BoundedSemaphore(self.max_bulk)
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -63,8 +72,20 @@ class ConnectionPool:
         return conn
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        """A connection for one unit of work; database failures leave as imgsearch errors."""
+    def connection(self, *, bulk: bool = False) -> Iterator[Any]:
+        """A connection for one unit of work; database failures leave as imgsearch errors.
+        `bulk`: work nobody waits on at once (see the class)."""
+        if bulk:
+            if not self._bulk_slots.acquire(timeout=self._wait_s):
+                raise Unavailable(
+                    f"no database connection free for bulk work after {self._wait_s:.0f} s"
+                ) from None
+            try:
+                with self.connection() as conn:
+                    yield conn
+            finally:
+                self._bulk_slots.release()
+            return
         if not self._slots.acquire(timeout=self._wait_s):
             raise Unavailable(f"no database connection free after {self._wait_s:.0f} s") from None
         with self._lock:

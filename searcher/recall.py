@@ -171,7 +171,7 @@ def draw_sample(
     """Up to `size` held-out queries (near stored vectors drawn at random, see held_out) and
     their exact neighbours, by numpy over a binary COPY of every stored vector; None for a
     collection too small to measure."""
-    with pool.connection() as conn, conn, conn.cursor() as cur:
+    with pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
         # Reading every stored vector grows with the collection (a million 1000-d rows took
         # over the 30 s request limit): off the request path, like an index build, it runs
         # without the statement timeout.
