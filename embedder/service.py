@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.rpc import status_pb2
 
 from embedder.batcher import Batcher
 from embedder.calibration import DuplicateDistances
 from embedder.lanes import Lane
 from embedder.model import ModelInfo
 from imgsearch import vectors
-from imgsearch._status import abort_status, status_code_of
+from imgsearch._status import abort_status, status_of
 from imgsearch.errors import ImageSearchError, ResourceExhausted
 from imgsearch.v1 import embedder_pb2 as pb
 from imgsearch.v1 import embedder_pb2_grpc
@@ -157,8 +156,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
 
 def _result(key: str, outcome: Any) -> pb.EmbedResult:
     if isinstance(outcome, ImageSearchError):
-        error = status_pb2.Status(code=status_code_of(outcome).value[0], message=str(outcome))
-        return pb.EmbedResult(key=key, error=error)
+        return pb.EmbedResult(key=key, error=status_of(outcome))
     return pb.EmbedResult(key=key, vector=vectors.to_proto(outcome))
 
 

@@ -115,6 +115,15 @@ def hits(response: searcher_pb2.SearchResponse) -> list[records.Hit]:
     ]
 
 
+def batch_outcome(
+    result: searcher_pb2.SearchBatchResult,
+) -> list[records.Hit] | ImageSearchError:
+    """One search of a SearchBatch: its hits, or the error the searcher gave it."""
+    if result.WhichOneof("outcome") == "response":
+        return hits(result.response)
+    return error_from_status(result.error.code, result.error.message)
+
+
 def stored_item(item: searcher_pb2.Item) -> records.StoredItem:
     vector = vectors.from_proto(item.vector) if item.HasField("vector") else None
     return records.StoredItem(item.id, item.label, item.uri, dict(item.attributes), vector)

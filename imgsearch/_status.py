@@ -39,6 +39,12 @@ def status_code_of(exc: errors.ImageSearchError) -> grpc.StatusCode:
 
 def abort_status(exc: BaseException) -> grpc.Status:
     """The status that `exc` maps to; unexpected errors become INTERNAL (and are logged)."""
+    return rpc_status.to_status(status_of(exc))
+
+
+def status_of(exc: BaseException) -> status_pb2.Status:
+    """`exc` as a google.rpc.Status message (for one item's error inside a response); unexpected
+    errors become INTERNAL (and are logged)."""
     detail: Message | None = None
     if isinstance(exc, errors.DetailedError):
         detail, exc = exc.detail, exc.error
@@ -54,7 +60,7 @@ def abort_status(exc: BaseException) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
-    return rpc_status.to_status(status)
+    return status
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 ANY = SearchOptions()
 # Long enough for the largest bulk load; an interrupted one resumes where it stopped.
 BULK_TIMEOUT_S = 3600.0
+BATCH_SEARCHES = 100  # searches per SearchBatch call (the server takes up to 1000)
 # Who waits for an embedding: a person ("interactive", served first) or nobody ("bulk").
 Priority = Literal["interactive", "bulk"]
 PRIORITY_TO_PROTO = {
@@ -226,6 +227,30 @@ class ImageSearchClient:
         )
         return _convert.hits(self._call("searcher", "Search", request))
 
+    def search_vectors(
+        self,
+        queries: Sequence[np.ndarray],
+        top_k: int = 10,
+        *,
+        options: SearchOptions = ANY,
+        collection: str | None = None,
+    ) -> list[list[Hit] | ImageSearchError]:
+        """Each vector's nearest stored items, in the order given, from SearchBatch calls of up
+        to BATCH_SEARCHES (one round trip each, searched side by side on the server). A query
+        the searcher refuses gets its error in place of hits; the others are still answered."""
+        name = collection or self.collection
+        outcomes: list[list[Hit] | ImageSearchError] = []
+        for start in range(0, len(queries), BATCH_SEARCHES):
+            request = searcher_pb2.SearchBatchRequest(
+                searches=[
+                    _convert.search_request(name, top_k, options, vector=vectors.to_proto(v))
+                    for v in queries[start : start + BATCH_SEARCHES]
+                ]
+            )
+            response = self._call("searcher", "SearchBatch", request)
+            outcomes += [_convert.batch_outcome(result) for result in response.results]
+        return outcomes
+
     def search_id(
         self,
         item_id: int,
@@ -267,8 +292,9 @@ class ImageSearchClient:
         collection: str | None = None,
     ) -> list[list[Hit] | ImageSearchError]:
         """Each image's own nearest stored items, in the order given: the images are embedded
-        in batches, then searched one by one. An image that cannot be read, cropped to `box` or
-        embedded gets its error in place of hits; the others are still searched."""
+        in batches, then searched together (search_vectors). An image that cannot be read,
+        cropped to `box`, embedded or searched gets its error in place of hits; the others are
+        still searched."""
         self.searchable_collection(collection)
         prepared = [self._query_bytes(image, box) for image in images]
         readable = {i: p for i, p in enumerate(prepared) if isinstance(p, bytes)}
@@ -280,12 +306,23 @@ class ImageSearchClient:
         for start in range(0, len(indexes), per_call):
             chunk = indexes[start : start + per_call]
             embedded = self.embed([readable[i] for i in chunk], priority="interactive")
+            found = {
+                i: v for i, v in zip(chunk, embedded, strict=True) if isinstance(v, np.ndarray)
+            }
             for index, vector in zip(chunk, embedded, strict=True):
-                outcomes[index] = (
-                    vector
-                    if isinstance(vector, ImageSearchError)
-                    else self.search_vector(vector, top_k, options=options, collection=collection)
+                if isinstance(vector, ImageSearchError):
+                    outcomes[index] = vector
+            if len(found) == 1:  # one round trip either way; Search is the simpler call
+                ((index, vector),) = found.items()
+                outcomes[index] = self.search_vector(
+                    vector, top_k, options=options, collection=collection
                 )
+            elif found:
+                answers = self.search_vectors(
+                    list(found.values()), top_k, options=options, collection=collection
+                )
+                for index, answer in zip(found, answers, strict=True):
+                    outcomes[index] = answer
         return outcomes
 
     def _query_bytes(self, image: bytes | str | Path, box: Box | None) -> bytes | ImageSearchError:

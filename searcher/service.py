@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import grpc
@@ -11,8 +13,14 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 
 from imgsearch import defaults, vectors
-from imgsearch._status import map_errors, map_stream_errors
-from imgsearch.errors import DetailedError, ImageSearchError, InvalidArgument
+from imgsearch._status import map_errors, map_stream_errors, status_of
+from imgsearch.errors import (
+    DeadlineExceeded,
+    DetailedError,
+    ImageSearchError,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from imgsearch.records import DuplicateGroup
 from imgsearch.v1 import searcher_pb2 as pb
 from imgsearch.v1 import searcher_pb2_grpc
@@ -40,6 +48,11 @@ KIND_TO_PROTO = {
 }
 KIND_FROM_PROTO = {value: key for key, value in KIND_TO_PROTO.items()}
 
+
+MAX_BATCH_SEARCHES = 1000
+# A batch's searches run this many at a time: each is one database query, mostly waiting on
+# PostgreSQL's cores, and the rest of the pool stays free for other callers.
+BATCH_WORKERS = min(4, os.cpu_count() or 1)
 
 # The methods that change data: a read-only token may call every other one.
 WRITE_METHODS = frozenset(
@@ -149,6 +162,30 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
 
     @map_errors
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
+        return self._search(request)
+
+    @map_errors
+    def SearchBatch(
+        self, request: pb.SearchBatchRequest, context: grpc.ServicerContext
+    ) -> pb.SearchBatchResponse:
+        if len(request.searches) > MAX_BATCH_SEARCHES:
+            raise ResourceExhausted(
+                f"{len(request.searches)} searches in one batch; the limit is "
+                f"{MAX_BATCH_SEARCHES}: split it"
+            )
+
+        def one(search: pb.SearchRequest) -> pb.SearchBatchResult:
+            if not context.is_active():  # the caller gave up or its deadline passed
+                return pb.SearchBatchResult(error=status_of(DeadlineExceeded("not searched")))
+            try:
+                return pb.SearchBatchResult(response=self._search(search))
+            except Exception as exc:
+                return pb.SearchBatchResult(error=status_of(exc))
+
+        with ThreadPoolExecutor(BATCH_WORKERS, thread_name_prefix="search-batch") as workers:
+            return pb.SearchBatchResponse(results=list(workers.map(one, request.searches)))
+
+    def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgument("set the query: either vector or id")

@@ -18,7 +18,7 @@ import pytest
 from embedder.config import EmbedderConfig
 from embedder.server import Embedder
 from imgsearch.client import ImageSearchClient, IngestItem
-from imgsearch.errors import FailedPrecondition
+from imgsearch.errors import FailedPrecondition, InvalidArgument
 from imgsearch.features import format_line
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher.config import SearcherConfig
@@ -160,6 +160,27 @@ def test_two_embedders_behind_one_client_share_calls_and_losing_one_loses_nothin
     finally:
         first.stop(grace_s=1)
         second.stop(grace_s=1)
+
+
+def test_images_searched_together_get_what_each_would_alone_and_errors_in_place(
+    searcher, embedder
+) -> None:
+    photos = [images.jpeg(i, (320, 240)) for i in range(6)]
+    with ImageSearchClient(
+        f"127.0.0.1:{embedder.port}", f"127.0.0.1:{searcher.port}", collection="together"
+    ) as client:
+        client.ingest(IngestItem(i, p, label="photo") for i, p in enumerate(photos))
+        queries = [photos[0], b"not an image", photos[3], photos[5]]
+        outcomes = client.search_images(queries, top_k=3)
+        assert isinstance(outcomes[1], InvalidArgument)
+        for i in (0, 2, 3):
+            assert outcomes[i] == client.search_image(queries[i], top_k=3)
+        assert [o[0].id for o in (outcomes[0], outcomes[2], outcomes[3])] == [0, 3, 5]
+        vectors = client.embed([photos[1], photos[2]])
+        wrong = np.ones(7, dtype=np.float32)
+        found = client.search_vectors([vectors[0], wrong, vectors[1]], top_k=2)
+        assert [hits[0].id for hits in (found[0], found[2])] == [1, 2]
+        assert isinstance(found[1], InvalidArgument) and "7" in str(found[1])
 
 
 def test_a_collection_filled_by_another_model_is_refused(searcher, embedder) -> None:

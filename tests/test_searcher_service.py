@@ -99,6 +99,65 @@ def test_distances_equal_numpys_for_every_metric(stub, metric, numpy_distance) -
     assert [h.id for h in response.hits] == list(np.argsort(expected, kind="stable")[:20])
 
 
+def test_a_batch_of_searches_answers_each_as_search_would(stub, searcher: Searcher) -> None:
+    data = clustered_vectors(3000, seed=11)
+    labels = ["even" if i % 2 == 0 else "odd" for i in range(len(data))]
+    name = new_collection(stub)
+    stub.Upsert(upsert_messages(name, data, labels=labels))
+    # Its index built and its effort calibrated: the same searches, the same answers.
+    assert searcher.store is not None and searcher.store.maintenance.wait_idle(300)
+    searches = [
+        pb.SearchRequest(collection=name, vector=vector(q), top_k=10)
+        for q in clustered_vectors(40, seed=12)
+    ]
+    searches += [pb.SearchRequest(collection=name, id=i, top_k=5) for i in (0, 7, 2999)]
+    searches.append(
+        pb.SearchRequest(
+            collection=name, id=8, top_k=20, filter=pb.Filter(labels=["odd"]), max_distance=60
+        )
+    )
+    batch = stub.SearchBatch(pb.SearchBatchRequest(searches=searches))
+    assert len(batch.results) == len(searches)
+    for search, result in zip(searches, batch.results, strict=True):
+        assert result.WhichOneof("outcome") == "response"
+        assert result.response == stub.Search(search)
+        assert result.response.hits
+
+
+def test_each_search_of_a_batch_fails_alone_with_the_status_search_gives_it(stub) -> None:
+    name = new_collection(stub, dim=4)
+    stub.Upsert(upsert_messages(name, np.eye(4, dtype=np.float32)))
+    good = pb.SearchRequest(collection=name, vector=vector(np.ones(4)), top_k=2)
+    searches = [
+        good,
+        pb.SearchRequest(collection=name, vector=vector(np.ones(3)), top_k=2),
+        pb.SearchRequest(collection="no_such_collection", vector=vector(np.ones(4)), top_k=2),
+        pb.SearchRequest(collection=name, id=999, top_k=2),
+        pb.SearchRequest(collection=name, vector=vector(np.ones(4)), top_k=0),
+        pb.SearchRequest(collection=name, top_k=2),
+        good,
+    ]
+    results = stub.SearchBatch(pb.SearchBatchRequest(searches=searches)).results
+    outcomes = [r.WhichOneof("outcome") for r in results]
+    assert outcomes == ["response", "error", "error", "error", "error", "error", "response"]
+    invalid, not_found = (
+        c.value[0] for c in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+    )
+    assert [r.error.code for r in results[1:6]] == [invalid, not_found, not_found, invalid, invalid]
+    for result, single in zip(results[1:6], searches[1:6], strict=True):
+        assert result.error.message == rpc_error(stub.Search, single).details()
+    assert results[0].response == results[6].response == stub.Search(good)
+
+
+def test_a_batch_of_more_than_1000_searches_is_refused_whole(stub) -> None:
+    name = new_collection(stub, dim=4)
+    search = pb.SearchRequest(collection=name, vector=vector(np.ones(4)), top_k=1)
+    error = rpc_error(stub.SearchBatch, pb.SearchBatchRequest(searches=[search] * 1001))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "1001 searches in one batch; the limit is 1000" in error.details()
+    assert len(stub.SearchBatch(pb.SearchBatchRequest(searches=[search] * 1000)).results) == 1000
+
+
 METRICS = {
     "L2": (pb.METRIC_L2, lambda x, q: np.linalg.norm(x - q, axis=1)),
     "COSINE": (

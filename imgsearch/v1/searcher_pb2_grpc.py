@@ -74,6 +74,11 @@ class SearcherServiceStub:
                 request_serializer=imgsearch_dot_v1_dot_searcher__pb2.SearchRequest.SerializeToString,
                 response_deserializer=imgsearch_dot_v1_dot_searcher__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/imgsearch.v1.SearcherService/SearchBatch',
+                request_serializer=imgsearch_dot_v1_dot_searcher__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=imgsearch_dot_v1_dot_searcher__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/imgsearch.v1.SearcherService/Get',
                 request_serializer=imgsearch_dot_v1_dot_searcher__pb2.GetRequest.SerializeToString,
@@ -157,6 +162,15 @@ class SearcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Many searches in one call (at most 1000), run side by side and answered together: for a
+        service that looks up many images at once, one round trip instead of one per query. Each
+        search gets its hits or its own error, in request order; one bad query fails no other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Get(self, request, context):
         """Fetches items by id.
         """
@@ -227,6 +241,11 @@ def add_SearcherServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=imgsearch_dot_v1_dot_searcher__pb2.SearchRequest.FromString,
                     response_serializer=imgsearch_dot_v1_dot_searcher__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=imgsearch_dot_v1_dot_searcher__pb2.SearchBatchRequest.FromString,
+                    response_serializer=imgsearch_dot_v1_dot_searcher__pb2.SearchBatchResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -426,6 +445,33 @@ class SearcherService:
             '/imgsearch.v1.SearcherService/Search',
             imgsearch_dot_v1_dot_searcher__pb2.SearchRequest.SerializeToString,
             imgsearch_dot_v1_dot_searcher__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imgsearch.v1.SearcherService/SearchBatch',
+            imgsearch_dot_v1_dot_searcher__pb2.SearchBatchRequest.SerializeToString,
+            imgsearch_dot_v1_dot_searcher__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,11 @@ class SearcherServiceStub:
     """
     Search: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.SearchRequest, _searcher_pb2.SearchResponse]
     """Finds the stored items nearest to a vector, or to a stored item's vector."""
+    SearchBatch: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.SearchBatchRequest, _searcher_pb2.SearchBatchResponse]
+    """Many searches in one call (at most 1000), run side by side and answered together: for a
+    service that looks up many images at once, one round trip instead of one per query. Each
+    search gets its hits or its own error, in request order; one bad query fails no other.
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.GetRequest, _searcher_pb2.GetResponse]
     """Fetches items by id."""
     ListItems: _grpc.UnaryUnaryMultiCallable[_searcher_pb2.ListItemsRequest, _searcher_pb2.ListItemsResponse]
@@ -102,6 +107,11 @@ class SearcherServiceAsyncStub(SearcherServiceStub):
     """
     Search: _aio.UnaryUnaryMultiCallable[_searcher_pb2.SearchRequest, _searcher_pb2.SearchResponse]  # type: ignore[assignment]
     """Finds the stored items nearest to a vector, or to a stored item's vector."""
+    SearchBatch: _aio.UnaryUnaryMultiCallable[_searcher_pb2.SearchBatchRequest, _searcher_pb2.SearchBatchResponse]  # type: ignore[assignment]
+    """Many searches in one call (at most 1000), run side by side and answered together: for a
+    service that looks up many images at once, one round trip instead of one per query. Each
+    search gets its hits or its own error, in request order; one bad query fails no other.
+    """
     Get: _aio.UnaryUnaryMultiCallable[_searcher_pb2.GetRequest, _searcher_pb2.GetResponse]  # type: ignore[assignment]
     """Fetches items by id."""
     ListItems: _aio.UnaryUnaryMultiCallable[_searcher_pb2.ListItemsRequest, _searcher_pb2.ListItemsResponse]  # type: ignore[assignment]
@@ -180,6 +190,17 @@ class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_searcher_pb2.SearchResponse, _abc.Awaitable[_searcher_pb2.SearchResponse]]:
         """Finds the stored items nearest to a vector, or to a stored item's vector."""
+
+    @_abc_1.abstractmethod
+    def SearchBatch(
+        self,
+        request: _searcher_pb2.SearchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_searcher_pb2.SearchBatchResponse, _abc.Awaitable[_searcher_pb2.SearchBatchResponse]]:
+        """Many searches in one call (at most 1000), run side by side and answered together: for a
+        service that looks up many images at once, one round trip instead of one per query. Each
+        search gets its hits or its own error, in request order; one bad query fails no other.
+        """
 
     @_abc_1.abstractmethod
     def Get(
