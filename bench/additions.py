@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
 from bench._processes import SearcherProcess, write_results  # noqa: E402
-from bench.searcher import percentile_ms, upsert_all, wait_for_upkeep  # noqa: E402
+from bench.searcher import loaded_collection, percentile_ms  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from searcher.recall import recall_by_distance  # noqa: E402
 from tests.searcher_helpers import clustered_vectors, searcher_stub, vector  # noqa: E402
@@ -154,12 +154,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="imgsearch-additions-") as tmp:
         server = SearcherProcess(Path(tmp) / "pg", Path(tmp) / "searcher.log")
         try:
-            channel, stub = searcher_stub(server.port)
-            with channel:
-                stub.CreateCollection(pb.CreateCollectionRequest(name=COLLECTION, dim=1000))
             started = time.perf_counter()
-            upsert_all(server.port, COLLECTION, data)
-            index = wait_for_upkeep(server.port, COLLECTION).index
+            index = loaded_collection(server.port, COLLECTION, data).index
             results["load_and_upkeep_s"] = time.perf_counter() - started
             results["index"] = {"ef_search": index.ef_search, "candidates": index.candidates}
             truth = Truth(queries, data)

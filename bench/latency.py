@@ -20,8 +20,6 @@ Goals (issue 23): busy p50 ≤ 2 × idle p50, busy p95 ≤ 4 × idle p95, import
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._processes import write_results  # noqa: E402
-from bench.ingest import start_stack  # noqa: E402
+from bench.ingest import start_stack, timed_ingest  # noqa: E402
 from bench.searcher import percentile_ms  # noqa: E402
 from imgsearch import ImageSearchClient  # noqa: E402
 from tests.images import jpeg  # noqa: E402
@@ -50,21 +48,6 @@ def write_photos(folder: Path, count: int, first_seed: int) -> list[Path]:
         path.write_bytes(jpeg(first_seed + n, (500, 375)))
         paths.append(path)
     return paths
-
-
-def ingest(folder: Path, embedder: str, searcher: str, collection: str) -> dict[str, float]:
-    """`imgsearch ingest` as its own process; its own reported rate and its wall time."""
-    started = time.perf_counter()
-    run = subprocess.run(
-        [sys.executable, "-m", "imgsearch.cli", "ingest", str(folder),
-         "--embedder", embedder, "--searcher", searcher, "--collection", collection],
-        cwd=ROOT, capture_output=True, text=True, timeout=3600,
-    )  # fmt: skip
-    wall = time.perf_counter() - started
-    assert run.returncode == 0, run.stderr
-    rate = re.search(r"([0-9.]+) images/s", run.stdout)
-    assert rate is not None, run.stdout
-    return {"images_per_s": float(rate.group(1)), "wall_s": wall}
 
 
 def search_until(
@@ -113,8 +96,8 @@ def main() -> int:
         write_photos(imported, args.import_images, first_seed=10_000)
         process, embedder, searcher = start_stack(Path(tmp) / "stack")
         try:
-            ingest(photos[0].parent.parent, embedder, searcher, COLLECTION)
-            results["import_alone"] = ingest(imported, embedder, searcher, "import_alone")
+            timed_ingest(photos[0].parent.parent, embedder, searcher, COLLECTION)
+            results["import_alone"] = timed_ingest(imported, embedder, searcher, "import_alone")
             print(f"import alone: {results['import_alone']}", flush=True)
             with ImageSearchClient(embedder, searcher, collection=COLLECTION) as client:
                 search_until(client, photos[:10], count=10, stop=None)  # warm up
@@ -128,7 +111,9 @@ def main() -> int:
                 )
                 searching.start()
                 try:
-                    results["import_searched"] = ingest(imported, embedder, searcher, "import")
+                    results["import_searched"] = timed_ingest(
+                        imported, embedder, searcher, "import"
+                    )
                 finally:
                     done.set()
                     searching.join()

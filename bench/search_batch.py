@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
 from bench._processes import SearcherProcess, write_results  # noqa: E402
-from bench.searcher import upsert_all, wait_for_upkeep  # noqa: E402
+from bench.searcher import loaded_collection  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from tests.searcher_helpers import searcher_stub, vector  # noqa: E402
 
@@ -49,11 +49,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="imgsearch-batch-") as tmp:
         server = SearcherProcess(Path(tmp) / "pg", Path(tmp) / "searcher.log")
         try:
+            index = loaded_collection(server.port, COLLECTION, data).index
             channel, stub = searcher_stub(server.port)
             with channel:
-                stub.CreateCollection(pb.CreateCollectionRequest(name=COLLECTION, dim=1000))
-                upsert_all(server.port, COLLECTION, data)
-                index = wait_for_upkeep(server.port, COLLECTION).index
                 results["ef_search"] = index.ef_search
                 stub.SearchBatch(pb.SearchBatchRequest(searches=searches))  # warm up
                 for _ in range(args.rounds):

@@ -145,6 +145,16 @@ def wait_for_upkeep(port: int, name: str, timeout_s: float = 3600) -> pb.Collect
     raise TimeoutError(f"no recall recorded for {name} in {timeout_s} s")
 
 
+def loaded_collection(port: int, name: str, data: np.ndarray) -> pb.Collection:
+    """A new collection of the server's default kind holding `data` (ids from 0), once its
+    build's recall check has recorded the calibrated effort."""
+    channel, stub = searcher_stub(port)
+    with channel:
+        stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=data.shape[1]))
+    upsert_all(port, name, data)
+    return wait_for_upkeep(port, name)
+
+
 def rpc_searcher(
     port: int, name: str, ef_search: int = 0
 ) -> tuple[Callable[[np.ndarray], list[int]], Any]:

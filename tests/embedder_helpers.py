@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -11,7 +15,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from embedder.model import reference_transform
+from embedder.batcher import Batcher, BatcherConfig, Forward
+from embedder.model import preprocess, reference_transform
 from imgsearch import vectors
 from imgsearch.v1 import embedder_pb2 as pb
 from imgsearch.v1 import embedder_pb2_grpc
@@ -62,3 +67,30 @@ def vector_of(result: pb.EmbedResult) -> np.ndarray:
 
 def relative_error(v: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(v - ref) / np.linalg.norm(ref))
+
+
+def run_batcher(
+    forward: Forward,
+    config: BatcherConfig,
+    body: Callable[[Batcher], Awaitable[Any]],
+    prepare: Callable[[Image.Image], torch.Tensor] = preprocess,
+) -> Any:
+    """Run `body(batcher)` on a fresh event loop with a started batcher."""
+
+    async def main() -> Any:
+        batcher = Batcher(forward, config, prepare=prepare)
+        await batcher.start()
+        try:
+            return await body(batcher)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait on the event loop until `condition()` holds (failing after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.002)

@@ -16,6 +16,7 @@ from embedder.decode import decode_image
 from embedder.model import EmbeddingModel, ModelSpec, preprocess
 from imgsearch.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from tests import images
+from tests.embedder_helpers import run_batcher, until
 
 
 @pytest.fixture(scope="module")
@@ -25,23 +26,7 @@ def model() -> EmbeddingModel:
 
 def run(model: EmbeddingModel, config: BatcherConfig, body: Any) -> Any:
     """Run `body(batcher)` on a fresh event loop with a started batcher."""
-
-    async def main() -> Any:
-        batcher = Batcher(model.forward, config)
-        await batcher.start()
-        try:
-            return await body(batcher)
-        finally:
-            await batcher.stop()
-
-    return asyncio.run(main())
-
-
-async def until(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.002)
+    return run_batcher(model.forward, config, body)
 
 
 def test_32_concurrent_callers_share_batches_and_each_gets_its_own_vector(model) -> None:

@@ -20,7 +20,7 @@ from embedder.lanes import Lane, LaneQueue
 from embedder.server import Embedder
 from imgsearch.v1 import embedder_pb2 as pb
 from tests import images
-from tests.embedder_helpers import embedder_stub, save_random_weights
+from tests.embedder_helpers import embedder_stub, run_batcher, save_random_weights, until
 
 INTERACTIVE, BULK = Lane.INTERACTIVE, Lane.BULK
 
@@ -58,22 +58,7 @@ def picture(width: int) -> bytes:
 
 
 def run(model: GatedModel, config: BatcherConfig, body: Any) -> Any:
-    async def main() -> Any:
-        batcher = Batcher(model.forward, config, prepare=model.prepare)
-        await batcher.start()
-        try:
-            return await body(batcher)
-        finally:
-            await batcher.stop()
-
-    return asyncio.run(main())
-
-
-async def until(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.002)
+    return run_batcher(model.forward, config, body, prepare=model.prepare)
 
 
 def test_the_turn_rule_serves_interactive_first_and_bulk_every_few_turns() -> None:
