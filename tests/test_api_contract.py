@@ -110,6 +110,7 @@ def test_services_and_rpcs_are_as_designed() -> None:
         "Upsert",
         "FindDuplicates",
         "Search",
+        "SearchBatch",
         "Get",
         "ListItems",
         "Delete",
@@ -119,5 +120,8 @@ def test_services_and_rpcs_are_as_designed() -> None:
     assert stream.client_streaming and stream.server_streaming
     upsert = searcher.methods_by_name["Upsert"]
     assert upsert.client_streaming and not upsert.server_streaming
-    error_field = embedder_pb2.EmbedResult.DESCRIPTOR.fields_by_name["error"]
-    assert error_field.message_type.full_name == "google.rpc.Status"
+    batch = searcher.methods_by_name["SearchBatch"]
+    assert not batch.client_streaming and not batch.server_streaming
+    for result in (embedder_pb2.EmbedResult, searcher_pb2.SearchBatchResult):
+        error_field = result.DESCRIPTOR.fields_by_name["error"]
+        assert error_field.message_type.full_name == "google.rpc.Status"
