@@ -11,10 +11,13 @@ process) with a collection of 200 photos. In one run:
   the 200; the two calls timed apart),
   `--searches` times, one after another with a person's pause between them: p50 and p95;
 - busy: the same searches while the same import runs again (into a third collection, so that
-  what a search scans stays the same): p50 and p95, and the import's own rate.
+  what a search scans stays the same): p50 and p95, and the import's own rate;
+- duplicates: the same searches while FindDuplicates scans another collection of
+  `--duplicates-rows` clustered 1000-d vectors (loaded and indexed first; the scan is cancelled
+  once the searches are done).
 
 Goals (issue 23): busy p50 ≤ 2 × idle p50, busy p95 ≤ 4 × idle p95, import rate while searched
-≥ 0.9 × alone.
+≥ 0.9 × alone; p50 during the duplicate scan ≤ 2 × idle.
 """
 
 from __future__ import annotations
@@ -27,16 +30,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import datasets  # noqa: E402
 from bench._processes import write_results  # noqa: E402
 from bench.ingest import start_stack, timed_ingest  # noqa: E402
-from bench.searcher import percentile_ms  # noqa: E402
+from bench.searcher import loaded_collection, percentile_ms  # noqa: E402
 from imgsearch import ImageSearchClient  # noqa: E402
+from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from tests.images import jpeg  # noqa: E402
+from tests.searcher_helpers import searcher_stub  # noqa: E402
 
 COLLECTION = "photos"
+DUPLICATES = "scanned"
 PAUSE_S = 0.2  # between one person's searches
 
 
@@ -83,10 +92,48 @@ def summary(seconds: list[tuple[float, float]]) -> dict[str, Any]:
     }
 
 
+def during_duplicates(
+    client: ImageSearchClient, queries: list[Path], searcher: str, rows: int, count: int
+) -> dict[str, Any]:
+    """`count` searches while FindDuplicates scans a collection of `rows` clustered vectors."""
+    port = int(searcher.rsplit(":", 1)[1])
+    data, _ = datasets.clustered(rows, 1)
+    loaded_collection(port, DUPLICATES, data)
+    del data
+    channel, stub = searcher_stub(port)
+    with channel:
+        request = pb.FindDuplicatesRequest(collection=DUPLICATES, max_distance=1.0)
+        call = stub.FindDuplicates(request, timeout=7200)
+        events: list[Any] = []
+
+        def scan() -> None:
+            try:
+                events.extend(call)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED:
+                    raise
+
+        scanning = threading.Thread(target=scan)
+        scanning.start()
+        deadline = time.monotonic() + 600
+        while not events:  # its first progress event: the scan has begun
+            assert time.monotonic() < deadline and scanning.is_alive(), "no scan"
+            time.sleep(0.05)
+        seconds = search_until(client, queries, count=count, stop=None)
+        scanned_all_along = scanning.is_alive()
+        call.cancel()
+        scanning.join()
+    assert scanned_all_along, "the duplicate scan ended before the searches: use more rows"
+    return summary(seconds) | {"rows": rows}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--import-images", type=int, default=5000)
     parser.add_argument("--searches", type=int, default=60, help="idle searches")
+    parser.add_argument(
+        "--duplicates-rows", type=int, default=100_000, help="rows FindDuplicates scans (0: skip)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
     args = parser.parse_args()
     results: dict[str, Any] = {"import_images": args.import_images, "pause_s": PAUSE_S}
@@ -119,6 +166,11 @@ def main() -> int:
                     searching.join()
                 results["busy"] = summary(busy)
                 print(f"busy: {results['busy']}", flush=True)
+                if args.duplicates_rows:
+                    results["duplicates"] = during_duplicates(
+                        client, photos, searcher, args.duplicates_rows, args.searches
+                    )
+                    print(f"during FindDuplicates: {results['duplicates']}", flush=True)
         finally:
             process.terminate()
             process.communicate(timeout=60)
@@ -128,7 +180,11 @@ def main() -> int:
     results["import_rate_searched_over_alone"] = (
         results["import_searched"]["images_per_s"] / results["import_alone"]["images_per_s"]
     )
-    for key in ("busy_p50_over_idle", "busy_p95_over_idle", "import_rate_searched_over_alone"):
+    ratios = ["busy_p50_over_idle", "busy_p95_over_idle", "import_rate_searched_over_alone"]
+    if "duplicates" in results:
+        results["duplicates_p50_over_idle"] = results["duplicates"]["p50_ms"] / idle_s["p50_ms"]
+        ratios.append("duplicates_p50_over_idle")
+    for key in ratios:
         print(f"{key}: {results[key]:.2f}")
     write_results(args.out, results)
     return 0

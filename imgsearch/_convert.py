@@ -12,6 +12,7 @@ import numpy as np
 from imgsearch import records, vectors
 from imgsearch._status import error_from_status
 from imgsearch.errors import ImageSearchError
+from imgsearch.features import FeatureRow
 from imgsearch.v1 import embedder_pb2, searcher_pb2
 
 
@@ -115,6 +116,12 @@ def hits(response: searcher_pb2.SearchResponse) -> list[records.Hit]:
     ]
 
 
+PRIORITY_TO_PROTO = {
+    "interactive": embedder_pb2.PRIORITY_INTERACTIVE,
+    "bulk": embedder_pb2.PRIORITY_BULK,
+}
+
+
 def batch_outcome(
     result: searcher_pb2.SearchBatchResult,
 ) -> list[records.Hit] | ImageSearchError:
@@ -161,3 +168,14 @@ def search_request(
 
 def search_filter(options: records.SearchOptions) -> searcher_pb2.Filter:
     return searcher_pb2.Filter(labels=list(options.labels), attributes=dict(options.attributes))
+
+
+def feature_message(name: str, rows: list[FeatureRow]) -> searcher_pb2.UpsertRequest:
+    """One Upsert message of feature-file rows."""
+    return searcher_pb2.UpsertRequest(
+        collection=name,
+        items=[
+            searcher_pb2.Item(id=r.id, label=r.label, vector=vectors.to_proto(r.vector))
+            for r in rows
+        ],
+    )

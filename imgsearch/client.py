@@ -40,7 +40,7 @@ from imgsearch.records import (
     SearchOptions,
     StoredItem,
 )
-from imgsearch.regions import Box, crop
+from imgsearch.regions import Box, query_image
 from imgsearch.v1 import embedder_pb2, embedder_pb2_grpc, searcher_pb2, searcher_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ BULK_TIMEOUT_S = 3600.0
 BATCH_SEARCHES = 100  # searches per SearchBatch call (the server takes up to 1000)
 # Who waits for an embedding: a person ("interactive", served first) or nobody ("bulk").
 Priority = Literal["interactive", "bulk"]
-PRIORITY_TO_PROTO = {
-    "interactive": embedder_pb2.PRIORITY_INTERACTIVE,
-    "bulk": embedder_pb2.PRIORITY_BULK,
-}
 
 
 class ImageSearchClient:
@@ -144,7 +140,7 @@ class ImageSearchClient:
         ahead of bulk ones in the embedder's queues; mark work nobody waits for "bulk"."""
         request = embedder_pb2.EmbedRequest(
             images=[embedder_pb2.Image(key=str(i), data=d) for i, d in enumerate(images)],
-            priority=PRIORITY_TO_PROTO[priority],
+            priority=_convert.PRIORITY_TO_PROTO[priority],
         )
         response = self._call("embedder", "Embed", request)
         return [_convert.embed_outcome(result) for result in response.results]
@@ -306,37 +302,28 @@ class ImageSearchClient:
         for start in range(0, len(indexes), per_call):
             chunk = indexes[start : start + per_call]
             embedded = self.embed([readable[i] for i in chunk], priority="interactive")
-            found = {
-                i: v for i, v in zip(chunk, embedded, strict=True) if isinstance(v, np.ndarray)
-            }
+            found: dict[int, np.ndarray] = {}
             for index, vector in zip(chunk, embedded, strict=True):
                 if isinstance(vector, ImageSearchError):
                     outcomes[index] = vector
+                else:
+                    found[index] = vector
             if len(found) == 1:  # one round trip either way; Search is the simpler call
                 ((index, vector),) = found.items()
-                outcomes[index] = self.search_vector(
-                    vector, top_k, options=options, collection=collection
-                )
-            elif found:
+                answers: list[list[Hit] | ImageSearchError] = [
+                    self.search_vector(vector, top_k, options=options, collection=collection)
+                ]
+            else:
                 answers = self.search_vectors(
                     list(found.values()), top_k, options=options, collection=collection
                 )
-                for index, answer in zip(found, answers, strict=True):
-                    outcomes[index] = answer
+            for index, answer in zip(found, answers, strict=True):
+                outcomes[index] = answer
         return outcomes
 
     def _query_bytes(self, image: bytes | str | Path, box: Box | None) -> bytes | ImageSearchError:
-        if isinstance(image, (str, Path)):
-            try:
-                data = Path(image).read_bytes()
-            except OSError as exc:
-                return InvalidArgument(f"{image}: {exc.strerror or exc}")
-        else:
-            data = image
-        if box is None:
-            return data
         try:
-            return crop(data, box, self.model_info().max_image_pixels or 50_000_000)
+            return query_image(image, box, self.model_info().max_image_pixels or 50_000_000)
         except ImageSearchError as exc:
             return exc
 
@@ -447,13 +434,13 @@ class ImageSearchClient:
                 for row in rows:
                     batch.append(row)
                     if len(batch) == per_message:
-                        yield _feature_message(name, batch)
+                        yield _convert.feature_message(name, batch)
                         batch = []
             except ImageSearchError as exc:
                 stopped.append(exc)
                 return
             if batch:
-                yield _feature_message(name, batch)
+                yield _convert.feature_message(name, batch)
 
         timeout = max(self.timeout_s, BULK_TIMEOUT_S)
         response = self._call("searcher", "Upsert", messages(), timeout=timeout)
@@ -505,13 +492,3 @@ class ImageSearchClient:
             on_progress=on_progress,
         )
         return pipeline.run(items, images_per_request)
-
-
-def _feature_message(name: str, rows: list[FeatureRow]) -> searcher_pb2.UpsertRequest:
-    return searcher_pb2.UpsertRequest(
-        collection=name,
-        items=[
-            searcher_pb2.Item(id=r.id, label=r.label, vector=vectors.to_proto(r.vector))
-            for r in rows
-        ],
-    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -75,3 +76,16 @@ def crop(data: bytes, box: Box, max_pixels: int) -> bytes:
     out = io.BytesIO()
     region.save(out, "PNG")
     return out.getvalue()
+
+
+def query_image(image: bytes | str | Path, box: Box | None, max_pixels: int) -> bytes:
+    """The bytes to embed for a query: the image (read from a path if one is given), cut to
+    `box` when there is one. Raises InvalidArgument for a file that cannot be read."""
+    if isinstance(image, (str, Path)):
+        try:
+            data = Path(image).read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"{image}: {exc.strerror or exc}") from None
+    else:
+        data = image
+    return data if box is None else crop(data, box, max_pixels)
