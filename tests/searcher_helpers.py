@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from imgsearch import vectors
 from imgsearch.v1 import searcher_pb2 as pb
 from imgsearch.v1 import searcher_pb2_grpc, vector_pb2
+from searcher.embedded import EmbeddedPostgres
 
 
 def clustered_vectors(n: int, dim: int = 1000, clusters: int = 100, seed: int = 0) -> np.ndarray:
@@ -114,3 +116,18 @@ def rpc_error(call, *args) -> grpc.RpcError:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as raised:
         call(*args)
     return raised.value
+
+
+def start_again(postgres: EmbeddedPostgres) -> None:
+    """Start an embedded server that a test stopped by hand (pg_ctl stop), on its own Unix
+    socket only, where the DSNs handed out before still point."""
+    socket_dir = urllib.parse.parse_qs(urllib.parse.urlparse(postgres.dsn).query)["host"][0]
+    postgres.pg_ctl(
+        "start",
+        "-o",
+        '-h ""',
+        "-o",
+        f"-k {socket_dir}",
+        "-l",
+        str(postgres.data_dir / "restart.log"),
+    )

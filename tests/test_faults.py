@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from searcher.embedded import EmbeddedPostgres
 from tests import images
 from tests.conftest import ROOT
 from tests.process_helpers import end_process, start_service
-from tests.searcher_helpers import searcher_stub, upsert_messages, vector
+from tests.searcher_helpers import searcher_stub, start_again, upsert_messages, vector
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +181,6 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 def test_postgres_restart_under_search_load(own_postgres: EmbeddedPostgres) -> None:
     dsn = own_postgres.dsn
-    socket_dir = urllib.parse.parse_qs(urllib.parse.urlparse(dsn).query)["host"][0]
     searcher, port = start_service("searcher", "--dsn", dsn)
     outcomes: list[tuple[float, grpc.StatusCode]] = []
     acknowledged: list[int] = []
@@ -230,15 +228,7 @@ def test_postgres_restart_under_search_load(own_postgres: EmbeddedPostgres) -> N
             down = time.monotonic()
             own_postgres.pg_ctl("stop", "-m", "fast")
             time.sleep(2.0)
-            own_postgres.pg_ctl(
-                "start",
-                "-o",
-                '-h ""',
-                "-o",
-                f"-k {socket_dir}",
-                "-l",
-                str(own_postgres.data_dir / "restart.log"),
-            )
+            start_again(own_postgres)
             up = time.monotonic()
             _wait_for(
                 lambda: outcomes[-1][1] == grpc.StatusCode.OK, 30, "searches to succeed again"

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import signal
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tests.searcher_helpers import (
     clustered_vectors,
     searcher_on,
     searcher_stub,
+    start_again,
     upsert_messages,
     vector,
 )
@@ -250,21 +250,12 @@ def test_a_fold_cut_short_by_a_postgres_restart_loses_and_doubles_nothing_and_re
     own_postgres: EmbeddedPostgres,
 ) -> None:
     dsn, name = own_postgres.dsn, "restarted"
-    socket_dir = urllib.parse.parse_qs(urllib.parse.urlparse(dsn).query)["host"][0]
     data, added = _added_while_folds_wait(dsn, name)
     with Searcher(SearcherConfig(address="127.0.0.1:0", dsn=dsn)) as searcher:
         _wait_until_folding(dsn, name, ADDED)
         own_postgres.pg_ctl("stop", "-m", "immediate")
         time.sleep(1.5)  # the searcher sees the outage
-        own_postgres.pg_ctl(
-            "start",
-            "-o",
-            '-h ""',
-            "-o",
-            f"-k {socket_dir}",
-            "-l",
-            str(own_postgres.data_dir / "restart.log"),
-        )
+        start_again(own_postgres)
         channel, stub = searcher_stub(searcher.port)
         with channel:
             deadline = time.monotonic() + UPKEEP_S

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,13 @@ from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
 from searcher.schema import DATA_SCHEMA
 from searcher.server import Searcher
-from tests.searcher_helpers import ENGINES, clustered_vectors, searcher_stub, upsert_messages
+from tests.searcher_helpers import (
+    ENGINES,
+    clustered_vectors,
+    searcher_stub,
+    start_again,
+    upsert_messages,
+)
 
 _names = itertools.count()
 UPKEEP_S = 300  # a deadline for background builds and checks, not an expected duration
@@ -190,7 +195,6 @@ def test_postgres_crashing_in_the_upkeeps_rebuild_ends_with_a_valid_index_after_
     PostgreSQL stops at once (as a crash does) in the middle; both start again."""
     with EmbeddedPostgres(tmp_path / "pg") as server:
         dsn = server.dsn
-        socket_dir = urllib.parse.parse_qs(urllib.parse.urlparse(dsn).query)["host"][0]
         name = f"crash{next(_names)}"
         searcher = _searcher(dsn)
         try:
@@ -208,15 +212,7 @@ def test_postgres_crashing_in_the_upkeeps_rebuild_ends_with_a_valid_index_after_
             server.pg_ctl("stop", "-m", "immediate")
         finally:
             searcher.stop(grace_s=0)
-        server.pg_ctl(
-            "start",
-            "-o",
-            '-h ""',
-            "-o",
-            f"-k {socket_dir}",
-            "-l",
-            str(server.data_dir / "restart.log"),
-        )
+        start_again(server)
         searcher = _searcher(dsn)
         try:
             assert searcher.store is not None and searcher.store.maintenance.wait_idle(UPKEEP_S)
