@@ -18,9 +18,10 @@ from imgsearch import defaults
 from imgsearch._status import error_from_rpc
 from imgsearch.errors import ImageSearchError, InvalidArgument, ServiceUnreachable
 
-# Embed is idempotent: retry UNAVAILABLE (a replica restarting, a connection reset) and
-# RESOURCE_EXHAUSTED (its queue is full) with backoff; round_robin sends the retry to another
-# replica when there is one.
+# Embed is idempotent: retry UNAVAILABLE (a replica restarting, a connection reset),
+# RESOURCE_EXHAUSTED (its queue is full) and CANCELLED (a replica that began stopping just as the
+# call reached it cancels it unanswered; a call this client cancels is never retried) with
+# backoff; round_robin sends the retry to another replica when there is one.
 EMBEDDER_SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
@@ -32,7 +33,7 @@ EMBEDDER_SERVICE_CONFIG = json.dumps(
                     "initialBackoff": "0.2s",
                     "maxBackoff": "3s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"],
                 },
             }
         ],

@@ -10,8 +10,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -160,6 +162,41 @@ def test_two_embedders_behind_one_client_share_calls_and_losing_one_loses_nothin
     finally:
         first.stop(grace_s=1)
         second.stop(grace_s=1)
+
+
+class _CancelsFirstCalls(grpc.GenericRpcHandler):
+    """A hop in front of a real embedder that cancels its first `cancel` calls unanswered, as a
+    replica does with calls that reach it just as it begins to stop, and forwards the rest."""
+
+    def __init__(self, upstream: grpc.Channel, cancel: int) -> None:
+        self.upstream, self.left_to_cancel, self.calls = upstream, cancel, 0
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        forward = self.upstream.unary_unary(details.method)
+
+        def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.calls += 1
+            if self.left_to_cancel > 0:
+                self.left_to_cancel -= 1
+                context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+            return forward(request, timeout=30)
+
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+
+def test_an_embed_call_cancelled_by_a_stopping_replica_is_retried(embedder, searcher) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{embedder.port}") as upstream:
+        hop = _CancelsFirstCalls(upstream, cancel=2)
+        server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[hop])
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            with ImageSearchClient(f"127.0.0.1:{port}", f"127.0.0.1:{searcher.port}") as client:
+                vectors = client.embed([images.jpeg(3, (160, 120))])
+        finally:
+            server.stop(grace=None)
+    assert len(vectors) == 1 and isinstance(vectors[0], np.ndarray)
+    assert hop.calls == 3  # two cancelled, the third answered
 
 
 def test_images_searched_together_get_what_each_would_alone_and_errors_in_place(
