@@ -8,8 +8,8 @@ Stores `rows` clustered 1000-d vectors (bench.datasets, as bench/searcher.py) pl
 near-copies of some of them (pairs and triples, at a tenth of the distance between distinct
 neighbours), through the Upsert RPC into the default index kind; waits for the index and its
 recall check; then runs FindDuplicates through the RPC, timing its progress events, and compares
-the groups with the exact ones (connected components of every pair within max_distance, by numpy
-over all pairs). Results: bench/results/duplicates.json.
+the groups with the exact ones (every pair within max_distance, found by numpy over all pairs and
+grouped the same way). Results: bench/results/duplicates.json.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench import datasets  # noqa: E402
 from bench.searcher import SearcherProcess, upsert_all, wait_for_upkeep  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
-from searcher.duplicates import Groups  # noqa: E402
+from searcher.grouping import Neighbours  # noqa: E402
 from tests.searcher_helpers import searcher_stub  # noqa: E402
 
 COPY_NOISE = 0.5  # norm of the difference between a planted copy and its original
@@ -57,17 +57,24 @@ def planted(rows: int, groups: int, seed: int = 7) -> tuple[np.ndarray, list[set
 
 
 def exact_groups(data: np.ndarray, max_distance: float, block: int = 2000) -> list[set[int]]:
-    """Connected components (of two or more) of every pair within max_distance, by numpy."""
-    groups = Groups()
-    x = data.astype(np.float64)
+    """The groups (as searcher.grouping forms them) of every pair within max_distance, by numpy:
+    all pairs in single precision with a margin wider than its rounding, then each pair inside
+    the margin decided in double precision."""
+    neighbours = Neighbours()
+    x = data.astype(np.float32)
     squares = np.einsum("ij,ij->i", x, x)
+    # |a|² - 2a·b + |b|² in float32 is off by at most a few ulps of |a|² + |b|².
+    margin = 1e-4 * 2 * float(squares.max())
+    exact = data.astype(np.float64)
     for start in range(0, len(x), block):
         part = x[start : start + block]
         d = squares[start : start + block, None] - 2 * part @ x.T + squares[None, :]
-        for i, j in zip(*np.nonzero(d <= max_distance**2), strict=True):
-            if start + int(i) != int(j):
-                groups.join(start + int(i), int(j))
-    return [set(ids) for ids in groups.components()]
+        for i, j in zip(*np.nonzero(d <= max_distance**2 + margin), strict=True):
+            a, b = start + int(i), int(j)
+            squared = float(np.sum((exact[a] - exact[b]) ** 2))
+            if a != b and squared <= max_distance**2:
+                neighbours.add(a, b, squared**0.5)
+    return [set(ids) for ids in neighbours.groups()]
 
 
 def find_duplicates(port: int, name: str, max_distance: float) -> dict[str, Any]:
@@ -129,6 +136,7 @@ def main() -> int:
         "groups_equal_to_exact": exact_matches,
         "max_distance": MAX_DISTANCE,
         "index": pb.IndexKind.Name(collection.index_params.kind),
+        "ef_search": collection.index.ef_search,
         "load_and_index_s": loaded_s,
         "numpy_all_pairs_s": numpy_s,
         **run,

@@ -12,8 +12,8 @@ original is edited in each way of embedder.probes.EDITS (JPEG q50-q90, resize 50
 saved as a JPEG as people do, and searched for among the corpus by exact L2 distance: top-1 and
 recall@10 of the original, per edit kind. Then the duplicate groups: the corpus plus the edited
 copies of some originals, joined within the distance the embedder calibrates at start-up
-(embedder.calibration, on probes that are not in this corpus), as FindDuplicates joins them
-(transitively), scored by pairs against the true groups.
+(embedder.calibration, on probes that are not in this corpus), grouped as FindDuplicates groups
+them (each member within the distance of every other), scored by pairs against the true groups.
 
 Every model runs with random weights and a fixed seed (no weights can be downloaded here), on
 the embedder's own model, preprocessing and runtime (embedder.model). Results go to
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from embedder.calibration import calibrate  # noqa: E402
 from embedder.model import EmbeddingModel, GeMHead, ModelSpec, preprocess  # noqa: E402
 from embedder.probes import EDITS, textured_photo  # noqa: E402
-from searcher.duplicates import Groups  # noqa: E402
+from searcher.grouping import Neighbours  # noqa: E402
 
 SIZES = ((500, 375), (375, 500), (640, 480), (400, 300), (800, 600))
 # Far from the seeds embedder.calibration's probes use (0..probes), so the threshold is never
@@ -174,14 +174,14 @@ def retrieval(stored: np.ndarray, queries: np.ndarray) -> tuple[float, float]:
 
 
 def duplicate_groups(vectors: np.ndarray, max_distance: float) -> np.ndarray:
-    """Connected components of "within max_distance", joined by the searcher's own union-find
-    (as FindDuplicates joins them): each item's group, named by its smallest item."""
-    groups = Groups()
-    close = squared_distances(vectors, vectors) <= max_distance**2
-    for i, j in zip(*np.nonzero(np.triu(close, k=1)), strict=True):
-        groups.join(int(i), int(j))
+    """The groups of "within max_distance", formed by the searcher's own grouping (as
+    FindDuplicates forms them): each item's group, named by its smallest item."""
+    neighbours = Neighbours()
+    squared = squared_distances(vectors, vectors)
+    for i, j in zip(*np.nonzero(np.triu(squared <= max_distance**2, k=1)), strict=True):
+        neighbours.add(int(i), int(j), float(np.sqrt(max(squared[i, j], 0.0))))
     group_of = np.arange(len(vectors))
-    for ids in groups.components():
+    for ids in neighbours.groups():
         group_of[ids] = ids[0]
     return group_of
 

@@ -92,10 +92,10 @@ def _threshold(
 ) -> tuple[float, float, float]:
     """(threshold, copies' high quantile, distinct pictures' low quantile). The threshold is
     their geometric mean when they are apart. When they overlap it is half the distance of the
-    nearest two distinct probes: duplicate groups are transitive, so one distinct pair within
-    the threshold joins two groups, and a collection of thousands holds distinct pairs nearer
-    than any two of a few probes (bench/quality.py: at the distinct probes' 1% quantile, pair
-    precision fell to 0.02 on 3,200 items; at three quarters of it, 0.998)."""
+    nearest two distinct probes: a collection of thousands holds distinct pairs nearer than any
+    two of a few probes, and each one within the threshold is a false group (bench/quality.py:
+    at the distinct probes' 1% quantile, pair precision fell to 0.02 on 3,200 items when groups
+    were still joined transitively; at three quarters of it, 0.998)."""
     originals = vectors[:, 0]
     copies = distance(vectors[:, 1:], originals[:, None]).ravel()
     upper = np.triu_indices(len(originals), k=1)

@@ -338,8 +338,8 @@ class ImageSearchClient:
         on_progress: Callable[[int, int], None] | None = None,
         timeout_s: float | None = None,
     ) -> list[DuplicateGroup]:
-        """The collection's groups of near-duplicates (items within `max_distance` of one
-        another, transitively), each with its first member (smallest id) first. `on_progress`
+        """The collection's groups of near-duplicates (each member within `max_distance` of
+        every other), largest first, each with its first member (smallest id) first. `on_progress`
         gets (scanned, total) as the searcher scans. No deadline unless `timeout_s` is given:
         a large collection takes minutes; interrupting (Ctrl-C) cancels the search."""
         request = searcher_pb2.FindDuplicatesRequest(

@@ -76,8 +76,8 @@ class DuplicateMember:
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Items within the duplicate distance of one another (transitively); the first member (the
-    smallest id) first, at distance 0."""
+    """Items each within the duplicate distance of every other; the first member (the smallest
+    id) first, at distance 0, then the others by distance to it."""
 
     members: list[DuplicateMember]
 

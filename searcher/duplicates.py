@@ -1,17 +1,21 @@
 """Near-duplicate groups inside a collection: each item's neighbours within a distance, found in
-the database a batch of items at a time, joined transitively (connected components).
+the database a batch of items at a time (several batches at once, each on its own connection),
+then grouped so that every member is within the distance of every other (searcher.grouping).
 
 Two plans, chosen like a search's. With the index: each item's `candidates` nearest by the
 index (lateral join, one statement per batch), kept when their exact distance is within the
-limit; an item whose candidates are all within it may have more, so it is asked again by an
-exact range scan, which keeps the groups complete. Without the index (no index yet, a filter
+limit; an item whose candidates are all within it may have more, and an item the index's walk
+did not find itself did not reach its neighbourhood, so both are asked again by an exact range
+scan, which keeps the groups complete. Without the index (no index yet, a filter
 matching few rows, or `exact`): an exact range scan per item over the matching rows.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +24,10 @@ from psycopg2 import sql
 
 from imgsearch.errors import InvalidArgument
 from imgsearch.records import DuplicateGroup, DuplicateMember
-from searcher.catalogue import Collection
+from searcher.catalogue import Collection, Metric
+from searcher.grouping import Neighbours
 from searcher.kinds import spec
-from searcher.pool import ConnectionPool
+from searcher.pool import BULK_WORKERS, ConnectionPool
 from searcher.queries import Effort, Filter, Queries
 from searcher.validation import MAX_EF_SEARCH
 
@@ -37,35 +42,6 @@ class Progress:
     total: int
 
 
-class Groups:
-    """Union-find over item ids: groups are the connected components of the pairs added."""
-
-    def __init__(self) -> None:
-        self._parent: dict[int, int] = {}
-
-    def _root(self, item: int) -> int:
-        parent = self._parent.setdefault(item, item)
-        while parent != item:
-            grandparent = self._parent[parent]
-            self._parent[item] = grandparent  # path halving
-            item, parent = parent, grandparent
-        return item
-
-    def join(self, a: int, b: int) -> None:
-        root_a, root_b = self._root(a), self._root(b)
-        if root_a != root_b:
-            # The smaller id becomes the root, so a group's root is its first member.
-            low, high = sorted((root_a, root_b))
-            self._parent[high] = low
-
-    def components(self) -> list[list[int]]:
-        """Each group's ids, ascending; groups ordered by their first id."""
-        members: dict[int, list[int]] = {}
-        for item in self._parent:
-            members.setdefault(self._root(item), []).append(item)
-        return [sorted(ids) for _, ids in sorted(members.items())]
-
-
 @dataclass
 class _Scan:
     """One duplicate search: what it compares, how, and what it has found so far."""
@@ -78,8 +54,19 @@ class _Scan:
     effort: Effort
     total: int
     scanned: int = 0
-    groups: Groups = field(default_factory=Groups)
+    neighbours: Neighbours = field(default_factory=Neighbours)
     saturated: list[int] = field(default_factory=list)
+    unreached: int = 0
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What one batch of items found: its pairs, and the items that may have more."""
+
+    items: int
+    pairs: list[tuple[int, int, float]]  # (item, neighbour, distance)
+    saturated: list[int]
+    unreached: int  # items the index did not find themselves: compared exactly
 
 
 class DuplicateFinder:
@@ -90,6 +77,7 @@ class DuplicateFinder:
         *,
         batch_rows: int = 256,
         neighbours: int = 32,
+        workers: int = BULK_WORKERS,
     ) -> None:
         self.pool = pool
         # Plans as a search does: the same exact-filter size and index settings.
@@ -99,6 +87,8 @@ class DuplicateFinder:
         self.batch_rows = batch_rows
         # Index candidates fetched per item, at least.
         self.neighbours = neighbours
+        # Batches searched at once, each on its own connection (one backend's core).
+        self.workers = workers
 
     def find(
         self,
@@ -112,8 +102,8 @@ class DuplicateFinder:
         exact: bool = False,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Iterator[Progress | DuplicateGroup]:
-        """Progress after every batch of items scanned, then the groups (two or more items
-        within `max_distance` of one another, transitively), by first id; at most `limit`
+        """Progress after every batch of items scanned, then the groups (two or more items,
+        each within `max_distance` of every other), largest and closest first; at most `limit`
         groups when it is not 0. Stops quietly as soon as `cancelled()` is true."""
         if not math.isfinite(max_distance) or max_distance == 0:
             raise InvalidArgument(
@@ -136,7 +126,7 @@ class DuplicateFinder:
         try:
             yield from self._scan(scan, cancelled)
             if not cancelled() and self._rescan_saturated(scan, cancelled):
-                groups = [ids for ids in scan.groups.components() if len(ids) > 1]
+                groups = scan.neighbours.groups()
                 groups = groups[:limit] if limit else groups
                 for first in range(0, len(groups), self.batch_rows):
                     if cancelled():
@@ -154,34 +144,77 @@ class DuplicateFinder:
                 )
 
     def _scan(self, scan: _Scan, cancelled: Callable[[], bool]) -> Iterator[Progress]:
-        """Every matching item's neighbours within the distance, a batch at a time, joined
-        into scan.groups; items that may have more than the index gave go to scan.saturated."""
-        start = -(2**63)
-        while not cancelled():
-            ids = self._batch(scan.collection, scan.filter, start)
-            if not ids:
-                return
-            if scan.use_index:
-                pairs = self._pairs_by_index(scan, ids)
-                found: dict[int, int] = {}
-                for a, _ in pairs:
-                    found[a] = found.get(a, 0) + 1
-                # All candidates within the distance (the item itself among them): there may be
-                # more than the index was asked for.
-                scan.saturated += [i for i, n in found.items() if n >= scan.candidates - 1]
-                # The rows not in the index yet: compared exactly.
-                pairs += self._pairs_exact(
-                    scan.collection, scan.filter, ids, scan.max_distance, scan.collection.fresh
-                )
-            else:
-                pairs = self._pairs_exact(scan.collection, scan.filter, ids, scan.max_distance)
-            for a, b in pairs:
-                scan.groups.join(a, b)
-            scan.scanned += len(ids)
-            yield Progress(scanned=scan.scanned, total=max(scan.total, scan.scanned))
-            if ids[-1] == 2**63 - 1:
-                return
-            start = ids[-1] + 1
+        """Every matching item's neighbours within the distance, a batch at a time on up to
+        `workers` connections at once, added to scan.neighbours in the batches' order; items that
+        may have more neighbours than the index gave go to scan.saturated."""
+        workers = concurrent.futures.ThreadPoolExecutor(self.workers, "duplicates")
+        pending: deque[concurrent.futures.Future[_Batch]] = deque()
+        start: int | None = -(2**63)
+        try:
+            while not cancelled():
+                # Keep every worker busy and the next batch ready: ids are cheap to page through.
+                while start is not None and len(pending) < 2 * self.workers:
+                    items = self._batch(scan.collection, scan.filter, start)
+                    last = items[-1][0] if items else None
+                    start = last + 1 if last is not None and last < 2**63 - 1 else None
+                    if items:
+                        pending.append(workers.submit(self._pairs, scan, items))
+                if not pending:
+                    break
+                batch = pending.popleft().result()
+                for a, b, distance in batch.pairs:
+                    scan.neighbours.add(a, b, distance)
+                scan.saturated += batch.saturated
+                scan.unreached += batch.unreached
+                scan.scanned += batch.items
+                yield Progress(scanned=scan.scanned, total=max(scan.total, scan.scanned))
+        finally:
+            # Also on a cancel: batches not started are dropped, running ones (a second or
+            # two each) end before their connections go back to the pool.
+            workers.shutdown(wait=True, cancel_futures=True)
+        if scan.unreached:
+            logger.info(
+                "duplicate search in %s: the index did not reach %d of %d items at ef_search "
+                "%d; compared exactly",
+                scan.collection.name,
+                scan.unreached,
+                scan.scanned,
+                min(max(scan.effort.ef_search, scan.candidates), MAX_EF_SEARCH),
+            )
+
+    def _pairs(self, scan: _Scan, items: Sequence[tuple[int, bool]]) -> _Batch:
+        """One batch of items' pairs within the distance, and the items that may have more."""
+        ids = [item for item, _ in items]
+        if not scan.use_index:
+            pairs = self._pairs_exact(scan.collection, scan.filter, ids, scan.max_distance)
+            return _Batch(len(ids), pairs, [], 0)
+        pairs, reached = self._pairs_by_index(scan, ids)
+        found: dict[int, int] = {}
+        for a, _, _ in pairs:
+            found[a] = found.get(a, 0) + 1
+        # All candidates within the distance (the item itself among them): there may be more
+        # than the index was asked for.
+        saturated = [i for i, n in found.items() if n >= scan.candidates - 1]
+        # An indexed item whose walk of the graph did not come to the item itself did not reach
+        # its neighbourhood (HNSW leaves some items out of reach at a given effort), so its
+        # copies were missed too: it is compared exactly with the indexed rows. Under inner
+        # product an item need not be its own nearest, so this cannot be told there.
+        unreached = []
+        if scan.collection.metric is not Metric.INNER_PRODUCT:
+            unreached = [item for item, indexed in items if indexed and item not in reached]
+        if unreached:
+            pairs += self._pairs_exact(
+                scan.collection,
+                scan.filter,
+                unreached,
+                scan.max_distance,
+                scan.collection.indexed,
+            )
+        # The rows not in the index yet: compared exactly.
+        pairs += self._pairs_exact(
+            scan.collection, scan.filter, ids, scan.max_distance, scan.collection.fresh
+        )
+        return _Batch(len(ids), pairs, saturated, len(unreached))
 
     def _rescan_saturated(self, scan: _Scan, cancelled: Callable[[], bool]) -> bool:
         """Join the saturated items' neighbours by an exact range scan; False if cancelled."""
@@ -189,8 +222,10 @@ class DuplicateFinder:
             if cancelled():
                 return False
             batch = scan.saturated[first : first + self.batch_rows]
-            for a, b in self._pairs_exact(scan.collection, scan.filter, batch, scan.max_distance):
-                scan.groups.join(a, b)
+            for a, b, distance in self._pairs_exact(
+                scan.collection, scan.filter, batch, scan.max_distance
+            ):
+                scan.neighbours.add(a, b, distance)
         if scan.saturated:
             logger.info(
                 "duplicate search in %s: %d items had more than %d neighbours within %g; "
@@ -211,20 +246,24 @@ class DuplicateFinder:
             count: int = cur.fetchone()[0]
         return count
 
-    def _batch(self, collection: Collection, filter: Filter, start: int) -> list[int]:
-        """The next matching ids from `start` on, ascending (keyset pagination)."""
+    def _batch(self, collection: Collection, filter: Filter, start: int) -> list[tuple[int, bool]]:
+        """The next matching ids from `start` on, ascending (keyset pagination), each with
+        whether it is in the index."""
         where, params = filter.where(sql.SQL("id >= %(start)s"))
         with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(
-                sql.SQL("SELECT id FROM {} {} ORDER BY id LIMIT %(batch)s").format(
-                    collection.table, where
+                sql.SQL("SELECT id, {} FROM {} {} ORDER BY id LIMIT %(batch)s").format(
+                    collection.indexed, collection.table, where
                 ),
                 {**params, "start": start, "batch": self.batch_rows},
             )
-            return [row[0] for row in cur.fetchall()]
+            return [(row[0], row[1]) for row in cur.fetchall()]
 
-    def _pairs_by_index(self, scan: _Scan, ids: Sequence[int]) -> list[tuple[int, int]]:
-        """Each item's neighbours among the indexed rows, by the index."""
+    def _pairs_by_index(
+        self, scan: _Scan, ids: Sequence[int]
+    ) -> tuple[list[tuple[int, int, float]], set[int]]:
+        """Each item's neighbours among the indexed rows, by the index; and the items that
+        found themselves among their candidates."""
         collection, effort, candidates = scan.collection, scan.effort, scan.candidates
         where, params = scan.filter.where(collection.indexed)
         # Candidates are kept by exact distance, so they need not come in order (re-ranked).
@@ -235,11 +274,11 @@ class DuplicateFinder:
         )
         # Each item's candidates in the index's order, then kept by their exact distance.
         query = sql.SQL(
-            "SELECT a.id, n.id FROM {table} AS a CROSS JOIN LATERAL ("
+            "SELECT a.id, n.id, n.distance FROM {table} AS a CROSS JOIN LATERAL ("
             "SELECT c.id, c.embedding {op} a.embedding AS distance FROM "
             "(SELECT id, embedding FROM {table} {where} ORDER BY {order} LIMIT %(candidates)s) "
-            "AS c) AS n WHERE a.id = ANY(%(ids)s) AND n.id <> a.id "
-            "AND n.distance <= %(max_distance)s"
+            "AS c) AS n WHERE a.id = ANY(%(ids)s) "
+            "AND (n.id = a.id OR n.distance <= %(max_distance)s)"
         ).format(
             table=collection.table,
             op=sql.SQL(collection.metric.operator),
@@ -254,7 +293,9 @@ class DuplicateFinder:
         }
         with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(sql.SQL("; ").join([*settings, query]), params)
-            return [(row[0], row[1]) for row in cur.fetchall()]
+            rows = cur.fetchall()
+        reached = {a for a, n, _ in rows if a == n}
+        return [(a, n, d) for a, n, d in rows if a != n and d <= scan.max_distance], reached
 
     def _pairs_exact(
         self,
@@ -263,18 +304,19 @@ class DuplicateFinder:
         ids: Sequence[int],
         max_distance: float,
         *among: sql.Composable,
-    ) -> list[tuple[int, int]]:
+    ) -> list[tuple[int, int, float]]:
         """Each item's neighbours by exact distance, among every row or those `among` says."""
         distance = sql.SQL("embedding {} a.embedding").format(sql.SQL(collection.metric.operator))
         where, params = filter.where(*among, sql.SQL("{} <= %(max_distance)s").format(distance))
         query = sql.SQL(
             "SET LOCAL enable_indexscan = off; "
-            "SELECT a.id, n.id FROM {table} AS a CROSS JOIN LATERAL "
-            "(SELECT id FROM {table} {where}) AS n WHERE a.id = ANY(%(ids)s) AND n.id <> a.id"
-        ).format(table=collection.table, where=where)
+            "SELECT a.id, n.id, n.distance FROM {table} AS a CROSS JOIN LATERAL "
+            "(SELECT id, {distance} AS distance FROM {table} {where}) AS n "
+            "WHERE a.id = ANY(%(ids)s) AND n.id <> a.id"
+        ).format(table=collection.table, distance=distance, where=where)
         with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             cur.execute(query, {**params, "ids": list(ids), "max_distance": max_distance})
-            return [(row[0], row[1]) for row in cur.fetchall()]
+            return [(row[0], row[1], row[2]) for row in cur.fetchall()]
 
     def _described(
         self, collection: Collection, components: Sequence[list[int]]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -35,7 +34,7 @@ from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
 from searcher.indexes import IndexBuilder
 from searcher.kinds import spec
-from searcher.pool import ConnectionPool
+from searcher.pool import BULK_WORKERS, ConnectionPool
 from searcher.recall import RecallSample, Search, draw_sample
 
 logger = logging.getLogger(__name__)
@@ -47,9 +46,8 @@ DEFAULT_M = 16
 # (bench/hnsw_builds.py, bench/RESULTS.md).
 DEFAULT_EF_CONSTRUCTION = 200
 # Fresh rows are folded into the graph this many at a time (~0.4 s of graph inserts at 100k),
-# by one connection per core (up to 4) at once when writes have stopped.
+# by BULK_WORKERS connections at once when writes have stopped.
 FOLD_BATCH_ROWS = 100
-FOLD_WORKERS = min(os.cpu_count() or 1, 4)  # and no more: the pool serves searches too
 # Writes count as going on until this long after the last one ended.
 WRITES_QUIET_S = 2.0
 # Fresh rows are taken in by a build rather than folded once they are this share of the
@@ -268,11 +266,11 @@ class IndexMaintenance:
             self.check(self.builder.build(collection, concurrently=True, note=note).name)
             return
         folded, started = 0, time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(FOLD_WORKERS, "fold") as workers:
+        with concurrent.futures.ThreadPoolExecutor(BULK_WORKERS, "fold") as workers:
             while not self._stopping.is_set():
                 batch, writing = time.monotonic(), self._writing(name)
                 # Idle: a batch per core at once (their rows never overlap: SKIP LOCKED).
-                batches = 1 if writing else FOLD_WORKERS
+                batches = 1 if writing else BULK_WORKERS
                 moved = sum(
                     workers.map(
                         lambda _: self.builder.fold(collection, FOLD_BATCH_ROWS) or 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,10 @@ logger = logging.getLogger(__name__)
 # Connections kept for searches and other short requests: bulk work (writes, index builds and
 # folds, duplicate scans, recall samples) may hold all the others, never these.
 RESERVED_FOR_REQUESTS = 2
+# Connections one piece of bulk work (a fold, a duplicate scan) uses at once: each keeps one
+# backend busy, so more than the cores only queue; and no more than 4, leaving the rest of the
+# pool to other bulk work.
+BULK_WORKERS = min(os.cpu_count() or 1, 4)
 
 
 class ConnectionPool:

@@ -301,8 +301,8 @@ class VectorStore:
         exact: bool = False,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Iterator[Progress | DuplicateGroup]:
-        """Progress while the collection is scanned, then its groups of items within
-        `max_distance` of one another (transitively), by first id (searcher.duplicates)."""
+        """Progress while the collection is scanned, then its groups of items each within
+        `max_distance` of every other, largest first (searcher.duplicates)."""
         collection, has_index = self.catalogue.get(name, fresh=True)
         check_filter(filter.labels, dict(filter.attributes), self.limits)
         if limit < 0:

@@ -1,6 +1,7 @@
 """FindDuplicates: planted near-duplicate pairs, triples and a large family come back as exactly
-those groups, with every index kind and exactly; filters restrict them; a cancelled search stops.
-A real searcher on each engine, over gRPC."""
+those groups, with every index kind and exactly, largest first; a chain of near items is split,
+never one group; filters restrict them; a cancelled search stops. A real searcher on each engine,
+over gRPC."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import grpc
 import numpy as np
 import pytest
 
+from imgsearch.records import DuplicateGroup
 from imgsearch.v1 import searcher_pb2 as pb
+from searcher.duplicates import DuplicateFinder
+from searcher.queries import Effort
 from searcher.server import Searcher
 from tests.searcher_helpers import (
     ENGINES,
@@ -124,6 +128,49 @@ def test_planted_pairs_triples_and_a_large_family_come_back_as_exactly_those_gro
     rows = DISTINCT + sum(len(g) - 1 for g in planted_groups)
     assert progress[-1].scanned_items == progress[-1].total_items == rows
     assert [p.scanned_items for p in progress] == sorted(p.scanned_items for p in progress)
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["index", "exact"])
+def test_a_chain_of_near_items_is_split_never_joined_past_the_distance(stub, exact: bool) -> None:
+    # a–b and b–c lie within the distance, a–c beyond it: b groups with one of them, never both.
+    rng = np.random.default_rng(3)
+    base, step = rng.normal(size=(2, 1000))
+    base *= 1000 / np.linalg.norm(base)  # far from every other vector
+    step *= 0.6 * MAX_DISTANCE / np.linalg.norm(step)
+    chain = np.stack([base, base + step, base + 2 * step]).astype(np.float32)
+    data = np.concatenate([clustered_vectors(300, seed=12), chain])
+    a, b, c = 300, 301, 302
+    collection = f"dups_chain_{next(_names)}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=collection, dim=1000))
+    stub.Upsert(upsert_messages(collection, data))
+    _, groups = find(stub, collection, max_distance=MAX_DISTANCE, exact=exact)
+    assert len(groups) == 1 and b in groups[0] and len(groups[0]) == 2, groups
+    assert {a, c} - groups[0], "a and c are farther apart than the distance"
+
+
+def test_items_the_index_walk_does_not_reach_are_compared_exactly(
+    searcher: Searcher, collections, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A walk of two candidates leaves much of the graph out of reach; the groups stay whole.
+    name, planted_groups, _ = collections["VECTOR"]
+    store = searcher.store
+    assert store is not None
+    finder = DuplicateFinder(store.pool, store.queries, neighbours=2)
+    collection, has_index = store.catalogue.get(name, fresh=True)
+    with caplog.at_level(logging.INFO, logger="searcher.duplicates"):
+        events = list(finder.find(collection, has_index, MAX_DISTANCE, effort=Effort(2, 0)))
+    groups = [{m.id for m in e.members} for e in events if isinstance(e, DuplicateGroup)]
+    assert sorted(groups, key=min) == sorted(planted_groups, key=min)
+    assert "the index did not reach" in caplog.text
+
+
+def test_groups_come_largest_first(stub, collections) -> None:
+    collection, _, _ = collections["VECTOR"]
+    _, groups = find(stub, collection, max_distance=MAX_DISTANCE)
+    sizes = [len(group) for group in groups]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == FAMILY
+    _, first = find(stub, collection, max_distance=MAX_DISTANCE, limit=1)
+    assert first == groups[:1]
 
 
 def test_member_distances_are_exact_distances_to_the_first(stub, collections) -> None:

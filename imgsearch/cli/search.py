@@ -54,13 +54,16 @@ def add_duplicates(commands: Any) -> None:
     duplicates.add_argument(
         "--max-distance",
         type=float,
-        help="items this close are duplicates (default: the embedder's suggestion for its "
-        "model, GetModelInfo duplicate_distance)",
+        help="items this close are duplicates; in a group every member is this close to every "
+        "other, so a chain of near pictures is split, never merged past it (default: the "
+        "embedder's suggestion for its model, GetModelInfo duplicate_distance)",
     )
     duplicates.add_argument(
         "--label", action="append", default=[], help="only these labels (repeatable)"
     )
-    duplicates.add_argument("--limit", type=int, default=0, help="most groups; 0 for all")
+    duplicates.add_argument(
+        "--limit", type=int, default=0, help="most groups, largest first; 0 for all"
+    )
     duplicates.add_argument(
         "--exact", action="store_true", help="compare every pair exactly (slower)"
     )

@@ -201,9 +201,10 @@ class SearcherServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FindDuplicates(self, request, context):
-        """Finds the groups of near-duplicate items in a collection: items within max_distance of one
-        another, joined transitively. Computed in the database (no vectors are sent); streams
-        progress while it scans, then the groups. Cancel the call to stop it.
+        """Finds the groups of near-duplicate items in a collection: in each group, every member is
+        within max_distance of every other (a chain of near items is split, never joined past the
+        distance). Computed in the database (no vectors are sent); streams progress while it scans,
+        then the groups. Cancel the call to stop it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -73,9 +73,10 @@ class SearcherServiceStub:
     settings.
     """
     FindDuplicates: _grpc.UnaryStreamMultiCallable[_searcher_pb2.FindDuplicatesRequest, _searcher_pb2.FindDuplicatesResponse]
-    """Finds the groups of near-duplicate items in a collection: items within max_distance of one
-    another, joined transitively. Computed in the database (no vectors are sent); streams
-    progress while it scans, then the groups. Cancel the call to stop it.
+    """Finds the groups of near-duplicate items in a collection: in each group, every member is
+    within max_distance of every other (a chain of near items is split, never joined past the
+    distance). Computed in the database (no vectors are sent); streams progress while it scans,
+    then the groups. Cancel the call to stop it.
     """
 
 @_typing.type_check_only
@@ -123,9 +124,10 @@ class SearcherServiceAsyncStub(SearcherServiceStub):
     settings.
     """
     FindDuplicates: _aio.UnaryStreamMultiCallable[_searcher_pb2.FindDuplicatesRequest, _searcher_pb2.FindDuplicatesResponse]  # type: ignore[assignment]
-    """Finds the groups of near-duplicate items in a collection: items within max_distance of one
-    another, joined transitively. Computed in the database (no vectors are sent); streams
-    progress while it scans, then the groups. Cancel the call to stop it.
+    """Finds the groups of near-duplicate items in a collection: in each group, every member is
+    within max_distance of every other (a chain of near items is split, never joined past the
+    distance). Computed in the database (no vectors are sent); streams progress while it scans,
+    then the groups. Cancel the call to stop it.
     """
 
 class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -242,9 +244,10 @@ class SearcherServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _searcher_pb2.FindDuplicatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_searcher_pb2.FindDuplicatesResponse], _abc.AsyncIterator[_searcher_pb2.FindDuplicatesResponse]]:
-        """Finds the groups of near-duplicate items in a collection: items within max_distance of one
-        another, joined transitively. Computed in the database (no vectors are sent); streams
-        progress while it scans, then the groups. Cancel the call to stop it.
+        """Finds the groups of near-duplicate items in a collection: in each group, every member is
+        within max_distance of every other (a chain of near items is split, never joined past the
+        distance). Computed in the database (no vectors are sent); streams progress while it scans,
+        then the groups. Cancel the call to stop it.
         """
 
 def add_SearcherServiceServicer_to_server(servicer: SearcherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
