@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -125,6 +126,8 @@ def main() -> int:
             run = find_duplicates(searcher.port, "dups", MAX_DISTANCE)
         finally:
             searcher.stop()
+            log = searcher.log_path.read_text()
+    run["searcher_log"] = re.findall(r".*duplicate search.*", log)
     found = sorted(map(sorted, run.pop("groups")))
     expected = sorted(map(sorted, truth))
     exact_matches = len({tuple(g) for g in found} & {tuple(g) for g in expected})
