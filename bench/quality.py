@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from embedder.calibration import calibrate  # noqa: E402
 from embedder.model import EmbeddingModel, GeMHead, ModelSpec, preprocess  # noqa: E402
-from embedder.probes import EDITS, textured_photo  # noqa: E402
+from embedder.probes import EDITS  # noqa: E402
+from imgsearch.photos import textured_photo  # noqa: E402
 from searcher.grouping import Neighbours  # noqa: E402
 
 SIZES = ((500, 375), (375, 500), (640, 480), (400, 300), (800, 600))

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from embedder.probes import CALIBRATION_EDITS, textured_photo
+from embedder.probes import CALIBRATION_EDITS
+from imgsearch.photos import textured_photo
 
 logger = logging.getLogger(__name__)
 

@@ -1,47 +1,56 @@
-"""A labelled image set made on the spot, so the demo and the tests work offline: each label is
-a scene type (its palette, shapes and layout); each image a different instance of it."""
+"""A labelled image set made on the spot, so the demo and the tests work offline: each label is a
+scene (palette, layout and texture scale, like photos taken at one place), each image a
+different photo-like picture of it, at one of a few natural sizes; and a few planted copies,
+edited as people edit photos, so the demo can show what the duplicate search finds."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from imgsearch.photos import textured_photo
 
 LABELS = (
     "sunset", "forest", "ocean", "desert", "snow",
     "city", "meadow", "night", "autumn", "coral",
 )  # fmt: skip
+SIZES = ((480, 360), (400, 300), (512, 384), (360, 480))  # landscape and portrait, as cameras
 
 
-def scene(label_index: int, instance: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """Image `instance` of scene type `label_index`: a sky/ground gradient in the label's
-    palette, with shapes whose kind, count and placement vary per instance."""
-    palette = np.random.default_rng(1000 + label_index)
-    sky, ground, accent = (palette.integers(0, 256, size=3) for _ in range(3))
-    rng = np.random.default_rng(label_index * 100_003 + instance)
-    width, height = size
-    horizon = int(height * rng.uniform(0.35, 0.65))
-    y = np.arange(height, dtype=np.float32)[:, None, None]
-    top = sky * (1 - 0.5 * y / height)
-    bottom = ground * (0.6 + 0.4 * y / height)
-    pixels = np.where(y < horizon, top, bottom) * np.ones((1, width, 1), dtype=np.float32)
-    pixels += rng.normal(0, 6, size=pixels.shape)
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(3, 8))):
-        cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
-        r = int(rng.integers(8, 40))
-        jitter = rng.integers(-30, 30, size=3)
-        colour = tuple(int(c) for c in np.clip(accent + jitter, 0, 255))
-        box = (cx - r, cy - r, cx + r, cy + r)
-        if label_index % 3 == 0:
-            draw.ellipse(box, fill=colour)
-        elif label_index % 3 == 1:
-            draw.rectangle(box, fill=colour)
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
-    return image
+def _recompressed(quality: int) -> Callable[[Image.Image], Image.Image]:
+    def edit(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    return edit
+
+
+def _smaller(scale: float) -> Callable[[Image.Image], Image.Image]:
+    def edit(image: Image.Image) -> Image.Image:
+        size = (round(image.width * scale), round(image.height * scale))
+        return image.resize(size, Image.Resampling.LANCZOS)
+
+    return edit
+
+
+# The planted copies: what happens to a photo sent on, shrunk for the web, or saved again.
+COPY_EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "re-saved at JPEG quality 60": _recompressed(60),
+    "shrunk to 80%": _smaller(0.8),
+    "shrunk to 90% and re-saved at quality 75": lambda image: _recompressed(75)(
+        _smaller(0.9)(image)
+    ),
+}
+
+
+def picture(label_index: int, instance: int) -> Image.Image:
+    """Picture `instance` of scene `label_index`."""
+    seed = 10_000 * (label_index + 1) + instance
+    return textured_photo(seed, SIZES[instance % len(SIZES)], scene=label_index)
 
 
 def write_dataset(root: Path, per_label: int = 20, labels: int = 10) -> list[Path]:
@@ -53,6 +62,20 @@ def write_dataset(root: Path, per_label: int = 20, labels: int = 10) -> list[Pat
         for n in range(per_label):
             path = folder / f"{label}_{n:03d}.jpg"
             if not path.exists():
-                scene(li, n).save(path, "JPEG", quality=90)
+                picture(li, n).save(path, "JPEG", quality=90)
             paths.append(path)
     return paths
+
+
+def plant_copies(originals: list[Path]) -> list[tuple[Path, Path, str]]:
+    """An edited copy of some of `originals`, one per kind of edit, beside its original as
+    <name>_copy.jpg: (original, copy, how it was edited)."""
+    step = max(1, len(originals) // (len(COPY_EDITS) + 1))
+    planted = []
+    for n, (how, edit) in enumerate(COPY_EDITS.items(), 1):
+        original = originals[(n * step + n) % len(originals)]
+        copy = original.with_name(f"{original.stem}_copy.jpg")
+        if not copy.exists():
+            edit(Image.open(original).convert("RGB")).save(copy, "JPEG", quality=90)
+        planted.append((original, copy, how))
+    return planted

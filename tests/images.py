@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-from embedder.probes import textured_photo  # noqa: F401  (the tests' photo-like pictures)
+from imgsearch.photos import textured_photo  # noqa: F401  (the tests' photo-like pictures)
 
 
 def photo(seed: int, size: tuple[int, int] = (500, 375)) -> Image.Image:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -454,8 +455,15 @@ def test_the_demo_runs_offline_with_random_weights_and_says_so(tmp_path) -> None
         "--per-label", "6", "--grid", str(grid),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "ingested 60 (60 new" in result.stdout
+    assert "ingested 63 (63 new" in result.stdout  # 60 pictures and 3 planted copies
     demo_dir = tmp_path / "demo"
+    # It ends with the duplicate search: the planted copies named, the groups counted and drawn.
+    assert "demo: 3 edited copies were planted among the pictures:" in result.stdout
+    assert "_copy.jpg: " in result.stdout and "re-saved at JPEG quality 60" in result.stdout
+    found = re.search(r"demo: (\d) of the 3 planted copies came back as groups", result.stdout)
+    groups = re.search(r"(\d+) groups of near-duplicates", result.stdout)
+    assert found and groups, result.stdout
+    assert int(found[1]) <= int(groups[1]) == len(list((demo_dir / "duplicates").glob("*.png")))
     assert (
         f"search page: run `imgsearch up --data-dir {demo_dir} --web --weights random`, then open "
         "http://127.0.0.1:8080/?collection=demo"

@@ -10,17 +10,18 @@ from PIL import Image
 from embedder import probes
 from embedder.borders import trim_uniform_borders
 from embedder.model import EmbeddingModel, ModelSpec
+from imgsearch.photos import textured_photo
 
 
 def test_a_screenshot_loses_its_frame_and_title_bar() -> None:
-    picture = probes.textured_photo(11, (500, 375))
+    picture = textured_photo(11, (500, 375))
     trimmed = trim_uniform_borders(probes.screenshot(picture))
     assert trimmed.size == picture.size
     assert np.array_equal(np.asarray(trimmed), np.asarray(picture))
 
 
 def test_letterboxing_is_cut_and_a_photo_is_left_whole() -> None:
-    picture = probes.textured_photo(12, (400, 300))
+    picture = textured_photo(12, (400, 300))
     boxed = Image.new("RGB", (400, 420), (0, 0, 0))
     boxed.paste(picture, (0, 60))
     assert trim_uniform_borders(boxed).size == (400, 300)
@@ -29,12 +30,12 @@ def test_letterboxing_is_cut_and_a_photo_is_left_whole() -> None:
 
 def test_a_mostly_flat_picture_is_not_trimmed_to_a_sliver() -> None:
     flat = Image.new("RGB", (400, 300), (120, 130, 140))
-    flat.paste(probes.textured_photo(13, (40, 30)), (180, 135))
+    flat.paste(textured_photo(13, (40, 30)), (180, 135))
     assert trim_uniform_borders(flat) is flat
 
 
 def test_only_the_gem_head_trims_and_its_screenshot_vector_is_the_pictures_own() -> None:
-    picture = probes.textured_photo(14, (500, 375))
+    picture = textured_photo(14, (500, 375))
     shot = probes.screenshot(picture)
     gem = EmbeddingModel(ModelSpec(weights="random", head="gem", device="cpu"))
     logits = EmbeddingModel(ModelSpec(weights="random", head="logits", device="cpu"))

@@ -20,6 +20,7 @@ from embedder.model import (
     weights_fingerprint,
 )
 from imgsearch.errors import ModelLoadError
+from imgsearch.photos import textured_photo
 from tests.embedder_helpers import save_random_weights
 from tests.process_helpers import DEAD_PROXY
 
@@ -132,9 +133,9 @@ def test_the_default_runtime_is_onnx_on_cpu_when_installed_and_it_matches_torch(
 def test_the_gem_head_is_blind_to_brightness_and_contrast_and_the_logits_are_not() -> None:
     """Its input is standardised per image and channel, so a darker or flatter copy of a
     picture gets (nearly) the picture's own vector."""
-    original = probes.textured_photo(3, (500, 375))
+    original = textured_photo(3, (500, 375))
     darker, flatter = probes.brightness(0.85)(original), probes.contrast(0.8)(original)
-    other = probes.textured_photo(4, (500, 375))
+    other = textured_photo(4, (500, 375))
     batch = torch.stack([preprocess(p) for p in (original, darker, flatter, other)])
     for head, blind in (("gem", True), ("logits", False)):
         vectors = EmbeddingModel(ModelSpec(weights="random", head=head, device="cpu")).forward(

@@ -17,8 +17,8 @@ from PIL import Image, ImageOps
 
 from embedder import probes
 from embedder.config import EmbedderConfig
-from embedder.probes import textured_photo
 from embedder.server import Embedder
+from imgsearch.photos import textured_photo
 from imgsearch.v1 import embedder_pb2 as pb
 from tests import images
 from tests.embedder_helpers import (

@@ -3,7 +3,8 @@ services: search by upload (raw body or form) and by id, label filters, thumbnai
 only, and every refusal with its status and a message a person can act on. Then in a real
 browser: headless Chromium (Debian's `chromium` and `chromium-driver`) driven by Selenium opens
 the page, uploads a picture, waits for the grid, counts the hit tiles, clicks one to search by
-it, and keeps screenshots of what a person sees."""
+it; opens the duplicates view from the header and sees the planted copy beside its original; and
+keeps screenshots of what a person sees."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -33,6 +35,7 @@ PER_LABEL = 10
 ODD = "web_odd"  # items whose uri is no picture here
 MAX_UPLOAD = 300_000
 SECRET = "this text must never be served"
+DUPS = "web_dups"  # distinct photos and one re-compressed copy
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,32 @@ def stored(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) 
         client.ensure_collection("web_empty")
     gone.unlink()
     return ids
+
+
+@pytest.fixture(scope="module")
+def planted_copy(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Six distinct photos and a copy of the first re-saved at JPEG quality 60, stored in DUPS
+    with their paths as uris; returns a distance between the copy's and the nearest distinct
+    pair's, measured on these very vectors."""
+    folder = tmp_path_factory.mktemp("duplicates")
+    paths = {}
+    for n in range(6):
+        paths[f"scene-{n}.jpg"] = images.encode(images.textured_photo(100 + n, (480, 360)), "JPEG")
+    paths["scene-0-copy.jpg"] = images.encode(
+        images.textured_photo(100, (480, 360)), "JPEG", quality=60
+    )
+    items = []
+    for n, (name, data) in enumerate(paths.items()):
+        (folder / name).write_bytes(data)
+        items.append(IngestItem(3000 + n, data, "scene", str(folder / name)))
+    with ImageSearchClient(*services, collection=DUPS) as client:
+        assert client.ingest(items).stored == len(items)
+        vectors = np.stack(client.embed(list(paths.values())))
+    distances = np.linalg.norm(vectors[:, None] - vectors[None, :], axis=-1)
+    copy = float(distances[0, 6])
+    distinct = float(distances[:6, :6][np.triu_indices(6, k=1)].min())
+    assert copy < distinct / 2, (copy, distinct)
+    return (copy + distinct / 2) / 2
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +152,39 @@ def test_info_names_the_model_the_collections_and_the_random_weights(http) -> No
     assert {COLLECTION, "web_empty"} <= set(info["collections"])
     assert info["collection"] == COLLECTION and info["max_upload_bytes"] == MAX_UPLOAD
     assert "image/jpeg" in info["image_types"]
+
+
+# -- duplicates ------------------------------------------------------------------------------
+
+
+def test_duplicates_come_as_groups_with_thumbnails_names_and_distances(http, planted_copy) -> None:
+    answer = http.get("/api/duplicates", params={"collection": DUPS, "max_distance": planted_copy})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["collection"] == DUPS and body["suggested"] is False
+    assert [[m["name"] for m in g["members"]] for g in body["groups"]] == [
+        ["scene-0.jpg", "scene-0-copy.jpg"]
+    ]
+    first, copy = body["groups"][0]["members"]
+    assert first["distance"] == 0 and 0 < copy["distance"] <= planted_copy
+    assert (first["id"], copy["id"]) == ("3000", "3006")
+    thumbnail = http.get(copy["thumbnail"])
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"max_distance": "near"}, "max_distance must be a number"),
+        ({"max_distance": "nan"}, "finite non-zero"),
+        ({"max_distance": "1", "limit": "0"}, "limit must be 1..1000"),
+        ({"max_distance": "1", "collection": "no such"}, "collection"),
+        ({}, "suggests no duplicate distance"),  # this embedder measured none
+    ],
+)
+def test_a_duplicates_request_it_cannot_answer_says_why(http, params, reason: str) -> None:
+    answer = http.get("/api/duplicates", params={"collection": DUPS, **params})
+    assert answer.status_code == 400 and reason in answer.json()["error"], answer.text
 
 
 # -- searching -------------------------------------------------------------------------------
@@ -364,6 +426,48 @@ def test_in_a_browser_upload_a_picture_see_the_grid_and_click_a_hit(
     assert "is not a picture the page takes" in browser.find_element(By.ID, "error").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#hits .hit")) == 12
     assert browser.save_screenshot(str(_shots(tmp_path) / "search-page-error.png"))
+
+
+@pytest.mark.slow
+@NEEDS_CHROMIUM
+def test_in_a_browser_the_duplicates_view_lists_the_groups_as_rows_of_pictures(
+    browser, page: str, planted_copy: float, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(page + f"?collection={DUPS}")
+    wait.until(lambda driver: driver.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    browser.find_element(By.ID, "duplicates-link").click()  # from the page's header
+    # This embedder suggests no distance: the page says so, and takes one.
+    wait.until(ready.text_to_be_present_in_element((By.ID, "error"), "no duplicate distance"))
+    assert not browser.find_element(By.ID, "drop").is_displayed()
+    browser.find_element(By.ID, "max-distance").send_keys(f"{planted_copy:.6g}")
+    browser.find_element(By.CSS_SELECTOR, "#duplicates-form button").click()
+    wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#groups .group .hit"))
+    wait.until(  # every thumbnail has loaded
+        lambda driver: driver.execute_script(
+            "return [...document.querySelectorAll('#groups .hit img')]"
+            ".every(img => img.complete && img.naturalWidth > 0)"
+        )
+    )
+    groups = browser.find_elements(By.CSS_SELECTOR, "#groups .group")
+    assert len(groups) == 1 and "group 1: 2 pictures" in groups[0].text
+    tiles = groups[0].find_elements(By.CSS_SELECTOR, ".hit")
+    assert "scene-0.jpg" in tiles[0].text and "first of the group" in tiles[0].text
+    assert "scene-0-copy.jpg" in tiles[1].text and "distance" in tiles[1].text
+    status = browser.find_element(By.ID, "duplicates-status").text
+    assert (
+        "1 group (2 pictures)" in status and not browser.find_element(By.ID, "error").is_displayed()
+    )
+    assert browser.save_screenshot(str(_shots(tmp_path) / "duplicates-view.png"))
+
+    # A member opens the search by that picture.
+    tiles[1].click()
+    wait.until(ready.text_to_be_present_in_element((By.ID, "query-caption"), "stored item 3006"))
+    assert browser.find_element(By.ID, "drop").is_displayed()
 
 
 @pytest.mark.slow

@@ -5,6 +5,9 @@
     POST /api/search?top_k=&collection=&label=   an image as the body (Content-Type image/*)
                                         or as the form field "image" (multipart/form-data)
     GET  /api/search?id=&top_k=&collection=&label=   by a stored item's own vector
+    GET  /api/duplicates?collection=&max_distance=&limit=   the collection's near-duplicate
+                                        groups (read-only); the distance defaults to the
+                                        embedder's suggestion for its model
     GET  /thumbnails/{collection}/{id}  a stored item's picture, scaled down (JPEG)
 
 Item ids are strings in JSON: our ids are 64-bit, and JavaScript's numbers keep 53 bits.
@@ -16,6 +19,7 @@ Starlette's thread pool.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -47,7 +51,7 @@ from imgsearch.errors import (
     UploadTooLarge,
 )
 from imgsearch.names import check_collection_name
-from imgsearch.records import Hit, SearchOptions
+from imgsearch.records import DuplicateMember, Hit, SearchOptions
 from webui.thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -76,6 +80,9 @@ class WebConfig:
     default_top_k: int = 20
     max_top_k: int = 100
     thumbnail_px: int = 256
+    default_duplicate_groups: int = 100
+    max_duplicate_groups: int = 1000
+    duplicates_timeout_s: float = 600.0  # a scan of a large collection takes minutes
 
 
 # One table from imgsearch's errors to HTTP statuses, most specific first. A service that
@@ -137,6 +144,7 @@ class SearchPage:
             Route("/favicon.ico", self.no_icon),
             Route("/api/info", _json_errors(self.info)),
             Route("/api/search", _json_errors(self.search), methods=["GET", "POST"]),
+            Route("/api/duplicates", _json_errors(self.duplicates)),
             Route("/thumbnails/{collection}/{item_id:int}", _json_errors(self.thumbnail)),
         ]
 
@@ -197,6 +205,39 @@ class SearchPage:
 
             answer = await run_in_threadpool(by_image)
         return JSONResponse(answer, headers=SECURITY_HEADERS)
+
+    async def duplicates(self, request: Request) -> Response:
+        collection = self._collection(request.query_params.get("collection"))
+        max_distance = _number(request.query_params.get("max_distance"), "max_distance")
+        limit = _integer(request.query_params.get("limit"), "limit")
+        limit = self.config.default_duplicate_groups if limit is None else limit
+        if not 1 <= limit <= self.config.max_duplicate_groups:
+            raise InvalidArgument(
+                f"limit must be 1..{self.config.max_duplicate_groups} groups, not {limit}"
+            )
+
+        def find() -> dict[str, Any]:
+            distance = max_distance
+            if distance is None:
+                distance = self.client.suggested_duplicate_distance(collection)
+            groups = self.client.find_duplicates(
+                distance,
+                collection=collection,
+                limit=limit,
+                timeout_s=self.config.duplicates_timeout_s,
+            )
+            return {
+                "collection": collection,
+                "max_distance": distance,
+                "suggested": max_distance is None,
+                "limit": limit,
+                "groups": [
+                    {"members": [self._item(collection, m) for m in group.members]}
+                    for group in groups
+                ],
+            }
+
+        return JSONResponse(await run_in_threadpool(find), headers=SECURITY_HEADERS)
 
     async def thumbnail(self, request: Request) -> Response:
         collection = self._collection(request.path_params["collection"])
@@ -262,16 +303,7 @@ class SearchPage:
             "query": query,
             "labels": labels,
             "hits": [
-                {
-                    "rank": rank,
-                    "id": str(hit.id),  # 64-bit ids do not fit JavaScript's numbers
-                    "label": hit.label,
-                    "distance": hit.distance,
-                    "name": PurePosixPath(hit.uri).name if hit.uri else "",
-                    "uri": hit.uri,
-                    "thumbnail": f"/thumbnails/{collection}/{hit.id}",
-                }
-                for rank, hit in enumerate(hits, 1)
+                {"rank": rank, **self._item(collection, hit)} for rank, hit in enumerate(hits, 1)
             ],
         }
         if not hits:
@@ -287,6 +319,18 @@ class SearchPage:
             )
         return answer
 
+    @staticmethod
+    def _item(collection: str, found: Hit | DuplicateMember) -> dict[str, Any]:
+        """A hit or a group member as the page shows it."""
+        return {
+            "id": str(found.id),  # 64-bit ids do not fit JavaScript's numbers
+            "label": found.label,
+            "distance": found.distance,
+            "name": PurePosixPath(found.uri).name if found.uri else "",
+            "uri": found.uri,
+            "thumbnail": f"/thumbnails/{collection}/{found.id}",
+        }
+
 
 def create_app(client: ImageSearchClient, config: WebConfig | None = None) -> Starlette:
     return Starlette(routes=SearchPage(client, config or WebConfig()).routes())
@@ -299,6 +343,18 @@ def _integer(text: str | None, name: str) -> int | None:
         return int(text)
     except ValueError:
         raise InvalidArgument(f"{name} must be a whole number, not {text[:40]!r}") from None
+
+
+def _number(text: str | None, name: str) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be a number, not {text[:40]!r}") from None
+    if not math.isfinite(value) or value == 0:
+        raise InvalidArgument(f"{name} must be a finite non-zero distance, not {text[:40]!r}")
+    return value
 
 
 def _too_large(size: int, limit: int) -> str:

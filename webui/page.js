@@ -1,6 +1,7 @@
 // The search page: drop or pick an image (or type a stored id), see the query beside a grid of
-// hits; clicking a hit searches by it. Talks only to /api/* and /thumbnails/*; every text from
-// the server goes in with textContent, never as HTML.
+// hits; clicking a hit searches by it. Its duplicates view (#duplicates) lists the collection's
+// near-duplicate groups as rows of thumbnails. Talks only to /api/* and /thumbnails/*; every
+// text from the server goes in with textContent, never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -88,40 +89,105 @@ function render(answer, queryImage, queryCaption) {
   const hits = $("hits");
   hits.replaceChildren();
   for (const hit of answer.hits) {
-    const tile = document.createElement("figure");
-    tile.className = "hit";
-    tile.tabIndex = 0;
-    tile.dataset.id = hit.id;
-    tile.title = "search by this picture (id " + hit.id + ")";
-    const img = document.createElement("img");
-    img.src = hit.thumbnail;
-    img.alt = hit.label || "hit " + hit.rank;
-    img.addEventListener("error", () => {  // its picture is not on this machine
-      const missing = document.createElement("div");
-      missing.className = "missing";
-      missing.textContent = "(no picture here)";
-      img.replaceWith(missing);
-    });
-    const caption = document.createElement("figcaption");
-    const title = document.createElement("div");
-    title.textContent = hit.rank + ". " + (hit.label || "(no label)");
-    const name = document.createElement("div");
-    name.className = "name";
-    name.textContent = hit.name || "id " + hit.id;
-    const distance = document.createElement("div");
-    distance.className = "distance";
-    distance.textContent = "distance " + Number(hit.distance).toPrecision(4);
-    caption.append(title, name, distance);
-    tile.append(img, caption);
-    tile.addEventListener("click", () => searchId(hit.id));
-    tile.addEventListener("keydown", (e) => { if (e.key === "Enter") searchId(hit.id); });
-    hits.append(tile);
+    hits.append(tileOf(hit, hit.rank + ". " + (hit.label || "(no label)"),
+                       "distance " + Number(hit.distance).toPrecision(4)));
   }
   $("results").style.display = "flex";
   const shown = answer.hits.length + " hit" + (answer.hits.length === 1 ? "" : "s") +
                 " in " + answer.collection;
   setStatus(answer.message ? answer.message : shown);
   if (answer.random_weights) showWeightsWarning();
+}
+
+// One stored item as a tile: thumbnail, title, file name, distance; clicking it searches by it.
+function tileOf(item, titleText, distanceText) {
+  const tile = document.createElement("figure");
+  tile.className = "hit";
+  tile.tabIndex = 0;
+  tile.dataset.id = item.id;
+  tile.title = "search by this picture (id " + item.id + ")";
+  const img = document.createElement("img");
+  img.src = item.thumbnail;
+  img.alt = item.label || "item " + item.id;
+  img.addEventListener("error", () => {  // its picture is not on this machine
+    const missing = document.createElement("div");
+    missing.className = "missing";
+    missing.textContent = "(no picture here)";
+    img.replaceWith(missing);
+  });
+  const caption = document.createElement("figcaption");
+  const title = document.createElement("div");
+  title.textContent = titleText;
+  const name = document.createElement("div");
+  name.className = "name";
+  name.textContent = item.name || "id " + item.id;
+  const distance = document.createElement("div");
+  distance.className = "distance";
+  distance.textContent = distanceText;
+  caption.append(title, name, distance);
+  tile.append(img, caption);
+  const open = () => { location.hash = ""; searchId(item.id); };
+  tile.addEventListener("click", open);
+  tile.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+  return tile;
+}
+
+async function findDuplicates() {
+  showError("");
+  const params = new URLSearchParams();
+  params.set("collection", $("collection").value || (info && info.collection) || "");
+  if ($("max-distance").value.trim()) params.set("max_distance", $("max-distance").value.trim());
+  params.set("limit", $("group-limit").value || "100");
+  $("duplicates-status").textContent = "looking for near-duplicates in " +
+    params.get("collection") + " … (a large collection takes minutes)";
+  $("groups").replaceChildren();
+  document.body.setAttribute("aria-busy", "true");
+  try {
+    const answer = await call("/api/duplicates?" + params);
+    renderGroups(answer);
+  } catch (err) {
+    $("duplicates-status").textContent = "";
+    showError(err.message);
+  } finally {
+    document.body.removeAttribute("aria-busy");
+  }
+}
+
+function renderGroups(answer) {
+  const distance = Number(answer.max_distance).toPrecision(4);
+  const rows = answer.groups.map((group, n) => {
+    const row = document.createElement("section");
+    row.className = "group";
+    const heading = document.createElement("h2");
+    heading.textContent = "group " + (n + 1) + ": " + group.members.length + " pictures";
+    const members = document.createElement("div");
+    members.className = "members";
+    group.members.forEach((member, i) => {
+      members.append(tileOf(member, member.label || "(no label)", i === 0
+        ? "first of the group" : "distance " + Number(member.distance).toPrecision(4)));
+    });
+    row.append(heading, members);
+    return row;
+  });
+  $("groups").replaceChildren(...rows);
+  const items = answer.groups.reduce((sum, group) => sum + group.members.length, 0);
+  $("duplicates-status").textContent = answer.groups.length
+    ? answer.groups.length + (answer.groups.length === 1 ? " group (" : " groups (") + items +
+      " pictures) in " + answer.collection +
+      ", every member within " + distance + " of every other" +
+      (answer.suggested ? " (the embedder's suggested distance)" : "") +
+      (answer.groups.length === answer.limit ? "; the largest " + answer.limit + " shown" : "")
+    : "no near-duplicates within " + distance + " in " + answer.collection;
+}
+
+function showView() {
+  const duplicates = location.hash === "#duplicates";
+  document.body.classList.toggle("duplicates", duplicates);
+  for (const [link, current] of [["duplicates-link", duplicates], ["search-link", !duplicates]]) {
+    if (current) $(link).setAttribute("aria-current", "page");
+    else $(link).removeAttribute("aria-current");
+  }
+  if (duplicates && info && !$("groups").children.length) findDuplicates();
 }
 
 function showWeightsWarning() {
@@ -143,6 +209,14 @@ async function start() {
     e.preventDefault();
     drop.classList.remove("over");
     if (e.dataTransfer.files.length) searchImage(e.dataTransfer.files[0]);
+  });
+  $("duplicates-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    findDuplicates();
+  });
+  window.addEventListener("hashchange", showView);
+  $("collection").addEventListener("change", () => {
+    if (location.hash === "#duplicates") findDuplicates();
   });
   $("by-id").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -171,6 +245,7 @@ async function start() {
   setStatus(info.model + " (" + info.head + " head) · drop a picture to search " +
             info.collection);
   document.body.dataset.ready = "true";
+  showView();
 }
 
 start();

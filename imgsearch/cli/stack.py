@@ -23,7 +23,13 @@ from imgsearch.cli.options import (
     data_dir_default,
     model_settings_from,
 )
-from imgsearch.cli.output import RANDOM_WEIGHTS_WARNING, show_hits, write_grid
+from imgsearch.cli.output import (
+    RANDOM_WEIGHTS_WARNING,
+    show_duplicates,
+    show_hits,
+    write_duplicate_sheets,
+    write_grid,
+)
 from imgsearch.cli.web import start_page
 from imgsearch.client import ImageSearchClient
 from imgsearch.errors import (
@@ -70,7 +76,8 @@ def add_demo(commands: Any) -> None:
         commands,
         "demo",
         cmd_demo,
-        "the whole thing in one command: stack, a labelled image set, a search, a grid",
+        "the whole thing in one command: stack, a labelled image set with planted copies, a "
+        "search, a grid, the near-duplicates",
         client=False,
     )
     data_dir = Path(data_dir_default())
@@ -174,10 +181,14 @@ def _show_stack(args: argparse.Namespace, stack: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the stack, ingest a labelled image set, search with a re-encoded copy of one of
-    its images, print the hits and write the grid."""
+    """Start the stack, ingest a labelled image set with a few planted copies, search with a
+    re-encoded copy of one of its images, print the hits and write the grid, then find the
+    near-duplicates and say which groups are the planted copies."""
+    from imgsearch.demo_data import plant_copies
+
     data_dir = Path(args.data_dir)
     images_dir, paths = _demo_images(args, data_dir)
+    planted = plant_copies(paths)
     stack = start_stack(args, embedder_port=0, searcher_port=0)
     try:
         random_weights = stack.model_info.weights_source == "random"
@@ -189,6 +200,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ) as client:
             status = ingest_paths(client, [str(images_dir)])
             _search_with_a_copy(args, client, paths[len(paths) // 3], random_weights)
+            _find_the_planted_copies(
+                client, planted, stack.model_info.head, data_dir / "duplicates"
+            )
         print(
             "search page: run `" + " ".join(_page_command(args, data_dir)) + "`, then open "
             f"http://{defaults.WEB_ADDRESS}/?collection={args.collection}"
@@ -231,6 +245,33 @@ def _search_with_a_copy(
     write_grid(args.grid, copy, query_path.name, hits, random_weights)
     if random_weights:
         print(RANDOM_WEIGHTS_WARNING)
+
+
+def _find_the_planted_copies(
+    client: ImageSearchClient, planted: list[tuple[Path, Path, str]], head: str, sheets: Path
+) -> None:
+    """Find the collection's near-duplicates as `imgsearch duplicates` does, and say which
+    groups are the planted copies and what else came back."""
+    print(f"demo: {len(planted)} edited copies were planted among the pictures:")
+    for original, copy, how in planted:
+        print(f"  {copy.name}: {original.name} {how}")
+    distance = client.suggested_duplicate_distance()
+    groups = client.find_duplicates(max_distance=distance)
+    show_duplicates(groups, distance, as_json=False)
+    pairs = {frozenset((str(o.resolve()), str(c.resolve()))) for o, c, _ in planted}
+    found = sum(frozenset(m.uri for m in group.members) in pairs for group in groups)
+    others = len(groups) - found
+    print(
+        f"demo: {found} of the {len(planted)} planted copies came back as groups with their "
+        f"originals; {others} other groups"
+        + (
+            f" (distinct generated pictures that the {head} head puts within the distance"
+            + ("; `--head gem` embeds for copy detection)" if head != "gem" else ")")
+            if others
+            else ""
+        )
+    )
+    write_duplicate_sheets(sheets, groups)
 
 
 def _page_command(args: argparse.Namespace, data_dir: Path) -> list[str]:
