@@ -9,8 +9,6 @@ keeps screenshots of what a person sees."""
 from __future__ import annotations
 
 import io
-import os
-import shutil
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from pathlib import Path
@@ -20,64 +18,36 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.config import EmbedderConfig
-from embedder.server import Embedder
 from imgsearch.client import ImageSearchClient, IngestItem
-from searcher.config import SearcherConfig
-from searcher.server import Searcher
 from tests import images
+from tests.web_helpers import (
+    COLLECTION,
+    NEEDS_CHROMIUM,
+    ODD,
+    PER_LABEL,
+    SECRET,
+    chromium,
+    photo,
+    running_services,
+    shots,
+    store_photos,
+)
 from webui.app import WebConfig, create_app
 from webui.server import WebServer
 
-COLLECTION = "web"
-LABELS = ("harbour", "forest")
-PER_LABEL = 10
-ODD = "web_odd"  # items whose uri is no picture here
 MAX_UPLOAD = 300_000
-SECRET = "this text must never be served"
 DUPS = "web_dups"  # distinct photos and one re-compressed copy
 
 
 @pytest.fixture(scope="module")
 def services(postgres_dsn: str) -> Iterator[tuple[str, str]]:
-    with Searcher(SearcherConfig(address="127.0.0.1:0", dsn=postgres_dsn)) as searcher:
-        embedder = Embedder(
-            EmbedderConfig(
-                address="127.0.0.1:0", weights="random", seed=4, device="cpu", duplicate_probes=0
-            )
-        ).start()
-        try:
-            yield f"127.0.0.1:{embedder.port}", f"127.0.0.1:{searcher.port}"
-        finally:
-            embedder.stop(grace_s=1)
+    with running_services(postgres_dsn) as addresses:
+        yield addresses
 
 
 @pytest.fixture(scope="module")
 def stored(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
-    """Photos of two labels, ingested with their paths as uris; plus items whose uri is a text
-    file, a URL, and a file since deleted. Returns ids by name."""
-    folder = tmp_path_factory.mktemp("photos")
-    items, ids = [], {}
-    for n in range(2 * PER_LABEL):
-        path = folder / f"{LABELS[n % 2]}-{n:02d}.jpg"
-        path.write_bytes(images.encode(images.textured_photo(n, (480, 360)), "JPEG", quality=90))
-        ids[path.name] = 1000 + n
-        items.append(IngestItem(1000 + n, path.read_bytes(), LABELS[n % 2], str(path)))
-    secret = folder / "notes.txt"
-    secret.write_text(SECRET)
-    gone = folder / "gone.jpg"
-    gone.write_bytes(images.jpeg(99))
-    odd = {"text": (2001, str(secret)), "url": (2002, "https://example.com/a.jpg"),
-           "gone": (2003, str(gone))}  # fmt: skip
-    odd_items = [IngestItem(i, images.jpeg(i), "odd", uri) for i, uri in odd.values()]
-    ids.update({name: item_id for name, (item_id, _) in odd.items()})
-    with ImageSearchClient(*services, collection=COLLECTION) as client:
-        for collection, batch in ((COLLECTION, items), (ODD, odd_items)):
-            report = client.ingest(batch, collection=collection)
-            assert report.stored == len(batch), report.failed
-        client.ensure_collection("web_empty")
-    gone.unlink()
-    return ids
+    return store_photos(services, tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +89,6 @@ def page(services: tuple[str, str], stored) -> Iterator[str]:
 def http(page: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=page, timeout=60) as client:
         yield client
-
-
-def _photo(stored_name: str) -> bytes:
-    n = int(stored_name.split("-")[1].split(".")[0])
-    return images.encode(images.textured_photo(n, (480, 360)), "JPEG", quality=90)
 
 
 def _search(http: httpx.Client, body: bytes, **params: object) -> httpx.Response:
@@ -191,7 +156,7 @@ def test_a_duplicates_request_it_cannot_answer_says_why(http, params, reason: st
 
 
 def test_an_uploaded_picture_finds_itself_first_with_a_thumbnail_per_hit(http, stored) -> None:
-    answer = _search(http, _photo("forest-03.jpg"), top_k=5).json()
+    answer = _search(http, photo("forest-03.jpg"), top_k=5).json()
     assert answer["random_weights"] is True and answer["collection"] == COLLECTION
     hits = answer["hits"]
     assert len(hits) == 5 and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
@@ -207,14 +172,14 @@ def test_an_uploaded_picture_finds_itself_first_with_a_thumbnail_per_hit(http, s
 
 
 def test_a_form_upload_searches_like_a_raw_one(http) -> None:
-    photo = _photo("harbour-04.jpg")
+    picture = photo("harbour-04.jpg")
     form = http.post(
         "/api/search",
         params={"top_k": 3},
-        files={"image": ("query.jpg", photo, "image/jpeg")},
+        files={"image": ("query.jpg", picture, "image/jpeg")},
     )
     assert form.status_code == 200, form.text
-    assert form.json()["hits"] == _search(http, photo, top_k=3).json()["hits"]
+    assert form.json()["hits"] == _search(http, picture, top_k=3).json()["hits"]
 
 
 def test_search_by_id_and_a_label_filter(http, stored) -> None:
@@ -229,7 +194,7 @@ def test_search_by_id_and_a_label_filter(http, stored) -> None:
 
 
 def test_an_empty_collection_says_how_to_fill_it(http) -> None:
-    answer = _search(http, _photo("forest-01.jpg"), collection="web_empty").json()
+    answer = _search(http, photo("forest-01.jpg"), collection="web_empty").json()
     assert answer["hits"] == [] and answer["empty_collection"] is True
     assert "imgsearch ingest FOLDER --collection web_empty" in answer["message"]
 
@@ -258,27 +223,27 @@ def test_an_empty_collection_says_how_to_fill_it(http) -> None:
 def test_bad_requests_are_refused_with_the_status_and_a_reason(
     http, request_kind: str, status: int, says: str
 ) -> None:
-    photo = _photo("forest-01.jpg")
+    picture = photo("forest-01.jpg")
     big = images.encode(images.textured_photo(1, (1400, 1000)), "PNG")
     assert len(big) > MAX_UPLOAD
     send = {
         "text file": lambda: http.post(
             "/api/search", content=b"hello", headers={"Content-Type": "text/plain"}
         ),
-        "no content type": lambda: http.post("/api/search", content=photo, headers={}),
+        "no content type": lambda: http.post("/api/search", content=picture, headers={}),
         "not an image": lambda: _search(http, b"\xff\xd8 not really a jpeg"),
         "too large": lambda: _search(http, big),
         "empty": lambda: _search(http, b""),
         "form without image field": lambda: http.post(
-            "/api/search", files={"picture": ("q.jpg", photo, "image/jpeg")}
+            "/api/search", files={"picture": ("q.jpg", picture, "image/jpeg")}
         ),
-        "top_k zero": lambda: _search(http, photo, top_k=0),
-        "top_k word": lambda: _search(http, photo, top_k="ten"),
+        "top_k zero": lambda: _search(http, picture, top_k=0),
+        "top_k word": lambda: _search(http, picture, top_k="ten"),
         "no id": lambda: http.get("/api/search"),
         "id word": lambda: http.get("/api/search", params={"id": "4x"}),
         "unknown id": lambda: http.get("/api/search", params={"id": 424242}),
-        "unknown collection": lambda: _search(http, photo, collection="nowhere"),
-        "bad collection name": lambda: _search(http, photo, collection="../etc"),
+        "unknown collection": lambda: _search(http, picture, collection="nowhere"),
+        "bad collection name": lambda: _search(http, picture, collection="../etc"),
     }[request_kind]
     response = send()
     assert response.status_code == status, response.text
@@ -332,40 +297,11 @@ def test_an_unreachable_service_is_named_on_the_page(tmp_path) -> None:
 
 # -- in a browser ------------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-NEEDS_CHROMIUM = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="Chromium is not installed here: apt-get install chromium chromium-driver "
-    "(.ci/run installs them)",
-)
-
-# Where the screenshots go: IMGSEARCH_SCREENSHOTS when set (to keep them), else the test's tmp.
-SCREENSHOTS_ENV = "IMGSEARCH_SCREENSHOTS"
-
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1400,1000"):  # fmt: skip
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def _shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.mark.slow
@@ -403,7 +339,7 @@ def test_in_a_browser_upload_a_picture_see_the_grid_and_click_a_hit(
         )
     )
     assert browser.find_element(By.ID, "query-image").get_attribute("src").startswith("blob:")
-    assert browser.save_screenshot(str(_shots(tmp_path) / "search-page-results.png"))
+    assert browser.save_screenshot(str(shots(tmp_path) / "search-page-results.png"))
 
     # Clicking a hit searches by that stored item.
     second = tiles[1]
@@ -425,7 +361,7 @@ def test_in_a_browser_upload_a_picture_see_the_grid_and_click_a_hit(
     wait.until(ready.visibility_of_element_located((By.ID, "error")))
     assert "is not a picture the page takes" in browser.find_element(By.ID, "error").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#hits .hit")) == 12
-    assert browser.save_screenshot(str(_shots(tmp_path) / "search-page-error.png"))
+    assert browser.save_screenshot(str(shots(tmp_path) / "search-page-error.png"))
 
 
 @pytest.mark.slow
@@ -462,7 +398,7 @@ def test_in_a_browser_the_duplicates_view_lists_the_groups_as_rows_of_pictures(
     assert (
         "1 group (2 pictures)" in status and not browser.find_element(By.ID, "error").is_displayed()
     )
-    assert browser.save_screenshot(str(_shots(tmp_path) / "duplicates-view.png"))
+    assert browser.save_screenshot(str(shots(tmp_path) / "duplicates-view.png"))
 
     # A member opens the search by that picture.
     tiles[1].click()
@@ -483,5 +419,5 @@ def test_in_a_browser_an_unreachable_service_is_named_on_the_page(browser, tmp_p
         WebDriverWait(browser, 60).until(ready.visibility_of_element_located((By.ID, "error")))
         message = browser.find_element(By.ID, "error").text
         assert "cannot reach the embedder at 127.0.0.1:9" in message and "imgsearch up" in message
-        assert browser.save_screenshot(str(_shots(tmp_path) / "search-page-unreachable.png"))
+        assert browser.save_screenshot(str(shots(tmp_path) / "search-page-unreachable.png"))
     client.close()

@@ -9,6 +9,10 @@
                                         groups (read-only); the distance defaults to the
                                         embedder's suggestion for its model
     GET  /thumbnails/{collection}/{id}  a stored item's picture, scaled down (JPEG)
+    POST /api/session                   {"token": ...}: a browser shows the page token once and
+                                        gets a session cookie (webui.access)
+
+With a page token configured, every /api/* route and every thumbnail needs it (401 without).
 
 Item ids are strings in JSON: our ids are 64-bit, and JavaScript's numbers keep 53 bits.
 Errors are JSON {"error": message} with the HTTP status that says what kind they are; every
@@ -18,6 +22,7 @@ Starlette's thread pool.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -52,6 +57,7 @@ from imgsearch.errors import (
 )
 from imgsearch.names import check_collection_name
 from imgsearch.records import DuplicateMember, Hit, SearchOptions
+from webui.access import SESSION_COOKIE, PageAccess
 from webui.thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -83,6 +89,7 @@ class WebConfig:
     default_duplicate_groups: int = 100
     max_duplicate_groups: int = 1000
     duplicates_timeout_s: float = 600.0  # a scan of a large collection takes minutes
+    token: str = ""  # the page token (webui.access); "" lets everyone who can reach the page in
 
 
 # One table from imgsearch's errors to HTTP statuses, most specific first. A service that
@@ -133,6 +140,7 @@ class SearchPage:
         self.client = client
         self.config = config
         self.thumbnails = ThumbnailCache(size_px=config.thumbnail_px)
+        self.access = PageAccess(config.token)
         files = resources.files("webui")
         self._page = (files / "page.html").read_text(encoding="utf-8")
         self._script = (files / "page.js").read_text(encoding="utf-8")
@@ -142,11 +150,56 @@ class SearchPage:
             Route("/", self.page),
             Route("/page.js", self.script),
             Route("/favicon.ico", self.no_icon),
-            Route("/api/info", _json_errors(self.info)),
-            Route("/api/search", _json_errors(self.search), methods=["GET", "POST"]),
-            Route("/api/duplicates", _json_errors(self.duplicates)),
-            Route("/thumbnails/{collection}/{item_id:int}", _json_errors(self.thumbnail)),
+            Route("/api/session", _json_errors(self.session), methods=["POST"]),
+            Route("/api/info", self._guarded(self.info)),
+            Route("/api/search", self._guarded(self.search), methods=["GET", "POST"]),
+            Route("/api/duplicates", self._guarded(self.duplicates)),
+            Route("/thumbnails/{collection}/{item_id:int}", self._guarded(self.thumbnail)),
         ]
+
+    def _guarded(self, endpoint: Endpoint) -> Endpoint:
+        """`endpoint` for those who show the page token; JSON errors either way."""
+        inner = _json_errors(endpoint)
+
+        async def guarded(request: Request) -> Response:
+            if self.access.allows(request):
+                return await inner(request)
+            return JSONResponse(
+                {
+                    "error": "this page needs its token: type it in on the page, or send "
+                    "'Authorization: Bearer <token>' (the token the page was started with, "
+                    "IMGSEARCH_PAGE_TOKEN)",
+                    "token_required": True,
+                },
+                status_code=401,
+                headers={**SECURITY_HEADERS, "WWW-Authenticate": "Bearer"},
+            )
+
+        return guarded
+
+    async def session(self, request: Request) -> Response:
+        """Trade the page token for a session cookie (HttpOnly, SameSite=Strict)."""
+        body = await _read_body(request, 4096)
+        try:
+            token = json.loads(body).get("token", "")
+        except (ValueError, AttributeError):
+            raise InvalidArgument('send the token as JSON: {"token": "..."}') from None
+        if self.access.required and not (isinstance(token, str) and self.access.matches(token)):
+            return JSONResponse(
+                {"error": "that is not the page's token", "token_required": True},
+                status_code=401,
+                headers=SECURITY_HEADERS,
+            )
+        response = Response(status_code=204, headers=SECURITY_HEADERS)
+        if self.access.required:
+            response.set_cookie(
+                SESSION_COOKIE,
+                self.access.session_cookie,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
+        return response
 
     async def page(self, request: Request) -> Response:
         return HTMLResponse(self._page, headers=SECURITY_HEADERS)

@@ -25,10 +25,36 @@ async function call(url, options) {
     throw new Error("the search page's server cannot be reached (" + err.message + ")");
   }
   const body = await response.json().catch(() => ({}));
+  if (response.status === 401 && body.token_required) askForToken();
   if (!response.ok) {
     throw new Error(body.error || response.status + " " + response.statusText);
   }
   return body;
+}
+
+// The page token is asked for once: the server answers it with a session cookie (HttpOnly,
+// so this script never holds it) that every later call and thumbnail carries.
+function askForToken() {
+  $("token-form").hidden = false;
+  $("token").focus();
+}
+
+async function sendToken(event) {
+  event.preventDefault();
+  try {
+    await call("/api/session", {
+      method: "POST", body: JSON.stringify({ token: $("token").value }),
+      headers: { "Content-Type": "application/json" },
+    });
+  } catch (err) {
+    showError(err.message);
+    return;
+  } finally {
+    $("token").value = "";  // never kept in the page; typed again after a wrong one
+  }
+  $("token-form").hidden = true;
+  showError("");
+  if (!info) await loadInfo();
 }
 
 function searchParams() {
@@ -218,10 +244,15 @@ async function start() {
   $("collection").addEventListener("change", () => {
     if (location.hash === "#duplicates") findDuplicates();
   });
+  $("token-form").addEventListener("submit", sendToken);
   $("by-id").addEventListener("submit", (e) => {
     e.preventDefault();
     if ($("item-id").value !== "") searchId($("item-id").value);
   });
+  await loadInfo();
+}
+
+async function loadInfo() {
   try {
     info = await call("/api/info");
   } catch (err) {

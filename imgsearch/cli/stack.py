@@ -30,7 +30,7 @@ from imgsearch.cli.output import (
     write_duplicate_sheets,
     write_grid,
 )
-from imgsearch.cli.web import start_page
+from imgsearch.cli.web import add_page_token_option, start_page
 from imgsearch.client import ImageSearchClient
 from imgsearch.errors import (
     EmbeddedDatabaseError,
@@ -69,6 +69,7 @@ def add_up(commands: Any) -> None:
         metavar="ADDRESS",
         help=f"also serve the search page (host:port; {defaults.WEB_ADDRESS} when none is given)",
     )
+    add_page_token_option(up)
 
 
 def add_demo(commands: Any) -> None:
@@ -147,7 +148,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             client = ImageSearchClient(
                 stack.embedder_address, stack.searcher_address, security=security
             )
-            page = start_page(args.web, client)
+            page = start_page(args.web, client, token_file=args.page_token_file)
             print(f"web       {page.url}", flush=True)
         if stack.model_info.weights_source == "random":
             print(RANDOM_WEIGHTS_WARNING, flush=True)

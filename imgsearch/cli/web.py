@@ -4,14 +4,13 @@ serves `imgsearch up --web`."""
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from imgsearch import defaults
 from imgsearch._signals import stop_on_signals
 from imgsearch.cli.options import add_command, client_from, env
 from imgsearch.client import ImageSearchClient
-from imgsearch.errors import ImageSearchError, InvalidArgument, MissingExtra
+from imgsearch.errors import ConfigError, ImageSearchError, InvalidArgument, MissingExtra
 
 
 def add_web(commands: Any) -> None:
@@ -24,6 +23,7 @@ def add_web(commands: Any) -> None:
         help="host:port to serve the page on; loopback unless you choose otherwise "
         "[env IMGSEARCH_WEB_ADDRESS]",
     )
+    add_page_token_option(web)
     web.add_argument(
         "--max-upload-mb",
         type=float,
@@ -35,7 +35,11 @@ def add_web(commands: Any) -> None:
 def cmd_web(args: argparse.Namespace) -> int:
     limit = upload_limit(args.max_upload_mb)
     page = start_page(
-        args.address, client_from(args), collection=args.collection, max_upload_bytes=limit
+        args.address,
+        client_from(args),
+        collection=args.collection,
+        max_upload_bytes=limit,
+        token_file=args.page_token_file,
     )
     stop = stop_on_signals()
     print(f"web       {page.url}", flush=True)
@@ -47,6 +51,16 @@ def cmd_web(args: argparse.Namespace) -> int:
         page.stop()
     print("stopped", flush=True)
     return 0
+
+
+def add_page_token_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--page-token-file",
+        default="",
+        metavar="FILE",
+        help="file holding the token the page asks for (or set the env IMGSEARCH_PAGE_TOKEN); "
+        "required when the page listens beyond loopback",
+    )
 
 
 def upload_limit(max_upload_mb: float) -> int:
@@ -73,11 +87,13 @@ def start_page(
     *,
     collection: str = defaults.COLLECTION,
     max_upload_bytes: int = defaults.MAX_UPLOAD_BYTES,
+    token_file: str = "",
 ) -> Page:
     """The search page on `address`, searching through `client` (closed with it, or at once
-    when the page cannot start)."""
+    when the page cannot start). Beyond loopback it needs a page token (webui.access)."""
     try:
         try:
+            from webui.access import PAGE_TOKEN_ENV, page_token
             from webui.app import WebConfig, create_app
             from webui.server import WebServer, is_loopback, split_address
         except ImportError as exc:
@@ -86,7 +102,14 @@ def start_page(
             host, _ = split_address(address)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-        config = WebConfig(collection=collection, max_upload_bytes=max_upload_bytes)
+        token = page_token(token_file)
+        if not token and not is_loopback(host):
+            raise ConfigError(
+                f"the search page would listen on {host}, beyond this machine, where anyone "
+                f"could search and see the pictures: give it a token (env {PAGE_TOKEN_ENV} or "
+                "--page-token-file FILE), or serve it on 127.0.0.1"
+            )
+        config = WebConfig(collection=collection, max_upload_bytes=max_upload_bytes, token=token)
         try:
             server = WebServer(create_app(client, config), address).start()
         except OSError as exc:
@@ -94,10 +117,6 @@ def start_page(
     except BaseException:
         client.close()
         raise
-    if not is_loopback(host):
-        print(
-            f"WARNING: the search page listens on {host}, beyond this machine, and asks no "
-            "one for a password: anyone who can reach it can search and see the pictures",
-            file=sys.stderr,
-        )
+    if token:
+        print("the search page asks for its token", flush=True)
     return Page(server, client)
