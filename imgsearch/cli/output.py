@@ -130,7 +130,7 @@ def write_duplicate_sheets(folder: Path, groups: Sequence[DuplicateGroup]) -> No
         first, *rest = group.members
         sheet = search_grid(
             load_image(first.uri) if first.uri else None,
-            f"id {first.id} {name_of(first.uri)}",
+            name_of(first.uri) or f"id {first.id}",  # the file name is what a person knows
             _tiles(rest),
             first_caption=f"group {number}",
         )
