@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from dataclasses import dataclass, field
 
 import pytest
 import yaml
 
-from embedder.config import EmbedderConfig
-from embedder.config import env_name as embedder_env
-from searcher.config import SearcherConfig
 from searcher.config import env_name as searcher_env
 from tests.conftest import ROOT
-
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-CONSOLE_SCRIPTS = set(PYPROJECT["project"]["scripts"])
-SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|DSN")
+from tests.deploy_helpers import CONSOLE_SCRIPTS, PYPROJECT, SECRET_NAME, known_settings
 
 
 @dataclass
@@ -176,10 +169,7 @@ def test_compose_embedder_scales_and_is_reached_by_dns_round_robin(compose) -> N
 
 
 def test_compose_names_only_real_targets_scripts_and_settings(compose, stages) -> None:
-    known_env = {searcher_env(f) for f in SearcherConfig.__dataclass_fields__}
-    known_env |= {embedder_env(f) for f in EmbedderConfig.__dataclass_fields__}
-    known_env |= {"IMGSEARCH_TOKEN", "IMGSEARCH_READ_TOKEN", "IMGSEARCH_EMBEDDER",
-                  "IMGSEARCH_SEARCHER"}  # fmt: skip
+    known_env = known_settings()
     for name, service in compose["services"].items():
         if "build" in service:
             assert service["build"]["target"] in stages, name
