@@ -4,6 +4,7 @@ listen beyond loopback without one. Over HTTP, then in headless Chromium."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.web_helpers import (
     shots,
     store_photos,
 )
+from webui.access import WrongTokens
 from webui.app import WebConfig, create_app
 from webui.server import WebServer
 
@@ -92,6 +94,44 @@ def test_a_browser_shows_the_token_once_and_keeps_a_session_cookie(guarded_page,
         assert PAGE_TOKEN not in opened.headers["set-cookie"]  # an HMAC of it, not the token
         assert browser.get("/api/info").status_code == 200
         assert browser.get(f"/thumbnails/{COLLECTION}/{stored['forest-01.jpg']}").status_code == 200
+
+
+def test_wrong_tokens_are_counted_per_address_within_a_window() -> None:
+    now = [0.0]
+    wrong = WrongTokens(limit=3, window_s=10.0, max_clients=2, clock=lambda: now[0])
+    for _ in range(3):
+        assert wrong.wait_s("10.0.0.1") == 0
+        wrong.record("10.0.0.1")
+    assert wrong.wait_s("10.0.0.1") == 10.0 and wrong.wait_s("10.0.0.2") == 0
+    now[0] = 4.0
+    assert wrong.wait_s("10.0.0.1") == 6.0
+    now[0] = 10.0
+    assert wrong.wait_s("10.0.0.1") == 0  # the first guesses have left the window
+    wrong.record("10.0.0.2")
+    wrong.record("10.0.0.3")  # a third address: the longest-remembered one is forgotten
+    assert len(wrong._wrong) == 2
+
+
+def test_an_address_guessing_tokens_is_refused_for_a_while(services, stored) -> None:
+    client = ImageSearchClient(*services, collection=COLLECTION)
+    config = WebConfig(token=PAGE_TOKEN, wrong_tokens_limit=3, wrong_tokens_window_s=2.0)
+    with (
+        WebServer(create_app(client, config), "127.0.0.1:0") as server,
+        httpx.Client(base_url=server.url, timeout=60) as guesser,
+    ):
+        assert guesser.get("/api/info").status_code == 401  # no token at all: not a guess
+        assert guesser.post("/api/session", json={"token": "one"}).status_code == 401
+        wrong = {"Authorization": "Bearer two"}
+        assert guesser.get("/api/info", headers=wrong).status_code == 401
+        assert guesser.post("/api/session", json={"token": "three"}).status_code == 401
+        refused = guesser.post("/api/session", json={"token": PAGE_TOKEN})
+        assert refused.status_code == 429 and "too many wrong tokens" in refused.json()["error"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        right = {"Authorization": f"Bearer {PAGE_TOKEN}"}
+        assert guesser.get("/api/info", headers=right).status_code == 429
+        time.sleep(2.1)
+        assert guesser.post("/api/session", json={"token": PAGE_TOKEN}).status_code == 204
+    client.close()
 
 
 def test_the_page_will_not_listen_beyond_loopback_without_a_token(tmp_path) -> None:

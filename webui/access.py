@@ -7,6 +7,8 @@ Without a token (the page on loopback) everyone on this machine may use it.
 The token comes from the environment (IMGSEARCH_PAGE_TOKEN) or a file, never from a flag (flags
 show in `ps`). The cookie holds an HMAC of the token, not the token, and is HttpOnly and
 SameSite=Strict: page scripts cannot read it and other sites cannot make a browser send it.
+Wrong tokens are counted per client address, and an address that sends too many is refused for
+a while (`WrongTokens`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from starlette.requests import Request
@@ -62,7 +67,51 @@ class PageAccess:
     def matches(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self._token)
 
+    @staticmethod
+    def presents_credentials(request: Request) -> bool:
+        """Whether the request offers a token or a session (a wrong one counts as a guess)."""
+        return bool(request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE))
+
     @property
     def session_cookie(self) -> str:
         """The cookie value a browser keeps once it has shown the token."""
         return self._session
+
+
+class WrongTokens:
+    """Wrong tokens per client address: past `limit` within `window_s`, that address is refused
+    (429) until the window has passed, whatever it sends, so a token cannot be guessed at the
+    page's speed. Bounded: at most `max_clients` addresses are remembered."""
+
+    def __init__(
+        self,
+        limit: int = 10,
+        window_s: float = 60.0,
+        *,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+        self._clock = clock
+        self._wrong: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, client: str) -> float:
+        """Seconds before `client` may try again; 0 when it may now."""
+        with self._lock:
+            times = self._recent(client)
+            if len(times) < self.limit:
+                return 0.0
+            return max(0.0, times[0] + self.window_s - self._clock())
+
+    def record(self, client: str) -> None:
+        with self._lock:
+            if client not in self._wrong and len(self._wrong) >= self.max_clients:
+                self._wrong.pop(next(iter(self._wrong)))  # the longest-remembered address
+            self._recent(client).append(self._clock())
+
+    def _recent(self, client: str) -> deque[float]:
+        times = self._wrong.setdefault(client, deque())
+        while times and times[0] <= self._clock() - self.window_s:
+            times.popleft()
+        return times

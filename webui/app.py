@@ -57,7 +57,7 @@ from imgsearch.errors import (
 )
 from imgsearch.names import check_collection_name
 from imgsearch.records import DuplicateMember, Hit, SearchOptions
-from webui.access import SESSION_COOKIE, PageAccess
+from webui.access import SESSION_COOKIE, PageAccess, WrongTokens
 from webui.thumbnails import ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class WebConfig:
     max_duplicate_groups: int = 1000
     duplicates_timeout_s: float = 600.0  # a scan of a large collection takes minutes
     token: str = ""  # the page token (webui.access); "" lets everyone who can reach the page in
+    wrong_tokens_limit: int = 10  # wrong tokens from one address within the window, then 429
+    wrong_tokens_window_s: float = 60.0
 
 
 # One table from imgsearch's errors to HTTP statuses, most specific first. A service that
@@ -141,6 +143,7 @@ class SearchPage:
         self.config = config
         self.thumbnails = ThumbnailCache(size_px=config.thumbnail_px)
         self.access = PageAccess(config.token)
+        self.wrong_tokens = WrongTokens(config.wrong_tokens_limit, config.wrong_tokens_window_s)
         files = resources.files("webui")
         self._page = (files / "page.html").read_text(encoding="utf-8")
         self._script = (files / "page.js").read_text(encoding="utf-8")
@@ -162,8 +165,14 @@ class SearchPage:
         inner = _json_errors(endpoint)
 
         async def guarded(request: Request) -> Response:
+            if self.access.required:
+                refused = self._too_many_guesses(request)
+                if refused is not None:
+                    return refused
             if self.access.allows(request):
                 return await inner(request)
+            if self.access.presents_credentials(request):
+                self.wrong_tokens.record(_client(request))
             return JSONResponse(
                 {
                     "error": "this page needs its token: type it in on the page, or send "
@@ -179,12 +188,16 @@ class SearchPage:
 
     async def session(self, request: Request) -> Response:
         """Trade the page token for a session cookie (HttpOnly, SameSite=Strict)."""
+        refused = self._too_many_guesses(request) if self.access.required else None
+        if refused is not None:
+            return refused
         body = await _read_body(request, 4096)
         try:
             token = json.loads(body).get("token", "")
         except (ValueError, AttributeError):
             raise InvalidArgument('send the token as JSON: {"token": "..."}') from None
         if self.access.required and not (isinstance(token, str) and self.access.matches(token)):
+            self.wrong_tokens.record(_client(request))
             return JSONResponse(
                 {"error": "that is not the page's token", "token_required": True},
                 status_code=401,
@@ -200,6 +213,17 @@ class SearchPage:
                 secure=request.url.scheme == "https",
             )
         return response
+
+    def _too_many_guesses(self, request: Request) -> Response | None:
+        """429 for an address that has sent too many wrong tokens lately, else None."""
+        wait = self.wrong_tokens.wait_s(_client(request))
+        if not wait:
+            return None
+        return JSONResponse(
+            {"error": f"too many wrong tokens from this address; try again in {wait:.0f} s"},
+            status_code=429,
+            headers={**SECURITY_HEADERS, "Retry-After": str(max(1, round(wait)))},
+        )
 
     async def page(self, request: Request) -> Response:
         return HTMLResponse(self._page, headers=SECURITY_HEADERS)
@@ -396,6 +420,10 @@ def _integer(text: str | None, name: str) -> int | None:
         return int(text)
     except ValueError:
         raise InvalidArgument(f"{name} must be a whole number, not {text[:40]!r}") from None
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _number(text: str | None, name: str) -> float | None:
