@@ -272,6 +272,8 @@ def _find_the_planted_copies(
             else ""
         )
     )
+    for stale in sheets.glob("group-*.png"):  # the demo's own folder: an earlier run's sheets
+        stale.unlink()
     write_duplicate_sheets(sheets, groups)
 
 
