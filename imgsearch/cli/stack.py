@@ -82,7 +82,11 @@ def add_demo(commands: Any) -> None:
         client=False,
     )
     data_dir = Path(data_dir_default())
-    demo.add_argument("--data-dir", default=str(data_dir / "demo"), help="demo database and images")
+    # demo-v2: photo-like pictures with planted copies. Earlier demos' flat pictures (and their
+    # collection) stay in demo/: mixed with them, the duplicate search would show their groups.
+    demo.add_argument(
+        "--data-dir", default=str(data_dir / "demo-v2"), help="demo database and images"
+    )
     add_model_options(demo)
     demo.add_argument("--collection", default="demo", help="collection to fill")
     demo.add_argument(
