@@ -268,17 +268,22 @@ def _find_the_planted_copies(
     others = len(groups) - found
     print(
         f"demo: {found} of the {len(planted)} planted copies came back as groups with their "
-        f"originals; {others} other groups"
-        + (
-            f" (distinct generated pictures that the {head} head puts within the distance"
-            + ("; `--head gem` embeds for copy detection)" if head != "gem" else ")")
-            if others
-            else ""
-        )
+        f"originals; {others} other groups" + (_why_other_groups(head) if others else "")
     )
     for stale in sheets.glob("group-*.png"):  # the demo's own folder: an earlier run's sheets
         stale.unlink()
     write_duplicate_sheets(sheets, groups)
+
+
+def _why_other_groups(head: str) -> str:
+    """What the demo's other groups are: every picture it generated is a different one."""
+    why = f" (distinct generated pictures that the {head} head puts within the distance"
+    if head == "gem":
+        return why + ")"
+    return why + (
+        "; the GeM head embeds for copy detection: `imgsearch demo --head gem "
+        "--collection demo_gem`)"
+    )
 
 
 def _page_command(args: argparse.Namespace, data_dir: Path) -> list[str]:
