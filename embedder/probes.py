@@ -5,31 +5,11 @@ bench/quality.py and tests. No torch here."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-Edit = Callable[[Image.Image], Image.Image]
-
-
-def jpeg(quality: int) -> Edit:
-    def edit(image: Image.Image) -> Image.Image:
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=quality)
-        buffer.seek(0)
-        return Image.open(buffer).convert("RGB")
-
-    return edit
-
-
-def resize(scale: float) -> Edit:
-    def edit(image: Image.Image) -> Image.Image:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        return image.resize(size, Image.Resampling.BICUBIC)
-
-    return edit
+# Re-encoding and resizing live beside the generated pictures (the demo plants copies with them).
+from imgsearch.photos import Edit, jpeg, resize
 
 
 def centre_crop(keep: float) -> Edit:

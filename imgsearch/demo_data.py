@@ -5,13 +5,11 @@ edited as people edit photos, so the demo can show what the duplicate search fin
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from imgsearch.photos import textured_photo
+from imgsearch.photos import Edit, jpeg, resize, textured_photo
 
 LABELS = (
     "sunset", "forest", "ocean", "desert", "snow",
@@ -20,30 +18,11 @@ LABELS = (
 SIZES = ((480, 360), (400, 300), (512, 384), (360, 480))  # landscape and portrait, as cameras
 
 
-def _recompressed(quality: int) -> Callable[[Image.Image], Image.Image]:
-    def edit(image: Image.Image) -> Image.Image:
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=quality)
-        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-    return edit
-
-
-def _smaller(scale: float) -> Callable[[Image.Image], Image.Image]:
-    def edit(image: Image.Image) -> Image.Image:
-        size = (round(image.width * scale), round(image.height * scale))
-        return image.resize(size, Image.Resampling.LANCZOS)
-
-    return edit
-
-
 # The planted copies: what happens to a photo sent on, shrunk for the web, or saved again.
-COPY_EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "re-saved at JPEG quality 60": _recompressed(60),
-    "shrunk to 80%": _smaller(0.8),
-    "shrunk to 90% and re-saved at quality 75": lambda image: _recompressed(75)(
-        _smaller(0.9)(image)
-    ),
+COPY_EDITS: dict[str, Edit] = {
+    "re-saved at JPEG quality 60": jpeg(60),
+    "shrunk to 80%": resize(0.8),
+    "shrunk to 90% and re-saved at quality 75": lambda image: jpeg(75)(resize(0.9)(image)),
 }
 
 

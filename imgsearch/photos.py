@@ -1,8 +1,12 @@
 """Generated photo-like pictures: the demo's image set, the embedder's calibration probes
 (embedder.probes), and the pictures of the tests and benchmarks. Flat shapes on flat colour make
-near-identical CNN features; texture and noise are what real photographs give a model."""
+near-identical CNN features; texture and noise are what real photographs give a model. Also the
+two edits the demo's planted copies and the probes share: re-encoding and resizing."""
 
 from __future__ import annotations
+
+import io
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -57,3 +61,24 @@ def textured_photo(
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
     grain = rng.standard_normal((height, width, 1), np.float32) * rng.uniform(1, 6)
     return Image.fromarray(np.uint8(np.clip(np.asarray(image, np.float32) + grain, 0, 255)), "RGB")
+
+
+Edit = Callable[[Image.Image], Image.Image]
+
+
+def jpeg(quality: int) -> Edit:
+    def edit(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        buffer.seek(0)
+        return Image.open(buffer).convert("RGB")
+
+    return edit
+
+
+def resize(scale: float) -> Edit:
+    def edit(image: Image.Image) -> Image.Image:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.BICUBIC)
+
+    return edit
