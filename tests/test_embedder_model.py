@@ -4,6 +4,7 @@ weights, fingerprints, heads and other backbones. Never a silent fallback."""
 from __future__ import annotations
 
 import logging
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,9 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(variable, DEAD_PROXY)
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+    # urllib builds its default opener, proxies included, on first use and keeps it: one built
+    # under the dead proxy must not outlive this test (later tests' urlopen would use it).
+    monkeypatch.setattr(urllib.request, "_opener", None)
     return home
 
 
