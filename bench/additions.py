@@ -14,6 +14,9 @@ stored vectors), one at a time, as a client does:
   its own first hit); recall is judged against every row stored before the search began;
 - right after the last Upsert: the same, the added rows not yet folded into the index;
 - folded: once the upkeep has folded them in (or built them in), how long that took.
+
+The searcher's log lines on the fresh rows' cells (how many, how many a search scans) are kept
+in the results.
 """
 
 from __future__ import annotations
@@ -168,6 +171,9 @@ def main() -> int:
             results.update(add_while_searching(server.port, queries, truth, added, args.rows))
         finally:
             server.stop()
+        # What the builds fitted for the fresh rows (searcher.cells), from the searcher's log.
+        log = (Path(tmp) / "searcher.log").read_text(errors="replace").splitlines()
+        results["fresh_cells"] = [line for line in log if ": fresh rows in " in line]
     before = results["before"]
     for phase in ("during", "right_after", "folded"):
         results[phase]["p50_over_before"] = results[phase]["p50_ms"] / before["p50_ms"]

@@ -20,7 +20,7 @@ from imgsearch import defaults
 from imgsearch.errors import AlreadyExists, NotFound
 from imgsearch.names import check_collection_name
 from searcher.pool import ConnectionPool
-from searcher.schema import CATALOG_SCHEMA, DATA_SCHEMA
+from searcher.schema import CATALOG_SCHEMA, DATA_SCHEMA, NO_CELL
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ class Collection:
     # searched exactly until folded in. Writers give new and updated rows growing_segment.
     index_segment: int = 0
     growing_segment: int = 1
+    # The segment whose rows carry coarse cells (searcher.cells): the growing one since the
+    # last build that fitted centroids; 0 when none did (every fresh row is scanned).
+    cells_segment: int = 0
 
     @property
     def indexed(self) -> sql.Composable:
@@ -127,9 +130,9 @@ INDEX_IS_VALID = (
 )
 
 
-def segment_index_name(name: str) -> str:
-    """The btree index on a collection's segment column (as migration 3 names it)."""
-    return "segment_" + hashlib.md5(name.encode()).hexdigest()
+def fresh_index_name(name: str) -> str:
+    """The btree index on a collection's (segment, cell) columns (as migration 4 names it)."""
+    return "fresh_" + hashlib.md5(name.encode()).hexdigest()
 
 
 def quantizer_prefix(name: str) -> str:
@@ -163,6 +166,7 @@ _FIELD_OF_COLUMN = {
     "index_note": "index_note",
     "index_segment": "index_segment",
     "growing_segment": "growing_segment",
+    "cells_segment": "cells_segment",
 }
 _SELECT = f"SELECT {', '.join(_FIELD_OF_COLUMN)} FROM {CATALOG_SCHEMA}.collections"
 # Columns that builds and recall checks may set (record()): all but what a collection is.
@@ -210,13 +214,15 @@ class Catalogue:
             sql.SQL(
                 "CREATE TABLE {} (id bigint PRIMARY KEY, label text NOT NULL DEFAULT '', "
                 "uri text NOT NULL DEFAULT '', attributes jsonb NOT NULL DEFAULT '{{}}', "
-                "embedding vector({}) NOT NULL, segment integer NOT NULL DEFAULT 0)"
-            ).format(table, sql.Literal(created.dim))
+                "embedding vector({}) NOT NULL, segment integer NOT NULL DEFAULT 0, "
+                "cell integer NOT NULL DEFAULT {})"
+            ).format(table, sql.Literal(created.dim), sql.Literal(NO_CELL))
         )
-        # Finds the fresh rows (the few above index_segment) without reading the others.
+        # Finds the fresh rows (the few above index_segment), and those of a few cells, without
+        # reading the others.
         cur.execute(
-            sql.SQL("CREATE INDEX {} ON {} (segment)").format(
-                sql.Identifier(segment_index_name(created.name)), table
+            sql.SQL("CREATE INDEX {} ON {} (segment, cell)").format(
+                sql.Identifier(fresh_index_name(created.name)), table
             )
         )
         # Keep 4 KB vectors inline instead of in TOAST: exact scans 4-5x faster, and the

@@ -26,6 +26,7 @@ from psycopg2 import sql
 
 from imgsearch.errors import Unavailable
 from searcher.catalogue import INDEX_IS_VALID, Catalogue, Collection, quantizer_prefix
+from searcher.cells import CellStore
 from searcher.kinds import create_quantizer, spec
 from searcher.pgvector_io import as_array, vector_literal
 from searcher.pool import ConnectionPool
@@ -40,10 +41,16 @@ MIN_BUILD_MEMORY = 64 * MB  # PostgreSQL's own default
 
 class IndexBuilder:
     def __init__(
-        self, pool: ConnectionPool, catalogue: Catalogue, *, maintenance_work_mem: str = ""
+        self,
+        pool: ConnectionPool,
+        catalogue: Catalogue,
+        cells: CellStore,
+        *,
+        maintenance_work_mem: str = "",
     ) -> None:
         self.pool = pool
         self.catalogue = catalogue
+        self.cells = cells
         # Empty: the server's own setting (the embedded server sizes it from the machine).
         self.maintenance_work_mem = maintenance_work_mem
 
@@ -85,7 +92,11 @@ class IndexBuilder:
             # The new generation takes in every row written so far: writers move on to the
             # next segment first, and what they write meanwhile stays fresh.
             sealed = current.growing_segment
-            self.catalogue.record(cur, current.name, growing_segment=sealed + 1)
+            # Centroids for the rows they write next, fitted before they move on to them.
+            cells = sealed + 1 if self.cells.fit_for(cur, current, sealed + 1) else 0
+            self.catalogue.record(
+                cur, current.name, growing_segment=sealed + 1, cells_segment=cells
+            )
             target = replace(
                 current,
                 generation=current.generation + 1,
@@ -93,12 +104,15 @@ class IndexBuilder:
                 ef_construction=ef_construction or current.ef_construction,
                 index_segment=sealed,
                 growing_segment=sealed + 1,
+                cells_segment=cells,
             )
             built = self._build_generation(cur, target, concurrently=concurrently, note=note)
             if built is None:
                 return current  # nothing to fit a quantizer on yet: searches stay exact
-            # The previous generation goes once the new one is recorded.
+            # The previous generation goes once the new one is recorded, and so do the
+            # centroids of the rows it now holds.
             _drop_index(cur, current.index_name(), concurrently=concurrently)
+            self.cells.forget_before(cur, target, sealed + 1)
             # Older ones go; the previous one stays one generation longer, for searchers whose
             # catalogue cache still names it.
             self.drop_quantizers(

@@ -7,10 +7,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from psycopg2 import errors as pg_errors
 from psycopg2 import sql
 
 from searcher.catalogue import Collection
+from searcher.cells import CellStore
 from searcher.indexes import IndexBuilder
 from searcher.pgvector_io import Item, encode_binary_copy
 from searcher.pool import ConnectionPool
@@ -26,9 +28,12 @@ class UpsertCounts:
 
 
 class Loader:
-    def __init__(self, pool: ConnectionPool, builder: IndexBuilder, limits: Limits) -> None:
+    def __init__(
+        self, pool: ConnectionPool, builder: IndexBuilder, cells: CellStore, limits: Limits
+    ) -> None:
         self.pool = pool
         self.builder = builder
+        self.cells = cells
         self.limits = limits
 
     def write(
@@ -39,7 +44,9 @@ class Loader:
         check_items(collection, items, self.limits)
         if not items:
             return UpsertCounts(), False
-        payload = encode_binary_copy(items, collection.dim, collection.growing_segment)
+        payload = encode_binary_copy(
+            items, collection.dim, collection.growing_segment, self._cells(collection, items)
+        )
         with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
             if try_plain_copy:
                 # A bulk load of new ids: COPY straight into the table (half the work of
@@ -48,7 +55,7 @@ class Loader:
                 try:
                     cur.copy_expert(
                         sql.SQL(
-                            "COPY {} (id, label, uri, attributes, embedding, segment) "
+                            "COPY {} (id, label, uri, attributes, embedding, segment, cell) "
                             "FROM STDIN WITH (FORMAT binary)"
                         ).format(collection.table),
                         payload,
@@ -59,21 +66,31 @@ class Loader:
                     payload.seek(0)
             cur.execute(
                 "CREATE TEMP TABLE upsert_stage (id bigint, label text, uri text, "
-                "attributes jsonb, embedding vector, segment integer) ON COMMIT DROP"
+                "attributes jsonb, embedding vector, segment integer, cell integer) ON COMMIT DROP"
             )
             cur.copy_expert("COPY upsert_stage FROM STDIN WITH (FORMAT binary)", payload)
             # An updated row becomes fresh again: its old version leaves the index's reach.
             cur.execute(
                 sql.SQL(
-                    "INSERT INTO {} AS t (id, label, uri, attributes, embedding, segment) "
-                    "SELECT id, label, uri, attributes, embedding, segment FROM upsert_stage "
-                    "ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, uri = EXCLUDED.uri, "
-                    "attributes = EXCLUDED.attributes, embedding = EXCLUDED.embedding, "
-                    "segment = EXCLUDED.segment RETURNING (xmax = 0)"
+                    "INSERT INTO {} AS t (id, label, uri, attributes, embedding, segment, cell) "
+                    "SELECT id, label, uri, attributes, embedding, segment, cell FROM "
+                    "upsert_stage ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, "
+                    "uri = EXCLUDED.uri, attributes = EXCLUDED.attributes, "
+                    "embedding = EXCLUDED.embedding, segment = EXCLUDED.segment, "
+                    "cell = EXCLUDED.cell RETURNING (xmax = 0)"
                 ).format(collection.table)
             )
             inserted = sum(1 for (was_insert,) in cur.fetchall() if was_insert)
         return UpsertCounts(inserted=inserted, updated=len(items) - inserted), False
+
+    def _cells(self, collection: Collection, items: Sequence[Item]) -> np.ndarray | None:
+        """Each item's cell among the centroids of the segment it is written to, if any."""
+        if collection.cells_segment != collection.growing_segment:
+            return None
+        cells = self.cells.of(self.pool, collection)
+        if cells is None:
+            return None
+        return cells.assign(np.stack([item.vector for item in items]))
 
     def prepare_load(self, collection: Collection, has_index: bool) -> tuple[bool, bool]:
         """Before an Upsert stream: (whether the index build is deferred to its end, whether the

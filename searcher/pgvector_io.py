@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from searcher.schema import NO_CELL
 
 
 @dataclass
@@ -25,9 +27,11 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
 
 
-def encode_binary_copy(items: Iterable[Item], dim: int, segment: int) -> io.BytesIO:
-    """Rows (id, label, uri, attributes, embedding, segment) in PostgreSQL's binary COPY format,
-    every one in `segment`.
+def encode_binary_copy(
+    items: Sequence[Item], dim: int, segment: int, cells: Sequence[int] | np.ndarray | None = None
+) -> io.BytesIO:
+    """Rows (id, label, uri, attributes, embedding, segment, cell) in PostgreSQL's binary COPY
+    format, every one in `segment`, each in its cell (NO_CELL without `cells`).
 
     Vectors use pgvector's binary form: int16 dim, int16 unused, then big-endian float32s.
     """
@@ -35,11 +39,13 @@ def encode_binary_copy(items: Iterable[Item], dim: int, segment: int) -> io.Byte
     out.write(_COPY_HEADER)
     vector_header = struct.pack("!ihh", 4 + 4 * dim, dim, 0)
     segment_field = struct.pack("!ii", 4, segment)
-    for item in items:
+    if cells is None:
+        cells = [NO_CELL] * len(items)
+    for item, cell in zip(items, cells, strict=True):
         label = item.label.encode()
         uri = item.uri.encode()
         attributes = b"\x01" + json.dumps(item.attributes, ensure_ascii=False).encode()
-        out.write(struct.pack("!hiq", 6, 8, item.id))
+        out.write(struct.pack("!hiq", 7, 8, item.id))
         for value in (label, uri, attributes):
             out.write(struct.pack("!i", len(value)))
             out.write(value)
@@ -47,6 +53,7 @@ def encode_binary_copy(items: Iterable[Item], dim: int, segment: int) -> io.Byte
         # tobytes() of the big-endian copy is what keeps this fast
         out.write(np.asarray(item.vector, dtype=">f4").tobytes())
         out.write(segment_field)
+        out.write(struct.pack("!ii", 4, cell))
     out.write(_COPY_TRAILER)
     out.seek(0)
     return out

@@ -17,9 +17,11 @@ from psycopg2 import sql
 from imgsearch.errors import InvalidArgument, NotFound
 from imgsearch.records import Hit
 from searcher.catalogue import Collection
+from searcher.cells import CellStore
 from searcher.kinds import spec
 from searcher.pgvector_io import as_array, vector_literal
 from searcher.pool import ConnectionPool
+from searcher.schema import NO_CELL
 from searcher.validation import MAX_CANDIDATES, MAX_EF_SEARCH
 
 
@@ -109,11 +111,13 @@ class Queries:
     def __init__(
         self,
         pool: ConnectionPool,
+        cells: CellStore,
         *,
         default_ef_search: int,
         exact_filter_rows: int,
     ) -> None:
         self.pool = pool
+        self.cells = cells
         self.default_ef_search = default_ef_search
         # A filter matching at most this many rows is answered by an exact scan of those rows:
         # exact, and cheap with the label/attribute indexes. Above it, the index is used.
@@ -208,7 +212,7 @@ class Queries:
                 matching = self._count(cur, collection, where, params, self.exact_filter_rows + 1)
                 use_index = matching > self.exact_filter_rows
             if use_index:
-                hits = self._approximate(cur, collection, filter, params, effort)
+                hits = self._approximate(cur, collection, filter, params, effort, vector)
                 # The index can return fewer rows than exist (filters, deleted rows): check.
                 if len(hits) < top_k and self._count(cur, collection, where, params, top_k) > len(
                     hits
@@ -225,6 +229,7 @@ class Queries:
         filter: Filter,
         params: dict[str, Any],
         effort: Effort,
+        vector: np.ndarray,
     ) -> list[Hit]:
         """The index's nearest (re-ranked by exact distance for quantized kinds) merged with the
         fresh rows' nearest by exact scan: the rows not yet in the index."""
@@ -232,7 +237,6 @@ class Queries:
             effort.ef_search, filtered=bool(filter), reranked=bool(effort.candidates)
         )
         indexed, _ = filter.where(collection.indexed)
-        fresh, _ = filter.where(collection.fresh)
         order_by = spec(collection.kind).candidate_order(collection)
         if effort.candidates:
             from_index = sql.SQL(
@@ -246,17 +250,37 @@ class Queries:
                 "SELECT id, label, uri, attributes, {} AS distance FROM {} {} "
                 "ORDER BY distance LIMIT %(top_k)s"
             ).format(order_by, collection.table, indexed)
-        # OFFSET 0 keeps the fresh rows a scan of their own: no index walk may answer them.
+        fresh, fresh_params = self._fresh_rows(collection, filter, vector)
         from_fresh = sql.SQL(
-            "SELECT id, label, uri, attributes, {} AS distance FROM "
-            "(SELECT * FROM {} {} OFFSET 0) AS fresh ORDER BY distance LIMIT %(top_k)s"
-        ).format(_exact_distance(collection), collection.table, fresh)
+            "SELECT id, label, uri, attributes, {} AS distance FROM ({}) AS fresh "
+            "ORDER BY distance LIMIT %(top_k)s"
+        ).format(_exact_distance(collection), fresh)
+        params = {**params, **fresh_params}
         query = sql.SQL(
             "SELECT * FROM (({}) UNION ALL ({})) AS hits ORDER BY distance LIMIT %(top_k)s"
         ).format(from_index, from_fresh)
         # One round trip: the settings and the query run as one implicit transaction.
         cur.execute(sql.SQL("; ").join([*settings, query]), params)
         return _hits(cur.fetchall())
+
+    def _fresh_rows(
+        self, collection: Collection, filter: Filter, vector: np.ndarray
+    ) -> tuple[sql.Composable, dict[str, Any]]:
+        """The fresh rows a search scans exactly, and their parameters: those of the query's
+        nearest cells and every fresh row written without cells (searcher.cells); with a
+        filter, every matching one (a filter must keep each match within reach)."""
+        # OFFSET 0 keeps each part a scan of its own: no index walk may answer them.
+        cells = None if filter else self.cells.of(self.pool, collection)
+        if cells is None:
+            where, _ = filter.where(collection.fresh)
+            return sql.SQL("SELECT * FROM {} {} OFFSET 0").format(collection.table, where), {}
+        in_cells = sql.Literal(collection.cells_segment)
+        rows = sql.SQL(
+            "(SELECT * FROM {table} WHERE {fresh} AND segment <> {in_cells} OFFSET 0) UNION ALL "
+            "(SELECT * FROM {table} WHERE {fresh} AND segment = {in_cells} "
+            "AND cell = ANY(%(cells)s) OFFSET 0)"
+        ).format(table=collection.table, fresh=collection.fresh, in_cells=in_cells)
+        return rows, {"cells": [NO_CELL, *cells.nearest(vector)]}
 
     def _exact(
         self, cur: Any, collection: Collection, where: sql.Composable, params: dict[str, Any]

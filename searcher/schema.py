@@ -12,6 +12,10 @@ logger = logging.getLogger(__name__)
 CATALOG_SCHEMA = "imgsearch"
 DATA_SCHEMA = "imgsearch_data"
 
+# The cell (searcher.cells) of a row written without centroids for its segment: a search
+# always scans it.
+NO_CELL = -1
+
 # Any constant works as long as every searcher uses the same one.
 MIGRATION_LOCK_KEY = 0x1A65EA4C4
 
@@ -83,6 +87,42 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                         'DEFAULT 0', collection.name);
                     EXECUTE format('CREATE INDEX %I ON {DATA_SCHEMA}.%I (segment)',
                         'segment_' || md5(collection.name), collection.name);
+                END LOOP;
+            END $$
+            """,
+        ],
+    ),
+    (
+        4,
+        "coarse cells for fresh rows: a search scans the fresh rows near its query, not all",
+        [
+            f"""
+            ALTER TABLE {CATALOG_SCHEMA}.collections
+                ADD COLUMN cells_segment integer NOT NULL DEFAULT 0
+            """,
+            f"""
+            CREATE TABLE {CATALOG_SCHEMA}.fresh_cells (
+                collection text NOT NULL REFERENCES {CATALOG_SCHEMA}.collections (name)
+                    ON DELETE CASCADE,
+                segment integer NOT NULL,
+                centroids bytea NOT NULL,  -- float32 (cells, dim), little-endian
+                probes integer NOT NULL,  -- how many of its nearest cells a search scans
+                PRIMARY KEY (collection, segment)
+            )
+            """,
+            # The (segment) index of migration 3 becomes (segment, cell): it serves both.
+            f"""
+            DO $$
+            DECLARE collection record;
+            BEGIN
+                FOR collection IN SELECT name FROM {CATALOG_SCHEMA}.collections LOOP
+                    EXECUTE format(
+                        'ALTER TABLE {DATA_SCHEMA}.%I ADD COLUMN cell integer NOT NULL '
+                        'DEFAULT {NO_CELL}', collection.name);
+                    EXECUTE format('CREATE INDEX %I ON {DATA_SCHEMA}.%I (segment, cell)',
+                        'fresh_' || md5(collection.name), collection.name);
+                    EXECUTE format('DROP INDEX IF EXISTS {DATA_SCHEMA}.%I',
+                        'segment_' || md5(collection.name));
                 END LOOP;
             END $$
             """,

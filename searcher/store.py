@@ -21,6 +21,7 @@ from imgsearch.errors import ImageSearchError, InvalidArgument
 from imgsearch.names import check_collection_name
 from imgsearch.records import DuplicateGroup, Hit
 from searcher.catalogue import DEFAULT_DIM, Catalogue, Collection, IndexKind, Metric
+from searcher.cells import CellStore
 from searcher.duplicates import DuplicateFinder, Progress
 from searcher.indexes import IndexBuilder
 from searcher.items import Items
@@ -62,12 +63,14 @@ class VectorStore:
         self.pgvector_version = ""
         self.citus_version = ""  # set when the database is a Citus cluster
         self.catalogue = Catalogue(pool, create_default=self._create_default)
+        self.cells = CellStore()
         self.builder = IndexBuilder(
-            pool, self.catalogue, maintenance_work_mem=settings.maintenance_work_mem
+            pool, self.catalogue, self.cells, maintenance_work_mem=settings.maintenance_work_mem
         )
-        self.loader = Loader(pool, self.builder, self.limits)
+        self.loader = Loader(pool, self.builder, self.cells, self.limits)
         self.queries = Queries(
             pool,
+            self.cells,
             default_ef_search=settings.default_ef_search,
             exact_filter_rows=settings.exact_filter_rows,
         )

@@ -27,9 +27,10 @@ ROLES_SQL = [
     "CREATE ROLE imgsearch_reader LOGIN",
     "GRANT USAGE ON SCHEMA imgsearch, imgsearch_data TO imgsearch_app, imgsearch_reader",
     "GRANT CREATE ON SCHEMA imgsearch_data TO imgsearch_app",
-    "GRANT SELECT, INSERT, UPDATE, DELETE ON imgsearch.collections TO imgsearch_app",
-    "GRANT SELECT ON imgsearch.collections, public.imgsearch_schema_migrations "
-    "TO imgsearch_app, imgsearch_reader",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON imgsearch.collections, imgsearch.fresh_cells "
+    "TO imgsearch_app",
+    "GRANT SELECT ON imgsearch.collections, imgsearch.fresh_cells, "
+    "public.imgsearch_schema_migrations TO imgsearch_app, imgsearch_reader",
     "ALTER DEFAULT PRIVILEGES FOR ROLE imgsearch_app IN SCHEMA imgsearch_data "
     "GRANT SELECT ON TABLES TO imgsearch_reader",
 ]
@@ -58,12 +59,13 @@ def test_the_run_time_role_and_a_read_only_role_work_with_least_privilege(
     roles_database: str,
 ) -> None:
     app = SearcherConfig(address="127.0.0.1:0", dsn=_as(roles_database, "imgsearch_app"))
-    data = np.random.default_rng(0).random((40, 3), dtype=np.float32)
+    # Enough rows for the build to fit cells for the fresh rows: the reader reads them too.
+    data = np.random.default_rng(0).random((1500, 3), dtype=np.float32)
     with Searcher(app) as searcher:
         channel, stub = searcher_stub(searcher.port)
         with channel:
             stub.CreateCollection(spb.CreateCollectionRequest(name="roles", dim=3), timeout=30)
-            stub.Upsert(upsert_messages("roles", data, per_message=20), timeout=30)
+            stub.Upsert(upsert_messages("roles", data, per_message=500), timeout=60)
             hits = stub.Search(spb.SearchRequest(collection="roles", id=5, top_k=1), timeout=10)
             assert hits.hits[0].id == 5
     reader = SearcherConfig(address="127.0.0.1:0", dsn=_as(roles_database, "imgsearch_reader"))

@@ -151,8 +151,8 @@ def test_recall_counts_ties_as_found() -> None:
 
 
 def _as_id_vector_copy(full_rows: bytes, dim: int) -> bytes:
-    """Re-encode (id, label, uri, attributes, embedding, segment) COPY rows as (id, embedding) rows,
-    the shape of the COPY that ExactNeighbours reads."""
+    """Re-encode (id, label, uri, attributes, embedding, segment, cell) COPY rows as (id,
+    embedding) rows, the shape of the COPY that ExactNeighbours reads."""
     import struct
 
     out = io.BytesIO()

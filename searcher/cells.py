@@ -1,0 +1,252 @@
+"""Coarse cells for the fresh rows: an interim IVF (Milvus's index for its growing segments).
+
+Rows added to an indexed collection stay off its graph until folded in, and a search scans them
+exactly. That scan grows with them (~1 ms per 1,000 rows of 1000-d), so each fresh row also
+carries a cell: the nearest of a few hundred centroids fitted on the collection's rows when its
+index was built. A search scans only the fresh rows of the cells nearest to its query: as many
+as held 99% of the true neighbours when the cells were fitted (measured on the sample), so it
+misses a few at cell borders, as an index walk does.
+
+One set of centroids serves the rows of one segment: the one writers fill after the build that
+fitted it. Every other fresh segment (rows written before, by a writer whose catalogue view was
+older) is scanned whole, so a writer and a searcher that disagree on the current set lose
+nothing: a row's cell is only ever read against the set it was assigned with.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from psycopg2 import errors as pg_errors
+from psycopg2 import sql
+
+from searcher.catalogue import Collection, Metric
+from searcher.pgvector_io import decode_binary_copy_ids_vectors
+from searcher.schema import CATALOG_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+# Below this many rows a full scan of the fresh ones (at most a quarter of the indexed rows
+# before a build takes them in) costs under ~0.3 ms: no cells.
+MIN_ROWS = 1024
+MAX_CELLS = 256
+SAMPLE_ROWS = 64 * MAX_CELLS  # k-means on more rows moves the centroids little
+ITERATIONS = 10
+# A search scans the fresh rows of as many of its nearest cells as hold this share of its true
+# neighbours, measured on the sample when the cells are fitted (fresh rows are at most a fifth
+# of a collection, so they cost the whole search under 0.2% of its recall), and at least 4.
+NEIGHBOURS_IN_PROBES = 0.99
+MIN_PROBES = 4
+CALIBRATION_QUERIES = 256
+CALIBRATION_K = 10
+
+
+def cell_count(rows: int) -> int:
+    """How many cells for a collection of `rows`: ~sqrt(rows) (IVF's rule), 16 to 256; 0 (no
+    cells) below MIN_ROWS."""
+    if rows < MIN_ROWS:
+        return 0
+    return max(16, min(MAX_CELLS, math.isqrt(rows)))
+
+
+@dataclass(frozen=True)
+class Cells:
+    """A fitted set of centroids and the rule that assigns a vector its cell: the nearest
+    centroid under the collection's metric (cosine: directions only)."""
+
+    centroids: np.ndarray  # float32 (cells, dim); unit length for cosine
+    metric: Metric
+    probes: int = MIN_PROBES  # how many of its nearest cells a search scans
+
+    def _scores(self, vectors: np.ndarray) -> np.ndarray:
+        """Lower is nearer, one column per centroid."""
+        products = np.asarray(vectors, dtype=np.float32) @ self.centroids.T
+        if self.metric is Metric.L2:
+            return np.einsum("ij,ij->i", self.centroids, self.centroids)[None, :] - 2 * products
+        return -products  # cosine (unit centroids) and inner product: the largest product
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """Each vector's cell."""
+        return np.asarray(self._scores(np.atleast_2d(vectors)).argmin(axis=1), dtype=np.int32)
+
+    def nearest(self, vector: np.ndarray) -> list[int]:
+        """The cells a search for `vector` scans, its own cell first."""
+        scores = self._scores(np.atleast_2d(vector))[0]
+        order = np.argsort(scores, kind="stable")[: self.probes]
+        return [int(cell) for cell in order]
+
+
+def fit(sample: np.ndarray, metric: Metric, cells: int, *, seed: int = 0) -> np.ndarray:
+    """Centroids by Lloyd's k-means on `sample` (spherical for cosine): the float32 (cells,
+    dim) array Cells takes."""
+    rows = np.asarray(sample, dtype=np.float32)
+    if metric is Metric.COSINE:
+        rows = _unit(rows)
+    rng = np.random.default_rng(seed)
+    centroids = rows[rng.choice(len(rows), size=cells, replace=False)].copy()
+    for _ in range(ITERATIONS):
+        assigned = Cells(centroids, Metric.L2).assign(rows)
+        order = np.argsort(assigned, kind="stable")
+        members, starts = np.unique(assigned[order], return_index=True)
+        sums = np.add.reduceat(rows[order].astype(np.float64), starts, axis=0)
+        counts = np.diff(np.append(starts, len(rows)))
+        # A cell left empty keeps its centroid (a sampled row): never NaN.
+        centroids[members] = (sums / counts[:, None]).astype(np.float32)
+        if metric is Metric.COSINE:
+            centroids = _unit(centroids)
+    return centroids
+
+
+def calibrated(cells: Cells, sample: np.ndarray, *, seed: int = 0) -> Cells:
+    """`cells` with the fewest probes that reach NEIGHBOURS_IN_PROBES on `sample`: each of a
+    few sampled rows searched for its CALIBRATION_K nearest among the others, and the rank of
+    each neighbour's cell among the query's cells taken."""
+    rows = np.asarray(sample, dtype=np.float32)
+    count = min(CALIBRATION_QUERIES, len(rows) - 1)
+    if count < 1:
+        return cells
+    picked = np.random.default_rng(seed).choice(len(rows), count, replace=False)
+    distances = _distances(rows[picked], rows, cells.metric)
+    distances[np.arange(count), picked] = np.inf  # a query is not its own neighbour
+    k = min(CALIBRATION_K, len(rows) - 1)
+    neighbours = np.argpartition(distances, k - 1, axis=1)[:, :k]
+    # The rank of each neighbour's cell among its query's cells, nearest first.
+    order = np.argsort(cells._scores(rows[picked]), axis=1, kind="stable")
+    rank_of_cell = np.empty_like(order)
+    np.put_along_axis(rank_of_cell, order, np.arange(order.shape[1])[None, :], axis=1)
+    ranks = np.take_along_axis(rank_of_cell, cells.assign(rows)[neighbours], axis=1)
+    needed = int(np.quantile(ranks, NEIGHBOURS_IN_PROBES, method="higher")) + 1
+    return replace(cells, probes=min(len(cells.centroids), max(MIN_PROBES, needed)))
+
+
+def _distances(queries: np.ndarray, rows: np.ndarray, metric: Metric) -> np.ndarray:
+    """(queries, rows) distances under the metric, up to a per-query constant for L2."""
+    products = queries.astype(np.float64) @ rows.T.astype(np.float64)
+    if metric is Metric.L2:
+        return np.einsum("ij,ij->i", rows, rows).astype(np.float64)[None, :] - 2 * products
+    if metric is Metric.COSINE:
+        norms = np.maximum(np.linalg.norm(rows, axis=1), 1e-30).astype(np.float64)
+        return -products / norms[None, :]
+    return -products
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.asarray(vectors / np.maximum(norms, 1e-30), dtype=np.float32)
+
+
+class CellStore:
+    """Fits, stores and reads back each collection's centroids (table fresh_cells, one row per
+    collection and segment); read ones are kept, since a stored set never changes."""
+
+    def __init__(self) -> None:
+        # The last set read for each collection (1 MB at 256 × 1000-d), by what identifies it.
+        self._cache: dict[str, tuple[tuple[datetime | None, int], Cells | None]] = {}
+        self._lock = threading.Lock()
+
+    def fit_for(self, cur: Any, collection: Collection, segment: int) -> bool:
+        """Fit centroids on a sample of the collection's rows and store them for `segment`
+        (inside the caller's transaction); False when the collection is too small for cells."""
+        rows = _row_estimate(cur, collection)
+        cells = cell_count(rows)
+        if not cells:
+            return False
+        started = time.monotonic()
+        sample = _sample(cur, collection, rows, seed=segment)
+        if len(sample) < cells:
+            return False
+        fitted = Cells(fit(sample, collection.metric, cells, seed=segment), collection.metric)
+        fitted = calibrated(fitted, sample, seed=segment)
+        cur.execute(
+            f"INSERT INTO {CATALOG_SCHEMA}.fresh_cells (collection, segment, centroids, probes) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (collection, segment) "
+            "DO UPDATE SET centroids = EXCLUDED.centroids, probes = EXCLUDED.probes",
+            (collection.name, segment, fitted.centroids.astype("<f4").tobytes(), fitted.probes),
+        )
+        logger.info(
+            "%s: fresh rows in %d cells, a search scanning %d, fitted on %d rows in %.1f s",
+            collection.name,
+            cells,
+            fitted.probes,
+            len(sample),
+            time.monotonic() - started,
+        )
+        return True
+
+    def forget_before(self, cur: Any, collection: Collection, segment: int) -> None:
+        """Drop the centroids of segments below `segment`: their rows are in the index. (A
+        searcher whose view is older and no longer finds them scans those rows whole.)"""
+        cur.execute(
+            f"DELETE FROM {CATALOG_SCHEMA}.fresh_cells WHERE collection = %s AND segment < %s",
+            (collection.name, segment),
+        )
+
+    def of(self, pool: Any, collection: Collection) -> Cells | None:
+        """The cells of the collection's cells_segment, or None (none fitted, or gone)."""
+        if not collection.cells_segment:
+            return None
+        key = (collection.created_at, collection.cells_segment)
+        with self._lock:
+            cached = self._cache.get(collection.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            with pool.connection() as conn, conn, conn.cursor() as cur:
+                cur.execute(
+                    f"SELECT centroids, probes FROM {CATALOG_SCHEMA}.fresh_cells "
+                    "WHERE collection = %s AND segment = %s",
+                    (collection.name, collection.cells_segment),
+                )
+                row = cur.fetchone()
+        except pg_errors.InsufficientPrivilege:
+            # A role granted before cells existed: searches stay exact, scanning every fresh row.
+            logger.warning(
+                "%s: this database role may not read %s.fresh_cells (see README, Database "
+                "roles): every fresh row is scanned",
+                collection.name,
+                CATALOG_SCHEMA,
+            )
+            row = None
+        cells = None
+        if row is not None:
+            centroids = np.frombuffer(bytes(row[0]), dtype="<f4").reshape(-1, collection.dim)
+            cells = Cells(centroids.astype(np.float32), collection.metric, probes=row[1])
+        with self._lock:
+            self._cache[collection.name] = (key, cells)
+        return cells
+
+
+def _row_estimate(cur: Any, collection: Collection) -> int:
+    """The planner's row count when the table has been analysed (a count of a million 4 KB
+    rows reads gigabytes), else a count."""
+    cur.execute(
+        "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (collection.qualified_table,)
+    )
+    row = cur.fetchone()
+    if row is not None and row[0] is not None and row[0] > 0:
+        return int(row[0])
+    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
+    rows: int = cur.fetchone()[0]
+    return rows
+
+
+def _sample(cur: Any, collection: Collection, rows: int, *, seed: int) -> np.ndarray:
+    share = min(100.0, 100.0 * 1.5 * SAMPLE_ROWS / max(rows, 1))
+    picked = io.BytesIO()
+    cur.copy_expert(
+        sql.SQL(
+            "COPY (SELECT id, embedding FROM {} TABLESAMPLE BERNOULLI ({}) REPEATABLE ({}) "
+            "LIMIT {}) TO STDOUT (FORMAT binary)"
+        ).format(collection.table, sql.Literal(share), sql.Literal(seed), sql.Literal(SAMPLE_ROWS)),
+        picked,
+    )
+    _, vectors = decode_binary_copy_ids_vectors(picked.getvalue(), collection.dim)
+    return vectors
