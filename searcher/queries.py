@@ -274,12 +274,20 @@ class Queries:
         if cells is None:
             where, _ = filter.where(collection.fresh)
             return sql.SQL("SELECT * FROM {} {} OFFSET 0").format(collection.table, where), {}
-        in_cells = sql.Literal(collection.cells_segment)
+        # Three ranges of the (segment, cell) index, each read alone: fresh segments below the
+        # one with cells, above it (rows whose writer saw a later build), and its chosen cells.
+        indexed, in_cells = collection.index_segment, collection.cells_segment
         rows = sql.SQL(
-            "(SELECT * FROM {table} WHERE {fresh} AND segment <> {in_cells} OFFSET 0) UNION ALL "
-            "(SELECT * FROM {table} WHERE {fresh} AND segment = {in_cells} "
+            "(SELECT * FROM {table} WHERE segment > {indexed} AND segment < {in_cells} OFFSET 0) "
+            "UNION ALL (SELECT * FROM {table} WHERE segment > {above} OFFSET 0) "
+            "UNION ALL (SELECT * FROM {table} WHERE segment = {in_cells} AND segment > {indexed} "
             "AND cell = ANY(%(cells)s) OFFSET 0)"
-        ).format(table=collection.table, fresh=collection.fresh, in_cells=in_cells)
+        ).format(
+            table=collection.table,
+            indexed=sql.Literal(indexed),
+            in_cells=sql.Literal(in_cells),
+            above=sql.Literal(max(indexed, in_cells)),
+        )
         return rows, {"cells": [NO_CELL, *cells.nearest(vector)]}
 
     def _exact(
