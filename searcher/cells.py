@@ -15,6 +15,7 @@ nothing: a row's cell is only ever read against the set it was assigned with.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -66,11 +67,15 @@ class Cells:
     metric: Metric
     probes: int = MIN_PROBES  # how many of its nearest cells a search scans
 
+    @functools.cached_property
+    def _squared_norms(self) -> np.ndarray:
+        return np.einsum("ij,ij->i", self.centroids, self.centroids)
+
     def _scores(self, vectors: np.ndarray) -> np.ndarray:
         """Lower is nearer, one column per centroid."""
         products = np.asarray(vectors, dtype=np.float32) @ self.centroids.T
         if self.metric is Metric.L2:
-            return np.einsum("ij,ij->i", self.centroids, self.centroids)[None, :] - 2 * products
+            return self._squared_norms[None, :] - 2 * products
         return -products  # cosine (unit centroids) and inner product: the largest product
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
@@ -80,8 +85,8 @@ class Cells:
     def nearest(self, vector: np.ndarray) -> list[int]:
         """The cells a search for `vector` scans, its own cell first."""
         scores = self._scores(np.atleast_2d(vector))[0]
-        order = np.argsort(scores, kind="stable")[: self.probes]
-        return [int(cell) for cell in order]
+        nearest = np.argpartition(scores, self.probes - 1)[: self.probes]
+        return [int(cell) for cell in nearest[np.argsort(scores[nearest], kind="stable")]]
 
 
 def fit(sample: np.ndarray, metric: Metric, cells: int, *, seed: int = 0) -> np.ndarray:

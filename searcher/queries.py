@@ -274,15 +274,18 @@ class Queries:
         if cells is None:
             where, _ = filter.where(collection.fresh)
             return sql.SQL("SELECT * FROM {} {} OFFSET 0").format(collection.table, where), {}
-        # Three ranges of the (segment, cell) index, each read alone: fresh segments below the
-        # one with cells, above it (rows whose writer saw a later build), and its chosen cells.
+        # Ranges of the (segment, cell) index, each read alone: the chosen cells of the segment
+        # with cells, any fresh segment above it (rows whose writer saw a later build), and any
+        # below it (none but while a build runs: writers fill the segment with cells).
         indexed, in_cells = collection.index_segment, collection.cells_segment
-        rows = sql.SQL(
-            "(SELECT * FROM {table} WHERE segment > {indexed} AND segment < {in_cells} OFFSET 0) "
-            "UNION ALL (SELECT * FROM {table} WHERE segment > {above} OFFSET 0) "
-            "UNION ALL (SELECT * FROM {table} WHERE segment = {in_cells} AND segment > {indexed} "
-            "AND cell = ANY(%(cells)s) OFFSET 0)"
-        ).format(
+        parts = [
+            "SELECT * FROM {table} WHERE segment = {in_cells} AND segment > {indexed} "
+            "AND cell = ANY(%(cells)s)",
+            "SELECT * FROM {table} WHERE segment > {above}",
+        ]
+        if in_cells > indexed + 1:
+            parts.append("SELECT * FROM {table} WHERE segment > {indexed} AND segment < {in_cells}")
+        rows = sql.SQL(" UNION ALL ".join(f"({part} OFFSET 0)" for part in parts)).format(
             table=collection.table,
             indexed=sql.Literal(indexed),
             in_cells=sql.Literal(in_cells),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +170,11 @@ def test_views_of_the_catalogue_older_than_a_build_lose_no_fresh_row(
         # ...one that has, with the new ones; a searcher still holding the old view reads both.
         new = _data(50, seed=21)
         stub.Upsert(upsert_messages(name, new, first_id=30_000))
+        # And the view while a build runs: writers are on the segment with the new cells, the
+        # segment it seals is not yet indexed.
+        building = replace(after, index_segment=before.index_segment)
         effort = Effort(ef_search=40, candidates=0)
-        for view in (before, after):
+        for view in (before, building, after):
             for first_id, rows in ((20_000, late), (30_000, new)):
                 for offset in (0, len(rows) - 1):
                     result, _ = store.queries.nearest(
