@@ -105,6 +105,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 collection text NOT NULL REFERENCES {CATALOG_SCHEMA}.collections (name)
                     ON DELETE CASCADE,
                 segment integer NOT NULL,
+                centre bytea NOT NULL,  -- float32 (dim), little-endian
                 centroids bytea NOT NULL,  -- float32 (cells, dim), little-endian
                 probes integer NOT NULL,  -- how many of its nearest cells a search scans
                 PRIMARY KEY (collection, segment)

@@ -21,7 +21,7 @@ from psycopg2 import sql
 
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher.catalogue import Metric
-from searcher.cells import MIN_PROBES, MIN_ROWS, Cells, calibrated, cell_count, fit
+from searcher.cells import MIN_PROBES, MIN_ROWS, calibrated, cell_count, fit
 from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
 from searcher.pgvector_io import Item
@@ -50,7 +50,7 @@ def _data(rows: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("metric", list(Metric))
 def test_a_vector_is_assigned_the_cell_its_own_search_scans_first(metric: Metric) -> None:
     data = _data(3000, seed=1)
-    cells = calibrated(Cells(fit(data[:2000], metric, cell_count(2000)), metric), data[:2000])
+    cells = calibrated(fit(data[:2000], metric, cell_count(2000)), data[:2000])
     assert len(cells.centroids) == 44 and np.isfinite(cells.centroids).all()
     assigned = cells.assign(data)
     assert [cells.nearest(row)[0] for row in data[::10]] == assigned[::10].tolist()
@@ -62,9 +62,9 @@ def test_calibration_scans_as_many_cells_as_the_true_neighbours_need() -> None:
     """Rows spread evenly (no clusters to follow) need many cells to hold their neighbours;
     clustered rows few."""
     spread = np.random.default_rng(2).normal(size=(2000, DIM)).astype(np.float32)
-    even = calibrated(Cells(fit(spread, Metric.L2, 44), Metric.L2), spread)
+    even = calibrated(fit(spread, Metric.L2, 44), spread)
     clustered = _data(2000, seed=1)
-    few = calibrated(Cells(fit(clustered, Metric.L2, 44), Metric.L2), clustered)
+    few = calibrated(fit(clustered, Metric.L2, 44), clustered)
     assert few.probes < 22 < even.probes
 
 
@@ -76,8 +76,8 @@ def test_cells_start_at_min_rows_and_stay_few() -> None:
 
 def test_a_sample_with_fewer_distinct_rows_than_cells_leaves_no_centroid_undefined() -> None:
     sample = np.repeat(np.eye(3, DIM, dtype=np.float32), 10, axis=0)
-    centroids = fit(sample, Metric.L2, 16)
-    assert centroids.shape == (16, DIM) and np.isfinite(centroids).all()
+    cells = fit(sample, Metric.L2, 16)
+    assert cells.centroids.shape == (16, DIM) and np.isfinite(cells.centroids).all()
 
 
 @pytest.fixture(scope="module", params=ENGINES)
