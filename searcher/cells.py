@@ -160,13 +160,19 @@ class CellStore:
 
     def fit_for(self, cur: Any, collection: Collection, segment: int) -> bool:
         """Fit centroids on a sample of the collection's rows and store them for `segment`
-        (inside the caller's transaction); False when the collection is too small for cells."""
-        rows = _row_estimate(cur, collection)
-        cells = cell_count(rows)
-        if not cells:
-            return False
-        started = time.monotonic()
-        sample = _sample(cur, collection, rows, seed=segment)
+        (with the caller's cursor); False when the collection is too small for cells."""
+        # Reading a sample reads the whole table: off the request path, like the build itself,
+        # it runs without the statement time limit.
+        cur.execute("SET statement_timeout = 0")
+        try:
+            rows = _row_estimate(cur, collection)
+            cells = cell_count(rows)
+            if not cells:
+                return False
+            started = time.monotonic()
+            sample = _sample(cur, collection, rows, seed=segment)
+        finally:
+            cur.execute("RESET statement_timeout")
         if len(sample) < cells:
             return False
         fitted = calibrated(fit(sample, collection.metric, cells, seed=segment), sample)
