@@ -26,6 +26,8 @@ RESERVED_FOR_REQUESTS = 2
 # backend busy, so more than the cores only queue; and no more than 4, leaving the rest of the
 # pool to other bulk work.
 BULK_WORKERS = min(os.cpu_count() or 1, 4)
+# The nice value of the embedded server's backends doing bulk work (nice(1)'s default).
+BULK_NICE = 10
 
 
 class ConnectionPool:
@@ -45,8 +47,15 @@ class ConnectionPool:
         wait_s: float = 30.0,
         connect_timeout_s: int = 5,
         statement_timeout_ms: int = 30_000,
+        bulk_nice: int = 0,
     ) -> None:
         self.dsn = dsn
+        # PostgreSQL has no priorities, but its backends are processes: where the server runs
+        # on this machine (the embedded one), the backends of bulk connections run at this
+        # nice value, so that searches' backends win the cores while an import, a fold or a
+        # duplicate scan runs. Those connections are kept apart, never lent to a search.
+        self.bulk_nice = bulk_nice
+        self._idle_bulk: list[Any] = []
         self._wait_s = wait_s
         self._connect_kwargs: dict[str, Any] = {
             "connect_timeout": connect_timeout_s,
@@ -63,8 +72,10 @@ class ConnectionPool:
         self._closed = False
         self._unregistered: set[int] = set()  # ids of connections without the vector types
 
-    def _connect(self) -> Any:
+    def _connect(self, *, niced: bool = False) -> Any:
         conn = psycopg2.connect(self.dsn, **self._connect_kwargs)
+        if niced:
+            self._renice_backend(conn)
         try:
             register_vector(conn)
         except psycopg2.ProgrammingError:
@@ -76,6 +87,20 @@ class ConnectionPool:
         conn.rollback()
         return conn
 
+    def _renice_backend(self, conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid: int = cur.fetchone()[0]
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, self.bulk_nice)
+        except OSError as exc:  # not ours to renice (another user's server, another machine)
+            logger.warning(
+                "cannot lower the priority of the database's bulk backends (%s): bulk work "
+                "competes with searches at equal priority",
+                exc,
+            )
+            self.bulk_nice = 0
+
     @contextlib.contextmanager
     def connection(self, *, bulk: bool = False) -> Iterator[Any]:
         """A connection for one unit of work; database failures leave as imgsearch errors.
@@ -86,11 +111,18 @@ class ConnectionPool:
                     f"no database connection free for bulk work after {self._wait_s:.0f} s"
                 ) from None
             try:
-                with self.connection() as conn:
+                with self._lend(niced=self.bulk_nice > 0) as conn:
                     yield conn
             finally:
                 self._bulk_slots.release()
             return
+        with self._lend(niced=False) as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _lend(self, *, niced: bool) -> Iterator[Any]:
+        """A connection from the niced (bulk) or the plain idle list, or a new one."""
+        idle = self._idle_bulk if niced else self._idle
         if not self._slots.acquire(timeout=self._wait_s):
             raise Unavailable(f"no database connection free after {self._wait_s:.0f} s") from None
         with self._lock:
@@ -99,9 +131,9 @@ class ConnectionPool:
         try:
             with translate_database_errors():
                 with self._lock:
-                    conn = self._idle.pop() if self._idle else None
+                    conn = idle.pop() if idle else None
                 if conn is None:
-                    conn = self._connect()
+                    conn = self._connect(niced=niced)
                 yield conn
                 if conn.status != psycopg2.extensions.STATUS_READY:
                     conn.rollback()
@@ -121,7 +153,7 @@ class ConnectionPool:
                         self._unregistered.discard(id(conn))
                         conn.close()
                     else:
-                        self._idle.append(conn)
+                        idle.append(conn)
             with self._lock:
                 self.in_use -= 1
             self._slots.release()
@@ -139,7 +171,7 @@ class ConnectionPool:
 
     def _drop_idle(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle, self._idle_bulk = self._idle + self._idle_bulk, [], []
         for conn in idle:
             conn.close()
 

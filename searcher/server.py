@@ -16,7 +16,7 @@ from imgsearch.v1 import searcher_pb2, searcher_pb2_grpc
 from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
 from searcher.metrics import SearcherMetrics
-from searcher.pool import ConnectionPool
+from searcher.pool import BULK_NICE, ConnectionPool
 from searcher.service import WRITE_METHODS, SearcherServicer
 from searcher.settings import StoreSettings
 from searcher.store import VectorStore
@@ -147,7 +147,11 @@ class Searcher:
             self._embedded = EmbeddedPostgres(config.resolved_data_dir())
             dsn = self._embedded.start()
         pool = ConnectionPool(
-            dsn, max_size=config.pool_size, statement_timeout_ms=config.statement_timeout_ms
+            dsn,
+            max_size=config.pool_size,
+            statement_timeout_ms=config.statement_timeout_ms,
+            # The embedded server's backends are processes of this machine: bulk work yields.
+            bulk_nice=BULK_NICE if self._embedded is not None else 0,
         )
         self.store = VectorStore(pool, settings)
         self.metrics = SearcherMetrics(CollectorRegistry(), pool)

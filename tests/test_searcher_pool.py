@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 
 from imgsearch.errors import Unavailable
-from searcher.pool import RESERVED_FOR_REQUESTS, ConnectionPool
+from searcher.pool import BULK_NICE, RESERVED_FOR_REQUESTS, ConnectionPool
 
 
 def test_a_search_finds_a_connection_while_bulk_work_holds_all_it_may(postgres_dsn: str) -> None:
@@ -43,3 +44,29 @@ def test_a_pool_of_one_still_lets_bulk_work_run(postgres_dsn: str) -> None:
             cur.execute("SELECT 1")
     finally:
         pool.close()
+
+
+def test_bulk_work_runs_on_backends_of_lower_priority_never_lent_to_searches(
+    postgres_dsn: str,
+) -> None:
+    pool = ConnectionPool(postgres_dsn, max_size=4, bulk_nice=BULK_NICE)
+    try:
+        with pool.connection(bulk=True) as bulk:
+            bulk_pid = _backend_pid(bulk)
+        with pool.connection() as plain:
+            plain_pid = _backend_pid(plain)
+        assert plain_pid != bulk_pid  # the idle bulk connection is not lent to a search
+        assert os.getpriority(os.PRIO_PROCESS, bulk_pid) == BULK_NICE
+        assert os.getpriority(os.PRIO_PROCESS, plain_pid) < BULK_NICE
+        with pool.connection(bulk=True) as again:
+            assert _backend_pid(again) == bulk_pid  # and is kept for bulk work
+    finally:
+        pool.close()
+
+
+def _backend_pid(conn) -> int:  # type: ignore[no-untyped-def]
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid: int = cur.fetchone()[0]
+    conn.rollback()
+    return pid
