@@ -107,6 +107,8 @@ def collection_stats(response: searcher_pb2.GetStatsResponse) -> records.Collect
         settings=dict(response.settings),
         live_recall=response.live_recall if response.HasField("live_recall") else None,
         fresh_rows=response.fresh_rows,
+        fresh_cells=response.fresh_cells,
+        fresh_cells_searched=response.fresh_cells_searched,
     )
 
 

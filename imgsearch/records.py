@@ -177,3 +177,5 @@ class CollectionStats:
     settings: dict[str, str]
     live_recall: float | None  # over the last shadow queries of the searcher that answered
     fresh_rows: int = 0  # not in the index yet (added since its build): searched exactly
+    fresh_cells: int = 0  # the cells they are sorted into; 0: none, every one is scanned
+    fresh_cells_searched: int = 0  # how many of its query's nearest cells a search scans

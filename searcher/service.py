@@ -274,6 +274,8 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             live_recall=stats.live_recall,
             settings=stats.settings,
             fresh_rows=stats.fresh_rows,
+            fresh_cells=stats.fresh_cells,
+            fresh_cells_searched=stats.fresh_cells_searched,
         )
 
     @map_stream_errors

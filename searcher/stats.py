@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from searcher.catalogue import INDEX_IS_VALID, Collection
+from searcher.cells import Cells
 from searcher.pool import ConnectionPool
 
 REPORTED_SETTINGS = (
@@ -32,6 +33,8 @@ class Stats:
     settings: dict[str, str]
     live_recall: float | None  # over the last shadow queries of this searcher
     fresh_rows: int  # not in the index yet: searched exactly until folded in
+    fresh_cells: int  # the cells they are sorted into (searcher.cells); 0: none
+    fresh_cells_searched: int  # how many of its query's nearest cells a search scans
 
 
 def collection_stats(
@@ -40,6 +43,7 @@ def collection_stats(
     *,
     versions: tuple[str, str],
     live_recall: float | None,
+    cells: Cells | None,
 ) -> Stats:
     """The collection's stats; `versions`: (PostgreSQL, pgvector) as the store detected them."""
     with pool.connection() as conn, conn, conn.cursor() as cur:
@@ -67,4 +71,6 @@ def collection_stats(
         settings=settings,
         live_recall=live_recall,
         fresh_rows=fresh_rows if has_index else rows,
+        fresh_cells=len(cells.centroids) if cells is not None else 0,
+        fresh_cells_searched=cells.probes if cells is not None else 0,
     )

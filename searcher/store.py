@@ -370,4 +370,5 @@ class VectorStore:
             collection,
             versions=(self.postgres_version, self.pgvector_version),
             live_recall=self.shadow.recall(collection.name),
+            cells=self.cells.of(self.pool, collection),
         )

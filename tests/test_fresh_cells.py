@@ -19,6 +19,8 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
+from imgsearch._convert import collection_stats
+from imgsearch.cli.admin import stats_rows
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher.catalogue import Metric
 from searcher.cells import MIN_PROBES, MIN_ROWS, calibrated, cell_count, fit
@@ -124,6 +126,15 @@ def test_added_rows_carry_cells_and_searches_scan_a_few_cells_yet_find_the_true_
         stub.Upsert(upsert_messages(name, added, first_id=10_000, per_message=50))
         cells = _fresh_cells(searcher, name)
         assert len(cells) == 600 and min(cells) >= 0  # each one in a cell
+        stats = stub.GetStats(pb.GetStatsRequest(collection=name))
+        assert (stats.fresh_rows, stats.fresh_cells) == (600, 44)
+        assert MIN_PROBES <= stats.fresh_cells_searched < 22
+        rows = dict(stats_rows(collection_stats(stats)))["rows"]  # as `imgsearch stats` shows
+        assert rows == (
+            "2600 (600 added since the index was built, searched exactly until folded into it; "
+            f"a search reads those in the {stats.fresh_cells_searched} of 44 cells nearest to "
+            "its query)"
+        )
         collection, _ = searcher.store.catalogue.get(name)
         scanned = _fresh_rows_scanned(searcher, collection, queries[0])
         assert 0 < scanned < 300  # a few cells of 44: not every fresh row

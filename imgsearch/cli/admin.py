@@ -33,10 +33,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def _rows(stats: CollectionStats) -> str:
     if not stats.index_present or not stats.fresh_rows:
         return str(stats.row_count)
-    return (
-        f"{stats.row_count} ({stats.fresh_rows} added since the index was built, searched "
-        "exactly until folded into it)"
-    )
+    searched = "exactly until folded into it"
+    if stats.fresh_cells:
+        searched += (
+            f"; a search reads those in the {stats.fresh_cells_searched} of "
+            f"{stats.fresh_cells} cells nearest to its query"
+        )
+    added = f"{stats.fresh_rows} added since the index was built"
+    return f"{stats.row_count} ({added}, searched {searched})"
 
 
 def stats_rows(stats: CollectionStats) -> list[tuple[str, str]]:

@@ -334,7 +334,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("row_count", "index_present", "index_params", "table_bytes", "index_bytes", "pgvector_version", "postgres_version", "index", "live_recall", "settings", "fresh_rows")
+    __slots__ = ("row_count", "index_present", "index_params", "table_bytes", "index_bytes", "pgvector_version", "postgres_version", "index", "live_recall", "settings", "fresh_rows", "fresh_cells", "fresh_cells_searched")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +353,8 @@ class GetStatsResponse(_message.Message):
     LIVE_RECALL_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     FRESH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    FRESH_CELLS_FIELD_NUMBER: _ClassVar[int]
+    FRESH_CELLS_SEARCHED_FIELD_NUMBER: _ClassVar[int]
     row_count: int
     index_present: bool
     index_params: IndexParams
@@ -364,7 +366,9 @@ class GetStatsResponse(_message.Message):
     live_recall: float
     settings: _containers.ScalarMap[str, str]
     fresh_rows: int
-    def __init__(self, row_count: _Optional[int] = ..., index_present: _Optional[bool] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., table_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., pgvector_version: _Optional[str] = ..., postgres_version: _Optional[str] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ..., live_recall: _Optional[float] = ..., settings: _Optional[_Mapping[str, str]] = ..., fresh_rows: _Optional[int] = ...) -> None: ...
+    fresh_cells: int
+    fresh_cells_searched: int
+    def __init__(self, row_count: _Optional[int] = ..., index_present: _Optional[bool] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., table_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., pgvector_version: _Optional[str] = ..., postgres_version: _Optional[str] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ..., live_recall: _Optional[float] = ..., settings: _Optional[_Mapping[str, str]] = ..., fresh_rows: _Optional[int] = ..., fresh_cells: _Optional[int] = ..., fresh_cells_searched: _Optional[int] = ...) -> None: ...
 
 class FindDuplicatesRequest(_message.Message):
     __slots__ = ("collection", "max_distance", "filter", "limit", "exact")
