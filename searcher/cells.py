@@ -15,7 +15,6 @@ nothing: a row's cell is only ever read against the set it was assigned with.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import threading
@@ -29,7 +28,8 @@ from psycopg2 import errors as pg_errors
 from psycopg2 import sql
 
 from searcher.catalogue import Collection, Metric
-from searcher.pgvector_io import decode_binary_copy_ids_vectors
+from searcher.pgvector_io import copy_sample
+from searcher.pool import ConnectionPool
 from searcher.schema import CATALOG_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,8 @@ class CellStore:
     """Fits, stores and reads back each collection's centroids (table fresh_cells, one row per
     collection and segment); read ones are kept, since a stored set never changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
         # The last set read for each collection (1 MB at 256 × 1000-d), by what identifies it.
         self._cache: dict[str, tuple[tuple[datetime | None, int], Cells | None]] = {}
         self._lock = threading.Lock()
@@ -206,7 +207,7 @@ class CellStore:
             (collection.name, segment),
         )
 
-    def of(self, pool: Any, collection: Collection) -> Cells | None:
+    def of(self, collection: Collection) -> Cells | None:
         """The cells of the collection's cells_segment, or None (none fitted, or gone)."""
         if not collection.cells_segment:
             return None
@@ -216,7 +217,7 @@ class CellStore:
         if cached is not None and cached[0] == key:
             return cached[1]
         try:
-            with pool.connection() as conn, conn, conn.cursor() as cur:
+            with self.pool.connection() as conn, conn, conn.cursor() as cur:
                 cur.execute(
                     f"SELECT centre, centroids, probes FROM {CATALOG_SCHEMA}.fresh_cells "
                     "WHERE collection = %s AND segment = %s",
@@ -258,13 +259,7 @@ def _row_estimate(cur: Any, collection: Collection) -> int:
 
 def _sample(cur: Any, collection: Collection, rows: int, *, seed: int) -> np.ndarray:
     share = min(100.0, 100.0 * 1.5 * SAMPLE_ROWS / max(rows, 1))
-    picked = io.BytesIO()
-    cur.copy_expert(
-        sql.SQL(
-            "COPY (SELECT id, embedding FROM {} TABLESAMPLE BERNOULLI ({}) REPEATABLE ({}) "
-            "LIMIT {}) TO STDOUT (FORMAT binary)"
-        ).format(collection.table, sql.Literal(share), sql.Literal(seed), sql.Literal(SAMPLE_ROWS)),
-        picked,
+    _, vectors = copy_sample(
+        cur, collection.table, collection.dim, share=share, size=SAMPLE_ROWS, seed=seed
     )
-    _, vectors = decode_binary_copy_ids_vectors(picked.getvalue(), collection.dim)
     return vectors

@@ -87,7 +87,7 @@ class Loader:
         """Each item's cell among the centroids of the segment it is written to, if any."""
         if collection.cells_segment != collection.growing_segment:
             return None
-        cells = self.cells.of(self.pool, collection)
+        cells = self.cells.of(collection)
         if cells is None:
             return None
         return cells.assign(np.stack([item.vector for item in items]))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from psycopg2 import sql
 
 from searcher.schema import NO_CELL
 
@@ -57,6 +58,22 @@ def encode_binary_copy(
     out.write(_COPY_TRAILER)
     out.seek(0)
     return out
+
+
+def copy_sample(
+    cur: Any, table: sql.Composable, dim: int, *, share: float, size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of up to `size` rows of `table` drawn at random (each row kept with
+    probability `share` percent, repeatably for `seed`), by one binary COPY."""
+    picked = io.BytesIO()
+    cur.copy_expert(
+        sql.SQL(
+            "COPY (SELECT id, embedding FROM {} TABLESAMPLE BERNOULLI ({}) REPEATABLE ({}) "
+            "LIMIT {}) TO STDOUT (FORMAT binary)"
+        ).format(table, sql.Literal(share), sql.Literal(seed), sql.Literal(size)),
+        picked,
+    )
+    return decode_binary_copy_ids_vectors(picked.getvalue(), dim)
 
 
 def decode_binary_copy_ids_vectors(payload: bytes, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -270,7 +270,7 @@ class Queries:
         nearest cells and every fresh row written without cells (searcher.cells); with a
         filter, every matching one (a filter must keep each match within reach)."""
         # OFFSET 0 keeps each part a scan of its own: no index walk may answer them.
-        cells = None if filter else self.cells.of(self.pool, collection)
+        cells = None if filter else self.cells.of(collection)
         if cells is None:
             where, _ = filter.where(collection.fresh)
             return sql.SQL("SELECT * FROM {} {} OFFSET 0").format(collection.table, where), {}

@@ -9,7 +9,6 @@ held-out queries at 1M rows, bench/RESULTS.md).
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import random
@@ -26,7 +25,7 @@ from imgsearch.records import Hit
 from searcher.catalogue import Collection, Metric
 from searcher.pgvector_io import (
     COPY_HEADER_BYTES,
-    decode_binary_copy_ids_vectors,
+    copy_sample,
     decode_id_vector_rows,
     id_vector_row_bytes,
 )
@@ -181,15 +180,9 @@ def draw_sample(
         if rows <= RECALL_AT:
             return None
         share = min(100.0, 100.0 * 3 * size / rows)
-        picked = io.BytesIO()
-        cur.copy_expert(
-            sql.SQL(
-                "COPY (SELECT id, embedding FROM {} TABLESAMPLE BERNOULLI ({}) REPEATABLE ({}) "
-                "LIMIT {}) TO STDOUT (FORMAT binary)"
-            ).format(collection.table, sql.Literal(share), sql.Literal(seed), sql.Literal(size)),
-            picked,
+        ids, stored = copy_sample(
+            cur, collection.table, collection.dim, share=share, size=size, seed=seed
         )
-        ids, stored = decode_binary_copy_ids_vectors(picked.getvalue(), collection.dim)
         queries = held_out(stored, ids, collection.metric, search, seed)
         exact = ExactNeighbours(
             queries, np.full(len(queries), NO_ID), collection.metric, RECALL_AT, collection.dim

@@ -63,7 +63,7 @@ class VectorStore:
         self.pgvector_version = ""
         self.citus_version = ""  # set when the database is a Citus cluster
         self.catalogue = Catalogue(pool, create_default=self._create_default)
-        self.cells = CellStore()
+        self.cells = CellStore(pool)
         self.builder = IndexBuilder(
             pool, self.catalogue, self.cells, maintenance_work_mem=settings.maintenance_work_mem
         )
@@ -370,5 +370,5 @@ class VectorStore:
             collection,
             versions=(self.postgres_version, self.pgvector_version),
             live_recall=self.shadow.recall(collection.name),
-            cells=self.cells.of(self.pool, collection),
+            cells=self.cells.of(collection),
         )
