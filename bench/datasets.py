@@ -87,12 +87,12 @@ def _cached(name: str, model: str, head: str, first: int, count: int, scenes: in
 
 def picture_tensor(seed: int, scenes: int) -> np.ndarray:
     """Picture `seed` (scene drawn from the seed), preprocessed as the embedder does."""
-    from embedder.model import preprocess
+    from embedder.preprocessing import preprocess
     from tests.images import textured_photo
 
     scene = int(np.random.default_rng(seed).integers(0, scenes))
     size = SIZES[scene % len(SIZES)]
-    return preprocess(textured_photo(seed, size, scene=scene)).numpy()
+    return preprocess(textured_photo(seed, size, scene=scene))
 
 
 def _picture_batches(first: int, count: int, scenes: int, batch: int) -> Iterator[np.ndarray]:
@@ -116,15 +116,13 @@ def _picture_for_pool(args: tuple[int, int]) -> np.ndarray:
 
 
 def _embed(model: str, head: str, first: int, count: int, scenes: int) -> np.ndarray:
-    import torch
-
     from embedder.model import EmbeddingModel, ModelSpec
 
     network = EmbeddingModel(ModelSpec(name=model, weights="random", seed=0, head=head))
     out = np.empty((count, network.info.dim), np.float32)
     done, started = 0, time.monotonic()
     for batch in _picture_batches(first, count, scenes, batch=32):
-        out[done : done + len(batch)] = network.forward(torch.from_numpy(batch))
+        out[done : done + len(batch)] = network.forward(batch)
         done += len(batch)
         if done % 3200 < len(batch) or done == count:
             rate = done / (time.monotonic() - started)

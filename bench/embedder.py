@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 from bench._processes import write_results  # noqa: E402
 from embedder.batcher import BatcherConfig  # noqa: E402
 from embedder.decode import decode_image  # noqa: E402
-from embedder.model import EmbeddingModel, ModelSpec, preprocess, reference_transform  # noqa: E402
+from embedder.model import EmbeddingModel, ModelSpec, reference_transform  # noqa: E402
+from embedder.preprocessing import preprocess  # noqa: E402
 from imgsearch.v1 import embedder_pb2 as pb  # noqa: E402
 from tests.embedder_helpers import embedder_stub  # noqa: E402
 from tests.images import jpeg  # noqa: E402
@@ -78,7 +79,7 @@ def ceiling(data: list[bytes], batch: int, cores: int, seconds: float = 4.0) -> 
     decode_s = (time.perf_counter() - started) / decoded
     model = EmbeddingModel(ModelSpec(weights="random", device="cpu"))
     model.warm_up(batch)
-    x = torch.stack(tensors[:batch])
+    x = np.stack(tensors[:batch])
     model.forward(x)
     forwarded, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -104,7 +105,7 @@ def forward_sweep(cores: int, seconds: float = 2.0) -> dict[str, dict[str, float
         )
         sweep[runtime] = {}
         for batch in (1, 8, 16, 32):
-            x = torch.rand(batch, 3, 224, 224)
+            x = np.random.default_rng(0).random((batch, 3, 224, 224), np.float32)
             model.forward(x)
             done, started = 0, time.perf_counter()
             while time.perf_counter() - started < seconds:

@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from embedder.calibration import calibrate  # noqa: E402
-from embedder.model import EmbeddingModel, GeMHead, ModelSpec, preprocess  # noqa: E402
+from embedder.model import EmbeddingModel, GeMHead, ModelSpec  # noqa: E402
+from embedder.preprocessing import preprocess  # noqa: E402
 from embedder.probes import EDITS  # noqa: E402
 from imgsearch.photos import textured_photo  # noqa: E402
 from searcher.grouping import Neighbours  # noqa: E402
@@ -95,10 +96,10 @@ def _reencoded(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-Forward = Callable[[torch.Tensor], np.ndarray]
+Forward = Callable[[np.ndarray], np.ndarray]
 
 
-Prepare = Callable[[Image.Image], torch.Tensor]
+Prepare = Callable[[Image.Image], np.ndarray]
 
 
 def embed(
@@ -110,7 +111,7 @@ def embed(
         for data in files[start : start + batch]:
             with Image.open(io.BytesIO(data)) as picture:
                 tensors.append(prepare(picture.convert("RGB")))
-        vectors.append(forward(torch.stack(tensors)))
+        vectors.append(forward(np.stack(tensors)))
     return np.concatenate(vectors).astype(np.float64)
 
 
@@ -142,7 +143,7 @@ def load(name: str, head: str, seed: int, variant: str) -> EmbeddingModel:
 
 
 def centred(forward: Forward, centre: np.ndarray) -> Forward:
-    def forward_centred(batch: torch.Tensor) -> np.ndarray:
+    def forward_centred(batch: np.ndarray) -> np.ndarray:
         vectors = forward(batch).astype(np.float64) - centre
         return np.asarray(
             vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -152,8 +153,9 @@ def centred(forward: Forward, centre: np.ndarray) -> Forward:
 
 
 def flip_averaged(forward: Forward) -> Forward:
-    def forward_both(batch: torch.Tensor) -> np.ndarray:
-        vectors = forward(batch).astype(np.float64) + forward(batch.flip(-1)).astype(np.float64)
+    def forward_both(batch: np.ndarray) -> np.ndarray:
+        mirrored = np.ascontiguousarray(batch[..., ::-1])
+        vectors = forward(batch).astype(np.float64) + forward(mirrored).astype(np.float64)
         return np.asarray(
             vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         )

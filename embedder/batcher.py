@@ -27,17 +27,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from PIL import Image
 
 from embedder.decode import DecodeLimits, decode_image
 from embedder.lanes import Lane, LaneQueue
-from embedder.model import preprocess
+from embedder.preprocessing import Prepare, preprocess, stack
 from imgsearch.errors import DeadlineExceeded, ImageSearchError, ResourceExhausted, Unavailable
 
 logger = logging.getLogger(__name__)
 
-Forward = Callable[[torch.Tensor], np.ndarray]
+Forward = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -100,12 +98,12 @@ class BatcherStats:
 @dataclass
 class _Decoding:
     data: bytes
-    future: asyncio.Future[tuple[torch.Tensor, float, float]]
+    future: asyncio.Future[tuple[np.ndarray, float, float]]
 
 
 @dataclass
 class _Pending:
-    tensor: torch.Tensor
+    tensor: np.ndarray
     future: asyncio.Future[np.ndarray]
     admitted: float
     enqueued: float
@@ -118,7 +116,7 @@ class Batcher:
         forward: Forward,
         config: BatcherConfig = BatcherConfig(),
         limits: DecodeLimits | None = None,
-        prepare: Callable[[Image.Image], torch.Tensor] = preprocess,
+        prepare: Prepare = preprocess,
     ) -> None:
         self.forward = forward
         self.prepare = prepare  # decoded picture -> the model's input tensor
@@ -241,7 +239,7 @@ class Batcher:
     ) -> np.ndarray | ImageSearchError:
         loop = asyncio.get_running_loop()
         admitted = loop.time()
-        decoded: asyncio.Future[tuple[torch.Tensor, float, float]] = loop.create_future()
+        decoded: asyncio.Future[tuple[np.ndarray, float, float]] = loop.create_future()
         assert self._decoding is not None and self._queue is not None
         self._decoding.put(_Decoding(data, decoded), lane)
         try:
@@ -281,7 +279,7 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_result(outcome)
 
-    def _decode(self, data: bytes) -> tuple[torch.Tensor, float, float]:
+    def _decode(self, data: bytes) -> tuple[np.ndarray, float, float]:
         """The model's input tensor, and the seconds decoding and preprocessing took."""
         started = time.perf_counter()
         image = decode_image(data, self.limits)
@@ -388,7 +386,7 @@ class Batcher:
         started = time.perf_counter()
         try:
             vectors = await loop.run_in_executor(
-                self._forward_pools[lane], self.forward, torch.stack([p.tensor for p in live])
+                self._forward_pools[lane], self.forward, stack([p.tensor for p in live])
             )
         except asyncio.CancelledError:
             for pending in live:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from embedder.probes import CALIBRATION_EDITS
 from imgsearch.photos import textured_photo
@@ -37,8 +36,8 @@ class DuplicateDistances:
 
 
 def calibrate(
-    forward: Callable[[torch.Tensor], np.ndarray],
-    preprocess: Callable[..., torch.Tensor],
+    forward: Callable[[np.ndarray], np.ndarray],
+    preprocess: Callable[..., np.ndarray],
     probes: int,
     batch_size: int = 16,
 ) -> DuplicateDistances:
@@ -49,7 +48,7 @@ def calibrate(
         original = textured_photo(seed, PROBE_SIZE, scene=seed // 2)
         tensors.append(preprocess(original))
         tensors += [preprocess(edit(original)) for edit in CALIBRATION_EDITS]
-    batch = torch.stack(tensors)
+    batch = np.stack(tensors)
     vectors = np.concatenate(
         [forward(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
     ).astype(np.float64)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from embedder.batcher import BatcherConfig
 from embedder.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DecodeLimits
-from embedder.model import ModelSpec
+from embedder.spec import ModelSpec
 from imgsearch import defaults
 from serving import config as serving_config
 from serving.config import SERVING_HELP, ServingConfig, parse_dataclass_config
@@ -25,6 +25,7 @@ class EmbedderConfig(ServingConfig):
 
     address: str = defaults.EMBEDDER_BIND
     max_concurrent_rpcs: int = 256
+    model_file: str = ""
     model: str = defaults.MODEL
     weights: str = defaults.WEIGHTS
     head: str = defaults.HEAD
@@ -69,6 +70,8 @@ class EmbedderConfig(ServingConfig):
 
 
 HELP = {
+    "model_file": "an ONNX file written by imgsearch-embedder-export, served by ONNX Runtime "
+    "alone (no torch needed); the model, weights and head are then the file's",
     "model": "torchvision model name (squeezenet1_1, resnet50, ...)",
     "weights": "imagenet (torchvision's, from the TORCH_HOME cache), a state_dict file path, "
     "or random (tests and benchmarks only: results are meaningless)",

@@ -13,41 +13,39 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
-import torch
-import torchvision
-from PIL import Image
-from torch import nn
-from torchvision import transforms
+from imgsearch._extras import require_extra
 
-from embedder.borders import trim_uniform_borders
-from imgsearch import defaults
-from imgsearch.errors import ModelLoadError
+require_extra("embedder", "torch", "torchvision")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+from torchvision import transforms  # noqa: E402
+
+from embedder import preprocessing  # noqa: E402
+from embedder.preprocessing import CROP, IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, RESIZE  # noqa: E402
+from embedder.spec import HEADS, RUNTIMES, ModelInfo, ModelSpec  # noqa: E402
+from imgsearch import defaults  # noqa: E402
+from imgsearch.errors import ModelLoadError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("logits", "gem")
-RUNTIMES = ("auto", "torch", "onnx")
+__all__ = ["EmbeddingModel", "ModelInfo", "ModelSpec", "reference_transform"]
+
 # A runtime other than eager torch must reproduce torch's vectors this closely on a probe batch
 # (the fidelity bar is 1e-3; exported graphs differ by ~1e-6).
 RUNTIME_TOLERANCE = 1e-4
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE = 256
-CROP = 224
-PREPROCESSING = (
-    f"RGB; Resize({RESIZE}, bilinear, antialias); CenterCrop({CROP}); ToTensor; "
-    f"Normalize(mean={list(IMAGENET_MEAN)}, std={list(IMAGENET_STD)})"
-)
 
 
 def reference_transform() -> transforms.Compose:
-    """The source tutorial's preprocessing, exactly: what every vector is computed through."""
+    """The source tutorial's preprocessing in torchvision, exactly: what
+    `embedder.preprocessing` reproduces without torch (and is tested against)."""
     return transforms.Compose(
         [
             transforms.Resize(RESIZE),
@@ -56,34 +54,6 @@ def reference_transform() -> transforms.Compose:
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model to serve, with which weights and head, where and how."""
-
-    name: str = defaults.MODEL
-    # "imagenet", "random", or a path to a saved state_dict.
-    weights: str = defaults.WEIGHTS
-    head: str = defaults.HEAD
-    seed: int = 0  # for weights="random" only
-    device: str = "auto"  # auto | cpu | cuda[:N]
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    # auto: ONNX Runtime on CPU when installed (the fastest that keeps the vectors), else torch.
-    runtime: str = defaults.RUNTIME
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    model: str
-    weights_source: str  # imagenet | checkpoint | random
-    weights: str  # what exactly: the enum name, the file, or the seed
-    head: str
-    dim: int
-    preprocessing: str
-    device: str
-    runtime: str
-    fingerprint: str
 
 
 class GeM(nn.Module):
@@ -110,8 +80,6 @@ class GeMHead(nn.Module):
     # What the head computes, for the model fingerprint: vectors of an earlier GeM head (without
     # the standardised input or the trimmed borders) are then never mixed with these.
     IDENTITY = "gem/standardised-input/trimmed-borders"
-    # Before the shared preprocessing, the GeM head's pictures lose their uniform borders.
-    PREPROCESSING = "trim uniform borders (embedder.borders); " + PREPROCESSING
 
     def __init__(self, trunk: nn.Module, *, standardise: bool = True) -> None:
         super().__init__()
@@ -160,6 +128,7 @@ class EmbeddingModel:
         if spec.threads > 0:
             torch.set_num_threads(spec.threads)
         self.spec = spec
+        self._prepare = preprocessing.for_head(spec.head)
         self.device = resolve_device(spec.device)
         started = time.monotonic()
         classifier, source, description = load_classifier(spec)
@@ -175,14 +144,14 @@ class EmbeddingModel:
         self.network = network.to(self.device).to(memory_format=torch.channels_last)
         self._onnx: Any = None
         self.runtime = self._choose_runtime(spec)
-        dim = self.forward(torch.zeros(1, 3, CROP, CROP)).shape[1]
+        dim = self.forward(np.zeros((1, 3, CROP, CROP), np.float32)).shape[1]
         self.info = ModelInfo(
             model=spec.name,
             weights_source=source,
             weights=description,
             head=spec.head,
             dim=int(dim),
-            preprocessing=GeMHead.PREPROCESSING if spec.head == "gem" else PREPROCESSING,
+            preprocessing=preprocessing.description(spec.head),
             device=str(self.device),
             runtime=self.runtime,
             fingerprint=fingerprint,
@@ -217,7 +186,7 @@ class EmbeddingModel:
             return "torch"
         threads = spec.threads or torch.get_num_threads()
         runner = onnx_runtime.OnnxRunner(copy.deepcopy(self.network), threads)
-        probe = torch.rand(4, 3, CROP, CROP, generator=torch.Generator().manual_seed(0))
+        probe = torch.rand(4, 3, CROP, CROP, generator=torch.Generator().manual_seed(0)).numpy()
         expected = self._torch_forward(probe)
         got = runner(probe)
         scale = max(float(np.linalg.norm(expected)), 1e-12)
@@ -238,41 +207,33 @@ class EmbeddingModel:
         logger.info("ONNX Runtime %s matches torch to %.1e on a probe batch", runner.version, error)
         return "onnx"
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """An RGB PIL image → this model's input tensor (the GeM head trims uniform borders
-        first; the logits head keeps the tutorial's preprocessing exactly)."""
-        if self.spec.head == "gem":
-            image = trim_uniform_borders(image)
-        return preprocess(image)
+    @property
+    def device_type(self) -> str:
+        return str(self.device.type)
 
-    def forward(self, batch: torch.Tensor) -> np.ndarray:
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image → this model's input (the GeM head trims uniform borders first;
+        the logits head keeps the tutorial's preprocessing exactly)."""
+        return self._prepare(image)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
         """Vectors (N×dim float32) for a batch of preprocessed images."""
         if self._onnx is not None:
             result: np.ndarray = self._onnx(batch)
             return result
         return self._torch_forward(batch)
 
-    def _torch_forward(self, batch: torch.Tensor) -> np.ndarray:
+    def _torch_forward(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = batch.to(self.device, non_blocking=True).contiguous(
-                memory_format=torch.channels_last
-            )
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             out = self.network(x)
             return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
 
     def warm_up(self, batch_size: int) -> None:
         """Run the shapes we will serve once, so the first request does not pay for setup."""
         for n in sorted({1, batch_size}):
-            self.forward(torch.zeros(n, 3, CROP, CROP))
-
-
-def preprocess(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image → the normalised 3×224×224 tensor."""
-    tensor: torch.Tensor = _TRANSFORM(image)
-    return tensor
-
-
-_TRANSFORM = reference_transform()
+            self.forward(np.zeros((n, 3, CROP, CROP), np.float32))
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -19,8 +19,9 @@ from embedder.batcher import Batcher
 from embedder.calibration import DuplicateDistances, calibrate
 from embedder.config import EmbedderConfig
 from embedder.metrics import embedder_metrics
-from embedder.model import EmbeddingModel, ModelInfo
 from embedder.service import SERVICE_NAME, EmbedderServicer
+from embedder.spec import Model, ModelInfo
+from imgsearch.errors import MissingExtra, ModelLoadError
 from imgsearch.v1 import embedder_pb2_grpc
 from serving.metrics import MetricsEndpoint, RpcMetrics
 from serving.server import add_maintenance_and_bind, server_settings
@@ -28,12 +29,27 @@ from serving.server import add_maintenance_and_bind, server_settings
 logger = logging.getLogger(__name__)
 
 
+def load_model(config: EmbedderConfig) -> Model:
+    """The configured model: an exported ONNX file (no torch), or a torchvision model."""
+    if config.model_file:
+        from embedder.onnx_file import OnnxFileModel
+
+        return OnnxFileModel(config.model_file, config.threads)
+    try:
+        from embedder.model import EmbeddingModel
+    except MissingExtra as exc:
+        raise ModelLoadError(
+            f"{exc}; or serve a model exported with imgsearch-embedder-export: --model-file FILE"
+        ) from None
+    return EmbeddingModel(config.model_spec())
+
+
 class Embedder:
     """The embedder with one lifecycle: start() loads and warms the model and serves; stop()
     drains and releases everything. Used by the console script, the local stack, the tests and
     the benchmarks alike."""
 
-    def __init__(self, config: EmbedderConfig, model: EmbeddingModel | None = None) -> None:
+    def __init__(self, config: EmbedderConfig, model: Model | None = None) -> None:
         self.config = config
         self.model = model
         self.port = 0
@@ -56,8 +72,8 @@ class Embedder:
     def start(self) -> Embedder:
         """Load and warm the model, then serve; health is SERVING once this returns."""
         if self.model is None:
-            self.model = EmbeddingModel(self.config.model_spec())
-        batcher_config = self.config.batcher_config(self.model.device.type)
+            self.model = load_model(self.config)
+        batcher_config = self.config.batcher_config(self.model.device_type)
         self.model.warm_up(batcher_config.max_batch_size)
         if self.config.duplicate_probes > 0:
             self.duplicates = calibrate(

@@ -13,7 +13,7 @@ import grpc
 from embedder.batcher import Batcher
 from embedder.calibration import DuplicateDistances
 from embedder.lanes import Lane
-from embedder.model import ModelInfo
+from embedder.spec import ModelInfo
 from imgsearch import vectors
 from imgsearch._status import abort_status, status_of
 from imgsearch.errors import ImageSearchError, ResourceExhausted

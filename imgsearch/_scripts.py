@@ -26,3 +26,4 @@ def _run(script: str, module: str) -> Callable[[], int]:
 searcher = _run("imgsearch-searcher", "searcher.__main__")
 embedder = _run("imgsearch-embedder", "embedder.__main__")
 health = _run("imgsearch-health", "serving.healthcheck")
+embedder_export = _run("imgsearch-embedder-export", "embedder.export")

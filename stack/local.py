@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from embedder.config import EmbedderConfig
-from embedder.model import ModelInfo
 from embedder.server import Embedder
+from embedder.spec import ModelInfo
 from imgsearch import defaults
 from searcher.config import SearcherConfig
 from searcher.server import Searcher

@@ -35,6 +35,7 @@ COMMANDS: dict[str, list[str]] = {
     "imgsearch-embedder": ["imgsearch-embedder", "--help"],
     "imgsearch-searcher": ["imgsearch-searcher", "--help"],
     "imgsearch-health": ["imgsearch-health", "--help"],
+    "imgsearch-embedder-export": ["imgsearch-embedder-export", "--help"],
 }
 
 

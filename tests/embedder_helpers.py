@@ -16,7 +16,8 @@ import torchvision
 from PIL import Image
 
 from embedder.batcher import Batcher, BatcherConfig, Forward
-from embedder.model import preprocess, reference_transform
+from embedder.model import reference_transform
+from embedder.preprocessing import Prepare, preprocess
 from imgsearch import vectors
 from imgsearch.v1 import embedder_pb2 as pb
 from imgsearch.v1 import embedder_pb2_grpc
@@ -73,7 +74,7 @@ def run_batcher(
     forward: Forward,
     config: BatcherConfig,
     body: Callable[[Batcher], Awaitable[Any]],
-    prepare: Callable[[Image.Image], torch.Tensor] = preprocess,
+    prepare: Prepare = preprocess,
 ) -> Any:
     """Run `body(batcher)` on a fresh event loop with a started batcher."""
 

@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from embedder.calibration import _l2, _threshold, calibrate
-from embedder.model import EmbeddingModel, ModelSpec, preprocess
+from embedder.model import EmbeddingModel, ModelSpec
+from embedder.preprocessing import preprocess
 
 
 def probes_with(copy_offset: float, spacing: float) -> np.ndarray:
@@ -38,7 +38,7 @@ def test_overlapping_the_threshold_is_half_the_nearest_distinct_pair() -> None:
 def test_a_real_model_gets_a_positive_distance_and_says_how_it_was_measured() -> None:
     model = EmbeddingModel(ModelSpec(weights="random", head="gem", device="cpu"))
 
-    def forward(batch: torch.Tensor) -> np.ndarray:
+    def forward(batch: np.ndarray) -> np.ndarray:
         return model.forward(batch)
 
     distances = calibrate(forward, preprocess, probes=4)

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from embedder.batcher import Batcher, BatcherConfig
 from embedder.decode import decode_image
-from embedder.model import EmbeddingModel, ModelSpec, preprocess
+from embedder.model import EmbeddingModel, ModelSpec
+from embedder.preprocessing import preprocess
 from imgsearch.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from tests import images
 from tests.embedder_helpers import run_batcher, until
@@ -31,7 +31,7 @@ def run(model: EmbeddingModel, config: BatcherConfig, body: Any) -> Any:
 
 def test_32_concurrent_callers_share_batches_and_each_gets_its_own_vector(model) -> None:
     data = [images.jpeg(i, (96 + i, 80)) for i in range(32)]
-    alone = model.forward(torch.stack([preprocess(decode_image(d)) for d in data]))
+    alone = model.forward(np.stack([preprocess(decode_image(d)) for d in data]))
 
     async def body(batcher: Batcher) -> tuple[list[np.ndarray], float]:
         results = await asyncio.gather(*(batcher.embed(d) for d in data))

@@ -17,7 +17,9 @@ from PIL import Image, ImageOps
 
 from embedder import probes
 from embedder.config import EmbedderConfig
+from embedder.export import export_model
 from embedder.server import Embedder
+from embedder.spec import ModelSpec
 from imgsearch.photos import textured_photo
 from imgsearch.v1 import embedder_pb2 as pb
 from tests import images
@@ -36,12 +38,19 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_random_weights(tmp_path_factory.mktemp("weights") / "squeezenet.pth", seed=7)
 
 
-@pytest.fixture(scope="module", params=["torch", "onnx"])
+@pytest.fixture(scope="module", params=["torch", "onnx", "onnx-file"])
 def embedder(weights: Path, request: pytest.FixtureRequest) -> Iterator[Embedder]:
-    """One embedder per runtime offered, on the same saved weights."""
-    config = EmbedderConfig(
-        address="127.0.0.1:0", weights=str(weights), device="cpu", runtime=request.param
-    )
+    """One embedder per runtime offered, on the same saved weights: torch, ONNX Runtime on a
+    graph exported at start, and ONNX Runtime alone on a file written by the exporter."""
+    if request.param == "onnx-file":
+        model_file = weights.with_suffix(".onnx")
+        if not model_file.exists():
+            export_model(ModelSpec(weights=str(weights)), model_file)
+        config = EmbedderConfig(address="127.0.0.1:0", model_file=str(model_file))
+    else:
+        config = EmbedderConfig(
+            address="127.0.0.1:0", weights=str(weights), device="cpu", runtime=request.param
+        )
     with Embedder(config) as server:
         yield server
 
@@ -180,7 +189,8 @@ def test_model_info_describes_the_serving_model(stub, embedder, weights: Path) -
     assert (info.model, info.dim, info.head) == ("squeezenet1_1", 1000, pb.HEAD_LOGITS)
     assert info.weights_source == pb.WEIGHTS_SOURCE_CHECKPOINT
     assert info.weights == str(weights.resolve())
-    assert info.device == "cpu" and info.runtime == embedder.config.runtime
+    runtime = "onnx-file" if embedder.config.model_file else embedder.config.runtime
+    assert info.device == "cpu" and info.runtime == runtime
     assert "Resize(256" in info.preprocessing and "CenterCrop(224)" in info.preprocessing
     assert info.fingerprint.startswith("sha256:")
     assert (info.max_batch_size, info.max_images_per_request) == (8, 256)

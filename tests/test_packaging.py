@@ -28,6 +28,7 @@ PACKAGES = ("imgsearch", "serving", "embedder", "searcher", "webui")
 INSPECT = """
 import importlib, importlib.util, json, pkgutil, sys
 usable, packages = sys.argv[1].split(","), sys.argv[2].split(",")
+optional = set(sys.argv[3].split(",")) if len(sys.argv) > 3 else set()
 report = {"failed": {}, "refused": {}, "imported": 0, "found": {}, "files": {}}
 for name in packages:
     spec = importlib.util.find_spec(name)
@@ -43,6 +44,9 @@ for name in packages:
         try:
             importlib.import_module(module.name)
             report["imported"] += 1
+        except ImportError as exc:
+            key = "refused" if module.name in optional else "failed"
+            report[key][module.name] = f"{type(exc).__name__}: {exc}"
         except BaseException as exc:
             report["failed"][module.name] = f"{type(exc).__name__}: {exc}"
 for name in ("torch", "torchvision", "psycopg2", "prometheus_client", "grpc_health"):
@@ -88,8 +92,14 @@ def environment(tmp_path: Path, wheel: Path) -> Iterator[tuple[Path, Path]]:
     shutil.rmtree(tmp_path / "venv", ignore_errors=True)
 
 
-def _inspect(python: Path, usable: tuple[str, ...], cwd: Path) -> dict:  # type: ignore[type-arg]
-    result = _run(python, "-c", INSPECT, ",".join(usable), ",".join(PACKAGES), cwd=cwd)
+def _inspect(
+    python: Path, usable: tuple[str, ...], cwd: Path, optional: tuple[str, ...] = ()
+) -> dict:  # type: ignore[type-arg]
+    """What importing the packages did; modules in `optional` may refuse (their extra is not
+    installed), every other module of a usable package must import."""
+    result = _run(
+        python, "-c", INSPECT, ",".join(usable), ",".join(PACKAGES), ",".join(optional), cwd=cwd
+    )
     assert result.returncode == 0, result.stderr
     report: dict = json.loads(result.stdout)  # type: ignore[type-arg]
     assert report["failed"] == {}, report["failed"]
@@ -166,3 +176,51 @@ def test_the_web_extra_serves_the_page_with_the_client_alone(environment) -> Non
     _answers_help(venv, "imgsearch")
     web = _run(venv / "bin" / "imgsearch", "web", "--help", cwd=venv.parent)
     assert web.returncode == 0 and "--address" in web.stdout
+
+
+def test_the_embedder_onnx_extra_serves_an_exported_model_without_torch(
+    environment, tmp_path: Path
+) -> None:
+    venv, wheel = environment
+    python = _fresh_install(venv, f"{wheel}[embedder-onnx]")
+    torch_parts = ("embedder.model", "embedder.onnx_runtime")
+    report = _inspect(python, ("imgsearch", "serving", "embedder"), venv.parent, torch_parts)
+    assert not report["found"]["torch"] and not report["found"]["psycopg2"]
+    assert set(report["refused"]) == {*torch_parts, "searcher", "webui"}
+    assert "imgsearch[embedder]" in report["refused"]["embedder.model"]
+    _answers_help(venv, "imgsearch", "imgsearch-embedder", "imgsearch-health")
+    # Exported here (torch), served there (no torch): the slim image's arrangement.
+    model = tmp_path / "model.onnx"
+    exported = _run(sys.executable, "-m", "embedder.export", model, "--weights", "random", cwd=ROOT)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    embedder = subprocess.Popen(
+        [
+            venv / "bin" / "imgsearch-embedder",
+            "--model-file",
+            model,
+            "--address",
+            "127.0.0.1:0",
+            "--duplicate-probes",
+            "0",
+        ],  # fmt: skip
+        cwd=venv.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert embedder.stdout is not None
+        line = next((line for line in embedder.stdout if "listening on port" in line), "")
+        assert line, f"the embedder did not start: exit {embedder.wait(timeout=30)}"
+        port = line.rsplit(" ", 1)[1].strip()
+        health = _run(venv / "bin" / "imgsearch-health", f"127.0.0.1:{port}", cwd=venv.parent)
+        assert health.returncode == 0 and "SERVING" in health.stdout, health.stderr
+        without_file = _run(venv / "bin" / "imgsearch-embedder", "--address", "127.0.0.1:0",
+                            cwd=venv.parent)  # fmt: skip
+        assert without_file.returncode == 2 and "--model-file" in without_file.stderr
+        assert "Traceback" not in without_file.stderr, without_file.stderr
+    finally:
+        embedder.kill()
+        embedder.wait(timeout=30)
+        assert embedder.stdout is not None
+        embedder.stdout.close()

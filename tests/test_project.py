@@ -181,7 +181,7 @@ def test_each_shared_default_is_defined_once_in_imgsearch_defaults() -> None:
         ".local",
     }
     # Other things called "images": the ONNX graph's input, and `imgsearch search`'s argument.
-    exempt = {("embedder/onnx_runtime.py", "images"), ("imgsearch/cli/search.py", "images")}
+    exempt = {("embedder/onnx_session.py", "images"), ("imgsearch/cli/search.py", "images")}
     found = []
     for path in _sources(*PACKAGES):
         relative = path.relative_to(ROOT).as_posix()
