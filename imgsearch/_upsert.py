@@ -48,6 +48,7 @@ class UpsertWriter:
         self.inserted = 0
         self.updated = 0
         self.error: BaseException | None = None
+        self._closed = False  # the producer's end (None) has been taken from the outbox
         self._thread = threading.Thread(target=self._run, name="upsert", daemon=True)
         self._thread.start()
 
@@ -70,7 +71,9 @@ class UpsertWriter:
                 ended = self._one_stream()
         except BaseException as exc:  # re-raised by close() in the caller's thread
             self.error = exc
-            while self._outbox.get() is not None:  # let the producer finish
+            # Let the producer finish, unless its end was already taken: waiting for it again
+            # would hang close() (a searcher that stayed away through the last replays did).
+            while not self._closed and self._outbox.get() is not None:
                 pass
 
     def _one_stream(self) -> bool:
@@ -90,7 +93,7 @@ class UpsertWriter:
                 except queue.Empty:
                     continue
                 if queued is None:
-                    ended = True
+                    ended = self._closed = True
                 else:
                     sent.append(queued)
                     requests.put(queued)
