@@ -21,5 +21,7 @@ def known_settings() -> set[str]:
     """Every IMGSEARCH_* variable a service or the client reads."""
     known = {searcher_env(f) for f in SearcherConfig.__dataclass_fields__}
     known |= {embedder_env(f) for f in EmbedderConfig.__dataclass_fields__}
+    from webui.access import PAGE_TOKEN_ENV
+
     return known | {"IMGSEARCH_TOKEN", "IMGSEARCH_READ_TOKEN", "IMGSEARCH_EMBEDDER",
-                    "IMGSEARCH_SEARCHER"}  # fmt: skip
+                    "IMGSEARCH_SEARCHER", PAGE_TOKEN_ENV}  # fmt: skip
