@@ -52,7 +52,8 @@ def docker_unavailable() -> str:
         return "no docker command"
     info = run("docker", "info", check=False)
     if info.returncode != 0:
-        return f"no Docker engine answers ({info.stderr.strip().splitlines()[-1:]})"
+        said = info.stderr.strip().splitlines() or [f"exit {info.returncode}"]
+        return f"no Docker engine answers: {said[-1]}"
     return ""
 
 
@@ -108,14 +109,15 @@ def base_image() -> None:
         run("docker", "import", "-", BASE_IMAGE, stdin=tar)
 
 
-def wheelhouse() -> None:
+def wheelhouse(extras: str = "searcher,web,embedder-onnx") -> None:
     """Every wheel the images install, fetched on the host into ./wheelhouse (cached)."""
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
-    cached = CACHE / f"wheelhouse-{key}"
+    project = (ROOT / "pyproject.toml").read_bytes()
+    kind = "torch" if "embedder," in f"{extras}," else "slim"
+    cached = CACHE / f"wheelhouse-{kind}-{hashlib.sha256(project).hexdigest()[:16]}"
     if not cached.exists():
-        for old in CACHE.glob("wheelhouse-*"):
+        for old in CACHE.glob(f"wheelhouse-{kind}-*"):  # those of an older pyproject.toml
             shutil.rmtree(old)
-        partial = CACHE / f"wheelhouse-{key}.partial"
+        partial = cached.with_suffix(".partial")
         shutil.rmtree(partial, ignore_errors=True)
         log("fetching the wheels on the host")
         run(
@@ -126,7 +128,7 @@ def wheelhouse() -> None:
             "--quiet",
             "--wheel-dir",
             partial,
-            f"{ROOT}[searcher,web,embedder-onnx]",
+            f"{ROOT}[{extras}]",
             "setuptools>=69",
         )
         for own in partial.glob("imgsearch-*.whl"):
@@ -139,11 +141,11 @@ def wheelhouse() -> None:
         shutil.copy2(wheel, target / wheel.name)
 
 
-def build_images() -> dict[str, dict[str, float]]:
+def build_images(images: list[tuple[str, str]] = IMAGES) -> dict[str, dict[str, float]]:
     """Build every image the override names; seconds and size of each."""
     built = {}
     env = dict(os.environ, DOCKER_BUILDKIT="0")  # the engine's classic builder: no buildx here
-    for tag, what in IMAGES:
+    for tag, what in images:
         where = ["-f", what] if what.endswith("Dockerfile") else ["--target", what]
         started = time.monotonic()
         run(
@@ -189,3 +191,30 @@ def photos() -> Path:
             textured_photo(i, sizes[i % len(sizes)], scene=i).save(path, quality=90)
         path.chmod(0o644)
     return folder
+
+
+# The torch embedder: PyPI's torch is the CUDA build (~3 GB of wheels), so it is built only when
+# asked (`compose-test --torch-embedder`), to measure it; the stack runs the slim one.
+TORCH_EMBEDDER = ("imgsearch-embedder:local", "embedder")
+
+
+def torch_embedder() -> dict[str, float]:
+    """Build the torch embedder image; its size, and seconds from its container's start (random
+    weights, nothing to download) until its own health check first passes."""
+    wheelhouse("embedder,onnx")
+    (built,) = build_images([TORCH_EMBEDDER]).values()
+    tag = TORCH_EMBEDDER[0]
+    container = run("docker", "run", "-d", "-e", "IMGSEARCH_EMBEDDER_WEIGHTS=random", tag)
+    name = container.stdout.strip()
+    started = time.monotonic()
+    try:
+        while run("docker", "exec", name, "imgsearch-health", "localhost:50051",
+                  check=False).returncode != 0:  # fmt: skip
+            if time.monotonic() - started > 600:
+                raise SystemExit(f"{tag} did not start: {run('docker', 'logs', name).stderr}")
+            time.sleep(0.2)
+        built["cold_start_s"] = round(time.monotonic() - started, 1)
+    finally:
+        run("docker", "rm", "-f", name, check=False)
+    log(f"{tag}: {built['size_mb']:.0f} MB, healthy {built['cold_start_s']} s after docker run")
+    return built

@@ -45,6 +45,7 @@ from compose_build import (  # the sibling module: scripts/ is this script's pat
     model_file,
     photos,
     run,
+    torch_embedder,
     wheelhouse,
 )
 
@@ -378,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="leave the stack and its volumes up")
     parser.add_argument("--results", type=Path, default=ROOT / "bench/results/compose.json")
+    parser.add_argument(
+        "--torch-embedder",
+        action="store_true",
+        help="also build the torch embedder image (PyPI's CUDA torch: ~3 GB of wheels) and "
+        "measure its size and start; the stack still runs the slim one",
+    )
     args = parser.parse_args(argv)
     reason = docker_unavailable()
     if reason:
@@ -388,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     base_image()
+    if args.torch_embedder:
+        results["torch_embedder"] = torch_embedder()
     wheelhouse()
     results["images"] = build_images()
     results["build_s"] = round(time.monotonic() - started, 1)
