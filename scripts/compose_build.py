@@ -201,7 +201,9 @@ TORCH_EMBEDDER = ("imgsearch-embedder:local", "embedder")
 def torch_embedder() -> dict[str, float]:
     """Build the torch embedder image; its size, and seconds from its container's start (random
     weights, nothing to download) until its own health check first passes."""
-    wheelhouse("embedder,onnx")
+    wheelhouse(
+        "searcher,web,embedder-onnx,embedder,onnx"
+    )  # the classic builder builds every earlier stage
     (built,) = build_images([TORCH_EMBEDDER]).values()
     tag = TORCH_EMBEDDER[0]
     container = run("docker", "run", "-d", "-e", "IMGSEARCH_EMBEDDER_WEIGHTS=random", tag)
