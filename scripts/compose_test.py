@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,6 +58,12 @@ LIMITS_MB = {"imgsearch-searcher:local": 400, "imgsearch-embedder-slim:local": 1
 # -- the stack -------------------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class Stack:
     """docker compose with the production file, the local override and this run's secrets."""
 
@@ -71,8 +78,13 @@ class Stack:
             "deploy/docker/compose.local.yml",
         ]
         self.page_token = secrets.token_urlsafe(16)
+        # Free host ports, so a stack or server already on this machine is not in the way.
+        self.web_port = free_port()
         self.env = dict(
             os.environ,
+            WEB_HOST_PORT=str(self.web_port),
+            SEARCHER_HOST_PORT=str(free_port()),
+            SEARCHER_METRICS_HOST_PORT=str(free_port()),
             POSTGRES_PASSWORD=secrets.token_urlsafe(16),
             IMGSEARCH_PAGE_TOKEN=self.page_token,
             IMGSEARCH_MODEL_FILE=str(model),
@@ -190,7 +202,7 @@ def page_answers(stack: Stack, photo: Path) -> tuple[int, int, str]:
 
     def post(headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(
-            "http://127.0.0.1:8080/api/search?top_k=3",
+            f"http://127.0.0.1:{stack.web_port}/api/search?top_k=3",
             data=photo.read_bytes(),
             method="POST",
             headers={"Content-Type": "image/jpeg", **headers},

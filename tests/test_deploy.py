@@ -160,7 +160,7 @@ def test_compose_searcher_waits_for_a_healthy_postgres_and_takes_its_dsn_from_en
     dsn = searcher["environment"][searcher_env("dsn")]
     assert "${POSTGRES_PASSWORD" in dsn and "@postgres:5432/" in dsn
     assert searcher["build"]["target"] == "searcher"
-    assert "50052:50052" in searcher["ports"]
+    assert "${SEARCHER_HOST_PORT:-50052}:50052" in searcher["ports"]
 
 
 def test_compose_embedder_scales_and_is_reached_by_dns_round_robin(compose) -> None:
