@@ -17,22 +17,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from imgsearch._extras import require_extra
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision import transforms
 
-require_extra("embedder", "torch", "torchvision")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
-from torchvision import transforms  # noqa: E402
-
-from embedder import preprocessing  # noqa: E402
-from embedder.preprocessing import CROP, IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, RESIZE  # noqa: E402
-from embedder.spec import HEADS, RUNTIMES, ModelInfo, ModelSpec  # noqa: E402
-from imgsearch import defaults  # noqa: E402
-from imgsearch.errors import ModelLoadError  # noqa: E402
+from embedder import preprocessing
+from embedder.preprocessing import CROP, IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, RESIZE
+from embedder.spec import HEADS, RUNTIMES, ModelInfo, ModelSpec
+from imgsearch import defaults
+from imgsearch.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

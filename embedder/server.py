@@ -21,6 +21,7 @@ from embedder.config import EmbedderConfig
 from embedder.metrics import embedder_metrics
 from embedder.service import SERVICE_NAME, EmbedderServicer
 from embedder.spec import Model, ModelInfo
+from imgsearch._extras import require_extra
 from imgsearch.errors import MissingExtra, ModelLoadError
 from imgsearch.v1 import embedder_pb2_grpc
 from serving.metrics import MetricsEndpoint, RpcMetrics
@@ -36,11 +37,13 @@ def load_model(config: EmbedderConfig) -> Model:
 
         return OnnxFileModel(config.model_file, config.threads)
     try:
-        from embedder.model import EmbeddingModel
+        require_extra("embedder", "torch", "torchvision")
     except MissingExtra as exc:
         raise ModelLoadError(
             f"{exc}; or serve a model exported with imgsearch-embedder-export: --model-file FILE"
         ) from None
+    from embedder.model import EmbeddingModel
+
     return EmbeddingModel(config.model_spec())
 
 
