@@ -25,6 +25,7 @@ from torch import nn
 from torchvision import transforms
 
 from embedder import preprocessing
+from embedder.onnx_session import RUNTIME_TOLERANCE, relative_error
 from embedder.preprocessing import CROP, IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, RESIZE
 from embedder.spec import HEADS, RUNTIMES, ModelInfo, ModelSpec
 from imgsearch import defaults
@@ -33,10 +34,6 @@ from imgsearch.errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 __all__ = ["EmbeddingModel", "ModelInfo", "ModelSpec", "reference_transform"]
-
-# A runtime other than eager torch must reproduce torch's vectors this closely on a probe batch
-# (the fidelity bar is 1e-3; exported graphs differ by ~1e-6).
-RUNTIME_TOLERANCE = 1e-4
 
 
 def reference_transform() -> transforms.Compose:
@@ -184,9 +181,7 @@ class EmbeddingModel:
         runner = onnx_runtime.OnnxRunner(copy.deepcopy(self.network), threads)
         probe = torch.rand(4, 3, CROP, CROP, generator=torch.Generator().manual_seed(0)).numpy()
         expected = self._torch_forward(probe)
-        got = runner(probe)
-        scale = max(float(np.linalg.norm(expected)), 1e-12)
-        error = float(np.linalg.norm(got - expected)) / scale
+        error = relative_error(runner(probe), expected)
         if error > RUNTIME_TOLERANCE:
             message = (
                 f"ONNX Runtime {runner.version} output differs from torch's by {error:.2e} "

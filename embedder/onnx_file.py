@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from embedder import preprocessing
-from embedder.onnx_session import OnnxSession
+from embedder.onnx_session import RUNTIME_TOLERANCE, OnnxSession, relative_error
 from embedder.spec import HEADS, ModelInfo
 from imgsearch.errors import ModelLoadError
 from imgsearch.photos import textured_photo
@@ -42,9 +42,6 @@ KEYS = (
     "fingerprint",
     "probe_vectors",
 )
-# The exported graph must reproduce torch's probe vectors this closely (relative), as the
-# in-process ONNX runtime must (embedder.model.RUNTIME_TOLERANCE).
-TOLERANCE = 1e-4
 PROBES = 4
 PROBE_SIZE = (400, 300)
 
@@ -123,12 +120,13 @@ class OnnxFileModel:
                 f"{path}: the graph gives {got.shape[1]}-d vectors, its metadata says "
                 f"{expected.shape[1]}-d"
             )
-        error = float(np.linalg.norm(got - expected)) / max(float(np.linalg.norm(expected)), 1e-12)
-        if error > TOLERANCE:
+        error = relative_error(got, expected)
+        if error > RUNTIME_TOLERANCE:
             raise ModelLoadError(
                 f"{path}: the probe pictures' vectors differ from those recorded at export by "
-                f"{error:.2e} (relative; the limit is {TOLERANCE:.0e}): the file was altered, or "
-                "this preprocessing or ONNX Runtime computes differently; export it again"
+                f"{error:.2e} (relative; the limit is {RUNTIME_TOLERANCE:.0e}): the file was "
+                "altered, or this preprocessing or ONNX Runtime computes differently; export it "
+                "again"
             )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

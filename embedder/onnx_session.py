@@ -10,15 +10,15 @@ import numpy as np
 
 INPUT = "images"
 OUTPUT = "embeddings"
+# ONNX Runtime must reproduce torch's vectors this closely on probe inputs, whether the graph was
+# exported at start or read from a file (the fidelity bar is 1e-3; exported graphs differ by ~1e-6).
+RUNTIME_TOLERANCE = 1e-4
 
 
-def available() -> bool:
-    """Whether ONNX Runtime can be imported (the file model needs nothing more)."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """‖got − expected‖ / ‖expected‖: how far a runtime's vectors are from torch's."""
+    scale = max(float(np.linalg.norm(expected)), 1e-12)
+    return float(np.linalg.norm(got - expected)) / scale
 
 
 class OnnxSession:
