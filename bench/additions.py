@@ -1,6 +1,7 @@
 """Additions benchmark: searching an indexed collection while items are added to it.
 
-    python bench/additions.py [--rows 100000] [--add 10000] [--out bench/results/additions.json]
+    python bench/additions.py [--rows 100000] [--add 10000] [--rate ROWS_PER_S]
+                              [--out bench/results/additions.json]
 
 `imgsearch-searcher` runs as its own process on a fresh embedded PostgreSQL, with its defaults.
 A collection of the default kind is loaded with `--rows` clustered vectors (bench/datasets.py)
@@ -9,9 +10,10 @@ stored vectors), one at a time, as a client does:
 
 - before: Search p50 / p95 and recall@10 (numpy's exact answer over the stored rows);
 - during: `--add` more vectors of the same mixture are upserted, 16 items a message, one
-  Upsert call after another (as `imgsearch ingest` sends them), while a second client searches;
-  after each Upsert returns, the first of its items is searched by its own vector (it must be
-  its own first hit); recall is judged against every row stored before the search began;
+  Upsert call after another (as `imgsearch ingest` sends them), by a writer in its own process
+  (as an ingest job is), while this process searches; after each Upsert returns, the writer
+  searches the first of its items by its own vector (it must be its own first hit); recall is
+  judged against every row stored before the search began;
 - right after the last Upsert: the same, the added rows not yet folded into the index;
 - folded: once the upkeep has folded them in (or built them in), how long that took.
 
@@ -22,6 +24,7 @@ in the results.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import threading
@@ -93,41 +96,73 @@ def search_loop(
     }
 
 
-def add_while_searching(
-    port: int, queries: np.ndarray, truth: Truth, added: np.ndarray, first_id: int
-) -> dict[str, Any]:
-    channel, stub = searcher_stub(port)
-    writer_channel, writer = searcher_stub(port)
-    current = {"truth": truth.best}
-    stop = threading.Event()
-    result: dict[str, Any] = {}
-
-    def searching() -> None:
-        result["during"] = search_loop(stub, queries, lambda: current["truth"], stop)
-
-    searcher_thread = threading.Thread(target=searching)
-    own_first, checked = 0, 0
+def write_additions(
+    port: int,
+    added: np.ndarray,
+    first_id: int,
+    rate: float,
+    done: Any,
+    own_first: Any,
+    seconds: Any,
+) -> None:
+    """The writer, in a process of its own as an ingest job is: upsert `added` 16 a message,
+    one Upsert after another (at most `rate` rows a second, if given), and search each
+    message's first item by its own vector once the Upsert returns. `done` counts the messages
+    whose Upsert has returned."""
+    channel, writer = searcher_stub(port)
     started = time.perf_counter()
-    searcher_thread.start()
-    with channel, writer_channel:
-        for start in range(0, len(added), PER_MESSAGE):
+    with channel:
+        for n, start in enumerate(range(0, len(added), PER_MESSAGE), start=1):
+            if rate:  # an ingest sends what its embedder makes, no faster
+                time.sleep(max(0.0, started + start / rate - time.perf_counter()))
             rows = added[start : start + PER_MESSAGE]
             items = [pb.Item(id=first_id + start + j, vector=vector(v)) for j, v in enumerate(rows)]
-            message = pb.UpsertRequest(collection=COLLECTION, items=items)
-            writer.Upsert(iter([message]), timeout=60)
-            truth.add(rows)
-            current["truth"] = truth.best
+            writer.Upsert(iter([pb.UpsertRequest(collection=COLLECTION, items=items)]), timeout=60)
+            done.value = n
             hit = writer.Search(
                 pb.SearchRequest(collection=COLLECTION, vector=vector(rows[0]), top_k=1),
                 timeout=60,
             ).hits[0]
-            own_first += hit.id == first_id + start
-            checked += 1
-        elapsed = time.perf_counter() - started
-        stop.set()
-        searcher_thread.join()
-        result["added_per_s"] = len(added) / elapsed
-        result["own_first_hit"] = own_first / checked
+            own_first.value += hit.id == first_id + start
+    seconds.value = time.perf_counter() - started
+
+
+def truth_after_each_message(truth: Truth, added: np.ndarray) -> list[np.ndarray]:
+    """The exact answer as it stands after 0, 1, 2 … messages: computed before the writes
+    start, so that judging a search costs the searching process nothing while they run."""
+    snapshots = [truth.best]
+    for start in range(0, len(added), PER_MESSAGE):
+        truth.add(added[start : start + PER_MESSAGE])
+        snapshots.append(truth.best)
+    return snapshots
+
+
+def add_while_searching(
+    port: int, queries: np.ndarray, truth: Truth, added: np.ndarray, first_id: int, rate: float
+) -> dict[str, Any]:
+    snapshots = truth_after_each_message(truth, added)
+    spawn = multiprocessing.get_context("spawn")
+    done, own_first = spawn.Value("i", 0), spawn.Value("i", 0)
+    seconds = spawn.Value("d", 0.0)
+    writer = spawn.Process(
+        target=write_additions, args=(port, added, first_id, rate, done, own_first, seconds)
+    )
+    channel, stub = searcher_stub(port)
+    result: dict[str, Any] = {}
+    stop = threading.Event()
+    with channel:
+        writer.start()
+        while not done.value and writer.is_alive():  # searches start with the first write
+            time.sleep(0.01)
+        watcher = threading.Thread(target=lambda: (writer.join(), stop.set()))
+        watcher.start()
+        result["during"] = search_loop(stub, queries, lambda: snapshots[done.value], stop)
+        watcher.join()
+        if writer.exitcode != 0:
+            raise RuntimeError(f"the writer process failed (exit code {writer.exitcode})")
+        messages = len(snapshots) - 1
+        result["added_per_s"] = len(added) / seconds.value
+        result["own_first_hit"] = own_first.value / messages
         never = threading.Event()
         result["right_after"] = search_loop(stub, queries, lambda: truth.best, never, limit=400)
         result["fresh_rows_right_after"] = stub.GetStats(
@@ -149,11 +184,18 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--add", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="rows a second the writer adds at most (0: as fast as the searcher takes them; "
+        "an ingest adds at its embedder's rate, ~200 pictures/s on this machine)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "additions.json")
     args = parser.parse_args()
     data, queries = datasets.clustered(args.rows, args.queries)
     added = clustered_vectors(args.add, seed=77)
-    results: dict[str, Any] = {"rows": args.rows, "added": args.add}
+    results: dict[str, Any] = {"rows": args.rows, "added": args.add, "rate_limit": args.rate}
     with tempfile.TemporaryDirectory(prefix="imgsearch-additions-") as tmp:
         server = SearcherProcess(Path(tmp) / "pg", Path(tmp) / "searcher.log")
         try:
@@ -168,7 +210,9 @@ def main() -> int:
                 search_loop(stub, queries, lambda: truth.best, never, limit=len(queries))  # warm
                 results["before"] = search_loop(stub, queries, lambda: truth.best, never, 400)
             print(f"before: {results['before']}", flush=True)
-            results.update(add_while_searching(server.port, queries, truth, added, args.rows))
+            results.update(
+                add_while_searching(server.port, queries, truth, added, args.rows, args.rate)
+            )
         finally:
             server.stop()
         # What the builds fitted for the fresh rows (searcher.cells), from the searcher's log.
