@@ -28,8 +28,10 @@ from searcher.schema import DATA_SCHEMA
 QUERY = sql.Placeholder("query")  # the query vector's literal, bound by the caller
 # Thresholds per dimension for BINARY codes, in standard deviations from the mean.
 BINARY_THRESHOLDS = (-1.0, 0.0, 1.0)
-# The ef_search values a collection's search effort is calibrated over, after each build.
-EFFORT_LADDER = (40, 100, 200, 400, 700, 1000)
+# The ef_search values a collection's search effort is calibrated over, after each build: steps
+# of at most 1.3x, so that two builds whose samples land one step apart search alike (with
+# steps of 2x, 200 and 400 were both chosen for builds of the same 100k rows).
+EFFORT_LADDER = (40, 50, 64, 80, 100, 128, 160, 200, 256, 320, 400, 500, 640, 800, 1000)
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ collection outgrew its quantizer is rebuilt.
 After each build of a collection's index:
 1. draw held-out queries (stored vectors moved by half the distance to their nearest
    neighbour) and their exact neighbours (searcher.recall);
-2. calibrate: walk the kind's effort ladder (ef_search, and candidates for BINARY) from the
-   cheapest setting up, measuring recall@10 at each, and keep the first that meets the target
-   (default 0.99) with at most 1 sampled query in 100 lost (finding under half of its
-   neighbours), else the most thorough;
+2. calibrate: find on the kind's effort ladder (ef_search, and candidates for BINARY; steps
+   of at most 1.3x) the cheapest setting whose recall@10 meets the target (default 0.99) with
+   at most 1 sampled query in 100 lost (finding under half of its neighbours), by bisection,
+   else the most thorough;
 3. if the recall at the default effort is below the floor (default 0.95), the build itself is
    poor: rebuild once, CONCURRENTLY, with larger m and ef_construction (at least the defaults,
    twice the ef_construction), and calibrate again.
@@ -316,31 +316,54 @@ class IndexMaintenance:
 
     def _calibrate(self, collection: Collection, sample: RecallSample) -> Calibration:
         """The cheapest effort on the kind's ladder whose recall meets the target, else the
-        most thorough; and the recall at the kind's default effort."""
+        most thorough; and the recall at the kind's default effort. Recall grows with the
+        effort, so the ladder is bisected: 5 or 6 measurements of the sample, not 15."""
         kind = spec(collection.kind)
+        ladder = kind.effort_ladder(collection.candidates)
         default = kind.default_effort(self.default_ef_search)
-        at_default: float | None = None
-        chosen, recall = collection, 0.0
-        for ef_search, candidates in kind.effort_ladder(collection.candidates):
-            chosen = replace(collection, ef_search=ef_search, candidates=candidates)
-            recalls = sample.recalls(self.searcher_for(chosen))
-            # Rounded as it is stored and shown (a `real` column, 3 decimals in notes): the
-            # mean of 200 tenths is often exactly half-way (0.9985), and the note and GetStats
-            # then rounded the float64 and the float4 of it different ways.
-            recall = round(float(recalls.mean()), 4)
-            logger.debug("%s: ef_search %d, candidates %d: recall@10 %.3f, lowest %.1f",
-                         collection.name, ef_search, candidates, recall, recalls.min())  # fmt: skip
-            if at_default is None and (ef_search, candidates) >= default:
-                at_default = recall
-            # A search that found under half of its neighbours was stuck in another part of
-            # the graph: an effort where that happens to more than 1 query in 100 is not enough,
-            # however good the mean. (Asking that none be lost let one unlucky query of 200
-            # double the effort: ef_search 400 in one build of the same 100k, 1000 in another.)
-            lost = float(np.mean(recalls < LOST_QUERY_RECALL))
-            if recall >= self.recall_target and lost <= LOST_QUERIES_ALLOWED:
-                break
-        # Stopped below the default: the default, searching harder, would do at least as well.
-        return Calibration(chosen, recall, recall if at_default is None else at_default)
+        measured: dict[int, tuple[float, bool]] = {}
+
+        def measure(step: int) -> tuple[float, bool]:
+            """(recall, whether it meets the target) at ladder[step]."""
+            if step not in measured:
+                ef_search, candidates = ladder[step]
+                recalls = sample.recalls(
+                    self.searcher_for(
+                        replace(collection, ef_search=ef_search, candidates=candidates)
+                    )
+                )
+                # Rounded as it is stored and shown (a `real` column, 3 decimals in notes): the
+                # mean of 200 tenths is often exactly half-way (0.9985), and the note and
+                # GetStats then rounded the float64 and the float4 of it different ways.
+                recall = round(float(recalls.mean()), 4)
+                # A search that found under half of its neighbours was stuck in another part of
+                # the graph: an effort where that happens to more than 1 query in 100 is not
+                # enough, however good the mean.
+                lost = float(np.mean(recalls < LOST_QUERY_RECALL))
+                meets = recall >= self.recall_target and lost <= LOST_QUERIES_ALLOWED
+                logger.debug(
+                    "%s: ef_search %d, candidates %d: recall@10 %.4f, %.1f%% lost",
+                    *(collection.name, ef_search, candidates, recall, 100 * lost),
+                )
+                measured[step] = recall, meets
+            return measured[step]
+
+        low, high = 0, len(ladder) - 1  # the cheapest step that meets the target is in [low, high]
+        if measure(high)[1]:
+            while low < high:
+                middle = (low + high) // 2
+                if measure(middle)[1]:
+                    high = middle
+                else:
+                    low = middle + 1
+        ef_search, candidates = ladder[high]
+        default_step = next((step for step, effort in enumerate(ladder) if effort >= default), high)
+        # Chosen below the default: the default, searching harder, would do at least as well.
+        return Calibration(
+            replace(collection, ef_search=ef_search, candidates=candidates),
+            measure(high)[0],
+            measure(min(default_step, high))[0],
+        )
 
     def _record(self, collection: Collection, recall: float, sample: int, note: str) -> None:
         with self.pool.connection() as conn, conn, conn.cursor() as cur:

@@ -55,7 +55,8 @@ class ExactNeighbours:
     stream of `COPY (SELECT id, embedding ...) TO STDOUT (FORMAT binary)`: rows are parsed in
     chunks as they arrive, so memory stays bounded whatever the collection's size."""
 
-    CHUNK_ROWS = 20_000
+    # Distances computed at once (queries x rows, float64): 64 MB.
+    CHUNK_DISTANCES = 8_000_000
 
     def __init__(
         self, queries: np.ndarray, query_ids: np.ndarray, metric: Metric, k: int, dim: int
@@ -66,6 +67,7 @@ class ExactNeighbours:
         self.k = k
         self.dim = dim
         self.row_bytes = id_vector_row_bytes(dim)
+        self.chunk_rows = max(1000, self.CHUNK_DISTANCES // max(len(queries), 1))
         self.best = np.full((len(queries), 0), np.inf)
         self._buffer = bytearray()
         self._header_left = COPY_HEADER_BYTES
@@ -77,7 +79,7 @@ class ExactNeighbours:
             del self._buffer[:cut]
             self._header_left -= cut
         whole = len(self._buffer) // self.row_bytes
-        if whole >= self.CHUNK_ROWS:
+        if whole >= self.chunk_rows:
             self._take(whole)
 
     def finish(self) -> np.ndarray:
@@ -117,6 +119,13 @@ Search = Callable[[np.ndarray, int], list[Hit]]
 
 # A held-out query lies this share of the way from a stored vector to its nearest neighbour.
 HELD_OUT_STEP = 0.5
+# A collection's sample holds one held-out query per this many rows, at least SMALLEST_SAMPLE
+# and at most the configured size. On one build of 100k clustered rows, random samples of 200
+# of 1,500 such queries had the calibration choose ef_search 200, 400, 700 or 1000 (the mean of
+# 200 moves by ~0.006: 1-2% of the queries are lost, the rest near 1); samples of 1,000 chose
+# 400 to 1000 (/tmp experiment of stop 30, bench/RESULTS.md).
+ROWS_PER_SAMPLED_QUERY = 50
+SMALLEST_SAMPLE = 200
 NO_ID = np.int64(-1)  # held-out queries are no stored row: none of them is left out
 
 
@@ -167,9 +176,10 @@ def held_out(
 def draw_sample(
     pool: ConnectionPool, collection: Collection, size: int, search: Search, *, seed: int = 0
 ) -> RecallSample | None:
-    """Up to `size` held-out queries (near stored vectors drawn at random, see held_out) and
-    their exact neighbours, by numpy over a binary COPY of every stored vector; None for a
-    collection too small to measure."""
+    """Up to `size` held-out queries (near stored vectors drawn at random, see held_out; one
+    per ROWS_PER_SAMPLED_QUERY rows, at least SMALLEST_SAMPLE) and their exact neighbours, by
+    numpy over a binary COPY of every stored vector; None for a collection too small to
+    measure."""
     with pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
         # Reading every stored vector grows with the collection (a million 1000-d rows took
         # over the 30 s request limit): off the request path, like an index build, it runs
@@ -179,6 +189,7 @@ def draw_sample(
         rows: int = cur.fetchone()[0]
         if rows <= RECALL_AT:
             return None
+        size = min(size, max(SMALLEST_SAMPLE, rows // ROWS_PER_SAMPLED_QUERY))
         share = min(100.0, 100.0 * 3 * size / rows)
         ids, stored = copy_sample(
             cur, collection.table, collection.dim, share=share, size=size, seed=seed

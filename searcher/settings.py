@@ -21,7 +21,7 @@ class StoreSettings:
     maintenance_work_mem: str = ""  # empty: the database's own setting
     recall_floor: float = 0.95
     recall_target: float = 0.99
-    recall_sample: int = 200
+    recall_sample: int = 2000
     shadow_share: float = 0.01
     shadow_budget: float = 0.05
     fold_share: float = 0.1

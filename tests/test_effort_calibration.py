@@ -1,0 +1,109 @@
+"""How the upkeep picks a collection's search effort from a recall sample: the cheapest step
+of the ladder that meets the target, found by bisection. The searches here are a model whose
+recall at each ef_search is known, so the choice can be checked exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+
+from imgsearch.records import Hit
+from searcher.catalogue import Collection, IndexKind, Metric
+from searcher.kinds import EFFORT_LADDER
+from searcher.maintenance import IndexMaintenance
+from searcher.recall import RECALL_AT, RecallSample, Search
+
+QUERIES = 400
+TRUE = np.tile(np.arange(1, RECALL_AT + 1, dtype=np.float64), (QUERIES, 1))
+
+
+def collection() -> Collection:
+    return Collection(
+        name="c",
+        dim=4,
+        metric=Metric.L2,
+        kind=IndexKind.HALFVEC,
+        m=16,
+        ef_construction=200,
+        model_fingerprint="",
+        created_at=datetime.now(UTC),
+        candidates=40,
+    )
+
+
+def sample() -> RecallSample:
+    # Query i is told apart by its first coordinate.
+    queries = np.zeros((QUERIES, 4), dtype=np.float32)
+    queries[:, 0] = np.arange(QUERIES)
+    return RecallSample(queries=queries, true_distances=TRUE)
+
+
+class Graph:
+    """Query i finds all its neighbours once ef_search reaches needs[i], else 4 of its 10
+    (under half: lost)."""
+
+    def __init__(self, needs: np.ndarray) -> None:
+        self.needs = needs
+        self.efforts_searched: set[int] = set()
+
+    def searcher_for(self, chosen: Collection) -> Search:
+        self.efforts_searched.add(chosen.ef_search)
+
+        def search(query: np.ndarray, k: int) -> list[Hit]:
+            found = self.needs[int(query[0])] <= chosen.ef_search
+            distances = TRUE[0] if found else np.r_[TRUE[0][:4], np.full(k - 4, 99.0)]
+            return [Hit(id=i, label="", uri="", distance=float(d)) for i, d in enumerate(distances)]
+
+        return search
+
+
+def maintenance(graph: Graph) -> IndexMaintenance:
+    return IndexMaintenance(
+        None,  # type: ignore[arg-type]  # the calibration reads no database
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        graph.searcher_for,
+        recall_floor=0.95,
+        recall_target=0.99,
+        recall_sample=QUERIES,
+        default_ef_search=400,
+    )
+
+
+def graph_meeting_the_target_at(ef_search: int) -> Graph:
+    """98% of queries need little effort; 2% need `ef_search` (below it, recall 0.988 and 2%
+    of queries lost)."""
+    needs = np.full(QUERIES, EFFORT_LADDER[0])
+    needs[: QUERIES * 2 // 100] = ef_search
+    return Graph(needs)
+
+
+def test_the_cheapest_step_that_meets_the_target_is_chosen_for_every_step() -> None:
+    for target_step in EFFORT_LADDER[1:]:
+        graph = graph_meeting_the_target_at(target_step)
+        calibration = maintenance(graph)._calibrate(collection(), sample())
+        assert calibration.collection.ef_search == target_step
+        assert calibration.recall == 1.0
+        # Bisection: the most thorough step, then about log2(steps) more, and the default.
+        assert len(graph.efforts_searched) <= 6, graph.efforts_searched
+
+
+def test_the_recall_at_the_default_effort_is_measured_there() -> None:
+    graph = graph_meeting_the_target_at(800)
+    calibration = maintenance(graph)._calibrate(collection(), sample())
+    assert 400 in graph.efforts_searched
+    assert calibration.at_default == 0.988  # 2% of queries find 4 of their 10 at 400
+
+
+def test_a_graph_that_never_meets_the_target_searches_with_the_most_effort() -> None:
+    graph = Graph(np.full(QUERIES, 10 * EFFORT_LADDER[-1]))
+    calibration = maintenance(graph)._calibrate(collection(), sample())
+    assert calibration.collection.ef_search == EFFORT_LADDER[-1]
+    assert calibration.recall == 0.4 and calibration.at_default == 0.4
+
+
+def test_the_ladder_steps_by_at_most_1_3x() -> None:
+    # Two builds of the same rows whose samples land one step apart then search alike.
+    steps = np.array(EFFORT_LADDER, dtype=float)
+    assert np.all(steps[1:] / steps[:-1] <= 1.3)
