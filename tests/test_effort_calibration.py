@@ -84,7 +84,7 @@ def test_the_cheapest_step_that_meets_the_target_is_chosen_for_every_step() -> N
         graph = graph_meeting_the_target_at(target_step)
         calibration = maintenance(graph)._calibrate(collection(), sample())
         assert calibration.collection.ef_search == target_step
-        assert calibration.recall == 1.0
+        assert calibration.recall == 1.0 and calibration.met
         # Bisection: the most thorough step, then about log2(steps) more, and the default.
         assert len(graph.efforts_searched) <= 6, graph.efforts_searched
 
@@ -101,6 +101,7 @@ def test_a_graph_that_never_meets_the_target_searches_with_the_most_effort() -> 
     calibration = maintenance(graph)._calibrate(collection(), sample())
     assert calibration.collection.ef_search == EFFORT_LADDER[-1]
     assert calibration.recall == 0.4 and calibration.at_default == 0.4
+    assert not calibration.met
 
 
 def test_the_ladder_steps_by_at_most_1_3x() -> None:

@@ -116,7 +116,7 @@ def test_a_poor_build_is_rebuilt_with_the_default_parameters(stub, searcher: Sea
     assert (collection.index_params.m, collection.index_params.ef_construction) == (16, 200)
     assert collection.index.generation == 3
     assert "rebuilt with m=16, ef_construction=200: recall@10 was" in collection.index.note
-    assert "at m=2, ef_construction=4 (floor 0.95)" in collection.index.note
+    assert "at m=2, ef_construction=4 (floor 0.95, target 0.99)" in collection.index.note
     assert collection.index.recall >= 0.95
 
 
