@@ -23,6 +23,7 @@ import pytest
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
+from searcher.maintenance import RECHECK_SHARE
 from searcher.schema import DATA_SCHEMA
 from searcher.server import Searcher
 from tests.process_helpers import end_process, start_service
@@ -102,6 +103,25 @@ def test_added_rows_stay_off_the_graph_and_are_found_from_the_moment_they_are_st
     assert (stats.fresh_rows, stats.row_count) == (0, 2300)  # folded in, nothing doubled
     for offset in (0, 150, 299):
         assert nearest(stub, name, added[offset])[0].id == 10_000 + offset
+
+
+def test_the_index_is_measured_again_once_enough_rows_are_folded_into_it(
+    stub, searcher: Searcher
+) -> None:
+    name = indexed_collection(stub, searcher)
+    before = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    added = clustered_vectors(200, dim=DIM, seed=12)
+    few = int(RECHECK_SHARE * before.built_rows) - 1
+    stub.Upsert(upsert_messages(name, added[:few], first_id=10_000))
+    assert searcher.store is not None and searcher.store.maintenance.wait_idle(UPKEEP_S)
+    folded = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 0
+    assert folded.recall_time == before.recall_time  # too few to measure again
+    stub.Upsert(upsert_messages(name, added[few:], first_id=10_000 + few))
+    assert searcher.store.maintenance.wait_idle(UPKEEP_S)
+    after = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert after.generation == before.generation  # folded, not rebuilt
+    assert after.recall_time.ToDatetime() > before.recall_time.ToDatetime()
 
 
 def test_updates_and_deletes_of_fresh_and_indexed_rows_take_effect_at_once(
