@@ -219,38 +219,7 @@ class IndexMaintenance:
         # the target: 1-2% of held-out queries stuck in another part of the graph whatever the
         # ef_search (1 build in 3 of the same 100k clustered rows, m=16; bench/calibration.py).
         if calibrated.at_default < self.recall_floor or not calibrated.met:
-            m = min(MAX_M, max(DEFAULT_M, math.ceil(collection.m * 1.5)))
-            ef_construction = min(
-                MAX_EF_CONSTRUCTION,
-                max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
-            )
-            was = (
-                f"{calibrated.at_default:.3f}"
-                if calibrated.at_default < self.recall_floor
-                else f"{calibrated.recall:.3f} at the most search effort"
-            )
-            repair = (
-                f"rebuilt with m={m}, ef_construction={ef_construction}: recall@10 was {was} at "
-                f"m={collection.m}, ef_construction={collection.ef_construction} (floor "
-                f"{self.recall_floor:.2f}, target {self.recall_target:.2f})"
-            )
-            logger.warning("%s: %s", name, repair)
-            notes.append(repair)
-            collection = self.builder.build(
-                collection,
-                concurrently=True,
-                m=m,
-                ef_construction=ef_construction,
-                note="; ".join(notes),
-            )
-            calibrated = self._calibrate(collection, sample)
-            if calibrated.recall < self.recall_floor:
-                logger.warning(
-                    "recall@10 of %s stays at %.3f at the most search effort: its vectors may "
-                    "suit another index kind",
-                    name,
-                    calibrated.recall,
-                )
+            calibrated = self._repair(collection, calibrated, sample, notes)
         chosen = calibrated.collection
         effort = f"ef_search {chosen.ef_search}" + (
             f", candidates {chosen.candidates}" if chosen.candidates else ""
@@ -261,6 +230,49 @@ class IndexMaintenance:
             f"(target {self.recall_target:.2f}{short})"
         )
         self._record(chosen, calibrated.recall, len(sample), "; ".join(notes))
+
+    def _repair(
+        self,
+        collection: Collection,
+        calibrated: Calibration,
+        sample: RecallSample,
+        notes: list[str],
+    ) -> Calibration:
+        """Build the index of `collection` once more with larger m and ef_construction (noted in
+        `notes`), as `calibrated` found it poor, and calibrate the new build on the same sample."""
+        m = min(MAX_M, max(DEFAULT_M, math.ceil(collection.m * 1.5)))
+        ef_construction = min(
+            MAX_EF_CONSTRUCTION,
+            max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
+        )
+        was = (
+            f"{calibrated.at_default:.3f}"
+            if calibrated.at_default < self.recall_floor
+            else f"{calibrated.recall:.3f} at the most search effort"
+        )
+        repair = (
+            f"rebuilt with m={m}, ef_construction={ef_construction}: recall@10 was {was} at "
+            f"m={collection.m}, ef_construction={collection.ef_construction} (floor "
+            f"{self.recall_floor:.2f}, target {self.recall_target:.2f})"
+        )
+        logger.warning("%s: %s", collection.name, repair)
+        notes.append(repair)
+        rebuilt = self.builder.build(
+            collection,
+            concurrently=True,
+            m=m,
+            ef_construction=ef_construction,
+            note="; ".join(notes),
+        )
+        calibrated = self._calibrate(rebuilt, sample)
+        if calibrated.recall < self.recall_floor:
+            logger.warning(
+                "recall@10 of %s stays at %.3f at the most search effort: its vectors may "
+                "suit another index kind",
+                collection.name,
+                calibrated.recall,
+            )
+        return calibrated
 
     def rebuild(self, name: str) -> None:
         """Build the collection's index again (its recorded one was lost, or covers every row
