@@ -9,12 +9,12 @@ After each build of a collection's index:
    of at most 1.3x) the cheapest setting whose recall@10 meets the target (default 0.99) with
    at most 1 sampled query in 100 lost (finding under half of its neighbours), by bisection,
    else the most thorough;
-3. if the recall at the default effort is below the floor (default 0.95), the build itself is
-   poor: rebuild once, CONCURRENTLY, with larger m and ef_construction (at least the defaults,
-   twice the ef_construction), and calibrate again.
+3. if the recall at the default effort is below the floor (default 0.95), or no effort reaches
+   the target, the build itself is poor: rebuild once, CONCURRENTLY, with larger m and
+   ef_construction (at least the defaults, twice the ef_construction), and calibrate again.
 Each step is logged, and the outcome recorded in the catalogue (GetCollection, GetStats): the
-effort in force, its measured recall, and a note of what was done. The same check runs again
-once rows folded into the graph since the last one reach RECHECK_SHARE of its rows.
+effort in force, its measured recall, and a note of what was done. Steps 1 and 2 run again
+once rows folded into the graph since the last check reach RECHECK_SHARE of its rows.
 """
 
 from __future__ import annotations
@@ -179,6 +179,8 @@ class IndexMaintenance:
                 kind, name = task
                 if kind == "check":
                     self.check(name)
+                elif kind == "recheck":
+                    self.check(name, repair=False)
                 elif kind == "build":
                     self.rebuild(name)
                 elif kind == "fold":
@@ -196,8 +198,10 @@ class IndexMaintenance:
 
     # -- the work -----------------------------------------------------------------------------
 
-    def check(self, name: str) -> None:
-        """Measure the current index, calibrate the search effort, repair a poor build."""
+    def check(self, name: str, *, repair: bool = True) -> None:
+        """Measure the current index, calibrate the search effort, repair a poor build (only
+        after a build: a re-check after folds recalibrates, lest a collection whose vectors no
+        graph serves well be rebuilt, with ever larger m, each time it grows by a little)."""
         collection, has_index = self.catalogue.get(name, fresh=True)
         if not has_index:
             return
@@ -218,7 +222,7 @@ class IndexMaintenance:
         # A build is repaired when it is poor at the default effort, or when no effort reaches
         # the target: 1-2% of held-out queries stuck in another part of the graph whatever the
         # ef_search (1 build in 3 of the same 100k clustered rows, m=16; bench/calibration.py).
-        if calibrated.at_default < self.recall_floor or not calibrated.met:
+        if repair and (calibrated.at_default < self.recall_floor or not calibrated.met):
             calibrated = self._repair(collection, calibrated, sample, notes)
         chosen = calibrated.collection
         effort = f"ef_search {chosen.ef_search}" + (
@@ -325,7 +329,7 @@ class IndexMaintenance:
             # Folds end when they have caught up: while an ingest outpaces them (a tenth of a
             # core), not before it stops, so checks do not take its cores.
             if since_check >= RECHECK_SHARE * collection.built_rows:
-                self.schedule("check", name)
+                self.schedule("recheck", name)
 
     def writing(self, name: str) -> None:
         """A write into the collection just went in: folds slow down while writes go on."""
