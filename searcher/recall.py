@@ -120,10 +120,10 @@ Search = Callable[[np.ndarray, int], list[Hit]]
 # A held-out query lies this share of the way from a stored vector to its nearest neighbour.
 HELD_OUT_STEP = 0.5
 # A collection's sample holds one held-out query per this many rows, at least SMALLEST_SAMPLE
-# and at most the configured size. On one build of 100k clustered rows, random samples of 200
-# of 1,500 such queries had the calibration choose ef_search 200, 400, 700 or 1000 (the mean of
-# 200 moves by ~0.006: 1-2% of the queries are lost, the rest near 1); samples of 1,000 chose
-# 400 to 1000 (bench/calibration.py, bench/RESULTS.md).
+# and at most the configured size. On a build of 100k clustered rows, random samples of 200 of
+# 1,500 such queries had the calibration (then on a ladder of 2x steps) choose ef_search 200,
+# 400, 700 or 1000 (the mean of 200 moves by ~0.006: 1-2% of the queries are lost, the rest
+# near 1); samples of 1,000 chose 400 or 700 (bench/calibration.py --seed 2, bench/RESULTS.md).
 ROWS_PER_SAMPLED_QUERY = 50
 SMALLEST_SAMPLE = 200
 NO_ID = np.int64(-1)  # held-out queries are no stored row: none of them is left out
