@@ -7,8 +7,9 @@ the recall sample.
 `imgsearch-searcher` runs as its own process on a fresh embedded PostgreSQL, with its defaults;
 a collection of the default kind is loaded with `--rows` clustered vectors (bench/datasets.py)
 and its upkeep waited for: what it calibrated is recorded, with the upkeep's log lines. Then
-`--queries` held-out queries are made as the upkeep makes them (stored vectors moved by half
-their exact distance to their nearest other row, in a random direction) and searched at every
+`--queries` held-out queries are made by the upkeep's own code (searcher.recall.held_out:
+stored vectors moved by half their distance to their nearest other row, found by the live
+search, in a random direction) and searched at every
 ef_search of the ladder (and of the ladder before stop 30): recall@10 and lost queries (under
 half of their neighbours found) per ef_search, for this build. Last, the calibration's rule
 (the cheapest ef_search with mean recall ≥ 0.99 and at most 1% lost) is applied to 300 random
@@ -32,11 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
 from bench._processes import SearcherProcess, write_results  # noqa: E402
+from bench.additions import Truth  # noqa: E402
 from bench.searcher import loaded_collection  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
+from searcher.catalogue import Metric  # noqa: E402
 from searcher.kinds import EFFORT_LADDER  # noqa: E402
 from searcher.maintenance import LOST_QUERIES_ALLOWED, LOST_QUERY_RECALL  # noqa: E402
-from searcher.recall import HELD_OUT_STEP, RECALL_AT, recall_by_distance  # noqa: E402
+from searcher.recall import RECALL_AT, held_out, recall_by_distance  # noqa: E402
 from tests.searcher_helpers import searcher_stub, vector  # noqa: E402
 
 OLD_LADDER = (40, 100, 200, 400, 700, 1000)
@@ -45,26 +48,20 @@ SAMPLE_SIZES = (200, 500, 1000)
 DRAWS = 300
 
 
-def nearest_distances(queries: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """The k smallest L2 distances of each query to `rows`, ascending (float64)."""
-    squares = np.einsum("ij,ij->i", rows, rows)
-    best = []
-    for start in range(0, len(queries), 250):
-        q = queries[start : start + 250].astype(np.float64)
-        d = squares[None, :] + np.einsum("ij,ij->i", q, q)[:, None] - 2 * q @ rows.T
-        part = np.take_along_axis(d, np.argpartition(d, k - 1, axis=1)[:, :k], axis=1)
-        best.append(np.sort(np.sqrt(np.maximum(part, 0.0)), axis=1))
-    return np.concatenate(best)
+def held_out_queries(
+    port: int, collection: str, data: np.ndarray, count: int, seed: int
+) -> np.ndarray:
+    """`count` held-out queries made by the upkeep's own construction (searcher.recall.held_out),
+    its nearest-neighbour distances found, as the upkeep finds them, by the live search."""
+    channel, stub = searcher_stub(port)
 
+    def search(query: np.ndarray, top_k: int) -> Any:
+        request = pb.SearchRequest(collection=collection, vector=vector(query), top_k=top_k)
+        return stub.Search(request, timeout=30).hits
 
-def held_out_queries(data: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    rows = data.astype(np.float64)
-    picked = rng.choice(len(rows), count, replace=False)
-    nearest_other = nearest_distances(rows[picked], rows, 2)[:, 1]  # [0] is the row itself
-    directions = rng.normal(size=(count, rows.shape[1]))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    moved = rows[picked] + HELD_OUT_STEP * nearest_other[:, None] * directions
-    return moved.astype(np.float32)
+    picked = np.random.default_rng(seed).choice(len(data), count, replace=False)
+    with channel:
+        return held_out(data[picked], picked, Metric.L2, search, seed)
 
 
 def recalls_by_effort(
@@ -110,8 +107,6 @@ def main() -> int:
     args = parser.parse_args()
     data, _ = datasets.clustered(args.rows, 10)
     rng = np.random.default_rng(args.seed)
-    queries = held_out_queries(data, args.queries, rng)
-    truth = nearest_distances(queries, data.astype(np.float64), RECALL_AT)
     results: dict[str, Any] = {"rows": args.rows, "queries": args.queries, "seed": args.seed}
     with tempfile.TemporaryDirectory(prefix="imgsearch-calibration-") as tmp:
         server = SearcherProcess(Path(tmp) / "pg", Path(tmp) / "searcher.log")
@@ -126,6 +121,8 @@ def main() -> int:
                 "note": index.note,
             }
             print(f"upkeep: {results['upkeep']}", flush=True)
+            queries = held_out_queries(server.port, "calibration", data, args.queries, args.seed)
+            truth = Truth(queries, data).best
             by_effort = recalls_by_effort(server.port, "calibration", queries, truth)
         finally:
             server.stop()
