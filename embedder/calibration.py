@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from embedder.probes import CALIBRATION_EDITS
+from embedder.spec import HeadInfo
 from imgsearch.photos import textured_photo
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,31 @@ def calibrate(
 ) -> DuplicateDistances:
     """Duplicate distances under L2 and cosine for the model behind `forward`."""
     started = time.monotonic()
+    vectors = _probe_vectors(forward, preprocess, probes, batch_size)
+    return _distances(vectors, time.monotonic() - started)
+
+
+def calibrate_heads(
+    forward: Callable[[np.ndarray], np.ndarray],
+    preprocess: Callable[..., np.ndarray],
+    probes: int,
+    heads: Sequence[HeadInfo],
+) -> dict[str, DuplicateDistances]:
+    """Each head's duplicate distances, from one pass over the probes (a model of several heads
+    computes them side by side)."""
+    started = time.monotonic()
+    vectors = _probe_vectors(forward, preprocess, probes, 16)
+    seconds = time.monotonic() - started
+    return {head.name: _distances(head.of(vectors), seconds, head.name) for head in heads}
+
+
+def _probe_vectors(
+    forward: Callable[[np.ndarray], np.ndarray],
+    preprocess: Callable[..., np.ndarray],
+    probes: int,
+    batch_size: int,
+) -> np.ndarray:
+    """probes × (1 + edits) × width: each generated probe's vector, then its edits'."""
     tensors = []
     for seed in range(probes):
         original = textured_photo(seed, PROBE_SIZE, scene=seed // 2)
@@ -52,16 +78,18 @@ def calibrate(
     vectors = np.concatenate(
         [forward(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
     ).astype(np.float64)
-    per_probe = 1 + len(CALIBRATION_EDITS)
-    vectors = vectors.reshape(probes, per_probe, -1)
+    return vectors.reshape(probes, 1 + len(CALIBRATION_EDITS), -1)
+
+
+def _distances(vectors: np.ndarray, seconds: float, head: str = "") -> DuplicateDistances:
+    probes = len(vectors)
     l2 = _threshold(vectors, _l2)
     cosine = _threshold(vectors / _norms(vectors), _cosine)
     note = (
         f"L2 {l2[0]:.4g} (edited copies' {COPIES_QUANTILE:.0%} quantile {l2[1]:.4g}, distinct "
         f"pictures' {DISTINCT_QUANTILE:.0%} quantile {l2[2]:.4g}), cosine {cosine[0]:.4g} "
         f"({cosine[1]:.4g} / {cosine[2]:.4g}); {probes} generated probes x "
-        f"{len(CALIBRATION_EDITS)} edits, measured at start-up in "
-        f"{time.monotonic() - started:.1f} s"
+        f"{len(CALIBRATION_EDITS)} edits, measured at start-up in {seconds:.1f} s"
     )
     if l2[1] >= l2[2]:
         note += (
@@ -69,9 +97,9 @@ def calibrate(
             "half the nearest distinct probes' distance, favouring precision, and misses some "
             "edits"
         )
-        logger.warning("duplicate distance: %s", note)
+        logger.warning("duplicate distance%s: %s", f" of head {head}" if head else "", note)
     else:
-        logger.info("duplicate distance: %s", note)
+        logger.info("duplicate distance%s: %s", f" of head {head}" if head else "", note)
     return DuplicateDistances(l2=l2[0], cosine=cosine[0], note=note)
 
 

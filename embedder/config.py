@@ -77,7 +77,9 @@ HELP = {
     "or random (tests and benchmarks only: results are meaningless)",
     "head": "logits (the classifier output) or gem (uniform borders trimmed, input standardised "
     "per image, GeM-pooled last conv map, L2-normalised: robust to brightness, contrast and "
-    "screenshot frames)",
+    "screenshot frames); or logits,gem: both from one forward pass over the tutorial's input "
+    "(that GeM vector without trimming or standardising), the first in each result's vector, "
+    "both by name when a request asks (SqueezeNet and ResNet models)",
     "seed": "seed for --weights random",
     "device": "auto, cpu or cuda[:N]",
     "threads": "CPU threads for the model (0: one per core)",

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from embedder import onnx_file, preprocessing
-from embedder.spec import HEADS, ModelInfo, ModelSpec
+from embedder.spec import ModelInfo, ModelSpec
 from imgsearch import defaults
 from imgsearch._extras import require_extra
 from imgsearch.errors import StartupError
@@ -48,6 +48,9 @@ def export_model(spec: ModelSpec, out: Path) -> ModelInfo:
         "fingerprint": info.fingerprint,
         "probe_vectors": onnx_file.encode_vectors(model.forward(probes)),
     }
+    if len(info.heads) > 1:
+        described[onnx_file.HEADS_KEY] = onnx_file.describe_heads(info.heads)
+        described["head"] = ",".join(head.name for head in info.heads)
     for key, value in described.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = onnx_file.KEY_PREFIX + key, value
@@ -77,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="imagenet (from the TORCH_HOME cache), a state_dict file path, or random "
         "(tests and benchmarks only: results are meaningless)",
     )
-    parser.add_argument("--head", default=defaults.HEAD, choices=HEADS, help="logits or gem")
+    parser.add_argument(
+        "--head",
+        default=defaults.HEAD,
+        help="logits, gem, or logits,gem (both vectors from one forward pass)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     args = parser.parse_args(argv)
     spec = ModelSpec(name=args.model, weights=args.weights, head=args.head, seed=args.seed)
@@ -87,8 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imgsearch-embedder-export: {exc}", file=sys.stderr)
         return 2
     print(
-        f"wrote {args.out}: {info.model} ({info.weights_source} weights: {info.weights}), head "
-        f"{info.head}, {info.dim}-d, fingerprint {info.fingerprint}"
+        f"wrote {args.out}: {info.model} ({info.weights_source} weights: {info.weights}), "
+        + ", ".join(
+            f"head {head.name} {head.dim}-d (fingerprint {head.fingerprint})" for head in info.heads
+        )
     )
     return 0
 

@@ -27,7 +27,7 @@ from torchvision import transforms
 from embedder import preprocessing
 from embedder.onnx_session import RUNTIME_TOLERANCE, relative_error
 from embedder.preprocessing import CROP, IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, RESIZE
-from embedder.spec import HEADS, RUNTIMES, ModelInfo, ModelSpec
+from embedder.spec import RUNTIMES, SHARED_PASS_GEM, HeadInfo, ModelInfo, ModelSpec, parse_heads
 from imgsearch import defaults
 from imgsearch.errors import ModelLoadError
 
@@ -88,6 +88,63 @@ class GeMHead(nn.Module):
         return nn.functional.normalize(self.pool(self.trunk(x)), p=2.0, dim=1)
 
 
+class SharedPassHeads(nn.Module):
+    """Several heads from one forward pass: the trunk runs once over the tutorial's input, and
+    each head reads its last convolutional map. The logits are the classifier's own output
+    (its tail applied to that map); the GeM vector is pooled from the same map and
+    L2-normalised. The output is the heads' vectors side by side, in `heads` order."""
+
+    IDENTITY = {"logits": "logits", "gem": SHARED_PASS_GEM}
+
+    def __init__(self, name: str, classifier: nn.Module, heads: tuple[str, ...]) -> None:
+        super().__init__()
+        self.trunk = convolutional_trunk(name, classifier)
+        self.tail = classifier_tail(name, classifier)
+        self.pool = GeM()
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.heads_of(x), dim=1)
+
+    def heads_of(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feature_map = self.trunk(x)
+        return [
+            self.tail(feature_map)
+            if head == "logits"
+            else nn.functional.normalize(self.pool(feature_map), p=2.0, dim=1)
+            for head in self.heads
+        ]
+
+
+def _network(
+    name: str, classifier: nn.Module, heads: tuple[str, ...]
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """The network computing `heads`, and what each head computes (for its fingerprint: vectors
+    of different heads, or of a GeM head with another input, are never mixed)."""
+    if len(heads) > 1:
+        shared = SharedPassHeads(name, classifier, heads)
+        return shared, tuple(SharedPassHeads.IDENTITY[head] for head in heads)
+    if heads[0] == "logits":
+        return classifier, heads
+    return GeMHead(convolutional_trunk(name, classifier)), (GeMHead.IDENTITY,)
+
+
+def classifier_tail(name: str, model: nn.Module) -> nn.Module:
+    """What a torchvision classifier computes after `convolutional_trunk`'s map: applied to that
+    map it gives the classifier's output exactly (tests/test_embedder_heads.py)."""
+    if name.startswith("squeezenet"):
+        classifier: Any = model.classifier
+        return nn.Sequential(list(classifier.children())[-1], nn.Flatten(1))
+    if all(hasattr(model, a) for a in ("conv1", "layer4", "avgpool", "fc")):  # ResNet family
+        resnet: Any = model
+        return nn.Sequential(resnet.avgpool, nn.Flatten(1), resnet.fc)
+    # Elsewhere the trunk ends in a ReLU the classifier does not have: not one pass.
+    raise ModelLoadError(
+        f"heads logits and gem from one pass are supported for SqueezeNet and ResNet models, "
+        f"not {name!r}: serve one head (--head logits or --head gem)"
+    )
+
+
 def convolutional_trunk(name: str, model: nn.Module) -> nn.Module:
     """The part of a torchvision classifier that ends in its last convolutional feature map."""
     if name.startswith("squeezenet"):
@@ -112,8 +169,7 @@ class EmbeddingModel:
     """A loaded model ready for batches of preprocessed images (N×3×224×224 float32)."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        if spec.head not in HEADS:
-            raise ModelLoadError(f"unknown head {spec.head!r}; use one of {', '.join(HEADS)}")
+        heads = parse_heads(spec.head)
         if spec.runtime not in RUNTIMES:
             raise ModelLoadError(
                 f"unknown runtime {spec.runtime!r}; use one of {', '.join(RUNTIMES)}"
@@ -121,45 +177,74 @@ class EmbeddingModel:
         if spec.threads > 0:
             torch.set_num_threads(spec.threads)
         self.spec = spec
-        self._prepare = preprocessing.for_head(spec.head)
+        # Several heads share the pass, and so its input: the tutorial's.
+        input_of = heads[0] if len(heads) == 1 else "logits"
+        self._prepare = preprocessing.for_head(input_of)
         self.device = resolve_device(spec.device)
         started = time.monotonic()
         classifier, source, description = load_classifier(spec)
-        head_identity = GeMHead.IDENTITY if spec.head == "gem" else spec.head
-        fingerprint = weights_fingerprint(spec.name, head_identity, classifier.state_dict())
-        network: nn.Module = (
-            classifier
-            if spec.head == "logits"
-            else GeMHead(convolutional_trunk(spec.name, classifier))
-        )
+        network, identities = _network(spec.name, classifier, heads)
         network.eval()
         # channels_last lets oneDNN pick its fast convolution kernels: ~2.5× on these CPUs.
         self.network = network.to(self.device).to(memory_format=torch.channels_last)
         self._onnx: Any = None
         self.runtime = self._choose_runtime(spec)
-        dim = self.forward(np.zeros((1, 3, CROP, CROP), np.float32)).shape[1]
+        described = self._describe_heads(classifier, heads, identities, input_of)
+        first = described[0]
         self.info = ModelInfo(
             model=spec.name,
             weights_source=source,
             weights=description,
-            head=spec.head,
-            dim=int(dim),
-            preprocessing=preprocessing.description(spec.head),
+            head=first.name,
+            dim=first.dim,
+            preprocessing=first.preprocessing,
             device=str(self.device),
             runtime=self.runtime,
-            fingerprint=fingerprint,
+            fingerprint=first.fingerprint,
+            heads=described,
         )
         logger.info(
-            "loaded %s (%s weights: %s, head %s, %d-d) on %s with %s in %.1f s",
+            "loaded %s (%s weights: %s, head %s, %s) on %s with %s in %.1f s",
             spec.name,
             source,
             description,
-            spec.head,
-            dim,
+            ",".join(heads),
+            " + ".join(f"{head.dim}-d" for head in described),
             self.device,
             self.runtime,
             time.monotonic() - started,
         )
+
+    def _describe_heads(
+        self,
+        classifier: nn.Module,
+        heads: tuple[str, ...],
+        identities: tuple[str, ...],
+        input_of: str,
+    ) -> tuple[HeadInfo, ...]:
+        """Each head's place in the model's output, and its fingerprint."""
+        probe = torch.zeros((1, 3, CROP, CROP), device=self.device)
+        with torch.inference_mode():
+            parts = (
+                self.network.heads_of(probe)
+                if isinstance(self.network, SharedPassHeads)
+                else [self.network(probe)]
+            )
+        state = classifier.state_dict()
+        described, start = [], 0
+        for head, identity, part in zip(heads, identities, parts, strict=True):
+            described.append(
+                HeadInfo(
+                    name=head,
+                    kind=SHARED_PASS_GEM if identity == SHARED_PASS_GEM else head,
+                    dim=int(part.shape[1]),
+                    fingerprint=weights_fingerprint(self.spec.name, identity, state),
+                    preprocessing=preprocessing.description(input_of),
+                    start=start,
+                )
+            )
+            start += int(part.shape[1])
+        return tuple(described)
 
     def _choose_runtime(self, spec: ModelSpec) -> str:
         from embedder import onnx_runtime

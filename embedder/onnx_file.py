@@ -12,6 +12,7 @@ computes differently never serves vectors under the fingerprint.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from PIL import Image
 
 from embedder import preprocessing
 from embedder.onnx_session import RUNTIME_TOLERANCE, OnnxSession, relative_error
-from embedder.spec import HEADS, ModelInfo
+from embedder.spec import HeadInfo, ModelInfo, parse_heads
 from imgsearch.errors import ModelLoadError
 from imgsearch.photos import textured_photo
 
@@ -42,6 +43,9 @@ KEYS = (
     "fingerprint",
     "probe_vectors",
 )
+# Written for a model of several heads (their names, kinds, widths and fingerprints, as JSON);
+# a file without it serves the one head its other keys describe.
+HEADS_KEY = "heads"
 PROBES = 4
 PROBE_SIZE = (400, 300)
 
@@ -79,20 +83,21 @@ class OnnxFileModel:
                 f"{path} is not an ONNX graph ONNX Runtime can load: {str(exc)[:200]}"
             ) from None
         meta = _imgsearch_metadata(self._session.metadata(), path)
-        head = meta["head"]
-        self._prepare = preprocessing.for_head(head)
+        heads = _heads(meta)
+        self._prepare = preprocessing.for_head(meta["head"])
         self.info = ModelInfo(
             model=meta["model"],
             weights_source=meta["weights_source"],
             weights=meta["weights"],
-            head=head,
-            dim=int(meta["dim"]),
+            head=heads[0].name,
+            dim=heads[0].dim,
             preprocessing=meta["preprocessing"],
             device="cpu",
             runtime="onnx-file",
-            fingerprint=meta["fingerprint"],
+            fingerprint=heads[0].fingerprint,
+            heads=heads,
         )
-        self._check_probes(decode_vectors(meta["probe_vectors"], self.info.dim), path)
+        self._check_probes(decode_vectors(meta["probe_vectors"], self.info.width), path)
         if self.info.weights_source == "random":
             logger.warning(
                 "RANDOM WEIGHTS (%s, exported to %s): vectors from this embedder carry no "
@@ -106,8 +111,8 @@ class OnnxFileModel:
             self.info.model,
             self.info.weights_source,
             self.info.weights,
-            head,
-            self.info.dim,
+            meta["head"],
+            self.info.width,
             path,
             self._session.version,
             time.monotonic() - started,
@@ -142,7 +147,7 @@ class OnnxFileModel:
 
 def _imgsearch_metadata(props: dict[str, str], path: str) -> dict[str, str]:
     """The file's own description, checked for what this embedder can serve."""
-    meta = {key: props[KEY_PREFIX + key] for key in KEYS if KEY_PREFIX + key in props}
+    meta = {key: props[KEY_PREFIX + key] for key in (*KEYS, HEADS_KEY) if KEY_PREFIX + key in props}
     missing = [key for key in KEYS if key not in meta]
     if missing:
         raise ModelLoadError(
@@ -153,11 +158,38 @@ def _imgsearch_metadata(props: dict[str, str], path: str) -> dict[str, str]:
         raise ModelLoadError(
             f"{path} has model-file format {meta['format']}; this embedder reads format {FORMAT}"
         )
-    if meta["head"] not in HEADS:
-        raise ModelLoadError(f"{path} has head {meta['head']!r}; this embedder knows {HEADS}")
+    try:
+        parse_heads(meta["head"])
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
     if meta["preprocessing"] != preprocessing.description(meta["head"]):
         raise ModelLoadError(
             f"{path} was exported for the preprocessing {meta['preprocessing']!r}, not this "
             f"embedder's {preprocessing.description(meta['head'])!r}: export it again"
         )
     return meta
+
+
+def describe_heads(heads: tuple[HeadInfo, ...]) -> str:
+    """The HEADS_KEY entry of a model of several heads."""
+    return json.dumps([vars(head) for head in heads])
+
+
+def _heads(meta: dict[str, str]) -> tuple[HeadInfo, ...]:
+    """The heads a file serves: those its HEADS_KEY entry lists, or its one head."""
+    if HEADS_KEY in meta:
+        try:
+            return tuple(HeadInfo(**head) for head in json.loads(meta[HEADS_KEY]))
+        except (ValueError, TypeError) as exc:
+            raise ModelLoadError(
+                f"the model file's {KEY_PREFIX + HEADS_KEY} cannot be read ({exc}): export it again"
+            ) from None
+    return (
+        HeadInfo(
+            name=meta["head"],
+            kind=meta["head"],
+            dim=int(meta["dim"]),
+            fingerprint=meta["fingerprint"],
+            preprocessing=meta["preprocessing"],
+        ),
+    )

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from embedder.batcher import Batcher
-from embedder.calibration import DuplicateDistances, calibrate
+from embedder.calibration import DuplicateDistances, calibrate_heads
 from embedder.config import EmbedderConfig
 from embedder.metrics import embedder_metrics
 from embedder.service import SERVICE_NAME, EmbedderServicer
@@ -64,7 +64,8 @@ class Embedder:
         self.metrics: RpcMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_port = 0
-        self.duplicates: DuplicateDistances | None = None
+        # Each head's, by name; empty when not measured (--duplicate-probes 0).
+        self.duplicates: dict[str, DuplicateDistances] = {}
 
     @property
     def model_info(self) -> ModelInfo:
@@ -79,8 +80,11 @@ class Embedder:
         batcher_config = self.config.batcher_config(self.model.device_type)
         self.model.warm_up(batcher_config.max_batch_size)
         if self.config.duplicate_probes > 0:
-            self.duplicates = calibrate(
-                self.model.forward, self.model.preprocess, self.config.duplicate_probes
+            self.duplicates = calibrate_heads(
+                self.model.forward,
+                self.model.preprocess,
+                self.config.duplicate_probes,
+                self.model.info.heads,
             )
         self.batcher = Batcher(
             self.model.forward,

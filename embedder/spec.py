@@ -12,9 +12,31 @@ import numpy as np
 from PIL import Image
 
 from imgsearch import defaults
+from imgsearch.errors import ModelLoadError
 
 HEADS = ("logits", "gem")
 RUNTIMES = ("auto", "torch", "onnx")
+# A model of several heads ("logits,gem") computes them all in one forward pass, over the
+# tutorial's input: its GeM vector is pooled from the same map the logits come from, without
+# the standalone GeM head's trimmed borders and standardised input (those would need a pass of
+# their own, doubling the cost per image).
+SHARED_PASS_GEM = "gem/shared-pass"
+
+
+def parse_heads(text: str) -> tuple[str, ...]:
+    """ "logits" → ("logits",); "logits,gem" → ("logits", "gem"): the heads a model serves,
+    the first being the one its single `vector` carries."""
+    heads = tuple(part.strip() for part in text.split(","))
+    unknown = [head for head in heads if head not in HEADS]
+    if unknown or not heads:
+        named = ", ".join(map(repr, unknown)) or repr(text)
+        raise ModelLoadError(
+            f"unknown head {named}; use one of {', '.join(HEADS)}, or "
+            "several of them separated by commas (logits,gem: both from one forward pass)"
+        )
+    if len(set(heads)) != len(heads):
+        raise ModelLoadError(f"head {text!r} names a head twice")
+    return heads
 
 
 @dataclass(frozen=True)
@@ -33,16 +55,46 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class HeadInfo:
+    """One of the vectors a model computes for each image: columns [start, start + dim) of the
+    model's output."""
+
+    name: str  # "logits" or "gem", as requests and results name it
+    kind: str  # "logits", "gem" (its own pass) or SHARED_PASS_GEM
+    dim: int
+    fingerprint: str
+    preprocessing: str
+    start: int = 0
+
+    def of(self, vectors: np.ndarray) -> np.ndarray:
+        """This head's part of the model's output (N×total or a single row)."""
+        return vectors[..., self.start : self.start + self.dim]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     model: str
     weights_source: str  # imagenet | checkpoint | random
     weights: str  # what exactly: the enum name, the file, or the seed
-    head: str
-    dim: int
+    head: str  # the first head's name
+    dim: int  # the first head's
     preprocessing: str
     device: str
     runtime: str
-    fingerprint: str
+    fingerprint: str  # the first head's
+    # Every head, the first as above; the model's output is their vectors side by side. Left
+    # out: the one head the fields above describe.
+    heads: tuple[HeadInfo, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.heads:
+            one = HeadInfo(self.head, self.head, self.dim, self.fingerprint, self.preprocessing)
+            object.__setattr__(self, "heads", (one,))
+
+    @property
+    def width(self) -> int:
+        """Columns of the model's output: every head's vector side by side."""
+        return sum(head.dim for head in self.heads)
 
 
 class Model(Protocol):
@@ -60,7 +112,8 @@ class Model(Protocol):
         ...
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Vectors (N×dim float32) for a batch of inputs (N×3×224×224 float32)."""
+        """Vectors (N×width float32: every head's, side by side) for a batch of inputs
+        (N×3×224×224 float32)."""
         ...
 
     def warm_up(self, batch_size: int) -> None:

@@ -26,35 +26,41 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from imgsearch.v1 import vector_pb2 as imgsearch_dot_v1_dot_vector__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimgsearch/v1/embedder.proto\x12\x0cimgsearch.v1\x1a\x17google/rpc/status.proto\x1a\x19imgsearch/v1/vector.proto\"\"\n\x05Image\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"r\n\x0b\x45mbedResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x06vector\x18\x02 \x01(\x0b\x32\x14.imgsearch.v1.VectorH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"]\n\x0c\x45mbedRequest\x12#\n\x06images\x18\x01 \x03(\x0b\x32\x13.imgsearch.v1.Image\x12(\n\x08priority\x18\x02 \x01(\x0e\x32\x16.imgsearch.v1.Priority\";\n\rEmbedResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.imgsearch.v1.EmbedResult\"c\n\x12\x45mbedStreamRequest\x12#\n\x06images\x18\x01 \x03(\x0b\x32\x13.imgsearch.v1.Image\x12(\n\x08priority\x18\x02 \x01(\x0e\x32\x16.imgsearch.v1.Priority\"A\n\x13\x45mbedStreamResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.imgsearch.v1.EmbedResult\"\x15\n\x13GetModelInfoRequest\"\xb0\x03\n\x14GetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x33\n\x0eweights_source\x18\x02 \x01(\x0e\x32\x1b.imgsearch.v1.WeightsSource\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12 \n\x04head\x18\x04 \x01(\x0e\x32\x12.imgsearch.v1.Head\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x15\n\rpreprocessing\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x0f\n\x07runtime\x18\x08 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\t \x01(\t\x12\x16\n\x0emax_batch_size\x18\n \x01(\r\x12\x1e\n\x16max_images_per_request\x18\x0b \x01(\r\x12\x17\n\x0fmax_image_bytes\x18\x0c \x01(\x04\x12\x18\n\x10max_image_pixels\x18\r \x01(\x04\x12\x1a\n\x12\x64uplicate_distance\x18\x0e \x01(\x01\x12!\n\x19\x64uplicate_cosine_distance\x18\x0f \x01(\x01\x12\x1d\n\x15\x64uplicate_calibration\x18\x10 \x01(\t*Q\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x11\n\rPRIORITY_BULK\x10\x02*\x86\x01\n\rWeightsSource\x12\x1e\n\x1aWEIGHTS_SOURCE_UNSPECIFIED\x10\x00\x12\x1b\n\x17WEIGHTS_SOURCE_IMAGENET\x10\x01\x12\x1d\n\x19WEIGHTS_SOURCE_CHECKPOINT\x10\x02\x12\x19\n\x15WEIGHTS_SOURCE_RANDOM\x10\x03*;\n\x04Head\x12\x14\n\x10HEAD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bHEAD_LOGITS\x10\x01\x12\x0c\n\x08HEAD_GEM\x10\x02\x32\x82\x02\n\x0f\x45mbedderService\x12@\n\x05\x45mbed\x12\x1a.imgsearch.v1.EmbedRequest\x1a\x1b.imgsearch.v1.EmbedResponse\x12V\n\x0b\x45mbedStream\x12 .imgsearch.v1.EmbedStreamRequest\x1a!.imgsearch.v1.EmbedStreamResponse(\x01\x30\x01\x12U\n\x0cGetModelInfo\x12!.imgsearch.v1.GetModelInfoRequest\x1a\".imgsearch.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimgsearch/v1/embedder.proto\x12\x0cimgsearch.v1\x1a\x17google/rpc/status.proto\x1a\x19imgsearch/v1/vector.proto\"\"\n\x05Image\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xf1\x01\n\x0b\x45mbedResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x06vector\x18\x02 \x01(\x0b\x32\x14.imgsearch.v1.VectorH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x37\n\x07vectors\x18\x04 \x03(\x0b\x32&.imgsearch.v1.EmbedResult.VectorsEntry\x1a\x44\n\x0cVectorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.imgsearch.v1.Vector:\x02\x38\x01\x42\t\n\x07outcome\"l\n\x0c\x45mbedRequest\x12#\n\x06images\x18\x01 \x03(\x0b\x32\x13.imgsearch.v1.Image\x12(\n\x08priority\x18\x02 \x01(\x0e\x32\x16.imgsearch.v1.Priority\x12\r\n\x05heads\x18\x03 \x03(\t\";\n\rEmbedResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.imgsearch.v1.EmbedResult\"r\n\x12\x45mbedStreamRequest\x12#\n\x06images\x18\x01 \x03(\x0b\x32\x13.imgsearch.v1.Image\x12(\n\x08priority\x18\x02 \x01(\x0e\x32\x16.imgsearch.v1.Priority\x12\r\n\x05heads\x18\x03 \x03(\t\"A\n\x13\x45mbedStreamResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.imgsearch.v1.EmbedResult\"\x15\n\x13GetModelInfoRequest\"\xd1\x01\n\x08HeadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04head\x18\x02 \x01(\x0e\x32\x12.imgsearch.v1.Head\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\x15\n\rpreprocessing\x18\x05 \x01(\t\x12\x1a\n\x12\x64uplicate_distance\x18\x06 \x01(\x01\x12!\n\x19\x64uplicate_cosine_distance\x18\x07 \x01(\x01\x12\x1d\n\x15\x64uplicate_calibration\x18\x08 \x01(\t\"\xd7\x03\n\x14GetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x33\n\x0eweights_source\x18\x02 \x01(\x0e\x32\x1b.imgsearch.v1.WeightsSource\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12 \n\x04head\x18\x04 \x01(\x0e\x32\x12.imgsearch.v1.Head\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x15\n\rpreprocessing\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x0f\n\x07runtime\x18\x08 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\t \x01(\t\x12\x16\n\x0emax_batch_size\x18\n \x01(\r\x12\x1e\n\x16max_images_per_request\x18\x0b \x01(\r\x12\x17\n\x0fmax_image_bytes\x18\x0c \x01(\x04\x12\x18\n\x10max_image_pixels\x18\r \x01(\x04\x12\x1a\n\x12\x64uplicate_distance\x18\x0e \x01(\x01\x12!\n\x19\x64uplicate_cosine_distance\x18\x0f \x01(\x01\x12\x1d\n\x15\x64uplicate_calibration\x18\x10 \x01(\t\x12%\n\x05heads\x18\x11 \x03(\x0b\x32\x16.imgsearch.v1.HeadInfo*Q\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x11\n\rPRIORITY_BULK\x10\x02*\x86\x01\n\rWeightsSource\x12\x1e\n\x1aWEIGHTS_SOURCE_UNSPECIFIED\x10\x00\x12\x1b\n\x17WEIGHTS_SOURCE_IMAGENET\x10\x01\x12\x1d\n\x19WEIGHTS_SOURCE_CHECKPOINT\x10\x02\x12\x19\n\x15WEIGHTS_SOURCE_RANDOM\x10\x03*U\n\x04Head\x12\x14\n\x10HEAD_UNSPECIFIED\x10\x00\x12\x0f\n\x0bHEAD_LOGITS\x10\x01\x12\x0c\n\x08HEAD_GEM\x10\x02\x12\x18\n\x14HEAD_GEM_SHARED_PASS\x10\x03\x32\x82\x02\n\x0f\x45mbedderService\x12@\n\x05\x45mbed\x12\x1a.imgsearch.v1.EmbedRequest\x1a\x1b.imgsearch.v1.EmbedResponse\x12V\n\x0b\x45mbedStream\x12 .imgsearch.v1.EmbedStreamRequest\x1a!.imgsearch.v1.EmbedStreamResponse(\x01\x30\x01\x12U\n\x0cGetModelInfo\x12!.imgsearch.v1.GetModelInfoRequest\x1a\".imgsearch.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imgsearch.v1.embedder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=1031
-  _globals['_PRIORITY']._serialized_end=1112
-  _globals['_WEIGHTSSOURCE']._serialized_start=1115
-  _globals['_WEIGHTSSOURCE']._serialized_end=1249
-  _globals['_HEAD']._serialized_start=1251
-  _globals['_HEAD']._serialized_end=1310
+  _globals['_EMBEDRESULT_VECTORSENTRY']._loaded_options = None
+  _globals['_EMBEDRESULT_VECTORSENTRY']._serialized_options = b'8\001'
+  _globals['_PRIORITY']._serialized_start=1440
+  _globals['_PRIORITY']._serialized_end=1521
+  _globals['_WEIGHTSSOURCE']._serialized_start=1524
+  _globals['_WEIGHTSSOURCE']._serialized_end=1658
+  _globals['_HEAD']._serialized_start=1660
+  _globals['_HEAD']._serialized_end=1745
   _globals['_IMAGE']._serialized_start=97
   _globals['_IMAGE']._serialized_end=131
-  _globals['_EMBEDRESULT']._serialized_start=133
-  _globals['_EMBEDRESULT']._serialized_end=247
-  _globals['_EMBEDREQUEST']._serialized_start=249
-  _globals['_EMBEDREQUEST']._serialized_end=342
-  _globals['_EMBEDRESPONSE']._serialized_start=344
-  _globals['_EMBEDRESPONSE']._serialized_end=403
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=405
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=504
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=506
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=571
-  _globals['_GETMODELINFOREQUEST']._serialized_start=573
-  _globals['_GETMODELINFOREQUEST']._serialized_end=594
-  _globals['_GETMODELINFORESPONSE']._serialized_start=597
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1029
-  _globals['_EMBEDDERSERVICE']._serialized_start=1313
-  _globals['_EMBEDDERSERVICE']._serialized_end=1571
+  _globals['_EMBEDRESULT']._serialized_start=134
+  _globals['_EMBEDRESULT']._serialized_end=375
+  _globals['_EMBEDRESULT_VECTORSENTRY']._serialized_start=296
+  _globals['_EMBEDRESULT_VECTORSENTRY']._serialized_end=364
+  _globals['_EMBEDREQUEST']._serialized_start=377
+  _globals['_EMBEDREQUEST']._serialized_end=485
+  _globals['_EMBEDRESPONSE']._serialized_start=487
+  _globals['_EMBEDRESPONSE']._serialized_end=546
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=548
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=662
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=664
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=729
+  _globals['_GETMODELINFOREQUEST']._serialized_start=731
+  _globals['_GETMODELINFOREQUEST']._serialized_end=752
+  _globals['_HEADINFO']._serialized_start=755
+  _globals['_HEADINFO']._serialized_end=964
+  _globals['_GETMODELINFORESPONSE']._serialized_start=967
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1438
+  _globals['_EMBEDDERSERVICE']._serialized_start=1748
+  _globals['_EMBEDDERSERVICE']._serialized_end=2006
 # @@protoc_insertion_point(module_scope)
