@@ -5,9 +5,10 @@
 Generated photo-like JPEGs (500×375) are streamed through EmbedStream as an ingest streams
 them (messages of 16 images, bulk), to an embedder in its own process with default settings
 (random weights, seed 0: weights do not change the cost), asking by name for the heads after
-the first (whose vector every result carries), as a client that stores both would. The two embedders take turns, `--rounds` times each, so a drift of the machine falls on
-both. Reported: images/s per round and the median, response bytes per image, and the ratio of
-two heads' rate to one's (issue 25 asks ≥ 0.9 of one head's ingest rate).
+the first (whose vector every result carries), as a client that stores both would. The two
+embedders take turns, `--rounds` times each, so a drift of the machine falls on both.
+Reported: images/s per round and the median, response bytes per image, and the ratio of two
+heads' rate to one's (issue 25 asks ≥ 0.9 of one head's ingest rate).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from psycopg2 import errors as pg_errors
 from psycopg2 import sql
 
 from imgsearch import defaults
-from imgsearch.errors import AlreadyExists, NotFound
+from imgsearch.errors import AlreadyExists, InvalidArgument, NotFound
 from imgsearch.names import check_collection_name
 from searcher.pool import ConnectionPool
 from searcher.schema import CATALOG_SCHEMA, DATA_SCHEMA, NO_CELL
@@ -80,6 +81,17 @@ class Collection:
     # The segment whose rows carry coarse cells (searcher.cells): the growing one since the
     # last build that fitted centroids; 0 when none did (every fresh row is scanned).
     cells_segment: int = 0
+    # A named vector's table: the collection whose items it belongs to, and the vector's name
+    # (see named_vector_table); both empty for a collection.
+    parent: str = ""
+    vector_name: str = ""
+
+    @property
+    def described(self) -> str:
+        """What a message to a person calls it: the table of a named vector is not theirs."""
+        if self.parent:
+            return f"vector {self.vector_name!r} of collection {self.parent!r}"
+        return f"collection {self.name!r}"
 
     @property
     def indexed(self) -> sql.Composable:
@@ -130,6 +142,24 @@ INDEX_IS_VALID = (
 )
 
 
+# The catalogue name (and table) of a collection's named vector: outside the names collections
+# may take (it holds a dot), and short whatever the collection's name.
+NAMED_VECTOR_TABLE = re.compile(r"[a-z][a-z0-9_]{0,30}\.[0-9a-f]{20}")
+VECTOR_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}")
+
+
+def named_vector_table(collection: str, vector: str) -> str:
+    return f"{vector}.{_name_hash(collection)}"
+
+
+def check_vector_name(name: str) -> None:
+    if not VECTOR_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid vector name {name[:80]!r}: use 1-31 lower case letters, digits and "
+            "underscores, starting with a letter"
+        )
+
+
 def fresh_index_name(name: str) -> str:
     """The btree index on a collection's (segment, cell) columns (as migration 4 names it)."""
     return "fresh_" + hashlib.md5(name.encode()).hexdigest()
@@ -167,6 +197,8 @@ _FIELD_OF_COLUMN = {
     "index_segment": "index_segment",
     "growing_segment": "growing_segment",
     "cells_segment": "cells_segment",
+    "parent": "parent",
+    "vector_name": "vector_name",
 }
 _SELECT = f"SELECT {', '.join(_FIELD_OF_COLUMN)} FROM {CATALOG_SCHEMA}.collections"
 # Columns that builds and recall checks may set (record()): all but what a collection is.
@@ -177,6 +209,8 @@ _RECORDED = frozenset(_FIELD_OF_COLUMN).union({"quantizer_centre", "quantizer_sp
     "index_kind",
     "model_fingerprint",
     "created_at",
+    "parent",
+    "vector_name",
 }
 
 
@@ -189,6 +223,7 @@ def _from_row(row: Sequence[Any]) -> Collection:
             "kind": IndexKind(values["kind"]),
             "built_rows": values["built_rows"] or 0,  # NULL before the first build
             "build_seconds": values["build_seconds"] or 0.0,
+            "parent": values["parent"] or "",
         }
     )
 
@@ -240,10 +275,23 @@ class Catalogue:
             cur.execute("SELECT create_distributed_table(%s, 'id')", (created.qualified_table,))
         return created
 
-    def drop(self, cur: Any, name: str) -> None:
-        """Remove a collection's row and its table inside the caller's transaction."""
-        self._delete(cur, name)
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DATA_SCHEMA, name)))
+    def drop(self, cur: Any, name: str) -> list[str]:
+        """Remove a collection's row and its table, and those of its named vectors, inside the
+        caller's transaction; the names of the named vectors' tables."""
+        tables = [c.name for c in self.named_vectors(cur, name)]
+        self._delete(cur, name)  # the named vectors' rows go with it (ON DELETE CASCADE)
+        for table in [name, *tables]:
+            cur.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(DATA_SCHEMA, table))
+            )
+        for table in tables:
+            self.forget(table)
+        return tables
+
+    def named_vectors(self, cur: Any, name: str) -> list[Collection]:
+        """The tables of a collection's named vectors, by vector name."""
+        cur.execute(f"{_SELECT} WHERE parent = %s ORDER BY vector_name", (name,))
+        return [_from_row(row) for row in cur.fetchall()]
 
     def _insert(self, cur: Any, collection: Collection) -> datetime:
         """Add a collection's row inside the caller's transaction; returns its created_at."""
@@ -251,8 +299,8 @@ class Catalogue:
             cur.execute(
                 f"INSERT INTO {CATALOG_SCHEMA}.collections (name, dim, metric, index_kind, hnsw_m, "
                 "hnsw_ef_construction, model_fingerprint, index_generation, index_segment, "
-                "growing_segment) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "RETURNING created_at",
+                "growing_segment, parent, vector_name) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s) RETURNING created_at",
                 (
                     collection.name,
                     collection.dim,
@@ -264,6 +312,8 @@ class Catalogue:
                     collection.generation,
                     collection.index_segment,
                     collection.growing_segment,
+                    collection.parent or None,
+                    collection.vector_name,
                 ),
             )
         except pg_errors.UniqueViolation:
@@ -275,7 +325,8 @@ class Catalogue:
         """The collection and whether its index exists and is valid (searches can use it);
         "images" is made on first use."""
         name = name or defaults.COLLECTION
-        check_collection_name(name)
+        if not NAMED_VECTOR_TABLE.fullmatch(name):  # the upkeep's, by their catalogue names
+            check_collection_name(name)
         with self._lock:
             cached = self._cache.get(name)
         if cached is not None and not fresh and time.monotonic() - cached[0] < self.CACHE_SECONDS:

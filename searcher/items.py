@@ -56,9 +56,15 @@ class Items:
             return list(map(item_from_row, cur.fetchall()))
 
     def delete(
-        self, collection: Collection, *, ids: Sequence[int] = (), filter: Filter = Filter()
+        self,
+        collection: Collection,
+        *,
+        ids: Sequence[int] = (),
+        filter: Filter = Filter(),
+        named: Sequence[Collection] = (),
     ) -> int:
-        """Delete the items of these ids, or those the filter matches; how many went."""
+        """Delete the items of these ids, or those the filter matches, from the collection and
+        (in the same transaction) the tables of its `named` vectors; how many went."""
         if bool(ids) == bool(filter):
             raise InvalidArgument("give either ids or a non-empty filter to delete, not both")
         check_id_count(ids, self.limits)
@@ -69,9 +75,15 @@ class Items:
         else:
             where, params = filter.where()
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {} {}").format(collection.table, where), params)
-            deleted: int = cur.rowcount
-        return deleted
+            cur.execute(
+                sql.SQL("DELETE FROM {} {} RETURNING id").format(collection.table, where), params
+            )
+            gone = [row[0] for row in cur.fetchall()]
+            for table in named:
+                cur.execute(
+                    sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table.table), (gone,)
+                )
+        return len(gone)
 
 
 def _columns(include_vectors: bool) -> sql.Composable:

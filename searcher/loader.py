@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from psycopg2 import errors as pg_errors
@@ -14,6 +15,7 @@ from psycopg2 import sql
 from searcher.catalogue import Collection
 from searcher.cells import CellStore
 from searcher.indexes import IndexBuilder
+from searcher.named_vectors import split_items
 from searcher.pgvector_io import Item, encode_binary_copy
 from searcher.pool import ConnectionPool
 from searcher.validation import Limits, check_items
@@ -37,50 +39,68 @@ class Loader:
         self.limits = limits
 
     def write(
-        self, collection: Collection, items: Sequence[Item], *, try_plain_copy: bool = False
+        self,
+        collection: Collection,
+        items: Sequence[Item],
+        *,
+        try_plain_copy: bool = False,
+        named: Sequence[tuple[Collection, Sequence[Item]]] = (),
     ) -> tuple[UpsertCounts, bool]:
-        """Write one message in one transaction; returns the counts and whether a plain COPY
-        into the table did it (possible only when none of the ids exists yet)."""
+        """Write one message in one transaction, into the collection's table and (`named`) the
+        tables of its named vectors; returns the collection's counts and whether a plain COPY
+        into its table did it (possible only when none of the ids exists yet)."""
         check_items(collection, items, self.limits)
+        for table, rows in named:
+            check_items(table, rows, self.limits)
         if not items:
             return UpsertCounts(), False
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
+            counts, plain = self._write_table(cur, collection, items, try_plain_copy)
+            for table, rows in named:
+                self._write_table(cur, table, rows, plain)
+        return counts, plain
+
+    def _write_table(
+        self, cur: Any, collection: Collection, items: Sequence[Item], try_plain_copy: bool
+    ) -> tuple[UpsertCounts, bool]:
         payload = encode_binary_copy(
             items, collection.dim, collection.growing_segment, self._cells(collection, items)
         )
-        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
-            if try_plain_copy:
-                # A bulk load of new ids: COPY straight into the table (half the work of
-                # staging and merging). Any existing id aborts it; the merge below then runs.
-                cur.execute("SAVEPOINT plain_copy")
-                try:
-                    cur.copy_expert(
-                        sql.SQL(
-                            "COPY {} (id, label, uri, attributes, embedding, segment, cell) "
-                            "FROM STDIN WITH (FORMAT binary)"
-                        ).format(collection.table),
-                        payload,
-                    )
-                    return UpsertCounts(inserted=len(items)), True
-                except pg_errors.UniqueViolation:
-                    cur.execute("ROLLBACK TO SAVEPOINT plain_copy")
-                    payload.seek(0)
-            cur.execute(
-                "CREATE TEMP TABLE upsert_stage (id bigint, label text, uri text, "
-                "attributes jsonb, embedding vector, segment integer, cell integer) ON COMMIT DROP"
-            )
-            cur.copy_expert("COPY upsert_stage FROM STDIN WITH (FORMAT binary)", payload)
-            # An updated row becomes fresh again: its old version leaves the index's reach.
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} AS t (id, label, uri, attributes, embedding, segment, cell) "
-                    "SELECT id, label, uri, attributes, embedding, segment, cell FROM "
-                    "upsert_stage ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, "
-                    "uri = EXCLUDED.uri, attributes = EXCLUDED.attributes, "
-                    "embedding = EXCLUDED.embedding, segment = EXCLUDED.segment, "
-                    "cell = EXCLUDED.cell RETURNING (xmax = 0)"
-                ).format(collection.table)
-            )
-            inserted = sum(1 for (was_insert,) in cur.fetchall() if was_insert)
+        if try_plain_copy:
+            # A bulk load of new ids: COPY straight into the table (half the work of staging
+            # and merging). Any existing id aborts it; the merge below then runs.
+            cur.execute("SAVEPOINT plain_copy")
+            try:
+                cur.copy_expert(
+                    sql.SQL(
+                        "COPY {} (id, label, uri, attributes, embedding, segment, cell) "
+                        "FROM STDIN WITH (FORMAT binary)"
+                    ).format(collection.table),
+                    payload,
+                )
+                cur.execute("RELEASE SAVEPOINT plain_copy")
+                return UpsertCounts(inserted=len(items)), True
+            except pg_errors.UniqueViolation:
+                cur.execute("ROLLBACK TO SAVEPOINT plain_copy")
+                payload.seek(0)
+        cur.execute(
+            "CREATE TEMP TABLE upsert_stage (id bigint, label text, uri text, "
+            "attributes jsonb, embedding vector, segment integer, cell integer) ON COMMIT DROP"
+        )
+        cur.copy_expert("COPY upsert_stage FROM STDIN WITH (FORMAT binary)", payload)
+        # An updated row becomes fresh again: its old version leaves the index's reach.
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} AS t (id, label, uri, attributes, embedding, segment, cell) "
+                "SELECT id, label, uri, attributes, embedding, segment, cell FROM "
+                "upsert_stage ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, "
+                "uri = EXCLUDED.uri, attributes = EXCLUDED.attributes, "
+                "embedding = EXCLUDED.embedding, segment = EXCLUDED.segment, "
+                "cell = EXCLUDED.cell RETURNING (xmax = 0)"
+            ).format(collection.table)
+        )
+        inserted = sum(1 for (was_insert,) in cur.fetchall() if was_insert)
+        cur.execute("DROP TABLE upsert_stage")  # the next table of this message stages anew
         return UpsertCounts(inserted=inserted, updated=len(items) - inserted), False
 
     def _cells(self, collection: Collection, items: Sequence[Item]) -> np.ndarray | None:
@@ -109,7 +129,7 @@ class Loader:
                     logger.warning(
                         "%s has rows but no index (an interrupted bulk load?): building it at "
                         "the end of this stream",
-                        collection.name,
+                        collection.described,
                     )
                 return not has_index, False
             self.builder.drop_for_load(cur, collection)
@@ -118,7 +138,8 @@ class Loader:
 
 class UpsertSession:
     """One Upsert stream. Into an empty collection, the HNSW index is dropped for the load and
-    built once at close(): building after loading is far faster than inserting into the graph."""
+    built once at close(): building after loading is far faster than inserting into the graph.
+    The tables of the collection's named vectors are loaded alongside, message by message."""
 
     def __init__(
         self,
@@ -126,24 +147,34 @@ class UpsertSession:
         collection: Collection,
         has_index: bool,
         *,
-        on_close: Callable[[UpsertSession, bool], None],
+        named: Sequence[tuple[Collection, bool]] = (),
+        on_close: Callable[[Collection, UpsertCounts, bool], None],
         on_write: Callable[[], None] = lambda: None,
     ) -> None:
         self.loader = loader
         self.collection = collection
+        self.named = [table for table, _ in named]
         self.counts = UpsertCounts()
         self.messages = 0
         self._on_close = on_close
         self._on_write = on_write
-        self._index_deferred, empty = loader.prepare_load(collection, has_index)
+        # Per table (the collection's, then its named vectors'): whether its index is built
+        # at close().
+        self._index_deferred = []
+        for table, indexed in [(collection, has_index), *named]:
+            deferred, empty = loader.prepare_load(table, indexed)
+            self._index_deferred.append(deferred)
+            if empty:
+                logger.info("bulk load into empty %s: index build deferred", table.described)
         # New ids are COPYed straight into the table; the first message holding an existing id
         # is rolled back to a savepoint and merged instead, and so is the rest of the stream.
         self._plain_copy = True
-        if empty:
-            logger.info("bulk load into empty %s: index build deferred", collection.name)
 
     def write(self, items: Sequence[Item]) -> UpsertCounts:
-        counts, plain = self.loader.write(self.collection, items, try_plain_copy=self._plain_copy)
+        named = split_items(self.collection, self.named, items)
+        counts, plain = self.loader.write(
+            self.collection, items, try_plain_copy=self._plain_copy, named=named
+        )
         if items and not plain:
             # After the first conflict, stop trying: this stream is updating existing rows.
             self._plain_copy = False
@@ -155,5 +186,6 @@ class UpsertSession:
         return counts
 
     def close(self) -> None:
-        deferred, self._index_deferred = self._index_deferred, False
-        self._on_close(self, deferred)
+        deferred, self._index_deferred = self._index_deferred, [False] * len(self._index_deferred)
+        for table, build in zip([self.collection, *self.named], deferred, strict=True):
+            self._on_close(table, self.counts, build)

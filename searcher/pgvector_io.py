@@ -22,6 +22,8 @@ class Item:
     label: str = ""
     uri: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
+    # The collection's named vectors (searcher.named_vectors), by name.
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)

@@ -129,6 +129,20 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        5,
+        "named vectors: a collection's further vectors, each in a table of its own",
+        [
+            # A named vector's table is a collection of its own in the catalogue (index,
+            # upkeep, effort), tied to the collection whose items it belongs to.
+            f"""
+            ALTER TABLE {CATALOG_SCHEMA}.collections
+                ADD COLUMN parent text REFERENCES {CATALOG_SCHEMA}.collections (name)
+                    ON DELETE CASCADE,
+                ADD COLUMN vector_name text NOT NULL DEFAULT ''
+            """,
+        ],
+    ),
 ]
 
 

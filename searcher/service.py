@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -32,6 +32,7 @@ from searcher.store import (
     IndexKind,
     Item,
     Metric,
+    VectorSpec,
     VectorStore,
 )
 
@@ -73,39 +74,37 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
     def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.ServicerContext
     ) -> pb.CreateCollectionResponse:
-        if request.metric == pb.METRIC_UNSPECIFIED:
-            metric = Metric.L2
-        elif request.metric in METRIC_FROM_PROTO:
-            metric = METRIC_FROM_PROTO[request.metric]
-        else:
-            raise InvalidArgument(f"unknown metric {request.metric}")
-        kind_value = request.index_params.kind
-        if kind_value != pb.INDEX_KIND_UNSPECIFIED and kind_value not in KIND_FROM_PROTO:
-            raise InvalidArgument(f"unknown index kind {kind_value}")
+        own = vector_spec_from_proto(request)
         collection = self.store.create_collection(
             request.name,
-            request.dim,
-            metric,
-            kind=KIND_FROM_PROTO.get(kind_value),
-            m=request.index_params.m,
-            ef_construction=request.index_params.ef_construction,
-            model_fingerprint=request.model_fingerprint,
+            own.dim,
+            own.metric,
+            kind=own.kind,
+            m=own.m,
+            ef_construction=own.ef_construction,
+            model_fingerprint=own.model_fingerprint,
+            vectors=[vector_spec_from_proto(vector) for vector in request.vectors],
         )
-        return pb.CreateCollectionResponse(collection=collection_to_proto(collection))
+        return pb.CreateCollectionResponse(collection=self._collection_to_proto(collection))
 
     @map_errors
     def GetCollection(
         self, request: pb.GetCollectionRequest, context: grpc.ServicerContext
     ) -> pb.GetCollectionResponse:
         collection = self.store.get_collection(request.name)
-        return pb.GetCollectionResponse(collection=collection_to_proto(collection))
+        return pb.GetCollectionResponse(collection=self._collection_to_proto(collection))
 
     @map_errors
     def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.ServicerContext
     ) -> pb.ListCollectionsResponse:
         collections = self.store.list_collections()
-        return pb.ListCollectionsResponse(collections=[collection_to_proto(c) for c in collections])
+        return pb.ListCollectionsResponse(
+            collections=[self._collection_to_proto(c) for c in collections]
+        )
+
+    def _collection_to_proto(self, collection: Collection) -> pb.Collection:
+        return collection_to_proto(collection, self.store.named_vectors(collection.name))
 
     @map_errors
     def DropCollection(
@@ -202,6 +201,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             candidates=request.params.candidates,
             exact=request.params.exact,
             distances=DistanceRange(request.min_distance, request.max_distance),
+            vector=request.vector_name,
         )
         if self.metrics is not None:
             self.metrics.query_seconds.observe(time.perf_counter() - started)
@@ -261,7 +261,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
     def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.ServicerContext
     ) -> pb.GetStatsResponse:
-        stats = self.store.stats(request.collection)
+        stats = self.store.stats(request.collection, request.vector_name)
         return pb.GetStatsResponse(
             row_count=stats.row_count,
             index_present=stats.index_present,
@@ -289,6 +289,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             limit=request.limit,
             exact=request.exact,
             cancelled=lambda: not context.is_active(),
+            vector=request.vector_name,
         )
         for event in events:
             if isinstance(event, DuplicateGroup):
@@ -310,7 +311,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
                 )
 
 
-def collection_to_proto(collection: Collection) -> pb.Collection:
+def collection_to_proto(collection: Collection, named: Sequence[Collection] = ()) -> pb.Collection:
     return pb.Collection(
         name=collection.name,
         dim=collection.dim,
@@ -319,6 +320,39 @@ def collection_to_proto(collection: Collection) -> pb.Collection:
         model_fingerprint=collection.model_fingerprint,
         create_time=_timestamp(collection.created_at),
         index=index_state_to_proto(collection),
+        vectors=[
+            pb.NamedVector(
+                name=table.vector_name,
+                dim=table.dim,
+                metric=METRIC_TO_PROTO[table.metric],
+                index_params=index_params_to_proto(table),
+                model_fingerprint=table.model_fingerprint,
+                index=index_state_to_proto(table),
+            )
+            for table in named
+        ],
+    )
+
+
+def vector_spec_from_proto(vector: pb.NamedVector | pb.CreateCollectionRequest) -> VectorSpec:
+    """A collection's own vector (from its CreateCollectionRequest, unnamed) or a named one."""
+    if vector.metric == pb.METRIC_UNSPECIFIED:
+        metric = Metric.L2
+    elif vector.metric in METRIC_FROM_PROTO:
+        metric = METRIC_FROM_PROTO[vector.metric]
+    else:
+        raise InvalidArgument(f"unknown metric {vector.metric}")
+    kind_value = vector.index_params.kind
+    if kind_value != pb.INDEX_KIND_UNSPECIFIED and kind_value not in KIND_FROM_PROTO:
+        raise InvalidArgument(f"unknown index kind {kind_value}")
+    return VectorSpec(
+        name=vector.name if isinstance(vector, pb.NamedVector) else "",
+        dim=vector.dim,
+        metric=metric,
+        kind=KIND_FROM_PROTO.get(kind_value),
+        m=vector.index_params.m,
+        ef_construction=vector.index_params.ef_construction,
+        model_fingerprint=vector.model_fingerprint,
     )
 
 
@@ -361,6 +395,7 @@ def item_to_proto(item: Item, include_vector: bool) -> pb.Item:
         uri=item.uri,
         attributes=item.attributes,
         vector=vectors.to_proto(item.vector) if include_vector else None,
+        vectors={name: vectors.to_proto(v) for name, v in item.vectors.items()},
     )
 
 
@@ -371,6 +406,7 @@ def item_from_proto(item: pb.Item) -> Item:
         label=item.label,
         uri=item.uri,
         attributes=dict(item.attributes),
+        vectors={name: vectors.from_proto(v) for name, v in item.vectors.items()},
     )
 
 

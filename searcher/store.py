@@ -13,14 +13,22 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from imgsearch import defaults
-from imgsearch.errors import ImageSearchError, InvalidArgument
+from imgsearch.errors import ImageSearchError, InvalidArgument, NotFound
 from imgsearch.names import check_collection_name
 from imgsearch.records import DuplicateGroup, Hit
-from searcher.catalogue import DEFAULT_DIM, Catalogue, Collection, IndexKind, Metric
+from searcher.catalogue import (
+    DEFAULT_DIM,
+    Catalogue,
+    Collection,
+    IndexKind,
+    Metric,
+    named_vector_table,
+)
 from searcher.cells import CellStore
 from searcher.duplicates import DuplicateFinder, Progress
 from searcher.indexes import IndexBuilder
@@ -28,6 +36,7 @@ from searcher.items import Items
 from searcher.kinds import spec
 from searcher.loader import Loader, UpsertCounts, UpsertSession
 from searcher.maintenance import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, IndexMaintenance
+from searcher.named_vectors import VectorSpec, check_specs, split_items
 from searcher.pgvector_io import Item
 from searcher.pool import ConnectionPool
 from searcher.queries import ANY_DISTANCE, DistanceRange, Effort, Filter, Queries, SearchResult
@@ -45,7 +54,16 @@ from searcher.validation import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Collection", "DistanceRange", "Filter", "IndexKind", "Item", "Metric", "VectorStore"]
+__all__ = [
+    "Collection",
+    "DistanceRange",
+    "Filter",
+    "IndexKind",
+    "Item",
+    "Metric",
+    "VectorSpec",
+    "VectorStore",
+]
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -155,30 +173,52 @@ class VectorStore:
         m: int = 0,
         ef_construction: int = 0,
         model_fingerprint: str = "",
+        vectors: Sequence[VectorSpec] = (),
     ) -> Collection:
-        m = m or DEFAULT_M
-        ef_construction = ef_construction or DEFAULT_EF_CONSTRUCTION
-        check_new_collection(name, dim, m, ef_construction, model_fingerprint)
-        kind = kind or self._default_kind_for(metric)
-        spec(kind).check(metric, self.pgvector)
-        draft = Collection(
+        """Create a collection, with the tables of its named vectors (searcher.named_vectors)
+        in the same transaction."""
+        check_specs(vectors)
+        own = VectorSpec("", dim, metric, kind, m, ef_construction, model_fingerprint)
+        drafts = [self._draft(name, own)]
+        drafts += [
+            replace(self._draft(name, v), name=named_vector_table(name, v.name), parent=name)
+            for v in vectors
+        ]
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            created = []
+            for draft in drafts:
+                created.append(
+                    self.catalogue.create(cur, draft, distributed=bool(self.citus_version))
+                )
+                self.builder.create_empty(cur, created[-1])
+        for table in created:
+            logger.info(
+                "created %s (dim %d, %s, %s index)",
+                table.described,
+                table.dim,
+                table.metric.value,
+                table.kind.name,
+            )
+            self.catalogue.forget(table.name)
+        return created[0]
+
+    def _draft(self, name: str, vector: VectorSpec) -> Collection:
+        m = vector.m or DEFAULT_M
+        ef_construction = vector.ef_construction or DEFAULT_EF_CONSTRUCTION
+        check_new_collection(name, vector.dim, m, ef_construction, vector.model_fingerprint)
+        kind = vector.kind or self._default_kind_for(vector.metric)
+        spec(kind).check(vector.metric, self.pgvector)
+        return Collection(
             name=name,
-            dim=dim,
-            metric=metric,
+            dim=vector.dim,
+            metric=vector.metric,
             kind=kind,
             m=m,
             ef_construction=ef_construction,
-            model_fingerprint=model_fingerprint,
+            model_fingerprint=vector.model_fingerprint,
             created_at=None,  # type: ignore[arg-type]  # set by the database
+            vector_name=vector.name,
         )
-        with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            collection = self.catalogue.create(cur, draft, distributed=bool(self.citus_version))
-            self.builder.create_empty(cur, collection)
-        logger.info(
-            "created collection %s (dim %d, %s, %s index)", name, dim, metric.value, kind.name
-        )
-        self.catalogue.forget(name)
-        return collection
 
     def _default_kind_for(self, metric: Metric) -> IndexKind:
         """The server's default kind, or the next one down that can serve this metric on this
@@ -199,13 +239,33 @@ class VectorStore:
         return self.catalogue.get(name, fresh=True)[0]
 
     def list_collections(self) -> list[Collection]:
-        return self.catalogue.list()
+        return [c for c in self.catalogue.list() if not c.parent]
+
+    def named_vectors(self, name: str) -> list[Collection]:
+        """The tables of a collection's named vectors, by vector name."""
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            return self.catalogue.named_vectors(cur, name or defaults.COLLECTION)
+
+    def _table(self, name: str, vector: str) -> tuple[Collection, bool]:
+        """The table searched for `vector` of the collection: its own (""), or a named one's."""
+        collection, has_index = self.catalogue.get(name)
+        if not vector:
+            return collection, has_index
+        try:
+            return self.catalogue.get(named_vector_table(collection.name, vector))
+        except NotFound:
+            has = ", ".join(t.vector_name for t in self.named_vectors(collection.name))
+            raise InvalidArgument(
+                f"collection {collection.name!r} has no vector named {vector[:40]!r}; its named "
+                f"vectors: {has or 'none'} (leave the name empty for its own vector)"
+            ) from None
 
     def drop_collection(self, name: str) -> None:
         check_collection_name(name)
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            self.catalogue.drop(cur, name)
-            self.builder.drop_quantizers(cur, name)
+            tables = self.catalogue.drop(cur, name)
+            for table in [name, *tables]:
+                self.builder.drop_quantizers(cur, table)
         self.catalogue.forget(name)
         logger.info("dropped collection %s", name)
 
@@ -213,32 +273,45 @@ class VectorStore:
 
     def begin_upsert(self, name: str) -> UpsertSession:
         """Start a bulk load: .write() each message, then .close() (builds a deferred index)."""
+        check_collection_name(name or defaults.COLLECTION)
         collection, has_index = self.catalogue.get(name, fresh=True)
+        named = [self.catalogue.get(table.name, fresh=True) for table in self.named_vectors(name)]
+        tables = [collection.name, *(table.name for table, _ in named)]
+
+        def writing() -> None:
+            for table in tables:
+                self.maintenance.writing(table)
+
         return UpsertSession(
             self.loader,
             collection,
             has_index,
+            named=named,
             on_close=self._after_load,
-            on_write=lambda: self.maintenance.writing(collection.name),
+            on_write=writing,
         )
 
     def upsert(self, name: str, items: Sequence[Item]) -> UpsertCounts:
         """Insert or update items in one transaction (no index deferral)."""
+        check_collection_name(name or defaults.COLLECTION)
         collection, _ = self.catalogue.get(name)
-        counts = self.loader.write(collection, items)[0]
-        self.maintenance.written(name)
+        named = self.named_vectors(collection.name)
+        parts = split_items(collection, named, items)
+        counts = self.loader.write(collection, items, named=parts)[0]
+        for table in [collection, *named]:
+            self.maintenance.written(table.name)
         return counts
 
-    def _after_load(self, session: UpsertSession, build_deferred: bool) -> None:
+    def _after_load(self, table: Collection, counts: UpsertCounts, build_deferred: bool) -> None:
         if build_deferred:
-            built = self.builder.build(session.collection, concurrently=False)
-            if built.generation != session.collection.generation:
+            built = self.builder.build(table, concurrently=False)
+            if built.generation != table.generation:
                 self.maintenance.after_build(built)
             return
-        if session.counts.inserted:
-            self.maintenance.after_load(session.collection, session.counts.inserted)
-        if session.counts.inserted or session.counts.updated:
-            self.maintenance.written(session.collection.name)
+        if counts.inserted:
+            self.maintenance.after_load(table, counts.inserted)
+        if counts.inserted or counts.updated:
+            self.maintenance.written(table.name)
 
     def build_index(self, name: str) -> Collection:
         """Build the next generation of a collection's index now (for tests and tools)."""
@@ -260,6 +333,7 @@ class VectorStore:
         candidates: int = 0,
         exact: bool = False,
         distances: DistanceRange = ANY_DISTANCE,
+        vector: str = "",
     ) -> SearchResult:
         """The top_k items nearest to a vector (or to the stored item with id `query`).
 
@@ -268,9 +342,10 @@ class VectorStore:
         walked (with iterative scans on pgvector 0.8+) and an exact scan is the fallback
         whenever the index returns too few rows. With `distances`, only hits in that range
         are returned: fewer than top_k when fewer lie in it (or when over max_top_k items lie
-        closer than its low end).
+        closer than its low end). `vector` names one of the collection's named vectors to
+        search instead of its own.
         """
-        collection, has_index = self.catalogue.get(name)
+        collection, has_index = self._table(name, vector)
         check_top_k(top_k, self.limits)
         check_effort(ef_search, candidates)
         check_filter(filter.labels, dict(filter.attributes), self.limits)
@@ -303,10 +378,13 @@ class VectorStore:
         limit: int = 0,
         exact: bool = False,
         cancelled: Callable[[], bool] = lambda: False,
+        vector: str = "",
     ) -> Iterator[Progress | DuplicateGroup]:
         """Progress while the collection is scanned, then its groups of items each within
-        `max_distance` of every other, largest first (searcher.duplicates)."""
-        collection, has_index = self.catalogue.get(name, fresh=True)
+        `max_distance` of every other, largest first (searcher.duplicates), by its own vectors
+        or its named `vector`."""
+        collection, _ = self._table(name, vector)
+        collection, has_index = self.catalogue.get(collection.name, fresh=True)
         check_filter(filter.labels, dict(filter.attributes), self.limits)
         if limit < 0:
             raise InvalidArgument(f"limit must be 0 (every group) or more, got {limit}")
@@ -348,23 +426,43 @@ class VectorStore:
     ) -> tuple[list[Item], list[int]]:
         """The items with these ids (in request order) and the ids that were not found."""
         collection, _ = self.catalogue.get(name)
-        return self.items.get(collection, ids, include_vectors=include_vectors)
+        items, missing = self.items.get(collection, ids, include_vectors=include_vectors)
+        return self._with_named_vectors(collection, items, include_vectors), missing
 
     def list_items(
         self, name: str, *, after_id: int | None, limit: int, include_vectors: bool = False
     ) -> list[Item]:
         """Up to `limit` items with ids above `after_id` (from the start when None), by id."""
         collection, _ = self.catalogue.get(name)
-        return self.items.page(
+        items = self.items.page(
             collection, after_id=after_id, limit=limit, include_vectors=include_vectors
         )
+        return self._with_named_vectors(collection, items, include_vectors)
+
+    def _with_named_vectors(
+        self, collection: Collection, items: list[Item], include_vectors: bool
+    ) -> list[Item]:
+        """`items` with their named vectors filled in, when vectors are asked for."""
+        if not include_vectors or not items:
+            return items
+        ids = [item.id for item in items]
+        for table in self.named_vectors(collection.name):
+            rows, _ = self.items.get(table, ids, include_vectors=True)
+            found = {row.id: row.vector for row in rows}
+            for item in items:
+                if item.id in found:
+                    item.vectors[table.vector_name] = found[item.id]
+        return items
 
     def delete(self, name: str, *, ids: Sequence[int] = (), filter: Filter = Filter()) -> int:
+        check_collection_name(name or defaults.COLLECTION)
         collection, _ = self.catalogue.get(name)
-        return self.items.delete(collection, ids=ids, filter=filter)
+        named = self.named_vectors(collection.name)
+        return self.items.delete(collection, ids=ids, filter=filter, named=named)
 
-    def stats(self, name: str) -> Stats:
-        collection, _ = self.catalogue.get(name, fresh=True)
+    def stats(self, name: str, vector: str = "") -> Stats:
+        collection, _ = self._table(name, vector)
+        collection, _ = self.catalogue.get(collection.name, fresh=True)
         return collection_stats(
             self.pool,
             collection,

@@ -94,7 +94,7 @@ def check_vector(vector: np.ndarray, collection: Collection, where: str) -> None
     HALFVEC index) within half precision."""
     if vector.ndim != 1 or vector.shape[0] != collection.dim:
         raise InvalidArgument(
-            f"{where}: vector has {vector.size} values; collection {collection.name!r} has "
+            f"{where}: vector has {vector.size} values; {collection.described} has "
             f"dim {collection.dim}"
         )
     if not np.isfinite(vector).all():
@@ -102,7 +102,7 @@ def check_vector(vector: np.ndarray, collection: Collection, where: str) -> None
     if collection.half_precision_index and np.abs(vector).max(initial=0.0) > HALF_MAX:
         raise InvalidArgument(
             f"{where}: vector has a value beyond ±{HALF_MAX:g}, which half precision cannot "
-            f"hold; collection {collection.name!r} has a HALFVEC index (use VECTOR or BINARY "
+            f"hold; {collection.described} has a HALFVEC index (use VECTOR or BINARY "
             "for such vectors)"
         )
 

@@ -71,7 +71,7 @@ class IndexState(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., built_rows: _Optional[int] = ..., build_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., build_seconds: _Optional[float] = ..., recall: _Optional[float] = ..., recall_sample: _Optional[int] = ..., recall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ..., candidates: _Optional[int] = ..., quantizer_rows: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint", "create_time", "index")
+    __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint", "create_time", "index", "vectors")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class Collection(_message.Message):
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: Metric
@@ -86,21 +87,40 @@ class Collection(_message.Message):
     model_fingerprint: str
     create_time: _timestamp_pb2.Timestamp
     index: IndexState
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., model_fingerprint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ...) -> None: ...
+    vectors: _containers.RepeatedCompositeFieldContainer[NamedVector]
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., model_fingerprint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ..., vectors: _Optional[_Iterable[_Union[NamedVector, _Mapping]]] = ...) -> None: ...
 
-class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint")
+class NamedVector(_message.Message):
+    __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint", "index")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: Metric
     index_params: IndexParams
     model_fingerprint: str
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
+    index: IndexState
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., model_fingerprint: _Optional[str] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint", "vectors")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dim: int
+    metric: Metric
+    index_params: IndexParams
+    model_fingerprint: str
+    vectors: _containers.RepeatedCompositeFieldContainer[NamedVector]
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., model_fingerprint: _Optional[str] = ..., vectors: _Optional[_Iterable[_Union[NamedVector, _Mapping]]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -141,7 +161,7 @@ class DropCollectionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "label", "uri", "attributes", "vector")
+    __slots__ = ("id", "label", "uri", "attributes", "vector", "vectors")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,17 +169,26 @@ class Item(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class VectorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _vector_pb2.Vector
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
     id: int
     label: str
     uri: str
     attributes: _containers.ScalarMap[str, str]
     vector: _vector_pb2.Vector
-    def __init__(self, id: _Optional[int] = ..., label: _Optional[str] = ..., uri: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ...) -> None: ...
+    vectors: _containers.MessageMap[str, _vector_pb2.Vector]
+    def __init__(self, id: _Optional[int] = ..., label: _Optional[str] = ..., uri: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ..., vectors: _Optional[_Mapping[str, _vector_pb2.Vector]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "items")
@@ -205,7 +234,7 @@ class SearchParams(_message.Message):
     def __init__(self, ef_search: _Optional[int] = ..., exact: _Optional[bool] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "vector", "id", "top_k", "filter", "params", "min_distance", "max_distance")
+    __slots__ = ("collection", "vector", "id", "top_k", "filter", "params", "min_distance", "max_distance", "vector_name")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +243,7 @@ class SearchRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     MIN_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_NAME_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vector: _vector_pb2.Vector
     id: int
@@ -222,7 +252,8 @@ class SearchRequest(_message.Message):
     params: SearchParams
     min_distance: float
     max_distance: float
-    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ..., id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., min_distance: _Optional[float] = ..., max_distance: _Optional[float] = ...) -> None: ...
+    vector_name: str
+    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ..., id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., min_distance: _Optional[float] = ..., max_distance: _Optional[float] = ..., vector_name: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "label", "uri", "attributes", "distance")
@@ -328,10 +359,12 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted_count: _Optional[int] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
-    __slots__ = ("collection",)
+    __slots__ = ("collection", "vector_name")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_NAME_FIELD_NUMBER: _ClassVar[int]
     collection: str
-    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+    vector_name: str
+    def __init__(self, collection: _Optional[str] = ..., vector_name: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("row_count", "index_present", "index_params", "table_bytes", "index_bytes", "pgvector_version", "postgres_version", "index", "live_recall", "settings", "fresh_rows", "fresh_cells", "fresh_cells_searched")
@@ -371,18 +404,20 @@ class GetStatsResponse(_message.Message):
     def __init__(self, row_count: _Optional[int] = ..., index_present: _Optional[bool] = ..., index_params: _Optional[_Union[IndexParams, _Mapping]] = ..., table_bytes: _Optional[int] = ..., index_bytes: _Optional[int] = ..., pgvector_version: _Optional[str] = ..., postgres_version: _Optional[str] = ..., index: _Optional[_Union[IndexState, _Mapping]] = ..., live_recall: _Optional[float] = ..., settings: _Optional[_Mapping[str, str]] = ..., fresh_rows: _Optional[int] = ..., fresh_cells: _Optional[int] = ..., fresh_cells_searched: _Optional[int] = ...) -> None: ...
 
 class FindDuplicatesRequest(_message.Message):
-    __slots__ = ("collection", "max_distance", "filter", "limit", "exact")
+    __slots__ = ("collection", "max_distance", "filter", "limit", "exact", "vector_name")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_NAME_FIELD_NUMBER: _ClassVar[int]
     collection: str
     max_distance: float
     filter: Filter
     limit: int
     exact: bool
-    def __init__(self, collection: _Optional[str] = ..., max_distance: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
+    vector_name: str
+    def __init__(self, collection: _Optional[str] = ..., max_distance: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., exact: _Optional[bool] = ..., vector_name: _Optional[str] = ...) -> None: ...
 
 class DuplicatesProgress(_message.Message):
     __slots__ = ("scanned_items", "total_items")
