@@ -51,6 +51,28 @@ def model_info(response: embedder_pb2.GetModelInfoResponse) -> records.ModelInfo
         duplicate_distance=response.duplicate_distance,
         duplicate_cosine_distance=response.duplicate_cosine_distance,
         duplicate_calibration=response.duplicate_calibration,
+        heads=tuple(
+            records.HeadInfo(
+                name=head.name,
+                head=_word(embedder_pb2.Head, head.head, "HEAD_"),
+                dim=head.dim,
+                fingerprint=head.fingerprint,
+                duplicate_distance=head.duplicate_distance,
+                duplicate_cosine_distance=head.duplicate_cosine_distance,
+            )
+            for head in response.heads
+        )
+        # An embedder from before heads were listed serves one.
+        or (
+            records.HeadInfo(
+                name=_word(embedder_pb2.Head, response.head, "HEAD_"),
+                head=_word(embedder_pb2.Head, response.head, "HEAD_"),
+                dim=response.dim,
+                fingerprint=response.fingerprint,
+                duplicate_distance=response.duplicate_distance,
+                duplicate_cosine_distance=response.duplicate_cosine_distance,
+            ),
+        ),
     )
 
 
@@ -89,6 +111,17 @@ def collection_info(collection: searcher_pb2.Collection) -> records.CollectionIn
         model_fingerprint=collection.model_fingerprint,
         created_at=_moment(collection, "create_time"),
         index=index_info(collection.index),
+        vectors=tuple(
+            records.NamedVectorInfo(
+                name=vector.name,
+                dim=vector.dim,
+                metric=metric(vector.metric),
+                index_kind=index_kind(vector.index_params),
+                model_fingerprint=vector.model_fingerprint,
+                index=index_info(vector.index),
+            )
+            for vector in collection.vectors
+        ),
     )
 
 
@@ -144,10 +177,13 @@ def duplicate_group(group: searcher_pb2.DuplicateGroup) -> records.DuplicateGrou
     )
 
 
-def embed_outcome(result: embedder_pb2.EmbedResult) -> np.ndarray | ImageSearchError:
-    """An image's vector, or the error the embedder gave it."""
+def embed_outcome(
+    result: embedder_pb2.EmbedResult, head: str = ""
+) -> np.ndarray | ImageSearchError:
+    """An image's vector (of the named `head`, which the request asked for; "": the first),
+    or the error the embedder gave it."""
     if result.WhichOneof("outcome") == "vector":
-        return vectors.from_proto(result.vector)
+        return vectors.from_proto(result.vectors[head] if head else result.vector)
     return error_from_status(result.error.code, result.error.message)
 
 
@@ -164,6 +200,7 @@ def search_request(
         ),
         min_distance=options.min_distance,
         max_distance=options.max_distance,
+        vector_name=options.vector,
         **query,
     )
 

@@ -4,7 +4,7 @@ searcher's Upsert (imgsearch._upsert), with a report of what was stored and what
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -32,6 +32,7 @@ class IngestPipeline:
         requests_in_flight: int,
         items_per_message: int,
         on_progress: Callable[[int], object] | None = None,
+        heads: Sequence[str] = (),
     ) -> None:
         self.embedder = embedder
         self.writer = writer
@@ -40,6 +41,8 @@ class IngestPipeline:
         self.requests_in_flight = requests_in_flight
         self.items_per_message = items_per_message
         self.on_progress = on_progress
+        # The collection's named vectors: the embedder's heads of those names, from its pass.
+        self.heads = list(heads)
         self.report = IngestReport()
         self._stub = embedder_pb2_grpc.EmbedderServiceStub(embedder.channel)
         self._pending: deque[tuple[list[IngestItem], Any]] = deque()
@@ -54,6 +57,7 @@ class IngestPipeline:
                     images=[embedder_pb2.Image(key=str(i.id), data=i.image) for i in chunk],
                     # A search waiting on the same embedder goes first (embedder.lanes).
                     priority=embedder_pb2.PRIORITY_BULK,
+                    heads=self.heads,
                 )
                 future = self._stub.Embed.future(request, timeout=self.timeout_s)
                 self._pending.append((chunk, future))
@@ -90,6 +94,7 @@ class IngestPipeline:
                     uri=item.uri,
                     attributes=item.attributes,
                     vector=vectors.to_proto(outcome),
+                    vectors={head: result.vectors[head] for head in self.heads},
                 )
             )
         if len(self._batch) >= self.items_per_message:

@@ -25,6 +25,7 @@ import numpy as np
 
 from imgsearch import _convert, defaults, vectors
 from imgsearch._channel import EMBEDDER_SERVICE_CONFIG, ChannelSecurity, Service
+from imgsearch._fit import check_fit, copy_vector, duplicate_distance
 from imgsearch._ingest import IngestPipeline
 from imgsearch._upsert import UpsertWriter
 from imgsearch.errors import AlreadyExists, FailedPrecondition, ImageSearchError, InvalidArgument
@@ -134,26 +135,37 @@ class ImageSearchClient:
         return self._model_info
 
     def embed(
-        self, images: Sequence[bytes], *, priority: Priority = "interactive"
+        self, images: Sequence[bytes], *, priority: Priority = "interactive", head: str = ""
     ) -> list[np.ndarray | ImageSearchError]:
-        """One vector, or the reason it could not be made, per image. Interactive images go
-        ahead of bulk ones in the embedder's queues; mark work nobody waits for "bulk"."""
+        """One vector (of the embedder's `head`, by name; "": its first), or the reason it
+        could not be made, per image. Interactive images go ahead of bulk ones in the
+        embedder's queues; mark work nobody waits for "bulk"."""
         request = embedder_pb2.EmbedRequest(
             images=[embedder_pb2.Image(key=str(i), data=d) for i, d in enumerate(images)],
             priority=_convert.PRIORITY_TO_PROTO[priority],
+            heads=[head] if head else [],
         )
         response = self._call("embedder", "Embed", request)
-        return [_convert.embed_outcome(result) for result in response.results]
+        return [_convert.embed_outcome(result, head) for result in response.results]
 
     # -- collections --------------------------------------------------------------------------
 
     def ensure_collection(self, name: str | None = None) -> CollectionInfo:
-        """The collection, created for the embedder's model if missing; refuses a collection
+        """The collection, created for the embedder's model if missing (with a named vector for
+        each head after the first: "gem" of an embedder of logits,gem); refuses a collection
         filled by a different model unless force=True."""
         info = self.model_info()
         collection = self._create_or_get(
             searcher_pb2.CreateCollectionRequest(
-                name=name or self.collection, dim=info.dim, model_fingerprint=info.fingerprint
+                name=name or self.collection,
+                dim=info.dim,
+                model_fingerprint=info.fingerprint,
+                vectors=[
+                    searcher_pb2.NamedVector(
+                        name=head.name, dim=head.dim, model_fingerprint=head.fingerprint
+                    )
+                    for head in info.heads[1:]
+                ],
             )
         )
         self._check_model(collection, info)
@@ -191,21 +203,9 @@ class ImageSearchClient:
         return _convert.collection_info(created)
 
     def _check_model(self, collection: CollectionInfo, info: ModelInfo) -> None:
-        if collection.name in self._checked:
-            return
-        if collection.dim != info.dim:
-            raise FailedPrecondition(
-                f"collection {collection.name!r} holds {collection.dim}-d vectors; the embedder "
-                f"({info.model}, head {info.head}) makes {info.dim}-d ones"
-            )
-        fingerprint = collection.model_fingerprint
-        if fingerprint and fingerprint != info.fingerprint and not self.force:
-            raise FailedPrecondition(
-                f"collection {collection.name!r} was filled by model {fingerprint}; the embedder "
-                f"serves {info.fingerprint} ({info.model}, {info.weights}). Vectors of "
-                "different models cannot be compared; use another collection, or --force"
-            )
-        self._checked.add(collection.name)
+        if collection.name not in self._checked:
+            check_fit(collection, info, force=self.force)
+            self._checked.add(collection.name)
 
     # -- searching ----------------------------------------------------------------------------
 
@@ -301,7 +301,9 @@ class ImageSearchClient:
         indexes = list(readable)
         for start in range(0, len(indexes), per_call):
             chunk = indexes[start : start + per_call]
-            embedded = self.embed([readable[i] for i in chunk], priority="interactive")
+            embedded = self.embed(
+                [readable[i] for i in chunk], priority="interactive", head=options.vector
+            )
             found: dict[int, np.ndarray] = {}
             for index, vector in zip(chunk, embedded, strict=True):
                 if isinstance(vector, ImageSearchError):
@@ -337,17 +339,20 @@ class ImageSearchClient:
         exact: bool = False,
         on_progress: Callable[[int, int], None] | None = None,
         timeout_s: float | None = None,
+        vector: str | None = None,
     ) -> list[DuplicateGroup]:
         """The collection's groups of near-duplicates (each member within `max_distance` of
-        every other), largest first, each with its first member (smallest id) first. `on_progress`
-        gets (scanned, total) as the searcher scans. No deadline unless `timeout_s` is given:
-        a large collection takes minutes; interrupting (Ctrl-C) cancels the search."""
+        every other, by `vector`; None: duplicates_vector), largest first, each with its first
+        member (smallest id) first. `on_progress` gets (scanned, total) as the searcher scans.
+        No deadline unless `timeout_s` is given: interrupting (Ctrl-C) cancels the search."""
+        vector = self.duplicates_vector(collection) if vector is None else vector
         request = searcher_pb2.FindDuplicatesRequest(
             collection=collection or self.collection,
             max_distance=max_distance,
             filter=searcher_pb2.Filter(labels=list(labels)),
             limit=limit,
             exact=exact,
+            vector_name=vector,
         )
         call = self.searcher.FindDuplicates(request, timeout=timeout_s)
         groups: list[DuplicateGroup] = []
@@ -363,20 +368,20 @@ class ImageSearchClient:
             call.cancel()  # a no-op once the stream has ended; stops the searcher otherwise
         return groups
 
-    def suggested_duplicate_distance(self, collection: str | None = None) -> float:
-        """The embedder's measured duplicate distance under the collection's metric."""
-        metric = self.describe_collection(collection).metric
-        info = self.model_info()
-        suggestion = {
-            "l2": info.duplicate_distance,
-            "cosine": info.duplicate_cosine_distance,
-        }.get(metric, 0.0)
-        if suggestion <= 0:
-            raise InvalidArgument(
-                "the embedder suggests no duplicate distance for this collection's metric "
-                f"({metric}); give --max-distance"
-            )
-        return float(suggestion)
+    def duplicates_vector(self, collection: str | None = None) -> str:
+        """The vector duplicates are found by: the collection's named vector of copy detection
+        ("gem") when it has one, else its own ("")."""
+        return copy_vector(self.describe_collection(collection))
+
+    def suggested_duplicate_distance(
+        self, collection: str | None = None, vector: str | None = None
+    ) -> float:
+        """The embedder's measured duplicate distance for the head that makes `vector` (None:
+        duplicates_vector), under that vector's metric."""
+        described = self.describe_collection(collection)
+        return duplicate_distance(
+            described, self.model_info(), copy_vector(described) if vector is None else vector
+        )
 
     # -- items --------------------------------------------------------------------------------
 
@@ -476,7 +481,7 @@ class ImageSearchClient:
         both sides (storing an id again only updates it), so a service restarting mid-ingest
         costs time, not data; and an interrupted ingest can simply be run again."""
         name = collection or self.collection
-        self.ensure_collection(name)
+        described = self.ensure_collection(name)
         writer = UpsertWriter(
             self.searcher.Upsert,
             timeout_s=max(self.timeout_s, BULK_TIMEOUT_S),
@@ -490,5 +495,6 @@ class ImageSearchClient:
             requests_in_flight=requests_in_flight,
             items_per_message=items_per_message,
             on_progress=on_progress,
+            heads=[vector.name for vector in described.vectors],
         )
         return pipeline.run(items, images_per_request)

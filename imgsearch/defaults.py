@@ -24,6 +24,9 @@ COLLECTION = "images"
 # The model the embedder serves unless told otherwise: the source tutorial's.
 MODEL = "squeezenet1_1"
 HEAD = "logits"  # the classifier's output; "gem" pools the last convolutional map
+# What `imgsearch up` and `imgsearch demo` serve: both heads from one pass, so the collections
+# they make keep the tutorial's logits and a GeM vector for duplicates with every item.
+STACK_HEAD = "logits,gem"
 WEIGHTS = "imagenet"
 RUNTIME = "auto"  # ONNX Runtime on CPU when installed, else torch
 

@@ -39,6 +39,9 @@ class SearchOptions:
     ef_search: int = 0
     candidates: int = 0
     exact: bool = False
+    # Which of the collection's vectors to search: one of its named vectors (for example "gem",
+    # copy detection), or "" for its own.
+    vector: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,20 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
+class HeadInfo:
+    """One of the vectors an embedder computes for each image (several come from one pass):
+    its name ("logits", "gem"), what computes it, its length, fingerprint and duplicate
+    distances."""
+
+    name: str
+    head: str  # logits | gem | gem_shared_pass
+    dim: int
+    fingerprint: str
+    duplicate_distance: float
+    duplicate_cosine_distance: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What the embedder serves: its model, weights and head, the vectors' length and the
     fingerprint collections record, its limits, and the duplicate distances it measured at
@@ -118,6 +135,11 @@ class ModelInfo:
     duplicate_distance: float
     duplicate_cosine_distance: float
     duplicate_calibration: str
+    # Every vector the embedder computes per image, the first being the one described above.
+    heads: tuple[HeadInfo, ...] = ()
+
+    def head_named(self, name: str) -> HeadInfo | None:
+        return next((head for head in self.heads if head.name == name), None)
 
     @property
     def random_weights(self) -> bool:
@@ -156,6 +178,23 @@ class CollectionInfo:
     ef_construction: int
     model_fingerprint: str
     created_at: datetime | None
+    index: IndexInfo
+    # The named vectors each item carries beside its own (for example "gem").
+    vectors: tuple[NamedVectorInfo, ...] = ()
+
+    def vector_named(self, name: str) -> NamedVectorInfo | None:
+        return next((vector for vector in self.vectors if vector.name == name), None)
+
+
+@dataclass(frozen=True)
+class NamedVectorInfo:
+    """A vector every item of a collection carries under a name, with its own index."""
+
+    name: str
+    dim: int
+    metric: str
+    index_kind: str
+    model_fingerprint: str
     index: IndexInfo
 
 

@@ -32,7 +32,7 @@ class StackConfig:
     searcher_port: int = defaults.SEARCHER_PORT
     weights: str = defaults.WEIGHTS
     model: str = defaults.MODEL
-    head: str = defaults.HEAD
+    head: str = defaults.STACK_HEAD
     runtime: str = defaults.RUNTIME
     seed: int = 0
     tls_cert: str = ""

@@ -158,6 +158,12 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exact", action="store_true", help="compare with every row: exact hits, slower"
     )
+    parser.add_argument(
+        "--vector",
+        default="",
+        help="search by one of the collection's named vectors (gem: copy detection, in a "
+        "collection made by an embedder of logits,gem) instead of its own",
+    )
 
 
 def search_options_from(args: argparse.Namespace) -> SearchOptions:
@@ -168,6 +174,7 @@ def search_options_from(args: argparse.Namespace) -> SearchOptions:
         ef_search=args.ef_search,
         candidates=args.candidates,
         exact=args.exact,
+        vector=args.vector,
     )
 
 
@@ -178,9 +185,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--head",
-        default=defaults.HEAD,
-        help="logits (the classifier output) or gem (GeM-pooled features, L2-normalised; "
-        "better for finding the same picture)",
+        default=defaults.STACK_HEAD,
+        help="logits,gem: both vectors from one pass, stored with every item (the logits "
+        "searched by default, the GeM vector for duplicates); logits (the classifier output) "
+        "or gem (GeM-pooled features, L2-normalised; better for finding the same picture) "
+        "alone",
     )
     parser.add_argument(
         "--runtime",

@@ -56,7 +56,13 @@ def add_duplicates(commands: Any) -> None:
         type=float,
         help="items this close are duplicates; in a group every member is this close to every "
         "other, so a chain of near pictures is split, never merged past it (default: the "
-        "embedder's suggestion for its model, GetModelInfo duplicate_distance)",
+        "embedder's suggestion for the head that makes the vector compared, GetModelInfo "
+        "duplicate_distance)",
+    )
+    duplicates.add_argument(
+        "--vector",
+        help="compare by this named vector of the collection, or '' for its own (default: gem, "
+        "copy detection, when the collection has it, else its own)",
     )
     duplicates.add_argument(
         "--label", action="append", default=[], help="only these labels (repeatable)"
@@ -129,9 +135,10 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     with client_from(args) as client:
+        vector = client.duplicates_vector() if args.vector is None else args.vector
         max_distance = args.max_distance
         if max_distance is None:
-            max_distance = client.suggested_duplicate_distance()
+            max_distance = client.suggested_duplicate_distance(vector=vector)
         with tqdm(desc="comparing", unit=" items", disable=args.json, file=sys.stderr) as bar:
 
             def progress(scanned: int, total: int) -> None:
@@ -144,6 +151,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
                 limit=args.limit,
                 exact=args.exact,
                 on_progress=progress,
+                vector=vector,
             )
     show_duplicates(groups, max_distance, as_json=args.json)
     if args.grid:

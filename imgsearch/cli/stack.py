@@ -205,9 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ) as client:
             status = ingest_paths(client, [str(images_dir)])
             _search_with_a_copy(args, client, paths[len(paths) // 3], random_weights)
-            _find_the_planted_copies(
-                client, planted, stack.model_info.head, data_dir / "duplicates"
-            )
+            _find_the_planted_copies(client, planted, data_dir / "duplicates")
         print(
             "search page: run `" + " ".join(_page_command(args, data_dir)) + "`, then open "
             f"http://{defaults.WEB_ADDRESS}/?collection={args.collection}"
@@ -253,15 +251,18 @@ def _search_with_a_copy(
 
 
 def _find_the_planted_copies(
-    client: ImageSearchClient, planted: list[tuple[Path, Path, str]], head: str, sheets: Path
+    client: ImageSearchClient, planted: list[tuple[Path, Path, str]], sheets: Path
 ) -> None:
-    """Find the collection's near-duplicates as `imgsearch duplicates` does, and say which
-    groups are the planted copies and what else came back."""
+    """Find the collection's near-duplicates as `imgsearch duplicates` does (by its GeM vector
+    when it has one), and say which groups are the planted copies and what else came back."""
     print(f"demo: {len(planted)} edited copies were planted among the pictures:")
     for original, copy, how in planted:
         print(f"  {copy.name}: {original.name} {how}")
-    distance = client.suggested_duplicate_distance()
-    groups = client.find_duplicates(max_distance=distance)
+    vector = client.duplicates_vector()
+    head = vector or client.model_info().head
+    distance = client.suggested_duplicate_distance(vector=vector)
+    print(f"demo: comparing the {head} vectors of the pictures, within {distance:.4g}")
+    groups = client.find_duplicates(max_distance=distance, vector=vector)
     show_duplicates(groups, distance, as_json=False)
     pairs = {frozenset((str(o.resolve()), str(c.resolve()))) for o, c, _ in planted}
     found = sum(frozenset(m.uri for m in group.members) in pairs for group in groups)
@@ -278,7 +279,7 @@ def _find_the_planted_copies(
 def _why_other_groups(head: str) -> str:
     """What the demo's other groups are: every picture it generated is a different one."""
     why = f" (distinct generated pictures that the {head} head puts within the distance"
-    if head == "gem":
+    if head != "logits":
         return why + ")"
     return why + (
         "; the GeM head embeds for copy detection: `imgsearch demo --head gem "
@@ -292,7 +293,7 @@ def _page_command(args: argparse.Namespace, data_dir: Path) -> list[str]:
         "imgsearch", "up", "--data-dir", str(data_dir), "--web",
         *(["--weights", args.weights] if args.weights != defaults.WEIGHTS else []),
         *(["--model", args.model] if args.model != defaults.MODEL else []),
-        *(["--head", args.head] if args.head != defaults.HEAD else []),
+        *(["--head", args.head] if args.head != defaults.STACK_HEAD else []),
     ]  # fmt: skip
 
 
