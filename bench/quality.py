@@ -3,6 +3,7 @@ groups at the embedder's own threshold hold the right pictures?
 
     python bench/quality.py                       # all models, ~20 minutes on 2 cores
     python bench/quality.py --models squeezenet1_1:gem --originals 100
+    python bench/quality.py --stack               # duplicates on the stack as `imgsearch up` runs
 
 A corpus of generated photo-like pictures (embedder.probes.textured_photo: lit backdrops, fractal
 texture at several scales, soft shapes, blur and sensor noise, at natural sizes; originals come
@@ -41,6 +42,7 @@ from embedder.calibration import calibrate  # noqa: E402
 from embedder.model import EmbeddingModel, GeMHead, ModelSpec  # noqa: E402
 from embedder.preprocessing import preprocess  # noqa: E402
 from embedder.probes import EDITS  # noqa: E402
+from imgsearch import defaults  # noqa: E402
 from imgsearch.photos import textured_photo  # noqa: E402
 from searcher.grouping import Neighbours  # noqa: E402
 
@@ -305,6 +307,31 @@ def report(result: dict[str, object]) -> None:
     print(f"  duplicates at {result['duplicate_threshold']:.4g}: {result['duplicates']}")
 
 
+def run_stacks(args: argparse.Namespace) -> None:
+    """--stack: each head configuration on a fresh local stack, the same corpus and copies."""
+    from bench._stack_quality import measure_stack, planted_copies
+
+    stored = corpus(args.originals, args.distractors)
+    planted = planted_copies(stored, args.planted)
+    runs = []
+    for head in args.stack_heads.split(";"):
+        run = measure_stack(head, stored, planted)
+        print(json.dumps(run, indent=2), flush=True)
+        runs.append(run)
+    out = Path(args.out).with_name("quality_stack.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rates = [run["ingest_images_per_s"] for run in runs]
+    summary = {
+        "originals": args.originals,
+        "distractors": args.distractors,
+        "planted": args.planted,
+        "runs": runs,
+        "ingest_first_over_last": rates[0] / rates[-1],
+    }
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=DEFAULT_MODELS, help="name:head[:variant],...")
@@ -316,7 +343,21 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    parser.add_argument(
+        "--stack", action="store_true",
+        help="duplicates on the local stack as a newcomer runs it (bench/_stack_quality.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stack-heads", default=f"{defaults.STACK_HEAD};logits",
+        help="the embedder heads of each stack run, separated by ';'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--planted", type=int, default=100, help="--stack: originals given one edited copy each"
+    )
     args = parser.parse_args()
+    if args.stack:
+        run_stacks(args)
+        return
     runs = []
     for entry in args.models.split(","):
         name, head, variant = (*entry.split(":"), "", "")[:3]

@@ -43,6 +43,17 @@ def check_fit(collection: CollectionInfo, info: ModelInfo, *, force: bool) -> No
             )
 
 
+def check_vector_name(collection: CollectionInfo, vector: str) -> None:
+    """InvalidArgument unless `vector` is "" (the collection's own) or one of its named ones:
+    said before any image is embedded for it."""
+    if vector and collection.vector_named(vector) is None:
+        has = ", ".join(v.name for v in collection.vectors) or "none"
+        raise InvalidArgument(
+            f"collection {collection.name!r} has no vector named {vector!r}; its named vectors: "
+            f"{has} (leave the name empty for its own vector)"
+        )
+
+
 def copy_vector(collection: CollectionInfo) -> str:
     """The vector to find duplicates by: the named one of copy detection when the collection
     has it, else its own ("")."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from imgsearch import _convert, defaults, vectors
 from imgsearch._channel import EMBEDDER_SERVICE_CONFIG, ChannelSecurity, Service
-from imgsearch._fit import check_fit, copy_vector, duplicate_distance
+from imgsearch._fit import check_fit, check_vector_name, copy_vector, duplicate_distance
 from imgsearch._ingest import IngestPipeline
 from imgsearch._upsert import UpsertWriter
 from imgsearch.errors import AlreadyExists, FailedPrecondition, ImageSearchError, InvalidArgument
@@ -137,9 +137,8 @@ class ImageSearchClient:
     def embed(
         self, images: Sequence[bytes], *, priority: Priority = "interactive", head: str = ""
     ) -> list[np.ndarray | ImageSearchError]:
-        """One vector (of the embedder's `head`, by name; "": its first), or the reason it
-        could not be made, per image. Interactive images go ahead of bulk ones in the
-        embedder's queues; mark work nobody waits for "bulk"."""
+        """One vector (of the named `head`; "": the first), or why there is none, per image.
+        Interactive images go ahead of bulk ones; mark work nobody waits for "bulk"."""
         request = embedder_pb2.EmbedRequest(
             images=[embedder_pb2.Image(key=str(i), data=d) for i, d in enumerate(images)],
             priority=_convert.PRIORITY_TO_PROTO[priority],
@@ -189,9 +188,10 @@ class ImageSearchClient:
         response = self._call("searcher", "ListCollections", searcher_pb2.ListCollectionsRequest())
         return [_convert.collection_info(c) for c in response.collections]
 
-    def stats(self, collection: str | None = None) -> CollectionStats:
-        """Rows, index, measured recall and sizes of a collection."""
-        request = searcher_pb2.GetStatsRequest(collection=collection or self.collection)
+    def stats(self, collection: str | None = None, vector: str = "") -> CollectionStats:
+        """Rows, index, measured recall and sizes of a collection (or of its named `vector`)."""
+        name = collection or self.collection
+        request = searcher_pb2.GetStatsRequest(collection=name, vector_name=vector)
         return _convert.collection_stats(self._call("searcher", "GetStats", request))
 
     def _create_or_get(self, request: searcher_pb2.CreateCollectionRequest) -> CollectionInfo:
@@ -291,7 +291,7 @@ class ImageSearchClient:
         in batches, then searched together (search_vectors). An image that cannot be read,
         cropped to `box`, embedded or searched gets its error in place of hits; the others are
         still searched."""
-        self.searchable_collection(collection)
+        check_vector_name(self.searchable_collection(collection), options.vector)
         prepared = [self._query_bytes(image, box) for image in images]
         readable = {i: p for i, p in enumerate(prepared) if isinstance(p, bytes)}
         outcomes: list[list[Hit] | ImageSearchError] = [

@@ -113,6 +113,23 @@ def test_an_ingested_image_finds_itself_first_at_distance_zero(ingested, photos:
     assert abs(float(hits[0]["distance"])) < 1e-3  # type: ignore[arg-type]
 
 
+def test_the_stack_stores_a_gem_vector_with_every_item_and_searches_by_it(
+    ingested, photos: Path
+) -> None:
+    """`imgsearch up` serves logits,gem: every item carries both, from one pass."""
+    listed = imgsearch("collections", *ingested)
+    assert listed.returncode == 0 and "gem (1000-d)" in listed.stdout, listed.stderr
+    stats = imgsearch("stats", "--vector", "gem", *ingested)
+    assert "collection      images, vector gem" in stats.stdout, stats.stdout + stats.stderr
+    assert "rows            200" in stats.stdout
+    image = photos / "label02" / "11.jpg"
+    by_gem = _search(ingested, image, "--top-k", "3", "--vector", "gem")
+    assert by_gem[0]["uri"] == str(image.resolve())
+    assert abs(float(by_gem[0]["distance"])) < 1e-3  # type: ignore[arg-type]
+    unknown = imgsearch("search", str(image), "--vector", "sift", *ingested)
+    assert unknown.returncode != 0 and "has no vector named 'sift'" in unknown.stderr
+
+
 def test_search_effort_options_reach_the_searcher(ingested, photos: Path) -> None:
     image = photos / "label05" / "03.jpg"
     walked = _search(ingested, image, "--top-k", "10", "--ef-search", "100", "--candidates", "50")

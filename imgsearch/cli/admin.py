@@ -11,21 +11,31 @@ from imgsearch.records import CollectionStats
 
 def add_collections_and_stats(commands: Any) -> None:
     add_command(commands, "collections", cmd_collections, "list collections")
-    add_command(commands, "stats", cmd_stats, "rows, index and size of a collection")
+    stats = add_command(commands, "stats", cmd_stats, "rows, index and size of a collection")
+    stats.add_argument(
+        "--vector",
+        default="",
+        help="the table and index of one of the collection's named vectors (gem) instead of "
+        "its own",
+    )
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
     with client_from(args) as client:
-        print(f"{'name':<24} {'dim':>5}  {'metric':<20} model")
+        print(f"{'name':<24} {'dim':>5}  {'metric':<20} {'named vectors':<16} model")
         for c in client.collections():
-            print(f"{c.name:<24} {c.dim:>5}  {c.metric:<20} {c.model_fingerprint or '-'}")
+            named = ",".join(f"{v.name} ({v.dim}-d)" for v in c.vectors) or "-"
+            print(
+                f"{c.name:<24} {c.dim:>5}  {c.metric:<20} {named:<16} {c.model_fingerprint or '-'}"
+            )
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     with client_from(args) as client:
-        stats = client.stats()
-    for name, value in [("collection", args.collection), *stats_rows(stats)]:
+        stats = client.stats(vector=args.vector)
+    what = args.collection + (f", vector {args.vector}" if args.vector else "")
+    for name, value in [("collection", what), *stats_rows(stats)]:
         print(f"{name:<15} {value}")
     return 0
 
