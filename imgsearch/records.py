@@ -139,6 +139,7 @@ class ModelInfo:
     heads: tuple[HeadInfo, ...] = ()
 
     def head_named(self, name: str) -> HeadInfo | None:
+        """The head of that name, if the embedder serves it."""
         return next((head for head in self.heads if head.name == name), None)
 
     @property
@@ -183,6 +184,7 @@ class CollectionInfo:
     vectors: tuple[NamedVectorInfo, ...] = ()
 
     def vector_named(self, name: str) -> NamedVectorInfo | None:
+        """The named vector of that name, if the collection has it."""
         return next((vector for vector in self.vectors if vector.name == name), None)
 
 

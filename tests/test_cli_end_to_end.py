@@ -113,23 +113,6 @@ def test_an_ingested_image_finds_itself_first_at_distance_zero(ingested, photos:
     assert abs(float(hits[0]["distance"])) < 1e-3  # type: ignore[arg-type]
 
 
-def test_the_stack_stores_a_gem_vector_with_every_item_and_searches_by_it(
-    ingested, photos: Path
-) -> None:
-    """`imgsearch up` serves logits,gem: every item carries both, from one pass."""
-    listed = imgsearch("collections", *ingested)
-    assert listed.returncode == 0 and "gem (1000-d)" in listed.stdout, listed.stderr
-    stats = imgsearch("stats", "--vector", "gem", *ingested)
-    assert "collection      images, vector gem" in stats.stdout, stats.stdout + stats.stderr
-    assert "rows            200" in stats.stdout
-    image = photos / "label02" / "11.jpg"
-    by_gem = _search(ingested, image, "--top-k", "3", "--vector", "gem")
-    assert by_gem[0]["uri"] == str(image.resolve())
-    assert abs(float(by_gem[0]["distance"])) < 1e-3  # type: ignore[arg-type]
-    unknown = imgsearch("search", str(image), "--vector", "sift", *ingested)
-    assert unknown.returncode != 0 and "has no vector named 'sift'" in unknown.stderr
-
-
 def test_search_effort_options_reach_the_searcher(ingested, photos: Path) -> None:
     image = photos / "label05" / "03.jpg"
     walked = _search(ingested, image, "--top-k", "10", "--ef-search", "100", "--candidates", "50")
@@ -273,11 +256,14 @@ def planted_duplicates(
     embedder, searcher = stack
     options = ("--embedder", embedder, "--searcher", searcher, "--collection", "planted")
     assert imgsearch("ingest", str(root), *options).returncode == 0
-    # The threshold for this test: between the copies' distances and the distinct pictures'.
+    # The threshold for this test: between the copies' distances and the distinct pictures',
+    # in the vectors `imgsearch duplicates` compares (the collection's gem ones, from `up`).
     with ImageSearchClient(embedder, searcher) as client:
+        head = client.duplicates_vector("planted")
+        assert head == "gem"
         vectors = {}
         for path in root.iterdir():
-            (vectors[str(path.resolve())],) = client.embed([path.read_bytes()])
+            (vectors[str(path.resolve())],) = client.embed([path.read_bytes()], head=head)
     distinct = [str(path.resolve()) for path in files]
     nearest_distinct = min(
         float(np.linalg.norm(vectors[a] - vectors[b]))
@@ -320,7 +306,10 @@ def test_duplicates_prints_groups_and_defaults_to_the_embedders_distance(
     result = imgsearch("duplicates", *options)
     assert result.returncode == 0, result.stderr
     with ImageSearchClient(options[1], options[3]) as client:
-        suggested = client.model_info().duplicate_distance
+        gem = client.model_info().head_named("gem")
+        assert gem is not None
+        suggested = gem.duplicate_distance
+        assert suggested == client.suggested_duplicate_distance("planted")
     assert suggested > 0
     assert f"within {suggested:g}" in result.stdout.splitlines()[0]
     assert "comparing" in result.stderr  # the progress bar

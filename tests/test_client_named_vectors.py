@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from imgsearch.records import SearchOptions
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher.config import SearcherConfig
 from searcher.server import Searcher
+from tests.process_helpers import imgsearch
 
 _names = itertools.count()
 
@@ -125,3 +128,30 @@ def test_an_embedder_without_the_collections_named_vector_is_refused(
             assert report.inserted == 1 and client.duplicates_vector(f"{name}_one") == ""
     finally:
         logits_only.stop(grace_s=1)
+
+
+def test_the_cli_lists_searches_and_describes_the_named_vector(
+    both: Embedder, searcher: Searcher, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n, data in enumerate(photos(6)):
+        (folder / f"{n:02d}.jpg").write_bytes(data)
+    name = f"cli{next(_names)}"
+    options = (
+        "--embedder", f"127.0.0.1:{both.port}", "--searcher", f"127.0.0.1:{searcher.port}",
+        "--collection", name,
+    )  # fmt: skip
+    assert imgsearch("ingest", str(folder), *options).returncode == 0
+    listed = imgsearch("collections", *options)
+    assert listed.returncode == 0 and "gem (1000-d)" in listed.stdout, listed.stderr
+    stats = imgsearch("stats", "--vector", "gem", *options)
+    assert f"collection      {name}, vector gem" in stats.stdout, stats.stdout + stats.stderr
+    assert "rows            6" in stats.stdout
+    image = folder / "02.jpg"
+    found = imgsearch("search", str(image), "--top-k", "3", "--vector", "gem", "--json", *options)
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)["hits"]
+    assert hits[0]["uri"] == str(image.resolve()) and abs(float(hits[0]["distance"])) < 1e-3
+    unknown = imgsearch("search", str(image), "--vector", "sift", *options)
+    assert unknown.returncode == 2 and "has no vector named 'sift'" in unknown.stderr
