@@ -203,6 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with ImageSearchClient(
             stack.embedder_address, stack.searcher_address, collection=args.collection
         ) as client:
+            _without_an_earlier_demos_collection(client)
             status = ingest_paths(client, [str(images_dir)])
             _search_with_a_copy(args, client, paths[len(paths) // 3], random_weights)
             _find_the_planted_copies(client, planted, data_dir / "duplicates")
@@ -213,6 +214,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return status
     finally:
         stack.stop()
+
+
+def _without_an_earlier_demos_collection(client: ImageSearchClient) -> None:
+    """Drop the demo's collection when an earlier demo made it without a vector this embedder
+    serves (the gem vector its duplicates compare): it is the demo's own, and re-ingesting its
+    pictures takes seconds."""
+    from imgsearch.errors import NotFound
+    from imgsearch.v1 import searcher_pb2
+
+    try:
+        described = client.describe_collection()
+    except NotFound:
+        return
+    missing = {h.name for h in client.model_info().heads[1:]} - {v.name for v in described.vectors}
+    if missing:
+        print(
+            f"demo: collection {described.name!r} is from an earlier demo, without the "
+            f"{', '.join(sorted(missing))} vector: making it anew",
+            flush=True,
+        )
+        client.searcher.DropCollection(searcher_pb2.DropCollectionRequest(name=described.name))
 
 
 def _demo_images(args: argparse.Namespace, data_dir: Path) -> tuple[Path, list[Path]]:
