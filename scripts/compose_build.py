@@ -169,10 +169,16 @@ def build_images(images: list[tuple[str, str]] = IMAGES) -> dict[str, dict[str, 
 
 
 def model_file() -> Path:
-    out = WORK / "embedder.onnx"
+    from imgsearch.defaults import STACK_HEAD
+
+    # Both heads, as `imgsearch up` and the compose file's torch embedder serve them.
+    out = WORK / "embedder-logits-gem.onnx"
     if not out.exists():
         WORK.mkdir(exist_ok=True)
-        run(sys.executable, "-m", "embedder.export", out, "--weights", "random", cwd=ROOT)
+        run(
+            sys.executable, "-m", "embedder.export", out, "--weights", "random",
+            "--head", STACK_HEAD, cwd=ROOT,
+        )  # fmt: skip
     out.chmod(0o644)
     return out
 

@@ -298,6 +298,15 @@ def ingest_killing_the_searcher(stack: Stack, results: dict[str, Any]) -> None:
         f"{rows} rows, {distinct} distinct pictures, nothing lost or doubled",
         results,
     )
+    # The embedder serves logits,gem: each item's gem vector went into its own table with it.
+    gem = stack.client("stats", "--vector", "gem").stdout
+    found = re.search(r"^rows\s+(\d+)", gem, re.MULTILINE)
+    gem_rows = int(found.group(1)) if found else 0
+    check(
+        gem_rows == PICTURES,
+        f"every item carries its gem vector too: {gem_rows} rows in the gem vector's table",
+        results,
+    )
 
 
 def crash_restarts(stack: Stack, results: dict[str, Any]) -> None:
