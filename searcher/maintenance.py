@@ -11,7 +11,9 @@ After each build of a collection's index:
    else the most thorough;
 3. if the recall at the default effort is below the floor (default 0.95), or no effort reaches
    the target, the build itself is poor: rebuild once, CONCURRENTLY, with larger m and
-   ef_construction (at least the defaults, twice the ef_construction), and calibrate again.
+   ef_construction (at least the defaults, twice the ef_construction), and calibrate again;
+   but not when the collection grew into a new build after a repaired graph had missed the
+   target already (its vectors suit no graph: m would only climb).
 Each step is logged, and the outcome recorded in the catalogue (GetCollection, GetStats): the
 effort in force, its measured recall, and a note of what was done. Steps 1 and 2 run again
 once rows folded into the graph since the last check reach RECHECK_SHARE of its rows.
@@ -59,8 +61,10 @@ REBUILD_MIN_ROWS = 1000
 # with, the index is measured and its effort calibrated again: after 10k rows folded into 100k,
 # recall at the same effort was 0.005-0.010 below before in 3 of 7 runs (bench/additions.py).
 RECHECK_SHARE = 0.05
-# How the note of a collection's index says what the calibration chose.
+# How the note of a collection's index says what the calibration chose, and that no effort met
+# the target.
 CALIBRATED = "search effort calibrated"
+NOT_REACHED = "not reached at the most effort"
 # Per-query recall below which a sampled search counts as lost, and the share of the sample
 # that may be lost at the effort chosen (see _calibrate).
 LOST_QUERY_RECALL = 0.5
@@ -228,7 +232,7 @@ class IndexMaintenance:
         effort = f"ef_search {chosen.ef_search}" + (
             f", candidates {chosen.candidates}" if chosen.candidates else ""
         )
-        short = "" if calibrated.met else ", not reached at the most effort"
+        short = "" if calibrated.met else f", {NOT_REACHED}"
         notes.append(
             f"{CALIBRATED}: {effort} for recall@10 {calibrated.recall:.3f} "
             f"(target {self.recall_target:.2f}{short})"
@@ -298,7 +302,13 @@ class IndexMaintenance:
         if fresh >= max(REBUILD_MIN_ROWS, REBUILD_SHARE * collection.built_rows):
             note = f"{fresh} fresh rows taken in by a build (cheaper than folding them)"
             logger.info("%s: %s", name, note)
-            self.check(self.builder.build(collection, concurrently=True, note=note).name)
+            # A graph already repaired (m raised) that still missed the target is not repaired
+            # again each time its collection grows: m would climb 1.5x a time to MAX_M, for
+            # vectors no graph serves well. The new build is calibrated; repairs stay for
+            # graphs that were good before.
+            hopeless = NOT_REACHED in collection.index_note and collection.m > DEFAULT_M
+            built = self.builder.build(collection, concurrently=True, note=note)
+            self.check(built.name, repair=not hopeless)
             return
         folded, started = 0, time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(BULK_WORKERS, "fold") as workers:

@@ -140,6 +140,18 @@ def test_codes_that_cannot_tell_neighbours_apart_get_the_most_candidates(
     assert "rebuilt with m=24, ef_construction=400: recall@10 was " in index.note
     assert "search effort calibrated: ef_search 1000, candidates 1000 for recall@10" in index.note
     assert index.recall < 0.95
+    # The collection grows by a third: a build takes the new rows in, and is calibrated, but not
+    # repaired again (m would climb 1.5x with every growth, for codes no graph serves).
+    more = (rng.uniform(0, 1000, size=(7_000, 1)) * np.ones((1, 1000)) / np.sqrt(1000)).astype(
+        np.float32
+    )
+    stub.Upsert(upsert_messages(name, more, first_id=20_000))
+    settle(searcher)
+    grown = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
+    assert grown.index_params.m == 24 and grown.index.generation == index.generation + 1
+    assert grown.index.built_rows == 27_000
+    assert "7000 fresh rows taken in by a build" in grown.index.note
+    assert "rebuilt with" not in grown.index.note and "not reached" in grown.index.note
 
 
 def test_shadow_queries_measure_live_recall_and_move_the_gauge(stub, searcher: Searcher) -> None:
