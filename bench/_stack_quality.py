@@ -25,6 +25,9 @@ from imgsearch.v1 import searcher_pb2
 from stack.local import LocalStack, StackConfig
 
 COLLECTION = "quality"
+# Duplicates are also scored at these multiples of the suggested distance: is recall limited by
+# the distance, or by copies that lie among distinct pictures?
+DISTANCE_SWEEP = (0.5, 1.5, 2.0, 3.0)
 UPKEEP_S = 1800  # a deadline for the index upkeep after the ingest, not an expected duration
 
 
@@ -77,6 +80,16 @@ def measure_stack(
             started = time.monotonic()
             groups = client.find_duplicates(distance)
             duplicates_s = time.monotonic() - started
+            sweep = {
+                str(factor): score(
+                    client.find_duplicates(factor * distance),
+                    truth,
+                    planted,
+                    len(stored),
+                    factor * distance,
+                )
+                for factor in DISTANCE_SWEEP
+            }
             sizes = _sizes(client)
     return {
         "head": head,
@@ -87,6 +100,10 @@ def measure_stack(
         "duplicate_distance": distance,
         "find_duplicates_seconds": duplicates_s,
         **score(groups, truth, planted, len(stored), distance),
+        "at_multiples_of_the_distance": {
+            factor: {k: v for k, v in figures.items() if k != "planted_pair_recall_by_edit"}
+            for factor, figures in sweep.items()
+        },
         "sizes": sizes,
     }
 
