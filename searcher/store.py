@@ -27,6 +27,7 @@ from searcher.catalogue import (
     Collection,
     IndexKind,
     Metric,
+    check_vector_name,
     named_vector_table,
 )
 from searcher.cells import CellStore
@@ -251,6 +252,7 @@ class VectorStore:
         collection, has_index = self.catalogue.get(name)
         if not vector:
             return collection, has_index
+        check_vector_name(vector)
         try:
             return self.catalogue.get(named_vector_table(collection.name, vector))
         except NotFound:

@@ -157,6 +157,10 @@ def test_get_returns_every_named_vector_as_it_was_written(stub) -> None:
         (lambda g: {}, "has no vector 'gem'"),
         (lambda g: {"gem": vector(g), "sift": vector(g)}, "has vector 'sift'"),
         (lambda g: {"gem": vector(np.ones(GEM_DIM + 1, np.float32))}, "vector 'gem' of collection"),
+        (
+            lambda g: {"gem": vector(np.full(GEM_DIM, np.nan, np.float32))},
+            "item 2 (id 2), vector 'gem': vector contains NaN",
+        ),
     ],
 )
 def test_an_item_without_exactly_the_named_vectors_rejects_its_message_whole(
@@ -188,6 +192,10 @@ def test_a_collection_of_one_vector_refuses_named_ones_and_unknown_names(stub) -
     error = rpc_error(stub.Search, query)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "has no vector named 'gem'" in error.details() and "none" in error.details()
+    query.vector_name = "Gem; DROP TABLE x"
+    error = rpc_error(stub.Search, query)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "invalid vector name 'Gem; DROP TABLE x'" in error.details()
 
 
 @pytest.mark.parametrize(
