@@ -127,6 +127,7 @@ def test_duplicates_come_as_groups_with_thumbnails_names_and_distances(http, pla
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["collection"] == DUPS and body["suggested"] is False
+    assert body["vector"] == ""  # a collection of one vector: compared by its own
     assert [[m["name"] for m in g["members"]] for g in body["groups"]] == [
         ["scene-0.jpg", "scene-0-copy.jpg"]
     ]

@@ -6,8 +6,9 @@
                                         or as the form field "image" (multipart/form-data)
     GET  /api/search?id=&top_k=&collection=&label=   by a stored item's own vector
     GET  /api/duplicates?collection=&max_distance=&limit=   the collection's near-duplicate
-                                        groups (read-only); the distance defaults to the
-                                        embedder's suggestion for its model
+                                        groups (read-only), by its gem vector when it has one
+                                        ("vector"); the distance defaults to the embedder's
+                                        suggestion for the head that makes that vector
     GET  /thumbnails/{collection}/{id}  a stored item's picture, scaled down (JPEG)
     POST /api/session                   {"token": ...}: a browser shows the page token once and
                                         gets a session cookie (webui.access)
@@ -294,17 +295,21 @@ class SearchPage:
             )
 
         def find() -> dict[str, Any]:
+            # The collection's copy-detection vector when it has one (gem), else its own.
+            vector = self.client.duplicates_vector(collection)
             distance = max_distance
             if distance is None:
-                distance = self.client.suggested_duplicate_distance(collection)
+                distance = self.client.suggested_duplicate_distance(collection, vector)
             groups = self.client.find_duplicates(
                 distance,
                 collection=collection,
                 limit=limit,
                 timeout_s=self.config.duplicates_timeout_s,
+                vector=vector,
             )
             return {
                 "collection": collection,
+                "vector": vector,
                 "max_distance": distance,
                 "suggested": max_distance is None,
                 "limit": limit,

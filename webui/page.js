@@ -201,6 +201,7 @@ function renderGroups(answer) {
     ? answer.groups.length + (answer.groups.length === 1 ? " group (" : " groups (") + items +
       " pictures) in " + answer.collection +
       ", every member within " + distance + " of every other" +
+      (answer.vector ? " by their " + answer.vector + " vectors" : "") +
       (answer.suggested ? " (the embedder's suggested distance)" : "") +
       (answer.groups.length === answer.limit ? "; the largest " + answer.limit + " shown" : "")
     : "no near-duplicates within " + distance + " in " + answer.collection;
