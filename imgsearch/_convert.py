@@ -51,28 +51,24 @@ def model_info(response: embedder_pb2.GetModelInfoResponse) -> records.ModelInfo
         duplicate_distance=response.duplicate_distance,
         duplicate_cosine_distance=response.duplicate_cosine_distance,
         duplicate_calibration=response.duplicate_calibration,
-        heads=tuple(
-            records.HeadInfo(
-                name=head.name,
-                head=_word(embedder_pb2.Head, head.head, "HEAD_"),
-                dim=head.dim,
-                fingerprint=head.fingerprint,
-                duplicate_distance=head.duplicate_distance,
-                duplicate_cosine_distance=head.duplicate_cosine_distance,
-            )
-            for head in response.heads
-        )
-        # An embedder from before heads were listed serves one.
-        or (
-            records.HeadInfo(
-                name=_word(embedder_pb2.Head, response.head, "HEAD_"),
-                head=_word(embedder_pb2.Head, response.head, "HEAD_"),
-                dim=response.dim,
-                fingerprint=response.fingerprint,
-                duplicate_distance=response.duplicate_distance,
-                duplicate_cosine_distance=response.duplicate_cosine_distance,
-            ),
-        ),
+        heads=tuple(_head(head, head.name) for head in response.heads)
+        # An embedder from before heads were listed serves one, described by the fields above.
+        or (_head(response, _word(embedder_pb2.Head, response.head, "HEAD_")),),
+    )
+
+
+def _head(
+    source: embedder_pb2.HeadInfo | embedder_pb2.GetModelInfoResponse, name: str
+) -> records.HeadInfo:
+    """A head from a HeadInfo, or from the first head's fields of GetModelInfoResponse (the
+    same names)."""
+    return records.HeadInfo(
+        name=name,
+        head=_word(embedder_pb2.Head, source.head, "HEAD_"),
+        dim=source.dim,
+        fingerprint=source.fingerprint,
+        duplicate_distance=source.duplicate_distance,
+        duplicate_cosine_distance=source.duplicate_cosine_distance,
     )
 
 

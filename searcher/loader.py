@@ -18,7 +18,7 @@ from searcher.indexes import IndexBuilder
 from searcher.named_vectors import split_items
 from searcher.pgvector_io import Item, encode_binary_copy
 from searcher.pool import ConnectionPool
-from searcher.validation import Limits, check_items
+from searcher.validation import Limits, check_items, check_vector
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +50,28 @@ class Loader:
         tables of its named vectors; returns the collection's counts and whether a plain COPY
         into its table did it (possible only when none of the ids exists yet)."""
         check_items(collection, items, self.limits)
-        for table, rows in named:
-            check_items(table, rows, self.limits)
+        for table, rows in named:  # the same ids and texts: only the vectors are new
+            for index, row in enumerate(rows):
+                where = f"item {index} (id {row.id}), vector {table.vector_name!r}"
+                check_vector(row.vector, table, where)
         if not items:
             return UpsertCounts(), False
         with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
-            counts, plain = self._write_table(cur, collection, items, try_plain_copy)
-            for table, rows in named:
-                self._write_table(cur, table, rows, plain)
+            counts, plain = self._write_table(cur, collection, items, try_plain_copy, 0)
+            for stage, (table, rows) in enumerate(named, 1):
+                self._write_table(cur, table, rows, plain, stage)
         return counts, plain
 
     def _write_table(
-        self, cur: Any, collection: Collection, items: Sequence[Item], try_plain_copy: bool
+        self,
+        cur: Any,
+        collection: Collection,
+        items: Sequence[Item],
+        try_plain_copy: bool,
+        stage: int,
     ) -> tuple[UpsertCounts, bool]:
+        """Write `items` into one table inside the caller's transaction (staging table number
+        `stage` when they must be merged)."""
         payload = encode_binary_copy(
             items, collection.dim, collection.growing_segment, self._cells(collection, items)
         )
@@ -78,29 +87,31 @@ class Loader:
                     ).format(collection.table),
                     payload,
                 )
-                cur.execute("RELEASE SAVEPOINT plain_copy")
                 return UpsertCounts(inserted=len(items)), True
             except pg_errors.UniqueViolation:
                 cur.execute("ROLLBACK TO SAVEPOINT plain_copy")
                 payload.seek(0)
+        # One staging table per table the message writes, all dropped at its commit.
+        staged = sql.Identifier(f"upsert_stage_{stage}")
         cur.execute(
-            "CREATE TEMP TABLE upsert_stage (id bigint, label text, uri text, "
-            "attributes jsonb, embedding vector, segment integer, cell integer) ON COMMIT DROP"
+            sql.SQL(
+                "CREATE TEMP TABLE {} (id bigint, label text, uri text, attributes jsonb, "
+                "embedding vector, segment integer, cell integer) ON COMMIT DROP"
+            ).format(staged)
         )
-        cur.copy_expert("COPY upsert_stage FROM STDIN WITH (FORMAT binary)", payload)
+        cur.copy_expert(sql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(staged), payload)
         # An updated row becomes fresh again: its old version leaves the index's reach.
         cur.execute(
             sql.SQL(
-                "INSERT INTO {} AS t (id, label, uri, attributes, embedding, segment, cell) "
+                "INSERT INTO {table} AS t (id, label, uri, attributes, embedding, segment, cell) "
                 "SELECT id, label, uri, attributes, embedding, segment, cell FROM "
-                "upsert_stage ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, "
+                "{staged} ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, "
                 "uri = EXCLUDED.uri, attributes = EXCLUDED.attributes, "
                 "embedding = EXCLUDED.embedding, segment = EXCLUDED.segment, "
                 "cell = EXCLUDED.cell RETURNING (xmax = 0)"
-            ).format(collection.table)
+            ).format(table=collection.table, staged=staged)
         )
         inserted = sum(1 for (was_insert,) in cur.fetchall() if was_insert)
-        cur.execute("DROP TABLE upsert_stage")  # the next table of this message stages anew
         return UpsertCounts(inserted=inserted, updated=len(items) - inserted), False
 
     def _cells(self, collection: Collection, items: Sequence[Item]) -> np.ndarray | None:

@@ -247,14 +247,14 @@ class VectorStore:
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
             return self.catalogue.named_vectors(cur, name or defaults.COLLECTION)
 
-    def _table(self, name: str, vector: str) -> tuple[Collection, bool]:
+    def _table(self, name: str, vector: str, *, fresh: bool = False) -> tuple[Collection, bool]:
         """The table searched for `vector` of the collection: its own (""), or a named one's."""
-        collection, has_index = self.catalogue.get(name)
+        collection, has_index = self.catalogue.get(name, fresh=fresh)
         if not vector:
             return collection, has_index
         check_vector_name(vector)
         try:
-            return self.catalogue.get(named_vector_table(collection.name, vector))
+            return self.catalogue.get(named_vector_table(collection.name, vector), fresh=fresh)
         except NotFound:
             has = ", ".join(t.vector_name for t in self.named_vectors(collection.name))
             raise InvalidArgument(
@@ -385,8 +385,7 @@ class VectorStore:
         """Progress while the collection is scanned, then its groups of items each within
         `max_distance` of every other, largest first (searcher.duplicates), by its own vectors
         or its named `vector`."""
-        collection, _ = self._table(name, vector)
-        collection, has_index = self.catalogue.get(collection.name, fresh=True)
+        collection, has_index = self._table(name, vector, fresh=True)
         check_filter(filter.labels, dict(filter.attributes), self.limits)
         if limit < 0:
             raise InvalidArgument(f"limit must be 0 (every group) or more, got {limit}")
@@ -463,8 +462,7 @@ class VectorStore:
         return self.items.delete(collection, ids=ids, filter=filter, named=named)
 
     def stats(self, name: str, vector: str = "") -> Stats:
-        collection, _ = self._table(name, vector)
-        collection, _ = self.catalogue.get(collection.name, fresh=True)
+        collection, _ = self._table(name, vector, fresh=True)
         return collection_stats(
             self.pool,
             collection,

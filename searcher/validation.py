@@ -77,9 +77,7 @@ def check_items(collection: Collection, items: Sequence[Item], limits: Limits) -
         )
     seen: set[int] = set()
     for index, item in enumerate(items):
-        where = f"item {index} (id {item.id})" + (
-            f", vector {collection.vector_name!r}" if collection.vector_name else ""
-        )
+        where = f"item {index} (id {item.id})"
         if not 0 <= item.id <= MAX_ID:
             raise InvalidArgument(f"{where}: id must be between 0 and 2^63-1")
         if item.id in seen:
