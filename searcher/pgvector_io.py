@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import struct
@@ -122,9 +123,16 @@ COPY_HEADER_BYTES = len(_COPY_HEADER)
 
 def vector_literal(vector: np.ndarray) -> str:
     """pgvector's text form of a float32 vector. Nine significant digits round-trip every
-    float32 exactly, and formatting them is twice as fast as pgvector-python's adapter, whose
-    cost was a third of a search's CPU time in the searcher."""
-    return "[" + ",".join(map("{:.9g}".format, np.asarray(vector, dtype=np.float32).tolist())) + "]"
+    float32 exactly. One %-format of the whole vector is three times as fast as
+    pgvector-python's adapter (and a quarter faster than formatting each value), whose cost
+    was a third of a search's CPU time in the searcher."""
+    values = np.asarray(vector, dtype=np.float32).tolist()
+    return "[" + _literal_format(len(values)) % tuple(values) + "]"
+
+
+@functools.lru_cache(maxsize=16)
+def _literal_format(dim: int) -> str:
+    return ",".join(["%.9g"] * dim)
 
 
 def as_array(value: Any) -> np.ndarray:

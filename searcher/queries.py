@@ -21,6 +21,7 @@ from searcher.cells import CellStore
 from searcher.kinds import spec
 from searcher.pgvector_io import as_array, vector_literal
 from searcher.pool import ConnectionPool
+from searcher.prepared import PreparedStatements
 from searcher.schema import NO_CELL
 from searcher.validation import MAX_CANDIDATES, MAX_EF_SEARCH
 
@@ -124,6 +125,7 @@ class Queries:
         self.exact_filter_rows = exact_filter_rows
         # pgvector 0.8's iterative index scans keep filtered HNSW results complete.
         self.iterative_scans = False
+        self.prepared = PreparedStatements()
 
     def effort(self, collection: Collection, top_k: int, ef_search: int, candidates: int) -> Effort:
         """The request's effort, else the collection's (calibrated by its recall check), else
@@ -236,62 +238,54 @@ class Queries:
         settings = self.index_settings(
             effort.ef_search, filtered=bool(filter), reranked=bool(effort.candidates)
         )
+        # A filter must keep each match within reach: its fresh rows are all scanned.
+        cells = None if filter else self.cells.of(collection)
+        if cells is not None:
+            params = {**params, "cells": [NO_CELL, *cells.nearest(vector)]}
+        if effort.candidates:
+            params = {**params, "candidates": effort.candidates}
+
+        with_cells = cells is not None
+
+        def query() -> sql.Composable:
+            return self._approximate_sql(collection, filter, bool(effort.candidates), with_cells)
+
+        # One round trip: the settings and the query run as one implicit transaction.
+        if filter:  # a filter's values would be parameters too: planned afresh each time
+            cur.execute(sql.SQL("; ").join([*settings, query()]), params)
+        else:
+            types = {"query": "vector", **({"cells": "integer[]"} if with_cells else {})}
+            literals: dict[str, int] = {
+                name: params[name] for name in ("top_k", "candidates") if name in params
+            }
+            self.prepared.execute(
+                cur, settings, (collection, with_cells), query, params, types, literals
+            )
+        return _hits(cur.fetchall())
+
+    def _approximate_sql(
+        self, collection: Collection, filter: Filter, reranked: bool, with_cells: bool
+    ) -> sql.Composable:
         indexed, _ = filter.where(collection.indexed)
         order_by = spec(collection.kind).candidate_order(collection)
-        if effort.candidates:
+        if reranked:
             from_index = sql.SQL(
                 "SELECT id, label, uri, attributes, {} AS distance FROM "
                 "(SELECT id, label, uri, attributes, embedding FROM {} {} ORDER BY {} "
                 "LIMIT %(candidates)s) AS candidates ORDER BY distance LIMIT %(top_k)s"
             ).format(_exact_distance(collection), collection.table, indexed, order_by)
-            params = {**params, "candidates": effort.candidates}
         else:
             from_index = sql.SQL(
                 "SELECT id, label, uri, attributes, {} AS distance FROM {} {} "
                 "ORDER BY distance LIMIT %(top_k)s"
             ).format(order_by, collection.table, indexed)
-        fresh, fresh_params = self._fresh_rows(collection, filter, vector)
         from_fresh = sql.SQL(
             "SELECT id, label, uri, attributes, {} AS distance FROM ({}) AS fresh "
             "ORDER BY distance LIMIT %(top_k)s"
-        ).format(_exact_distance(collection), fresh)
-        params = {**params, **fresh_params}
-        query = sql.SQL(
+        ).format(_exact_distance(collection), fresh_rows_sql(collection, filter, with_cells))
+        return sql.SQL(
             "SELECT * FROM (({}) UNION ALL ({})) AS hits ORDER BY distance LIMIT %(top_k)s"
         ).format(from_index, from_fresh)
-        # One round trip: the settings and the query run as one implicit transaction.
-        cur.execute(sql.SQL("; ").join([*settings, query]), params)
-        return _hits(cur.fetchall())
-
-    def _fresh_rows(
-        self, collection: Collection, filter: Filter, vector: np.ndarray
-    ) -> tuple[sql.Composable, dict[str, Any]]:
-        """The fresh rows a search scans exactly, and their parameters: those of the query's
-        nearest cells and every fresh row written without cells (searcher.cells); with a
-        filter, every matching one (a filter must keep each match within reach)."""
-        # OFFSET 0 keeps each part a scan of its own: no index walk may answer them.
-        cells = None if filter else self.cells.of(collection)
-        if cells is None:
-            where, _ = filter.where(collection.fresh)
-            return sql.SQL("SELECT * FROM {} {} OFFSET 0").format(collection.table, where), {}
-        # Ranges of the (segment, cell) index, each read alone: the chosen cells of the segment
-        # with cells, any fresh segment above it (rows whose writer saw a later build), and any
-        # below it (none but while a build runs: writers fill the segment with cells).
-        indexed, in_cells = collection.index_segment, collection.cells_segment
-        parts = [
-            "SELECT * FROM {table} WHERE segment = {in_cells} AND segment > {indexed} "
-            "AND cell = ANY(%(cells)s)",
-            "SELECT * FROM {table} WHERE segment > {above}",
-        ]
-        if in_cells > indexed + 1:
-            parts.append("SELECT * FROM {table} WHERE segment > {indexed} AND segment < {in_cells}")
-        rows = sql.SQL(" UNION ALL ".join(f"({part} OFFSET 0)" for part in parts)).format(
-            table=collection.table,
-            indexed=sql.Literal(indexed),
-            in_cells=sql.Literal(in_cells),
-            above=sql.Literal(max(indexed, in_cells)),
-        )
-        return rows, {"cells": [NO_CELL, *cells.nearest(vector)]}
 
     def _exact(
         self, cur: Any, collection: Collection, where: sql.Composable, params: dict[str, Any]
@@ -344,6 +338,33 @@ class Queries:
             finally:
                 if not conn.closed:
                     conn.autocommit = False
+
+
+def fresh_rows_sql(collection: Collection, filter: Filter, with_cells: bool) -> sql.Composable:
+    """The fresh rows a search scans exactly: those of the query's nearest cells (parameter
+    `cells`) and every fresh row written without cells (searcher.cells); with no cells, every
+    fresh row matching the filter."""
+    # OFFSET 0 keeps each part a scan of its own: no index walk may answer them.
+    if not with_cells:
+        where, _ = filter.where(collection.fresh)
+        return sql.SQL("SELECT * FROM {} {} OFFSET 0").format(collection.table, where)
+    # Ranges of the (segment, cell) index, each read alone: the chosen cells of the segment
+    # with cells, any fresh segment above it (rows whose writer saw a later build), and any
+    # below it (none but while a build runs: writers fill the segment with cells).
+    indexed, in_cells = collection.index_segment, collection.cells_segment
+    parts = [
+        "SELECT * FROM {table} WHERE segment = {in_cells} AND segment > {indexed} "
+        "AND cell = ANY(%(cells)s)",
+        "SELECT * FROM {table} WHERE segment > {above}",
+    ]
+    if in_cells > indexed + 1:
+        parts.append("SELECT * FROM {table} WHERE segment > {indexed} AND segment < {in_cells}")
+    return sql.SQL(" UNION ALL ".join(f"({part} OFFSET 0)" for part in parts)).format(
+        table=collection.table,
+        indexed=sql.Literal(indexed),
+        in_cells=sql.Literal(in_cells),
+        above=sql.Literal(max(indexed, in_cells)),
+    )
 
 
 def _exact_distance(collection: Collection) -> sql.Composable:

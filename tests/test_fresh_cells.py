@@ -27,8 +27,8 @@ from searcher.cells import MIN_PROBES, MIN_ROWS, calibrated, cell_count, fit
 from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
 from searcher.pgvector_io import Item
-from searcher.queries import Effort, Filter
-from searcher.schema import DATA_SCHEMA
+from searcher.queries import Effort, Filter, fresh_rows_sql
+from searcher.schema import DATA_SCHEMA, NO_CELL
 from searcher.server import Searcher
 from tests.searcher_helpers import (
     ENGINES,
@@ -153,8 +153,10 @@ def test_added_rows_carry_cells_and_searches_scan_a_few_cells_yet_find_the_true_
 
 def _fresh_rows_scanned(searcher: Searcher, collection, query: np.ndarray) -> int:  # type: ignore[no-untyped-def]
     """How many fresh rows the search for `query` reads (EXPLAIN ANALYZE of its fresh part)."""
-    queries = searcher.store.queries
-    rows, params = queries._fresh_rows(collection, Filter(), query)
+    cells = searcher.store.cells.of(collection)
+    assert cells is not None
+    rows = fresh_rows_sql(collection, Filter(), with_cells=True)
+    params = {"cells": [NO_CELL, *cells.nearest(query)]}
     with searcher.store.pool.connection() as conn, conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM ({}) AS f").format(rows),
