@@ -18,7 +18,8 @@ shape: clients and server do not share a GIL), with its defaults. In one run, pe
   QPS with 1 and 4 client threads both ways, and the rate of Upserts into the indexed
   collection (16-item messages, as `imgsearch ingest` sends them);
 - the service's own cost: Search RPC p50 against the raw SQL's at ef_search 40 and 200, the
-  two taking turns (the calibrated effort differs from build to build, and the ratio with it);
+  two taking turns (the calibrated effort differs from build to build, and the ratio with it),
+  and the p50 of a gRPC health check, the least any RPC to the searcher costs;
 - the peak memory of the PostgreSQL processes (sum of proportional set sizes, sampled).
 
 Data sets (bench/datasets.py): `clustered`, 1000-d Gaussian-mixture vectors with a low intrinsic
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 import psutil
 import psycopg2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pgvector.psycopg2 import register_vector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -347,6 +349,9 @@ def one_kind(
             row[path][f"qps_{clients}_clients"] = qps_run(make, queries, clients, qps_seconds)
         print(f"  {kind} {path}: {json.dumps(row[path])}", flush=True)
     row["service_cost"] = service_cost(server.port, dsn, collection, queries)
+    row["grpc_health_check_p50_ms"] = health_check_p50_ms(server.port)
+    print(f"  {kind}: a gRPC health check (the transport's floor) "
+          f"{row['grpc_health_check_p50_ms']:.3f} ms p50", flush=True)  # fmt: skip
     # What GetCollection says, against what held-out queries of the data set got.
     row["reported_minus_measured_recall"] = index.recall - row["rpc"]["recall_at_10"]
     if kind == "vector":
@@ -404,6 +409,21 @@ def service_cost(
                    "rpc_over_sql": best["rpc"] / best["raw_sql"]}  # fmt: skip
         print(f"  {collection.name} at ef_search {ef}: {json.dumps(out[ef])}", flush=True)
     return out
+
+
+def health_check_p50_ms(port: int, calls: int = 400) -> float:
+    """p50 of the searcher's gRPC health check: a round trip through the same server with
+    nothing behind it, the least any RPC costs."""
+    channel, _ = searcher_stub(port)
+    with channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        seconds = []
+        for i in range(calls + 50):  # the first 50 warm the channel
+            started = time.perf_counter()
+            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+            if i >= 50:
+                seconds.append(time.perf_counter() - started)
+    return percentile_ms(seconds, 50)
 
 
 def goals(result: dict[str, Any], default: str) -> dict[str, Any]:
