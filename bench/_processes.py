@@ -1,5 +1,6 @@
 """What the benchmarks start and watch beside the code they measure: `imgsearch-searcher` as its
-own process, the memory of a PostgreSQL server, and where the results go."""
+own process, the memory of a PostgreSQL server, the least an RPC to a server costs, and where
+the results go."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+import numpy as np
 import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,3 +102,17 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def health_check_p50_ms(port: int, calls: int = 400) -> float:
+    """p50 of the searcher's gRPC health check: a round trip through the same server with
+    nothing behind it, the least any RPC costs."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        seconds = []
+        for i in range(calls + 50):  # the first 50 warm the channel
+            started = time.perf_counter()
+            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+            if i >= 50:
+                seconds.append(time.perf_counter() - started)
+    return float(np.percentile(seconds, 50) * 1000)

@@ -46,14 +46,18 @@ from typing import Any
 import numpy as np
 import psutil
 import psycopg2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pgvector.psycopg2 import register_vector
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
-from bench._processes import PostgresMemory, SearcherProcess, write_results  # noqa: E402
+from bench._processes import (  # noqa: E402
+    PostgresMemory,
+    SearcherProcess,
+    health_check_p50_ms,
+    write_results,
+)
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from searcher.catalogue import quantizer_prefix  # noqa: E402
 from searcher.embedded import EmbeddedPostgres  # noqa: E402
@@ -409,21 +413,6 @@ def service_cost(
                    "rpc_over_sql": best["rpc"] / best["raw_sql"]}  # fmt: skip
         print(f"  {collection.name} at ef_search {ef}: {json.dumps(out[ef])}", flush=True)
     return out
-
-
-def health_check_p50_ms(port: int, calls: int = 400) -> float:
-    """p50 of the searcher's gRPC health check: a round trip through the same server with
-    nothing behind it, the least any RPC costs."""
-    channel, _ = searcher_stub(port)
-    with channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        seconds = []
-        for i in range(calls + 50):  # the first 50 warm the channel
-            started = time.perf_counter()
-            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
-            if i >= 50:
-                seconds.append(time.perf_counter() - started)
-    return percentile_ms(seconds, 50)
 
 
 def goals(result: dict[str, Any], default: str) -> dict[str, Any]:
