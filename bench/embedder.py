@@ -10,10 +10,12 @@ in one run:
 (b) the embedder service in its own process with default settings (runtime auto: ONNX Runtime
     when installed; random weights, seed 0: weights do not change the cost), with 1, 4, 16 and
     64 concurrent clients each sending one image per Embed request, and one client streaming one
-    image per EmbedStream message: images/s, p50/p99 latency, the server's mean batch size;
+    image per EmbedStream message, each for --seconds: images/s, p50/p99 latency, the server's
+    mean batch size, and where the cores' time went (the server, the clients, idle);
 (c) the ceiling: per-image core-seconds of decode + preprocess (one thread) and of the forward
-    pass alone (the service's model at its batch size, all threads), combined for the cores:
-    ceiling = cores / (decode_s + cores × forward_s);
+    pass alone (the service's batch size), combined for the cores the better of two ways:
+    cores / (decode_s + cores × forward_s) with one pass on every core's thread, or
+    cores / (decode_s + forward_one_thread_s) with one single-threaded pass per core;
 (d) the forward pass alone, torch (channels_last) and ONNX Runtime, at batch 1, 8, 16 and 32.
 """
 
@@ -21,17 +23,20 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
+import psutil
 import torch
 import torchvision
 from PIL import Image
@@ -69,29 +74,38 @@ def tutorial_loop(data: list[bytes], batch: int = 100) -> float:
 
 
 def ceiling(data: list[bytes], batch: int, cores: int, seconds: float = 4.0) -> dict[str, Any]:
-    """(c): per-image decode+preprocess core-seconds and forward wall-seconds, each timed for
-    several seconds (a second of forward passes swung this figure by ±30%)."""
+    """(c): per-image decode+preprocess core-seconds, and forward wall-seconds with the model on
+    every core's thread and on one thread, each timed for several seconds (a second of forward
+    passes swung this figure by ±30%). The ceiling is the better of the two ways to use the
+    cores: one pass at a time on all of them, or one single-threaded pass per core."""
     decoded, started = 0, time.perf_counter()
     tensors = []
     while time.perf_counter() - started < seconds:
         tensors.append(preprocess(decode_image(data[decoded % len(data)])))
         decoded += 1
     decode_s = (time.perf_counter() - started) / decoded
-    model = EmbeddingModel(ModelSpec(weights="random", device="cpu"))
-    model.warm_up(batch)
     x = np.stack(tensors[:batch])
-    model.forward(x)
-    forwarded, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    forward_s = {}
+    for threads in (cores, 1):
+        model = EmbeddingModel(ModelSpec(weights="random", device="cpu", threads=threads))
+        model.warm_up(batch)
         model.forward(x)
-        forwarded += batch
-    forward_s = (time.perf_counter() - started) / forwarded
+        forwarded, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model.forward(x)
+            forwarded += batch
+        forward_s[threads] = (time.perf_counter() - started) / forwarded
+    all_cores = cores / (decode_s + cores * forward_s[cores])
+    per_core = cores / (decode_s + forward_s[1])
     return {
         "runtime": model.info.runtime,
         "decode_preprocess_ms_per_image": decode_s * 1000,
-        "forward_ms_per_image": forward_s * 1000,
+        "forward_ms_per_image": forward_s[cores] * 1000,
+        "forward_one_thread_ms_per_image": forward_s[1] * 1000,
         "cores": cores,
-        "ceiling_images_per_s": cores / (decode_s + cores * forward_s),
+        "ceiling_all_cores_per_pass_images_per_s": all_cores,
+        "ceiling_one_pass_per_core_images_per_s": per_core,
+        "ceiling_images_per_s": max(all_cores, per_core),
     }
 
 
@@ -139,21 +153,63 @@ class Server:
         self.process.wait(timeout=60)
 
 
-def clients_run(port: int, data: list[bytes], clients: int) -> tuple[float, list[float]]:
-    """`clients` threads, each its own channel, each sending one image per Embed request, until
-    every image has been sent once."""
+class CoreTime:
+    """Where the cores' time went between two snapshots: this process (the clients), the server
+    process, everything else, and idle. What the ceiling leaves out is in these figures."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.clients = psutil.Process()
+        self.server = psutil.Process(server_pid)
+        self._start = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, float, float, float, float]:
+        machine = psutil.cpu_times()
+        idle = machine.idle + getattr(machine, "iowait", 0.0)
+        total = sum(machine)
+        mine, theirs = self.clients.cpu_times(), self.server.cpu_times()
+        return (
+            time.perf_counter(),
+            mine.user + mine.system,
+            theirs.user + theirs.system,
+            total - idle,
+            idle,
+        )
+
+    def per_image(self, images: int) -> dict[str, float]:
+        """Core-milliseconds per image since construction, by who used them."""
+        now = self._snapshot()
+        wall, clients, server, busy, idle = (b - a for a, b in zip(self._start, now, strict=True))
+        ms = 1000 / images
+        return {
+            "wall_s": wall,
+            "client_core_ms_per_image": clients * ms,
+            "server_core_ms_per_image": server * ms,
+            "other_core_ms_per_image": max(0.0, busy - clients - server) * ms,
+            "idle_core_ms_per_image": idle * ms,
+        }
+
+
+def clients_run(
+    server: Server, data: list[bytes], clients: int, seconds: float
+) -> tuple[float, list[float], dict[str, float]]:
+    """`clients` threads, each its own channel, connected before the clock starts, each sending
+    one image per Embed request (cycling through `data`) for `seconds`. Runs of a fixed 500
+    images lasted ~2 s and moved ±8% between repeats, channel set-up included. Also where the
+    cores' time went meanwhile (CoreTime)."""
     latencies: list[float] = []
     lock = threading.Lock()
-    next_image = iter(range(len(data)))
+    next_image = itertools.count()
+    ready = threading.Barrier(clients + 1)
+    stop_at = [float("inf")]
 
     def client() -> None:
-        channel, stub = embedder_stub(port)
+        channel, stub = embedder_stub(server.port)
         with channel:
-            while True:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            ready.wait()
+            while time.perf_counter() < stop_at[0]:
                 with lock:
-                    i = next(next_image, None)
-                if i is None:
-                    return
+                    i = next(next_image) % len(data)
                 request = pb.EmbedRequest(images=[pb.Image(key=str(i), data=data[i])])
                 started = time.perf_counter()
                 response = stub.Embed(request, timeout=120)
@@ -163,30 +219,116 @@ def clients_run(port: int, data: list[bytes], clients: int) -> tuple[float, list
                     latencies.append(elapsed)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
+    core_time = CoreTime(server.process.pid)
+    started = time.perf_counter()
+    stop_at[0] = started + seconds
     for t in threads:
         t.join()
-    return len(data) / (time.perf_counter() - started), latencies
+    rate = len(latencies) / (time.perf_counter() - started)
+    return rate, latencies, core_time.per_image(len(latencies))
 
 
-def stream_run(port: int, data: list[bytes]) -> float:
+def stream_run(server: Server, data: list[bytes], seconds: float) -> dict[str, float]:
+    """One EmbedStream, one image a message, for `seconds` (cycling through `data`)."""
+    sent = [0]
+
     def requests() -> Iterator[pb.EmbedStreamRequest]:
-        for i, d in enumerate(data):
-            yield pb.EmbedStreamRequest(images=[pb.Image(key=str(i), data=d)])
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            i = sent[0] % len(data)
+            sent[0] += 1
+            yield pb.EmbedStreamRequest(images=[pb.Image(key=str(i), data=data[i])])
 
-    channel, stub = embedder_stub(port)
+    channel, stub = embedder_stub(server.port)
     with channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        core_time = CoreTime(server.process.pid)
         started = time.perf_counter()
         count = sum(1 for _ in stub.EmbedStream(requests(), timeout=600))
-        assert count == len(data)
-        return len(data) / (time.perf_counter() - started)
+        assert count == sent[0]
+        rate = count / (time.perf_counter() - started)
+        return {"images_per_s": rate, **core_time.per_image(count)}
+
+
+def service_runs(
+    server: Server,
+    data: list[bytes],
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    measure_ceiling: Callable[[], dict[str, Any]],
+) -> None:
+    """(b) into `results`: each client count for --seconds, then one EmbedStream; the ceiling
+    is timed again right before and right after the 16 clients."""
+    clients_run(server, data[:32], 4, seconds=1.0)  # warm up
+    for clients in map(int, args.clients.split(",")):
+        before = measure_ceiling() if clients == 16 else None
+        server.stats("reset")
+        rate, latencies, core_time = clients_run(server, data, clients, args.seconds)
+        stats = server.stats()
+        row = {
+            "images_per_s": rate,
+            "p50_ms": float(np.percentile(latencies, 50) * 1000),
+            "p99_ms": float(np.percentile(latencies, 99) * 1000),
+            "mean_batch_size": stats["mean_batch_size"],
+            # wall time inside the server's decode and forward calls, per image: above the
+            # ceiling's figures when they contend for the cores
+            **{
+                f"service_{part}_ms_per_image": stats[f"{part}_seconds"] * 1000 / stats["images"]
+                for part in ("decode", "preprocess", "forward")
+            },
+            **core_time,
+        }
+        results[f"b_{clients}_clients"] = row
+        print(f"(b) {clients} clients: {_rounded(row)}", flush=True)
+        if before is not None:
+            after = measure_ceiling()
+            results["c_ceiling_beside_16_clients"] = {
+                "before": before,
+                "after": after,
+                "cores": after["cores"],
+                "ceiling_images_per_s": (
+                    before["ceiling_images_per_s"] + after["ceiling_images_per_s"]
+                )
+                / 2,
+            }
+            print(
+                f"(c) ceiling before / after 16 clients: {before['ceiling_images_per_s']:.1f}"
+                f" / {after['ceiling_images_per_s']:.1f}",
+                flush=True,
+            )
+    server.stats("reset")
+    results["b_stream"] = stream_run(server, data, args.seconds)
+    results["b_stream"]["mean_batch_size"] = server.stats()["mean_batch_size"]
+    print(f"(b) EmbedStream: {_rounded(results['b_stream'])}", flush=True)
+
+
+def core_time_account(ceiling: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
+    """The gap between a run and the ceiling, in core-milliseconds per image: the ceiling counts
+    decode + forward alone; the run also spends the server's other work (gRPC, protobuf, the
+    batcher, threads waiting on each other), the clients' and other processes' time, and idle."""
+    ceiling_ms = ceiling["cores"] * 1000 / ceiling["ceiling_images_per_s"]
+    spent = sum(v for k, v in row.items() if k.endswith("_core_ms_per_image"))
+    return {
+        "ceiling_core_ms_per_image": ceiling_ms,
+        "run_core_ms_per_image": spent,
+        "server_beyond_ceiling_ms": row["server_core_ms_per_image"] - ceiling_ms,
+        "client_ms": row["client_core_ms_per_image"],
+        "other_processes_ms": row["other_core_ms_per_image"],
+        "idle_ms": row["idle_core_ms_per_image"],
+    }
+
+
+def _rounded(row: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in row.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--images", type=int, default=500, help="distinct JPEGs, cycled")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per client count")
     parser.add_argument("--server-args", default="", help="extra imgsearch-embedder flags")
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "embedder.json")
@@ -203,44 +345,33 @@ def main() -> int:
     }
     results["a_tutorial_loop_images_per_s"] = tutorial_loop(data)
     print(f"(a) tutorial loop: {results['a_tutorial_loop_images_per_s']:.1f} img/s", flush=True)
-    results["c_ceiling"] = ceiling(data, batch, results["torch_threads"])
+    cores = results["torch_threads"]
+    results["c_ceiling"] = ceiling(data, batch, cores)
     print(f"(c) ceiling: {results['c_ceiling']}", flush=True)
-    results["d_forward_images_per_s"] = forward_sweep(results["torch_threads"])
+    results["d_forward_images_per_s"] = forward_sweep(cores)
     print(
         f"(d) forward alone by runtime and batch: {results['d_forward_images_per_s']}", flush=True
     )
 
     server = Server(args.server_args.split())
     try:
-        clients_run(server.port, data[:32], 4)  # warm up
-        for clients in map(int, args.clients.split(",")):
-            server.stats("reset")
-            rate, latencies = clients_run(server.port, data, clients)
-            stats = server.stats()
-            row = {
-                "images_per_s": rate,
-                "p50_ms": float(np.percentile(latencies, 50) * 1000),
-                "p99_ms": float(np.percentile(latencies, 99) * 1000),
-                "mean_batch_size": stats["mean_batch_size"],
-            }
-            results[f"b_{clients}_clients"] = row
-            print(f"(b) {clients} clients: {row}", flush=True)
-        server.stats("reset")
-        rate = stream_run(server.port, data)
-        results["b_stream"] = {
-            "images_per_s": rate,
-            "mean_batch_size": server.stats()["mean_batch_size"],
-        }
-        print(f"(b) EmbedStream: {results['b_stream']}", flush=True)
+        service_runs(server, data, args, results, lambda: ceiling(data, batch, cores))
     finally:
         server.stop()
 
-    b16 = results["b_16_clients"]["images_per_s"]
-    results["ratios"] = {
-        "b16_over_a": b16 / results["a_tutorial_loop_images_per_s"],
-        "b16_over_c": b16 / results["c_ceiling"]["ceiling_images_per_s"],
-    }
-    print(json.dumps(results["ratios"], indent=2))
+    if "b_16_clients" in results:
+        b16 = results["b_16_clients"]["images_per_s"]
+        beside = results["c_ceiling_beside_16_clients"]
+        results["ratios"] = {
+            "b16_over_a": b16 / results["a_tutorial_loop_images_per_s"],
+            # The ceilings timed just before and after the 16 clients: the host's speed drifts
+            # (the ceiling at the start differed by up to 30% between runs minutes apart).
+            "b16_over_c": b16 / beside["ceiling_images_per_s"],
+            "b16_over_c_at_start": b16 / results["c_ceiling"]["ceiling_images_per_s"],
+        }
+        results["b16_core_time"] = core_time_account(beside, results["b_16_clients"])
+        print(json.dumps(results["b16_core_time"], indent=2))
+        print(json.dumps(results["ratios"], indent=2))
     write_results(args.out, results)
     return 0
 
