@@ -47,6 +47,8 @@ class BatcherConfig:
     decode_workers: int = 2
     # While bulk work waits, at most this many interactive turns (decodes, batches) in a row.
     max_interactive_run: int = 4
+    # Batches of one lane run through the model at once (each in its own thread).
+    forward_workers: int = 1
 
 
 # Upper bounds (seconds) of the queue-wait histogram's buckets.
@@ -131,7 +133,7 @@ class Batcher:
         # One thread per lane: a search's batch runs beside an import's batch in progress
         # rather than after it (and one batch per lane at a time keeps batches formed late).
         self._forward_pools: dict[Lane, ThreadPoolExecutor] = {}
-        self._running: dict[Lane, asyncio.Task[None]] = {}
+        self._running: dict[Lane, set[asyncio.Task[None]]] = {lane: set() for lane in Lane}
         self._in_flight = 0
         self._waiting = 0
         self._idle: asyncio.Event | None = None
@@ -149,7 +151,10 @@ class Batcher:
             self.config.decode_workers, thread_name_prefix="decode"
         )
         self._forward_pools = {
-            lane: ThreadPoolExecutor(1, thread_name_prefix=f"forward-{lane.value}") for lane in Lane
+            lane: ThreadPoolExecutor(
+                self.config.forward_workers, thread_name_prefix=f"forward-{lane.value}"
+            )
+            for lane in Lane
         }
         self._closing = False
         self._loop_task = asyncio.create_task(self._run(), name="batcher")
@@ -302,12 +307,13 @@ class Batcher:
                 batch = await self._form_batch(lane, loop, max_delay)
                 if batch:
                     task = asyncio.create_task(self._compute(batch, lane))
+                    self._running[lane].add(task)
                     task.add_done_callback(self._lane_finished)
-                    self._running[lane] = task
         except asyncio.CancelledError:
             # Stopped past the grace period: whoever still waits gets an answer.
-            for task in self._running.values():
-                task.cancel()
+            for tasks in self._running.values():
+                for task in tasks:
+                    task.cancel()
             for lanes in (self._queue, self._decoding):
                 while lanes is not None and len(lanes):
                     waiting, _ = lanes.take_next()
@@ -315,13 +321,14 @@ class Batcher:
                         waiting.future.set_exception(Unavailable("the embedder is shutting down"))
             raise
 
-    def _lane_finished(self, _: asyncio.Task[None]) -> None:
+    def _lane_finished(self, task: asyncio.Task[None]) -> None:
+        for tasks in self._running.values():
+            tasks.discard(task)
         if self._queue is not None:
             self._queue.notify()  # its lane may form its next batch
 
     def _lane_free(self, lane: Lane) -> bool:
-        task = self._running.get(lane)
-        return task is None or task.done()
+        return len(self._running[lane]) < self.config.forward_workers
 
     def _lane_to_run(self) -> Lane | None:
         """The lane whose batch to form next: images waiting, and no batch of its own running;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from embedder.batcher import BatcherConfig
 from embedder.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DecodeLimits
 from embedder.spec import ModelSpec
 from imgsearch import defaults
+from imgsearch.errors import ConfigError
 from serving import config as serving_config
 from serving.config import SERVING_HELP, ServingConfig, parse_dataclass_config
 
@@ -17,6 +19,17 @@ ENV_PREFIX = "IMGSEARCH_EMBEDDER_"
 # Batch sizes measured best per device (bench/embedder.py): on the 2-core CPUs batch 8 beats
 # 16 and 32; a GPU wants far larger batches to be busy.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
+# Measured on the 2-core CPUs (bench/embedder.py, three alternating runs): a single-threaded
+# pass per core did not beat one pass on both cores at 16 clients, and a lone image took ~4 ms
+# longer; so one pass at a time stays the default, and --forward-workers is there to measure.
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """How the model's passes use the machine."""
+
+    workers: int  # batches of one lane through the model at once
+    threads: int  # threads each pass computes on (0: the runtime's default)
 
 
 @dataclass(frozen=True)
@@ -37,22 +50,44 @@ class EmbedderConfig(ServingConfig):
     max_delay_ms: float = 5.0
     max_queue_images: int = 512
     decode_workers: int = 2
+    forward_workers: int = 1
     max_interactive_run: int = BatcherConfig.max_interactive_run
     max_images_per_request: int = 256
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     duplicate_probes: int = 16
 
-    def model_spec(self) -> ModelSpec:
+    def model_spec(self, device_type: str = "cpu") -> ModelSpec:
         return ModelSpec(
             name=self.model,
             weights=self.weights,
             head=self.head,
             seed=self.seed,
             device=self.device,
-            threads=self.threads,
+            threads=self.forward_plan(device_type).threads,
             runtime=self.runtime,
         )
+
+    def forward_plan(self, device_type: str) -> ForwardPlan:
+        """One pass at a time on --threads (the runtime's default when 0); or, with
+        --forward-workers N on CPU, N passes at once sharing the cores (--threads, or every core
+        this process may run on)."""
+        if device_type != "cpu" or self.forward_workers == 1:
+            return ForwardPlan(self.forward_workers, self.threads)
+        cores = self.threads or len(os.sched_getaffinity(0))
+        return ForwardPlan(self.forward_workers, max(1, cores // self.forward_workers))
+
+    def __post_init__(self) -> None:
+        # A zero here would start a server that fails at its first image, or never answers.
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} must be at least 1, not {getattr(self, name)}")
+        for name in _ZERO_OR_MORE:
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"{_flag(name)} must be 0 (the default choice) or more, "
+                    f"not {getattr(self, name)}"
+                )
 
     def batcher_config(self, device_type: str) -> BatcherConfig:
         return BatcherConfig(
@@ -60,6 +95,7 @@ class EmbedderConfig(ServingConfig):
             max_delay_ms=self.max_delay_ms,
             max_queue_images=self.max_queue_images,
             decode_workers=self.decode_workers,
+            forward_workers=self.forward_plan(device_type).workers,
             max_interactive_run=self.max_interactive_run,
         )
 
@@ -82,13 +118,15 @@ HELP = {
     "both by name when a request asks (SqueezeNet and ResNet models)",
     "seed": "seed for --weights random",
     "device": "auto, cpu or cuda[:N]",
-    "threads": "CPU threads for the model (0: one per core)",
+    "threads": "CPU threads for the model (0: one per core), shared among its forward workers",
     "runtime": "auto (ONNX Runtime on CPU when installed and matching torch, else torch), "
     "torch or onnx",
     "max_batch_size": "largest batch run through the model (0: 8 on CPU, 64 on CUDA)",
     "max_delay_ms": "longest an image waits for its batch to fill",
     "max_queue_images": "images in flight at once; more get RESOURCE_EXHAUSTED",
     "decode_workers": "threads decoding and preprocessing images",
+    "forward_workers": "batches of one lane run through the model at once, on CPU each on an "
+    "equal share of --threads (one at a time measured best on 2 cores: bench/RESULTS.md)",
     "max_interactive_run": "while bulk images (an import's) wait, at most this many turns in a "
     "row go to interactive ones (a search's) that are served first",
     "max_images_per_request": "most images in one request message",
@@ -98,6 +136,22 @@ HELP = {
     "measured on at start-up; 0 skips it (GetModelInfo then suggests none)",
     **SERVING_HELP,
 }
+
+_AT_LEAST_ONE = (
+    "decode_workers",
+    "forward_workers",
+    "max_queue_images",
+    "max_interactive_run",
+    "max_images_per_request",
+    "max_image_bytes",
+    "max_image_pixels",
+)
+_ZERO_OR_MORE = ("threads", "max_batch_size", "max_delay_ms", "duplicate_probes")
+
+
+def _flag(name: str) -> str:
+    """How a person sets `name`: the flag and its variable."""
+    return f"--{name.replace('_', '-')} ({env_name(name)})"
 
 
 def env_name(field_name: str) -> str:

@@ -31,20 +31,21 @@ logger = logging.getLogger(__name__)
 
 
 def load_model(config: EmbedderConfig) -> Model:
-    """The configured model: an exported ONNX file (no torch), or a torchvision model."""
+    """The configured model: an exported ONNX file (no torch), or a torchvision model; each
+    forward pass on its share of the threads (EmbedderConfig.forward_plan)."""
     if config.model_file:
         from embedder.onnx_file import OnnxFileModel
 
-        return OnnxFileModel(config.model_file, config.threads)
+        return OnnxFileModel(config.model_file, config.forward_plan("cpu").threads)
     try:
         require_extra("embedder", "torch", "torchvision")
     except MissingExtra as exc:
         raise ModelLoadError(
             f"{exc}; or serve a model exported with imgsearch-embedder-export: --model-file FILE"
         ) from None
-    from embedder.model import EmbeddingModel
+    from embedder.model import EmbeddingModel, resolve_device
 
-    return EmbeddingModel(config.model_spec())
+    return EmbeddingModel(config.model_spec(resolve_device(config.device).type))
 
 
 class Embedder:

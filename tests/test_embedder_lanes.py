@@ -4,6 +4,8 @@ import is never starved; callers choose a lane through gRPC, with defaults by ca
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +16,10 @@ import pytest
 from PIL import Image
 
 from embedder.batcher import Batcher, BatcherConfig
-from embedder.config import EmbedderConfig
+from embedder.config import EmbedderConfig, ForwardPlan, parse_config
 from embedder.lanes import Lane, LaneQueue
 from embedder.server import Embedder
+from imgsearch.errors import ConfigError
 from imgsearch.v1 import embedder_pb2 as pb
 from tests import images
 from tests.embedder_helpers import embedder_stub, run_batcher, save_random_weights, until
@@ -155,6 +158,65 @@ def test_a_bulk_batch_being_filled_gives_its_turn_to_an_arriving_interactive_ima
         return model.batches
 
     assert run(model, config, body) == [[300], [100, 101, 102]]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_lane_runs_as_many_batches_at_once_as_it_has_forward_workers(workers: int) -> None:
+    model = GatedModel()
+    config = BatcherConfig(max_batch_size=4, max_delay_ms=5, forward_workers=workers)
+
+    async def body(batcher: Batcher) -> tuple[int, list[list[int]]]:
+        model.forward_gate.clear()
+        bulk = asyncio.ensure_future(
+            batcher.embed_many([picture(100 + i) for i in range(12)], lane=BULK)
+        )
+        await until(
+            lambda: model.forward_calls == workers and batcher.queue_depth == 12 - 4 * workers
+        )
+        await asyncio.sleep(0.05)  # no further batch starts while those hold the model
+        held = model.forward_calls
+        model.forward_gate.set()
+        await bulk
+        return held, model.batches
+
+    held, batches = run(model, config, body)
+    assert held == workers
+    assert sorted(width for batch in batches for width in batch) == list(range(100, 112))
+    assert all(len(batch) == 4 for batch in batches)
+
+
+def test_one_pass_at_a_time_unless_forward_workers_share_the_cores() -> None:
+    assert EmbedderConfig().forward_plan("cpu") == ForwardPlan(1, 0)  # the runtime's threads
+    assert EmbedderConfig(threads=4).forward_plan("cpu") == ForwardPlan(1, 4)
+    assert EmbedderConfig(threads=4, forward_workers=2).forward_plan("cpu") == ForwardPlan(2, 2)
+    cores = len(os.sched_getaffinity(0))
+    assert EmbedderConfig(forward_workers=2).forward_plan("cpu") == ForwardPlan(
+        2, max(1, cores // 2)
+    )
+    # More workers than threads: each still gets one.
+    assert EmbedderConfig(threads=2, forward_workers=3).forward_plan("cpu") == ForwardPlan(3, 1)
+    # A GPU runs the passes it is given; the CPU threads are not split.
+    assert EmbedderConfig(threads=4, forward_workers=2).forward_plan("cuda") == ForwardPlan(2, 4)
+    config = EmbedderConfig(threads=4, forward_workers=4)
+    assert config.batcher_config("cpu").forward_workers == 4
+    assert config.model_spec("cpu").threads == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--forward-workers", "0"], "--forward-workers (IMGSEARCH_EMBEDDER_FORWARD_WORKERS) must"),
+        (
+            ["--decode-workers", "0"],
+            "--decode-workers (IMGSEARCH_EMBEDDER_DECODE_WORKERS) must be ",
+        ),
+        (["--max-batch-size", "-1"], "must be 0 (the default choice) or more, not -1"),
+        (["--threads", "-2"], "--threads (IMGSEARCH_EMBEDDER_THREADS) must be 0 (the default"),
+    ],
+)
+def test_counts_that_cannot_work_are_refused_at_start_with_the_flag_named(flags, message) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(flags, environ={})
 
 
 def test_queue_wait_batches_and_images_are_counted_per_lane() -> None:
