@@ -10,9 +10,10 @@ rather than a queue that grows without end.
 
 Every image comes in a lane (embedder.lanes): interactive or bulk. Decoding serves the
 interactive lane first; a batch holds one lane's images only, and each lane has its own forward
-thread with one batch at a time: a search's image is decoded next and runs through the model at
-once, beside an import's batch in progress rather than after it (on 2 cores that batch of 8 takes
-~40 ms). A bulk batch being filled gives its turn back when an interactive image arrives.
+thread with one batch at a time (`forward_workers` threads and batches, when set): a search's
+image is decoded next and runs through the model at once, beside an import's batch in progress
+rather than after it (on 2 cores that batch of 8 takes ~40 ms). A bulk batch being filled gives
+its turn back when an interactive image arrives.
 """
 
 from __future__ import annotations
