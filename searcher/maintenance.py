@@ -42,6 +42,9 @@ from searcher.recall import RecallSample, Search, draw_sample
 
 logger = logging.getLogger(__name__)
 
+# How long stop() waits for the upkeep's task in progress before cancelling its statement.
+STOP_PATIENCE_S = 2.0
+
 DEFAULT_M = 16
 # pgvector's default of 64 left recall@10 near 0.94 on clustered 1000-d data whatever the
 # ef_search (parts of the graph unreachable). 128 usually reached 0.99+, but 1 build in 12 stayed
@@ -131,12 +134,21 @@ class IndexMaintenance:
         self._thread = threading.Thread(target=self._run, name="index-maintenance", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop after the task in progress (a fold stops between two batches)."""
+    def stop(self, patience_s: float = STOP_PATIENCE_S) -> None:
+        """Stop after the task in progress (a fold stops between two batches); one still
+        running after `patience_s` has its statement cancelled. A check measures again at the
+        next start, and a build cut short leaves an invalid index that the next start drops
+        (IndexBuilder), so nothing is lost; but a 20-minute build must not hold a SIGTERM past
+        the service's grace period."""
         if self._thread is not None:
             self._stopping.set()
             self._tasks.put(None)
-            self._thread.join()
+            self._thread.join(patience_s)
+            while self._thread.is_alive():
+                ident = self._thread.ident
+                if ident is not None and self.pool.cancel_statements_of(ident):
+                    logger.info("index upkeep stopping: its statement in progress is cancelled")
+                self._thread.join(1.0)
             self._thread = None
             self._stopping.clear()
 
@@ -175,9 +187,16 @@ class IndexMaintenance:
             return self._idle.wait_for(lambda: not self._pending and not self._busy, timeout_s)
 
     def _run(self) -> None:
+        skipped = 0
         while (task := self._tasks.get()) is not None:
             with self._lock:
                 self._pending.discard(task)
+                if self._stopping.is_set():
+                    # Stopping: what is queued waits for the next start, which finds it again
+                    # (unmeasured indexes, fresh rows, builds a crash left) without holding a
+                    # SIGTERM while every collection is checked and folded in turn.
+                    skipped += 1
+                    continue
                 self._busy = True
             try:
                 kind, name = task
@@ -199,6 +218,10 @@ class IndexMaintenance:
                 with self._idle:
                     self._busy = False
                     self._idle.notify_all()
+        if skipped:
+            logger.info(
+                "index upkeep stopped with %d queued tasks left for the next start", skipped
+            )
 
     # -- the work -----------------------------------------------------------------------------
 

@@ -71,6 +71,8 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._closed = False
         self._unregistered: set[int] = set()  # ids of connections without the vector types
+        # Connections lent out, by the thread holding them: what cancel_statements_of reaches.
+        self._lent: dict[int, list[Any]] = {}
 
     def _connect(self, *, niced: bool = False) -> Any:
         conn = psycopg2.connect(self.dsn, **self._connect_kwargs)
@@ -134,7 +136,8 @@ class ConnectionPool:
                     conn = idle.pop() if idle else None
                 if conn is None:
                     conn = self._connect(niced=niced)
-                yield conn
+                with self._lent_to_this_thread(conn):
+                    yield conn
                 if conn.status != psycopg2.extensions.STATUS_READY:
                     conn.rollback()
         except BaseException as exc:
@@ -157,6 +160,34 @@ class ConnectionPool:
             with self._lock:
                 self.in_use -= 1
             self._slots.release()
+
+    @contextlib.contextmanager
+    def _lent_to_this_thread(self, conn: Any) -> Iterator[None]:
+        thread = threading.get_ident()
+        with self._lock:
+            self._lent.setdefault(thread, []).append(conn)
+        try:
+            yield
+        finally:
+            with self._lock:
+                held = self._lent.get(thread, [])
+                if conn in held:
+                    held.remove(conn)
+                if not held:
+                    self._lent.pop(thread, None)
+
+    def cancel_statements_of(self, thread: int) -> int:
+        """Ask the server to cancel the statement each connection that `thread` holds is
+        running (libpq's cancel request, safe from another thread); the holder sees
+        QueryCanceled. The number of connections asked."""
+        with self._lock:
+            held = list(self._lent.get(thread, []))
+        for conn in held:
+            try:
+                conn.cancel()
+            except psycopg2.Error as exc:  # already closed, or the server is gone
+                logger.debug("cancel request not sent: %s", exc)
+        return len(held)
 
     def check(self) -> None:
         """Raise Unavailable unless the database answers a trivial query."""

@@ -153,7 +153,8 @@ class VectorStore:
             logger.warning("fresh rows are folded later: %s", exc)
 
     def close(self) -> None:
-        """Stop the background upkeep (a build in progress finishes first)."""
+        """Stop the background upkeep: queued tasks wait for the next start, and a statement
+        still running after a moment (a build) is cancelled (IndexMaintenance.stop)."""
         self.maintenance.stop()
         self.shadow.stop()
         self._opened = False
