@@ -131,8 +131,9 @@ class Batcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._decode_tasks: list[asyncio.Task[None]] = []
         self._decode_pool: ThreadPoolExecutor | None = None
-        # One thread per lane: a search's batch runs beside an import's batch in progress
-        # rather than after it (and one batch per lane at a time keeps batches formed late).
+        # Threads per lane: a search's batch runs beside an import's batch in progress rather
+        # than after it (and forward_workers batches per lane at a time, one by default, keeps
+        # batches formed late).
         self._forward_pools: dict[Lane, ThreadPoolExecutor] = {}
         self._running: dict[Lane, set[asyncio.Task[None]]] = {lane: set() for lane in Lane}
         self._in_flight = 0
@@ -309,6 +310,7 @@ class Batcher:
                 if batch:
                     task = asyncio.create_task(self._compute(batch, lane))
                     self._running[lane].add(task)
+                    task.add_done_callback(self._running[lane].discard)
                     task.add_done_callback(self._lane_finished)
         except asyncio.CancelledError:
             # Stopped past the grace period: whoever still waits gets an answer.
@@ -322,9 +324,7 @@ class Batcher:
                         waiting.future.set_exception(Unavailable("the embedder is shutting down"))
             raise
 
-    def _lane_finished(self, task: asyncio.Task[None]) -> None:
-        for tasks in self._running.values():
-            tasks.discard(task)
+    def _lane_finished(self, _: asyncio.Task[None]) -> None:
         if self._queue is not None:
             self._queue.notify()  # its lane may form its next batch
 
@@ -332,8 +332,8 @@ class Batcher:
         return len(self._running[lane]) < self.config.forward_workers
 
     def _lane_to_run(self) -> Lane | None:
-        """The lane whose batch to form next: images waiting, and no batch of its own running;
-        interactive first."""
+        """The lane whose batch to form next: images waiting, and fewer than forward_workers
+        batches of its own running; interactive first."""
         assert self._queue is not None
         for lane in (Lane.INTERACTIVE, Lane.BULK):
             if self._queue.waiting(lane) and self._lane_free(lane):

@@ -19,9 +19,6 @@ ENV_PREFIX = "IMGSEARCH_EMBEDDER_"
 # Batch sizes measured best per device (bench/embedder.py): on the 2-core CPUs batch 8 beats
 # 16 and 32; a GPU wants far larger batches to be busy.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
-# Measured on the 2-core CPUs (bench/embedder.py, three alternating runs): a single-threaded
-# pass per core did not beat one pass on both cores at 16 clients, and a lone image took ~4 ms
-# longer; so one pass at a time stays the default, and --forward-workers is there to measure.
 
 
 @dataclass(frozen=True)
@@ -50,6 +47,8 @@ class EmbedderConfig(ServingConfig):
     max_delay_ms: float = 5.0
     max_queue_images: int = 512
     decode_workers: int = 2
+    # One pass at a time: on the 2-core CPUs a single-threaded pass per core did not beat one
+    # pass on both cores at 16 clients, and a lone image took ~4 ms longer (bench/RESULTS.md).
     forward_workers: int = 1
     max_interactive_run: int = BatcherConfig.max_interactive_run
     max_images_per_request: int = 256
