@@ -50,6 +50,7 @@ class EmbedderConfig(ServingConfig):
     # One pass at a time: on the 2-core CPUs a single-threaded pass per core did not beat one
     # pass on both cores at 16 clients, and a lone image took ~4 ms longer (bench/RESULTS.md).
     forward_workers: int = 1
+    batches_ahead: int = BatcherConfig.batches_ahead
     max_interactive_run: int = BatcherConfig.max_interactive_run
     max_images_per_request: int = 256
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
@@ -95,6 +96,7 @@ class EmbedderConfig(ServingConfig):
             max_queue_images=self.max_queue_images,
             decode_workers=self.decode_workers,
             forward_workers=self.forward_plan(device_type).workers,
+            batches_ahead=self.batches_ahead,
             max_interactive_run=self.max_interactive_run,
         )
 
@@ -126,6 +128,8 @@ HELP = {
     "decode_workers": "threads decoding and preprocessing images",
     "forward_workers": "batches of one lane run through the model at once, on CPU each on an "
     "equal share of --threads (one at a time measured best on 2 cores: bench/RESULTS.md)",
+    "batches_ahead": "full batches of one lane formed while its passes run, each starting the "
+    "moment a pass ends (0: the next batch is formed when the model frees)",
     "max_interactive_run": "while bulk images (an import's) wait, at most this many turns in a "
     "row go to interactive ones (a search's) that are served first",
     "max_images_per_request": "most images in one request message",
@@ -145,7 +149,13 @@ _AT_LEAST_ONE = (
     "max_image_bytes",
     "max_image_pixels",
 )
-_ZERO_OR_MORE = ("threads", "max_batch_size", "max_delay_ms", "duplicate_probes")
+_ZERO_OR_MORE = (
+    "threads",
+    "max_batch_size",
+    "max_delay_ms",
+    "batches_ahead",
+    "duplicate_probes",
+)
 
 
 def _flag(name: str) -> str:

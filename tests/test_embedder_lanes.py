@@ -84,8 +84,8 @@ def test_an_interactive_image_runs_while_a_bulk_batch_holds_the_model_and_others
         bulk = asyncio.ensure_future(
             batcher.embed_many([picture(100 + i) for i in range(12)], lane=BULK)
         )
-        # One bulk batch is in the model (held); the other 8 wait for theirs.
-        await until(lambda: model.forward_calls == 1 and batcher.queue_depth == 8)
+        # One bulk batch is in the model (held), the next is formed behind it; 4 wait.
+        await until(lambda: model.forward_calls == 1 and batcher.queue_depth == 4)
         vector = await batcher.embed(picture(300), lane=INTERACTIVE)
         assert vector.tolist() == [300.0]
         answered = list(model.batches)
@@ -163,7 +163,9 @@ def test_a_bulk_batch_being_filled_gives_its_turn_to_an_arriving_interactive_ima
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_lane_runs_as_many_batches_at_once_as_it_has_forward_workers(workers: int) -> None:
     model = GatedModel()
-    config = BatcherConfig(max_batch_size=4, max_delay_ms=5, forward_workers=workers)
+    config = BatcherConfig(
+        max_batch_size=4, max_delay_ms=5, forward_workers=workers, batches_ahead=0
+    )
 
     async def body(batcher: Batcher) -> tuple[int, list[list[int]]]:
         model.forward_gate.clear()
@@ -183,6 +185,31 @@ def test_a_lane_runs_as_many_batches_at_once_as_it_has_forward_workers(workers: 
     assert held == workers
     assert sorted(width for batch in batches for width in batch) == list(range(100, 112))
     assert all(len(batch) == 4 for batch in batches)
+
+
+@pytest.mark.parametrize(("ahead", "left_waiting"), [(0, 7), (1, 3), (2, 3)])
+def test_full_batches_are_formed_ahead_while_the_model_is_busy_and_partial_ones_are_not(
+    ahead: int, left_waiting: int
+) -> None:
+    model = GatedModel()
+    config = BatcherConfig(max_batch_size=4, max_delay_ms=5, batches_ahead=ahead)
+
+    async def body(batcher: Batcher) -> tuple[int, int, list[list[int]]]:
+        model.forward_gate.clear()
+        bulk = asyncio.ensure_future(
+            batcher.embed_many([picture(100 + i) for i in range(11)], lane=BULK)
+        )
+        await until(lambda: model.forward_calls == 1 and batcher.queue_depth == left_waiting)
+        await asyncio.sleep(0.05)  # the 3 left over never make a batch while the model is held
+        held = (model.forward_calls, batcher.queue_depth)
+        model.forward_gate.set()
+        await bulk
+        return *held, model.batches
+
+    calls, waiting, batches = run(model, config, body)
+    assert (calls, waiting) == (1, left_waiting)
+    assert [len(batch) for batch in batches] == [4, 4, 3]
+    assert sorted(width for batch in batches for width in batch) == list(range(100, 111))
 
 
 def test_one_pass_at_a_time_unless_forward_workers_share_the_cores() -> None:
@@ -212,6 +239,7 @@ def test_one_pass_at_a_time_unless_forward_workers_share_the_cores() -> None:
         ),
         (["--max-batch-size", "-1"], "must be 0 (the default choice) or more, not -1"),
         (["--threads", "-2"], "--threads (IMGSEARCH_EMBEDDER_THREADS) must be 0 (the default"),
+        (["--batches-ahead", "-1"], "--batches-ahead (IMGSEARCH_EMBEDDER_BATCHES_AHEAD) must be 0"),
     ],
 )
 def test_counts_that_cannot_work_are_refused_at_start_with_the_flag_named(flags, message) -> None:
