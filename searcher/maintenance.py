@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
+from psycopg2 import sql
 
 from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
@@ -152,12 +153,17 @@ class IndexMaintenance:
             self._thread = None
             self._stopping.clear()
 
-    def check_unmeasured(self) -> None:
-        """At start: measure every index that was built but never measured (a searcher that
-        stopped before its check, or a collection from before recall was measured)."""
+    def schedule_left_undone(self) -> None:
+        """At start, what an earlier searcher left undone (it stopped first, or skipped its
+        queue on stop): measure every index that was built but never measured (or comes from
+        before recall was measured), and refit every BINARY quantizer its collection outgrew."""
         for collection in self.catalogue.list():
             if collection.recall is None:
                 self.schedule("check", collection.name)
+            elif collection.kind is IndexKind.BINARY and collection.quantizer_rows:
+                # The estimate after_load uses forgets the rows added before this start: the
+                # task counts them.
+                self.schedule("requantize", collection.name)
 
     def after_build(self, collection: Collection) -> None:
         with self._lock:
@@ -381,8 +387,10 @@ class IndexMaintenance:
 
     def requantize(self, name: str) -> None:
         collection, has_index = self.catalogue.get(name, fresh=True)
-        rows = self._estimated_rows(collection)
-        if not has_index or rows < REQUANTIZE_GROWTH * collection.quantizer_rows:
+        if not has_index or not collection.quantizer_rows:
+            return
+        rows = self._counted_rows(collection)
+        if rows < REQUANTIZE_GROWTH * collection.quantizer_rows:
             return
         note = f"quantizer refitted on {rows} rows (it was fitted on {collection.quantizer_rows})"
         built = self.builder.build(collection, concurrently=True, note=note)
@@ -462,6 +470,15 @@ class IndexMaintenance:
             collection.ef_search,
             collection.candidates,
         )
+
+    def _counted_rows(self, collection: Collection) -> int:
+        """Rows in the collection, counted: a scan, off the request path (at a million rows it
+        may take longer than a request may), and only where a build may follow."""
+        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL statement_timeout = 0")
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
+            rows: int = cur.fetchone()[0]
+        return rows
 
     def _estimated_rows(self, collection: Collection) -> int:
         """Rows in the collection, without counting them (a count of millions of rows after

@@ -140,7 +140,7 @@ class VectorStore:
             self.shadow.start()
             for name, task in self.builder.clean_up().items():
                 self.maintenance.schedule(task, name)
-            self.maintenance.check_unmeasured()
+            self.maintenance.schedule_left_undone()
             self.resume()
 
     def resume(self) -> None:

@@ -1,5 +1,6 @@
 """Stopping the searcher does not wait for its index upkeep: a statement in progress is cancelled,
-and queued tasks are left for the next start, which finds them again. (A searcher starting on a
+and queued tasks are left for the next start, which finds them again (a BINARY quantizer that
+its collection outgrew included). (A searcher starting on a
 database of many collections queues a check and a fold for each; a SIGTERM used to wait for all
 of them, past the service's grace period.)"""
 
@@ -9,12 +10,16 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from imgsearch.errors import DeadlineExceeded
+from imgsearch.v1 import searcher_pb2 as pb
+from searcher.config import SearcherConfig
+from searcher.embedded import EmbeddedPostgres
 from searcher.server import Searcher
-from tests.searcher_helpers import searcher_on
+from tests.searcher_helpers import clustered_vectors, searcher_on, searcher_stub, upsert_messages
 
 LONG_STATEMENT_S = 60  # what the upkeep's task would take if it were waited for
 
@@ -88,3 +93,36 @@ def test_stopping_cancels_the_task_in_progress_and_leaves_queued_ones(
     assert checked == []
     assert "its statement in progress is cancelled" in caplog.text
     assert "stopped with 3 queued tasks left for the next start" in caplog.text
+
+
+def test_a_quantizer_refit_left_queued_at_stop_is_done_at_the_next_start(tmp_path: Path) -> None:
+    data = clustered_vectors(2100, seed=13)
+    with EmbeddedPostgres(tmp_path / "pg") as postgres:
+        config = SearcherConfig(address="127.0.0.1:0", dsn=postgres.dsn)
+        with Searcher(config) as searcher:
+            assert searcher.store is not None
+            channel, stub = searcher_stub(searcher.port)
+            with channel:
+                stub.CreateCollection(
+                    pb.CreateCollectionRequest(
+                        name="photos",
+                        dim=1000,
+                        index_params=pb.IndexParams(kind=pb.INDEX_KIND_BINARY),
+                    )
+                )
+                stub.Upsert(upsert_messages("photos", data[:1000]))
+                assert searcher.store.maintenance.wait_idle(300)
+                stub.Upsert(upsert_messages("photos", data[1000:1900], first_id=1000))
+                assert searcher.store.maintenance.wait_idle(300)  # folded in: 1.9x, kept
+                # The upkeep stops (as on SIGTERM); 2.1x asks for a refit, which stays queued.
+                searcher.store.maintenance.stop()
+                stub.Upsert(upsert_messages("photos", data[1900:], first_id=1900))
+                index = stub.GetCollection(pb.GetCollectionRequest(name="photos")).collection.index
+                assert (index.quantizer_rows, index.generation) == (1000, 2)
+        with Searcher(config) as searcher:
+            assert searcher.store is not None and searcher.store.maintenance.wait_idle(300)
+            channel, stub = searcher_stub(searcher.port)
+            with channel:
+                index = stub.GetCollection(pb.GetCollectionRequest(name="photos")).collection.index
+    assert (index.quantizer_rows, index.generation) == (2100, 3)
+    assert index.note.startswith("quantizer refitted on 2100 rows (it was fitted on 1000); ")
