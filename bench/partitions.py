@@ -1,7 +1,7 @@
 """One HNSW graph over a collection against one graph per coarse cell: build time, recall, p50.
 
     python bench/partitions.py [--rows 200000] [--partitions 4,16] [--probes 1,2,3,4]
-                               [--queries 300] [--no-one-graph]
+                               [--queries 300] [--no-one-graph] [--build-connections N]
 
 Issue 22 asks for a million rows searchable at held-out recall@10 >= 0.98 within 15 minutes.
 One graph over a million clustered rows took 1209 s to build and reached 0.909 at the default
@@ -20,6 +20,7 @@ from the mixture, never stored). Recall@10 is judged by distance against numpy's
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import io
 import json
 import struct
@@ -74,12 +75,17 @@ def copy_rows(cur: Any, table: str, vectors: np.ndarray, cells: np.ndarray | Non
     cur.execute(f"ANALYZE {table}")  # a partition without statistics is planned as a seq scan
 
 
-def timed_build(conn: Any, table: str) -> dict[str, Any]:
-    """CREATE INDEX on `table` (on a partitioned table: one per partition, one after another)."""
+def timed_build(conn: Any, table: str, build: Callable[[], list[str]] | None = None) -> dict:
+    """CREATE INDEX on `table` (on a partitioned table: one per partition, one after another),
+    or `build` (which returns its notices) instead; its seconds, size and spill notices."""
     del conn.notices[:]
     with conn.cursor() as cur:
         started = time.perf_counter()
-        cur.execute(f"CREATE INDEX ON {table} {INDEX}")
+        if build is None:
+            cur.execute(f"CREATE INDEX ON {table} {INDEX}")
+            notices = list(conn.notices)
+        else:
+            notices = build()
         seconds = time.perf_counter() - started
         cur.execute(
             "SELECT coalesce(sum(pg_relation_size(indexrelid)), 0) FROM pg_index "
@@ -88,8 +94,30 @@ def timed_build(conn: Any, table: str) -> dict[str, Any]:
             (table, table),
         )
         size = int(cur.fetchone()[0])
-    spilled = [n.strip() for n in conn.notices if "no longer fits" in n]
+    spilled = [n.strip() for n in notices if "no longer fits" in n]
     return {"build_s": seconds, "index_mb": size / 2**20, "spill_notices": spilled}
+
+
+def builds_side_by_side(dsn: str, tables: list[str], connections: int) -> Callable[[], list]:
+    """A build of each table's index, `connections` at a time (each its own backend, without
+    parallel workers: a core each)."""
+
+    def build_one(table: str) -> list[str]:
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET max_parallel_maintenance_workers = 0")
+                cur.execute(f"CREATE INDEX ON {table} {INDEX}")
+            return list(conn.notices)
+        finally:
+            conn.close()
+
+    def build() -> list[str]:
+        with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+            return [n for notices in pool.map(build_one, tables) for n in notices]
+
+    return build
 
 
 def searcher_of(conn: Any, table: str, cells: Cells | None) -> Search:
@@ -166,7 +194,10 @@ def partitioned(
     true_d: np.ndarray,
     count: int,
     probes_tried: list[int],
+    build_connections: tuple[str, int] | None,
 ) -> dict[str, Any]:
+    """`build_connections`: (dsn, n) to build the partitions' indexes n at a time, each on its
+    own connection; None for one CREATE INDEX on the parent."""
     table = f"cells_{count}"
     rng = np.random.default_rng(0)
     sample = data[rng.choice(len(data), size=min(SAMPLE_ROWS, len(data)), replace=False)]
@@ -190,7 +221,11 @@ def partitioned(
     result: dict[str, Any] = {"cells_fit_s": fit_s, "copy_s": load_s}
     result["largest_partition"] = int(sizes.max())
     result["smallest_partition"] = int(sizes.min())
-    result |= timed_build(conn, table)
+    build = None
+    if build_connections is not None:
+        dsn, connections = build_connections
+        build = builds_side_by_side(dsn, [f"{table}_{c}" for c in range(count)], connections)
+    result |= timed_build(conn, table, build)
     print(f"{count} partitions ({sizes.min()}-{sizes.max()} rows): built in "
           f"{result['build_s']:.1f} s, {result['index_mb']:.0f} MB", flush=True)  # fmt: skip
     with conn.cursor() as cur:
@@ -218,6 +253,13 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--partitions", default="4,16", help="partition counts, comma-separated")
     parser.add_argument("--probes", default="1,2,3,4", help="cells a search walks, comma-separated")
+    parser.add_argument(
+        "--build-connections",
+        type=int,
+        default=0,
+        help="build the partitions' indexes this many at a time, one connection each (0: one "
+        "CREATE INDEX on the parent table, which builds them one after another)",
+    )
     parser.add_argument("--no-one-graph", action="store_true", help="skip the one-graph baseline")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "partitions.json")
     args = parser.parse_args()
@@ -234,9 +276,11 @@ def main() -> int:
             if not args.no_one_graph:
                 results["one_graph"] = one_graph(conn, data, queries, true_d)
             probes = [int(p) for p in args.probes.split(",")]
+            apart = (postgres.dsn, args.build_connections) if args.build_connections else None
+            results["build_connections"] = args.build_connections
             for count in (int(c) for c in args.partitions.split(",")):
                 results[f"partitions_{count}"] = partitioned(
-                    conn, data, queries, true_d, count, probes
+                    conn, data, queries, true_d, count, probes, apart
                 )
             conn.close()
     write_results(args.out, results)
