@@ -37,8 +37,8 @@ from bench.additions import Truth  # noqa: E402
 from bench.searcher import loaded_collection  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from searcher.catalogue import Metric  # noqa: E402
+from searcher.effort import LOST_QUERIES_ALLOWED, LOST_QUERY_RECALL  # noqa: E402
 from searcher.kinds import EFFORT_LADDER  # noqa: E402
-from searcher.maintenance import LOST_QUERIES_ALLOWED, LOST_QUERY_RECALL  # noqa: E402
 from searcher.recall import RECALL_AT, held_out, recall_by_distance  # noqa: E402
 from tests.searcher_helpers import searcher_stub, vector  # noqa: E402
 

@@ -85,6 +85,8 @@ def index_info(state: searcher_pb2.IndexState) -> records.IndexInfo:
         candidates=state.candidates,
         quantizer_rows=state.quantizer_rows,
         note=state.note,
+        graphs=max(1, state.graphs),
+        graphs_walked=max(1, state.graphs_walked),
     )
 
 

@@ -164,6 +164,8 @@ class IndexInfo:
     candidates: int
     quantizer_rows: int
     note: str
+    graphs: int = 1  # one graph over every indexed row, or one per coarse cell
+    graphs_walked: int = 1  # how many of them (nearest to its query) a search walks
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,11 @@ class Collection:
     # The segment whose rows carry coarse cells (searcher.cells): the growing one since the
     # last build that fitted centroids; 0 when none did (every fresh row is scanned).
     cells_segment: int = 0
+    # Graphs by coarse cell (searcher.cell_graphs): 0, one graph over the indexed rows; else one
+    # graph per cell of the cells of cells_segment (the same set every build), and how many of
+    # its query's nearest cells' graphs a search walks.
+    graph_cells: int = 0
+    graph_probes: int = 0
     # A named vector's table: the collection whose items it belongs to, and the vector's name
     # (see named_vector_table); both empty for a collection.
     parent: str = ""
@@ -95,14 +100,36 @@ class Collection:
 
     @property
     def indexed(self) -> sql.Composable:
-        """The condition of the rows the current index holds (its predicate, as a query must
-        say it for the planner to use the index)."""
+        """The condition of the rows the current index holds: with one graph its predicate, as
+        a query must say it for the planner to use the index (graphs by cell: in_graph)."""
+        if self.graph_cells:
+            return sql.SQL("(segment <= {} AND cell <> {})").format(
+                sql.Literal(self.index_segment), sql.Literal(NO_CELL)
+            )
         return sql.SQL("segment <= {}").format(sql.Literal(self.index_segment))
+
+    def in_graph(self, cell: int | None) -> sql.Composable:
+        """The predicate of one graph: the whole index's (cell None), or of a cell's graph."""
+        if cell is None:
+            return self.indexed
+        return sql.SQL("segment <= {} AND cell = {}").format(
+            sql.Literal(self.index_segment), sql.Literal(cell)
+        )
 
     @property
     def fresh(self) -> sql.Composable:
-        """The condition of the rows not (yet) in the current index."""
+        """The condition of the rows not (yet) in the current index (graphs by cell: also rows
+        of indexed segments written without a cell, which no graph takes)."""
+        if self.graph_cells:
+            return sql.SQL("(segment > {} OR cell = {})").format(
+                sql.Literal(self.index_segment), sql.Literal(NO_CELL)
+            )
         return sql.SQL("segment > {}").format(sql.Literal(self.index_segment))
+
+    @property
+    def graphs(self) -> list[int | None]:
+        """The current index's graphs by their cell (None: the one graph)."""
+        return list(range(self.graph_cells)) if self.graph_cells else [None]
 
     @property
     def half_precision_index(self) -> bool:
@@ -118,17 +145,22 @@ class Collection:
         """The table as a regclass text, for functions that take one."""
         return f'{DATA_SCHEMA}."{self.name}"'
 
-    def index_name(self, generation: int | None = None) -> str:
+    def index_name(self, generation: int | None = None, cell: int | None = None) -> str:
         # Derived, not the collection name plus a suffix: that could pass 63 characters.
         # Generation 0 is the one name collections had before generations existed.
         generation = self.generation if generation is None else generation
         base = "hnsw_" + _name_hash(self.name)
-        return base if generation == 0 else f"{base}_{generation}"
+        name = base if generation == 0 else f"{base}_{generation}"
+        return name if cell is None else f"{name}_c{cell}"
+
+    def index_names(self, generation: int | None = None) -> list[str]:
+        """The names of a generation's graphs (of this collection's graph cells)."""
+        return [self.index_name(generation, cell) for cell in self.graphs]
 
     @property
     def qualified_index(self) -> str:
-        """The current index as a regclass text."""
-        return f"{DATA_SCHEMA}.{self.index_name()}"
+        """The current index (graphs by cell: the first cell's) as a regclass text."""
+        return f"{DATA_SCHEMA}.{self.index_names()[0]}"
 
     def quantizer_name(self, generation: int | None = None) -> str:
         generation = self.generation if generation is None else generation
@@ -197,6 +229,8 @@ _FIELD_OF_COLUMN = {
     "index_segment": "index_segment",
     "growing_segment": "growing_segment",
     "cells_segment": "cells_segment",
+    "graph_cells": "graph_cells",
+    "graph_probes": "graph_probes",
     "parent": "parent",
     "vector_name": "vector_name",
 }

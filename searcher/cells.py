@@ -85,10 +85,12 @@ class Cells:
         """Each vector's cell."""
         return np.asarray(self._scores(vectors).argmin(axis=1), dtype=np.int32)
 
-    def nearest(self, vector: np.ndarray) -> list[int]:
-        """The cells a search for `vector` scans, its own cell first."""
+    def nearest(self, vector: np.ndarray, count: int = 0) -> list[int]:
+        """The cells a search for `vector` scans (`count` of them, else probes), its own cell
+        first."""
+        count = min(count or self.probes, len(self.centroids))
         scores = self._scores(vector)[0]
-        nearest = np.argpartition(scores, self.probes - 1)[: self.probes]
+        nearest = np.argpartition(scores, count - 1)[:count]
         return [int(cell) for cell in nearest[np.argsort(scores[nearest], kind="stable")]]
 
 
@@ -111,10 +113,12 @@ def fit(sample: np.ndarray, metric: Metric, cells: int, *, seed: int = 0) -> Cel
     return Cells(centroids, centre, metric)
 
 
-def calibrated(cells: Cells, sample: np.ndarray, *, seed: int = 0) -> Cells:
-    """`cells` with the fewest probes that reach NEIGHBOURS_IN_PROBES on `sample`: each of a
-    few sampled rows searched for its CALIBRATION_K nearest among the others, and the rank of
-    each neighbour's cell among the query's cells taken."""
+def calibrated(
+    cells: Cells, sample: np.ndarray, *, seed: int = 0, least: int = MIN_PROBES
+) -> Cells:
+    """`cells` with the fewest probes (at least `least`) that reach NEIGHBOURS_IN_PROBES on
+    `sample`: each of a few sampled rows searched for its CALIBRATION_K nearest among the
+    others, and the rank of each neighbour's cell among the query's cells taken."""
     rows = np.asarray(sample, dtype=np.float32)
     count = min(CALIBRATION_QUERIES, len(rows) - 1)
     if count < 1:
@@ -130,7 +134,7 @@ def calibrated(cells: Cells, sample: np.ndarray, *, seed: int = 0) -> Cells:
     np.put_along_axis(rank_of_cell, order, np.arange(order.shape[1])[None, :], axis=1)
     ranks = np.take_along_axis(rank_of_cell, cells.assign(rows)[neighbours], axis=1)
     needed = int(np.quantile(ranks, NEIGHBOURS_IN_PROBES, method="higher")) + 1
-    return replace(cells, probes=min(len(cells.centroids), max(MIN_PROBES, needed)))
+    return replace(cells, probes=min(len(cells.centroids), max(least, needed)))
 
 
 def _distances(queries: np.ndarray, rows: np.ndarray, metric: Metric) -> np.ndarray:
@@ -159,24 +163,61 @@ class CellStore:
         self._cache: dict[str, tuple[tuple[datetime | None, int], Cells | None]] = {}
         self._lock = threading.Lock()
 
-    def fit_for(self, cur: Any, collection: Collection, segment: int) -> bool:
-        """Fit centroids on a sample of the collection's rows and store them for `segment`
-        (with the caller's cursor); False when the collection is too small for cells."""
+    def fit_for(
+        self, cur: Any, collection: Collection, segment: int, *, count: int = 0
+    ) -> tuple[Cells, int] | None:
+        """Fit centroids (`count` of them, else cell_count's) on a sample of the collection's
+        rows and store them for `segment` (with the caller's cursor); None when the collection
+        is too small for cells. With them: how many of a query's nearest cells hold
+        NEIGHBOURS_IN_PROBES of its neighbours (at least one), for graphs by cell."""
         # Reading a sample reads the whole table: off the request path, like the build itself,
         # it runs without the statement time limit.
         cur.execute("SET statement_timeout = 0")
         try:
             rows = _row_estimate(cur, collection)
-            cells = cell_count(rows)
+            cells = count or cell_count(rows)
             if not cells:
-                return False
+                return None
             started = time.monotonic()
             sample = _sample(cur, collection, rows, seed=segment)
         finally:
             cur.execute("RESET statement_timeout")
         if len(sample) < cells:
-            return False
+            return None
         fitted = calibrated(fit(sample, collection.metric, cells, seed=segment), sample)
+        walks = calibrated(fitted, sample, least=1).probes
+        self._store(cur, collection, segment, fitted)
+        logger.info(
+            "%s: %d cells, a search scanning %d cells' fresh rows (%d cells hold 99%% of a "
+            "query's neighbours), fitted on %d rows in %.1f s",
+            collection.name,
+            cells,
+            fitted.probes,
+            walks,
+            len(sample),
+            time.monotonic() - started,
+        )
+        return fitted, walks
+
+    def carry_forward(self, cur: Any, collection: Collection, segment: int) -> bool:
+        """Store the centroids of the collection's cells_segment for `segment` too (graphs by
+        cell keep one set for good); False when there are none to carry."""
+        cur.execute(
+            f"INSERT INTO {CATALOG_SCHEMA}.fresh_cells (collection, segment, centre, centroids, "
+            "probes) SELECT collection, %s, centre, centroids, probes FROM "
+            f"{CATALOG_SCHEMA}.fresh_cells WHERE collection = %s AND segment = %s "
+            "ON CONFLICT (collection, segment) DO NOTHING",
+            (segment, collection.name, collection.cells_segment),
+        )
+        cur.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {CATALOG_SCHEMA}.fresh_cells WHERE collection = %s "
+            "AND segment = %s)",
+            (collection.name, segment),
+        )
+        carried: bool = cur.fetchone()[0]
+        return carried
+
+    def _store(self, cur: Any, collection: Collection, segment: int, fitted: Cells) -> None:
         cur.execute(
             f"INSERT INTO {CATALOG_SCHEMA}.fresh_cells (collection, segment, centre, centroids, "
             "probes) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (collection, segment) DO UPDATE SET "
@@ -189,15 +230,6 @@ class CellStore:
                 fitted.probes,
             ),
         )
-        logger.info(
-            "%s: fresh rows in %d cells, a search scanning %d, fitted on %d rows in %.1f s",
-            collection.name,
-            cells,
-            fitted.probes,
-            len(sample),
-            time.monotonic() - started,
-        )
-        return True
 
     def forget_before(self, cur: Any, collection: Collection, segment: int) -> None:
         """Drop the centroids of segments below `segment`: their rows are in the index. (A

@@ -40,6 +40,7 @@ class SearcherConfig(ServingConfig):
     shadow_share: float = _STORE.shadow_share
     shadow_budget: float = _STORE.shadow_budget
     fold_share: float = _STORE.fold_share
+    graph_cells_from: int = _STORE.graph_cells_from
 
     def resolved_data_dir(self) -> Path:
         """The embedded database's data directory (defaults.data_dir()/pgdata when unset)."""
@@ -61,6 +62,7 @@ class SearcherConfig(ServingConfig):
             shadow_share=self.shadow_share,
             shadow_budget=self.shadow_budget,
             fold_share=self.fold_share,
+            graph_cells_from=self.graph_cells_from,
         )
 
 
@@ -99,6 +101,9 @@ HELP = {
     "shadow_budget": "most of one core's time those exact re-runs may take",
     "fold_share": "most of one core's time that folding rows added to an indexed collection "
     "into its graph may take while writes go on (after them: all it needs)",
+    "graph_cells_from": "a collection of at least this many rows, when its index is first "
+    "built after a bulk load, gets one small graph per coarse cell instead of one graph over "
+    "all its rows (faster to build; a search walks its query's nearest cells' graphs); 0: never",
     **SERVING_HELP,
 }
 

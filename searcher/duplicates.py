@@ -27,8 +27,9 @@ from imgsearch.records import DuplicateGroup, DuplicateMember
 from searcher.catalogue import Collection, Metric
 from searcher.grouping import Neighbours
 from searcher.kinds import spec
+from searcher.pgvector_io import as_array
 from searcher.pool import BULK_WORKERS, ConnectionPool
-from searcher.queries import Effort, Filter, Queries
+from searcher.queries import Effort, Filter, Queries, graphs_walked
 from searcher.validation import MAX_EF_SEARCH
 
 logger = logging.getLogger(__name__)
@@ -265,37 +266,55 @@ class DuplicateFinder:
         """Each item's neighbours among the indexed rows, by the index; and the items that
         found themselves among their candidates."""
         collection, effort, candidates = scan.collection, scan.effort, scan.candidates
-        where, params = scan.filter.where(collection.indexed)
         # Candidates are kept by exact distance, so they need not come in order (re-ranked).
         settings = self.queries.index_settings(
             min(max(effort.ef_search, candidates), MAX_EF_SEARCH),
             filtered=bool(scan.filter),
             reranked=True,
         )
-        # Each item's candidates in the index's order, then kept by their exact distance.
-        query = sql.SQL(
-            "SELECT a.id, n.id, n.distance FROM {table} AS a CROSS JOIN LATERAL ("
-            "SELECT c.id, c.embedding {op} a.embedding AS distance FROM "
-            "(SELECT id, embedding FROM {table} {where} ORDER BY {order} LIMIT %(candidates)s) "
-            "AS c) AS n WHERE a.id = ANY(%(ids)s) "
-            "AND (n.id = a.id OR n.distance <= %(max_distance)s)"
-        ).format(
-            table=collection.table,
-            op=sql.SQL(collection.metric.operator),
-            where=where,
-            order=spec(collection.kind).candidate_order(collection, OTHER),
-        )
-        params = {
-            **params,
-            "ids": list(ids),
-            "candidates": candidates,
-            "max_distance": scan.max_distance,
-        }
+        rows: list[tuple[int, int, float]] = []
         with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("; ").join([*settings, query]), params)
-            rows = cur.fetchall()
+            for graph, walking in self._walks(cur, collection, ids).items():
+                where, params = scan.filter.where(collection.in_graph(graph))
+                # Each item's candidates in the index's order, then kept by exact distance.
+                query = sql.SQL(
+                    "SELECT a.id, n.id, n.distance FROM {table} AS a CROSS JOIN LATERAL ("
+                    "SELECT c.id, c.embedding {op} a.embedding AS distance FROM "
+                    "(SELECT id, embedding FROM {table} {where} ORDER BY {order} "
+                    "LIMIT %(candidates)s) AS c) AS n WHERE a.id = ANY(%(ids)s) "
+                    "AND (n.id = a.id OR n.distance <= %(max_distance)s)"
+                ).format(
+                    table=collection.table,
+                    op=sql.SQL(collection.metric.operator),
+                    where=where,
+                    order=spec(collection.kind).candidate_order(collection, OTHER),
+                )
+                params = {
+                    **params,
+                    "ids": walking,
+                    "candidates": candidates,
+                    "max_distance": scan.max_distance,
+                }
+                cur.execute(sql.SQL("; ").join([*settings, query]), params)
+                rows += cur.fetchall()
         reached = {a for a, n, _ in rows if a == n}
         return [(a, n, d) for a, n, d in rows if a != n and d <= scan.max_distance], reached
+
+    def _walks(self, cur: Any, collection: Collection, ids: Sequence[int]) -> dict[Any, list[int]]:
+        """The items that walk each graph: every item the one graph; with graphs by cell, each
+        item the graphs of its nearest cells, as a search for its vector would."""
+        if not collection.graph_cells:
+            return {None: list(ids)}
+        cur.execute(
+            sql.SQL("SELECT id, embedding FROM {} WHERE id = ANY(%s)").format(collection.table),
+            (list(ids),),
+        )
+        walks: dict[Any, list[int]] = {}
+        cells = self.queries.cells.of(collection)
+        for item, vector in cur.fetchall():
+            for graph in graphs_walked(collection, cells, as_array(vector)):
+                walks.setdefault(graph, []).append(item)
+        return walks
 
     def _pairs_exact(
         self,

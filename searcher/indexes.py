@@ -25,12 +25,14 @@ import numpy as np
 from psycopg2 import sql
 
 from imgsearch.errors import Unavailable
-from searcher.catalogue import INDEX_IS_VALID, Catalogue, Collection, quantizer_prefix
+from searcher import cell_graphs
+from searcher.build_checks import check_usable, spill_notice
+from searcher.catalogue import Catalogue, Collection, quantizer_prefix
 from searcher.cells import CellStore
 from searcher.kinds import create_quantizer, spec
-from searcher.pgvector_io import as_array, vector_literal
+from searcher.pgvector_io import as_array
 from searcher.pool import ConnectionPool
-from searcher.schema import DATA_SCHEMA
+from searcher.schema import DATA_SCHEMA, NO_CELL
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +49,17 @@ class IndexBuilder:
         cells: CellStore,
         *,
         maintenance_work_mem: str = "",
+        graph_cells_from: int = cell_graphs.DEFAULT_FROM_ROWS,
     ) -> None:
         self.pool = pool
         self.catalogue = catalogue
         self.cells = cells
         # Empty: the server's own setting (the embedded server sizes it from the machine).
         self.maintenance_work_mem = maintenance_work_mem
+        # Collections of at least this many rows take graphs by cell at their first build after
+        # a bulk load (searcher.cell_graphs); 0: never.
+        self.graph_cells_from = graph_cells_from
+        self.graph_builds = cell_graphs.GraphBuilds(pool)
 
     def indexable(self, collection: Collection) -> bool:
         return collection.dim <= spec(collection.kind).max_indexed_dim
@@ -67,11 +74,7 @@ class IndexBuilder:
     def drop_for_load(self, cur: Any, collection: Collection) -> None:
         """Drop the index before a bulk load into an empty collection (inside its transaction):
         building after loading is far faster than inserting into the graph row by row."""
-        cur.execute(
-            sql.SQL("DROP INDEX IF EXISTS {}").format(
-                sql.Identifier(DATA_SCHEMA, collection.index_name())
-            )
-        )
+        cell_graphs.drop_generation(cur, collection, concurrently=False)
 
     def build(
         self,
@@ -88,30 +91,34 @@ class IndexBuilder:
         if not self.indexable(collection):
             return collection
         with self._autocommit() as cur, _advisory_lock(cur, "build", collection.name):
-            current, _ = self.catalogue.get(collection.name, fresh=True)
+            current, has_index = self.catalogue.get(collection.name, fresh=True)
             # The new generation takes in every row written so far: writers move on to the
             # next segment first, and what they write meanwhile stays fresh.
             sealed = current.growing_segment
             # Centroids for the rows they write next, fitted before they move on to them.
-            cells = sealed + 1 if self.cells.fit_for(cur, current, sealed + 1) else 0
+            target = self._cells_for(cur, current, sealed + 1, first_graph=not has_index)
             self.catalogue.record(
-                cur, current.name, growing_segment=sealed + 1, cells_segment=cells
+                cur,
+                current.name,
+                growing_segment=sealed + 1,
+                cells_segment=target.cells_segment,
             )
             target = replace(
-                current,
+                target,
                 generation=current.generation + 1,
                 m=m or current.m,
                 ef_construction=ef_construction or current.ef_construction,
                 index_segment=sealed,
                 growing_segment=sealed + 1,
-                cells_segment=cells,
             )
+            if target.graph_cells and not has_index:
+                self._into_cells(cur, target)
             built = self._build_generation(cur, target, concurrently=concurrently, note=note)
             if built is None:
                 return current  # nothing to fit a quantizer on yet: searches stay exact
             # The previous generation goes once the new one is recorded, and so do the
             # centroids of the rows it now holds.
-            _drop_index(cur, current.index_name(), concurrently=concurrently)
+            cell_graphs.drop_generation(cur, current, concurrently=concurrently)
             self.cells.forget_before(cur, target, sealed + 1)
             # Older ones go; the previous one stays one generation longer, for searchers whose
             # catalogue cache still names it.
@@ -132,6 +139,47 @@ class IndexBuilder:
         )
         return self.catalogue.get(collection.name, fresh=True)[0]
 
+    def _cells_for(
+        self, cur: Any, current: Collection, segment: int, *, first_graph: bool
+    ) -> Collection:
+        """`current` with the cells of the rows written from `segment` on: graphs by cell keep
+        theirs; a collection's first graph (after a bulk load, or when it has none) takes
+        graphs by cell, fitted afresh, when it is large enough; any other gets cells fitted
+        afresh for its fresh rows (or none)."""
+        if current.graph_cells and not first_graph:
+            if self.cells.carry_forward(cur, current, segment):
+                return replace(current, cells_segment=segment)
+            logger.warning("%s: its cells are gone: its index is built as one graph", current.name)
+            current = replace(current, graph_cells=0, graph_probes=0)
+        graphs = 0
+        if first_graph and self.graph_cells_from:
+            rows = _count_rows(cur, current)
+            if rows >= self.graph_cells_from:
+                graphs = cell_graphs.graph_count(rows)
+        fitted = self.cells.fit_for(cur, current, segment, count=graphs)
+        if fitted is None:
+            return replace(current, cells_segment=0, graph_cells=0, graph_probes=0)
+        walks = fitted[1] if graphs else 0
+        return replace(current, cells_segment=segment, graph_cells=graphs, graph_probes=walks)
+
+    def _into_cells(self, cur: Any, target: Collection) -> None:
+        """Before a collection's first graphs by cell: every row its new generation will hold
+        gets its cell (no graph exists to take each changed row in), and the rows written
+        without one get their partial index."""
+        cells = self.cells.of(target)
+        if cells is None:
+            raise Unavailable(f"the cells of {target.name!r} were not stored")
+        started = time.monotonic()
+        rows = cell_graphs.assign_cells(cur, target, cells, target.index_segment)
+        cell_graphs.create_orphan_index(cur, target)
+        logger.info(
+            "%s: %d rows given their cells among %d in %.1f s",
+            target.name,
+            rows,
+            target.graph_cells,
+            time.monotonic() - started,
+        )
+
     def _build_generation(
         self, cur: Any, target: Collection, *, concurrently: bool, note: str
     ) -> tuple[int, float] | None:
@@ -145,18 +193,12 @@ class IndexBuilder:
                 recorded = self._fit_quantizer(cur, target)
                 if not recorded["quantizer_rows"]:
                     return None
-            # An index of this name can only be a leftover: a build of this generation that a
-            # crash interrupted (invalid), or one that was never recorded. Never take it for
-            # the new one.
-            _drop_index(cur, target.index_name(), concurrently=concurrently)
-            cur.connection.notices.clear()
             try:
-                cur.execute(kind.create_index(target, target.generation, concurrently=concurrently))
-                spilled = _spill_notice(cur.connection.notices)
-                _check_usable(cur, target)
+                spilled = self._create(cur, target, concurrently=concurrently)
+                check_usable(cur, target)
             except BaseException:
                 # A failed CONCURRENTLY build leaves an invalid index behind.
-                _drop_index(cur, target.index_name(), concurrently=False)
+                cell_graphs.drop_generation(cur, target, concurrently=False)
                 raise
             if spilled:
                 logger.warning("the index build of %s went on on disk: %s", target.name, spilled)
@@ -179,9 +221,31 @@ class IndexBuilder:
                 recall_sample=0,
                 recall_measured_at=None,
                 index_note=note,
+                graph_cells=target.graph_cells,
+                graph_probes=target.graph_probes,
                 **recorded,
             )
         return rows, seconds
+
+    def _create(self, cur: Any, target: Collection, *, concurrently: bool) -> str:
+        """CREATE INDEX of the target generation's graph, or of each of its graphs by cell;
+        PostgreSQL's notice if a build spilled to disk, else ""."""
+        if target.graph_cells:
+            # Each graph holds its cell's rows: sized for the largest cell likely, on each of
+            # the connections that build at once.
+            builds = 1 if concurrently else self.graph_builds.connections
+            memory = self._build_memory(cur, target, share=2 / target.graph_cells, builds=builds)
+            _, notices = self.graph_builds.build(target, concurrently=concurrently, memory=memory)
+            return spill_notice(notices)
+        # An index of this name can only be a leftover: a build of this generation that a
+        # crash interrupted (invalid), or one that was never recorded. Never take it for the
+        # new one.
+        _drop_index(cur, target.index_name(), concurrently=concurrently)
+        cur.connection.notices.clear()
+        cur.execute(
+            spec(target.kind).create_index(target, target.generation, concurrently=concurrently)
+        )
+        return spill_notice(cur.connection.notices)
 
     def fresh_rows(self, collection: Collection) -> int:
         """Rows not in the current index: written since its build began, and not folded."""
@@ -206,17 +270,37 @@ class IndexBuilder:
                 return None
             cur.execute("SET statement_timeout = 0")  # ~4 ms a row into a 100k graph
             try:
+                fresh = collection.fresh
+                if collection.graph_cells:
+                    # Rows written without a cell first: no graph takes them as they are.
+                    orphans = self._fold_orphans(cur, collection, rows)
+                    if orphans:
+                        return orphans
+                    fresh = sql.SQL("{} AND cell <> {}").format(fresh, sql.Literal(NO_CELL))
                 cur.execute(
                     sql.SQL(
                         "UPDATE {table} SET segment = %(indexed)s WHERE id IN (SELECT id FROM "
                         "{table} WHERE {fresh} ORDER BY segment, id LIMIT %(rows)s "
                         "FOR UPDATE SKIP LOCKED)"
-                    ).format(table=collection.table, fresh=collection.fresh),
+                    ).format(table=collection.table, fresh=fresh),
                     {"indexed": collection.index_segment, "rows": rows},
                 )
                 moved: int = cur.rowcount
             finally:
                 cur.execute("RESET statement_timeout")
+        return moved
+
+    def _fold_orphans(self, cur: Any, collection: Collection, rows: int) -> int:
+        cells = self.cells.of(collection)
+        if cells is None:
+            return 0
+        cur.execute("BEGIN")
+        try:
+            moved = cell_graphs.give_orphans_cells(cur, collection, cells, rows)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
         return moved
 
     def clean_up(self) -> dict[str, str]:
@@ -240,10 +324,10 @@ class IndexBuilder:
             cleaned: dict[str, str] = {}
             for table, index, valid, whole_table in found:
                 collection = collections.get(table)
-                recorded = collection.index_name() if collection else None
                 if collection is None:
                     continue
-                if valid and index == recorded:
+                recorded = index in collection.index_names()
+                if valid and recorded:
                     if whole_table:
                         # Made before fresh rows existed: every addition went into its graph.
                         logger.info("%s: its index covers every row; built again as partial", table)
@@ -255,11 +339,11 @@ class IndexBuilder:
                     _drop_index(cur, index, concurrently=True)
                 what = "an invalid index" if not valid else "an index no build recorded"
                 note = f"dropped {what} ({index}) left by an interrupted build"
-                if index == recorded or cleaned.get(table) == "build":
+                if recorded or cleaned.get(table) == "build":
                     cleaned[table] = "build"
                 else:
                     cleaned[table] = "check"
-                if index == recorded:
+                if recorded:
                     note += "; it was the recorded one: the index is built again"
                 logger.warning("%s: %s", table, note)
                 previous = self.catalogue.get(table, fresh=True)[0].index_note
@@ -268,18 +352,20 @@ class IndexBuilder:
                 )
         return cleaned
 
-    def _build_memory(self, cur: Any, collection: Collection) -> str:
-        """maintenance_work_mem for building this collection's graph: what the graph needs
-        (so a small build does not reserve the server's whole setting: a parallel build takes
-        all of it from shared memory up front), at most the server's setting. Configured
-        explicitly, that value as it is."""
+    def _build_memory(
+        self, cur: Any, collection: Collection, *, share: float = 1.0, builds: int = 1
+    ) -> str:
+        """maintenance_work_mem for building this collection's graph (holding `share` of its
+        rows, `builds` such builds at once): what the graph needs (so a small build does not
+        reserve the server's whole setting: a parallel build takes all of it from shared
+        memory up front), at most the server's setting between them. Configured explicitly,
+        that value as it is."""
         if self.maintenance_work_mem:
             return self.maintenance_work_mem
-        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
-        rows: int = cur.fetchone()[0]
+        rows = int(_count_rows(cur, collection) * min(share, 1.0))
         need = spec(collection.kind).graph_bytes(rows, collection.dim, collection.m)
         cur.execute("SELECT setting::bigint * 1024 FROM pg_settings WHERE name = %s", (MEMORY,))
-        most: int = cur.fetchone()[0]
+        most: int = cur.fetchone()[0] // builds
         if need > most:
             logger.warning(
                 "the graph of %s (%d rows) needs about %.1f GB to build in memory; "
@@ -342,45 +428,10 @@ class IndexBuilder:
                 conn.autocommit = old
 
 
-def _spill_notice(notices: list[str]) -> str:
-    """PostgreSQL's notice that the HNSW graph outgrew maintenance_work_mem (from then on the
-    build inserts row by row through the on-disk path, far slower), or ""."""
-    for notice in notices:
-        if "no longer fits into maintenance_work_mem" in notice:
-            return " ".join(notice.split()).removeprefix("NOTICE: ")
-    return ""
-
-
-def _check_usable(cur: Any, collection: Collection) -> None:
-    """Raise unless the collection's current index is valid and the planner walks it for a
-    nearest-neighbour query (with sequential scans and sorts ruled out, so that a small table's
-    cheaper plan does not hide an index that can never be used)."""
-    cur.execute(INDEX_IS_VALID, (collection.qualified_index,))
-    if not cur.fetchone()[0]:
-        raise Unavailable(f"the new index of {collection.name!r} is not valid")
-    cur.execute(sql.SQL("SELECT embedding FROM {} LIMIT 1").format(collection.table))
-    row = cur.fetchone()
-    if row is None:
-        return  # nothing to search with: valid is all there is to check
-    cur.execute("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
-    try:
-        cur.execute(
-            sql.SQL("EXPLAIN SELECT id FROM {} WHERE {} ORDER BY {} LIMIT 10").format(
-                collection.table,
-                collection.indexed,
-                spec(collection.kind).candidate_order(collection),
-            ),
-            {"query": vector_literal(as_array(row[0]))},
-        )
-        plan = "\n".join(line for (line,) in cur.fetchall())
-    finally:
-        cur.execute("ROLLBACK")
-    new, previous = collection.index_name(), collection.index_name(collection.generation - 1)
-    # While the previous generation exists the planner picks either when their expressions
-    # are the same once inlined (a BINARY quantizer refitted on the same rows): then the new
-    # one serves the same searches.
-    if f" using {new} " not in plan and f" using {previous} " not in plan:
-        raise Unavailable(f"searches of {collection.name!r} would not use its new index {new}")
+def _count_rows(cur: Any, collection: Collection) -> int:
+    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
+    rows: int = cur.fetchone()[0]
+    return rows
 
 
 @contextlib.contextmanager

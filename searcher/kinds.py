@@ -119,24 +119,30 @@ class KindSpec:
         return f"{self.kind.value}_{suffix}"
 
     def create_index(
-        self, collection: Collection, generation: int, *, concurrently: bool
+        self,
+        collection: Collection,
+        generation: int,
+        *,
+        concurrently: bool,
+        cell: int | None = None,
     ) -> sql.Composable:
         """CREATE INDEX of this generation, over the rows up to the collection's index_segment
-        (fresh rows stay off the graph). Never IF NOT EXISTS: an index of that name can only
-        be what a crashed build left (invalid, or never recorded), and it would be taken for
-        the new one; the builder drops such a leftover first."""
+        (fresh rows stay off the graph), or over those of them in one cell (graphs by cell).
+        Never IF NOT EXISTS: an index of that name can only be what a crashed build left
+        (invalid, or never recorded), and it would be taken for the new one; the builder drops
+        such a leftover first."""
         return sql.SQL(
             "CREATE INDEX {} {} ON {} USING hnsw ({} {}) WITH (m = {}, ef_construction = {}) "
             "WHERE {}"
         ).format(
             sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""),
-            sql.Identifier(collection.index_name(generation)),
+            sql.Identifier(collection.index_name(generation, cell)),
             collection.table,
             self.indexed_expression(collection, generation),
             sql.SQL(self.opclass(collection.metric)),
             sql.Literal(collection.m),
             sql.Literal(collection.ef_construction),
-            collection.indexed,
+            collection.in_graph(cell),
         )
 
     def candidate_order(

@@ -27,19 +27,16 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-import numpy as np
 from psycopg2 import sql
 
 from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
+from searcher.effort import Calibration, Searcher, calibrate, walk_more
 from searcher.indexes import IndexBuilder
-from searcher.kinds import spec
 from searcher.pool import BULK_WORKERS, ConnectionPool
-from searcher.recall import RecallSample, Search, draw_sample
+from searcher.recall import RecallSample, draw_sample
 
 logger = logging.getLogger(__name__)
 
@@ -69,26 +66,12 @@ RECHECK_SHARE = 0.05
 # the target.
 CALIBRATED = "search effort calibrated"
 NOT_REACHED = "not reached at the most effort"
-# Per-query recall below which a sampled search counts as lost, and the share of the sample
-# that may be lost at the effort chosen (see _calibrate).
-LOST_QUERY_RECALL = 0.5
-LOST_QUERIES_ALLOWED = 0.01
 MAX_M = 100
 MAX_EF_CONSTRUCTION = 1000
 # A BINARY index is rebuilt (its quantizer fitted anew) once its collection holds this many
 # times the rows the quantizer was fitted on: the codes of a collection that started small
 # may not fit what it became. Doubling bounds the rebuilds' total cost by twice the last one.
 REQUANTIZE_GROWTH = 2.0
-
-Searcher = Callable[[Collection], Search]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    collection: Collection  # with the chosen ef_search and candidates
-    recall: float  # at the chosen effort
-    met: bool  # whether the chosen effort meets the target (else it is the most thorough)
-    at_default: float  # at the kind's default effort
 
 
 class IndexMaintenance:
@@ -255,12 +238,24 @@ class IndexMaintenance:
         # A build is repaired when it is poor at the default effort, or when no effort reaches
         # the target: 1-2% of held-out queries stuck in another part of the graph whatever the
         # ef_search (1 build in 3 of the same 100k clustered rows, m=16; bench/calibration.py).
+        if collection.graph_cells and not calibrated.met:
+            # Neighbours in cells the walks miss: no larger graph finds them; more walks do.
+            calibrated = walk_more(
+                collection,
+                calibrated,
+                sample,
+                self.searcher_for,
+                target=self.recall_target,
+                default_ef_search=self.default_ef_search,
+            )
         if repair and (calibrated.at_default < self.recall_floor or not calibrated.met):
             calibrated = self._repair(collection, calibrated, sample, notes)
         chosen = calibrated.collection
         effort = f"ef_search {chosen.ef_search}" + (
             f", candidates {chosen.candidates}" if chosen.candidates else ""
         )
+        if chosen.graph_cells:
+            effort += f", {chosen.graph_probes} of {chosen.graph_cells} graphs by cell walked"
         short = "" if calibrated.met else f", {NOT_REACHED}"
         notes.append(
             f"{CALIBRATED}: {effort} for recall@10 {calibrated.recall:.3f} "
@@ -397,54 +392,12 @@ class IndexMaintenance:
         self.check(built.name)
 
     def _calibrate(self, collection: Collection, sample: RecallSample) -> Calibration:
-        """The cheapest effort on the kind's ladder whose recall meets the target, else the
-        most thorough; and the recall at the kind's default effort. Recall grows with the
-        effort, so the ladder is bisected: 5 or 6 measurements of the sample, not 15."""
-        kind = spec(collection.kind)
-        ladder = kind.effort_ladder(collection.candidates)
-        default = kind.default_effort(self.default_ef_search)
-        measured: dict[int, tuple[float, bool]] = {}
-
-        def measure(step: int) -> tuple[float, bool]:
-            """(recall, whether it meets the target) at ladder[step]."""
-            if step not in measured:
-                ef_search, candidates = ladder[step]
-                recalls = sample.recalls(
-                    self.searcher_for(
-                        replace(collection, ef_search=ef_search, candidates=candidates)
-                    )
-                )
-                # Rounded as it is stored and shown (a `real` column, 3 decimals in notes): the
-                # mean of 200 tenths is often exactly half-way (0.9985), and the note and
-                # GetStats then rounded the float64 and the float4 of it different ways.
-                recall = round(float(recalls.mean()), 4)
-                # A search that found under half of its neighbours was stuck in another part of
-                # the graph: an effort where that happens to more than 1 query in 100 is not
-                # enough, however good the mean.
-                lost = float(np.mean(recalls < LOST_QUERY_RECALL))
-                meets = recall >= self.recall_target and lost <= LOST_QUERIES_ALLOWED
-                logger.debug(
-                    "%s: ef_search %d, candidates %d: recall@10 %.4f, %.1f%% lost",
-                    *(collection.name, ef_search, candidates, recall, 100 * lost),
-                )
-                measured[step] = recall, meets
-            return measured[step]
-
-        low, high = 0, len(ladder) - 1  # the cheapest step that meets the target is in [low, high]
-        if measure(high)[1]:
-            while low < high:
-                middle = (low + high) // 2
-                if measure(middle)[1]:
-                    high = middle
-                else:
-                    low = middle + 1
-        ef_search, candidates = ladder[high]
-        default_step = next((step for step, effort in enumerate(ladder) if effort >= default), high)
-        # Chosen below the default: the default, searching harder, would do at least as well.
-        return Calibration(
-            replace(collection, ef_search=ef_search, candidates=candidates),
-            *measure(high),
-            at_default=measure(min(default_step, high))[0],
+        return calibrate(
+            collection,
+            sample,
+            self.searcher_for,
+            target=self.recall_target,
+            default_ef_search=self.default_ef_search,
         )
 
     def _record(self, collection: Collection, recall: float, sample: int, note: str) -> None:
@@ -457,6 +410,7 @@ class IndexMaintenance:
                 recall_measured_at=datetime.now(UTC),
                 search_ef=collection.ef_search,
                 search_candidates=collection.candidates,
+                graph_probes=collection.graph_probes,
                 index_note=note,
             )
         logger.info(

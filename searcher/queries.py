@@ -17,7 +17,7 @@ from psycopg2 import sql
 from imgsearch.errors import InvalidArgument, NotFound
 from imgsearch.records import Hit
 from searcher.catalogue import Collection
-from searcher.cells import CellStore
+from searcher.cells import Cells, CellStore
 from searcher.kinds import spec
 from searcher.pgvector_io import as_array, vector_literal
 from searcher.pool import ConnectionPool
@@ -238,8 +238,11 @@ class Queries:
         settings = self.index_settings(
             effort.ef_search, filtered=bool(filter), reranked=bool(effort.candidates)
         )
+        cells = self.cells.of(collection)
+        walked = graphs_walked(collection, cells, vector)
         # A filter must keep each match within reach: its fresh rows are all scanned.
-        cells = None if filter else self.cells.of(collection)
+        if filter:
+            cells = None
         if cells is not None:
             params = {**params, "cells": [NO_CELL, *cells.nearest(vector)]}
         if effort.candidates:
@@ -248,7 +251,9 @@ class Queries:
         with_cells = cells is not None
 
         def query() -> sql.Composable:
-            return self._approximate_sql(collection, filter, bool(effort.candidates), with_cells)
+            return self._approximate_sql(
+                collection, filter, bool(effort.candidates), with_cells, walked
+            )
 
         # One round trip: the settings and the query run as one implicit transaction.
         if filter:  # a filter's values would be parameters too: planned afresh each time
@@ -259,22 +264,30 @@ class Queries:
                 name: params[name] for name in ("top_k", "candidates") if name in params
             }
             self.prepared.execute(
-                cur, settings, (collection, with_cells), query, params, types, literals
+                cur, settings, (collection, with_cells, walked), query, params, types, literals
             )
         return _hits(cur.fetchall())
 
     def _approximate_sql(
-        self, collection: Collection, filter: Filter, reranked: bool, with_cells: bool
+        self,
+        collection: Collection,
+        filter: Filter,
+        reranked: bool,
+        with_cells: bool,
+        walked: tuple[int | None, ...],
     ) -> sql.Composable:
-        indexed, _ = filter.where(collection.indexed)
         order_by = spec(collection.kind).candidate_order(collection)
-        if reranked:
+        if walked != (None,):
+            from_index = _graphs_sql(collection, filter, reranked, walked)
+        elif reranked:
+            indexed, _ = filter.where(collection.indexed)
             from_index = sql.SQL(
                 "SELECT id, label, uri, attributes, {} AS distance FROM "
                 "(SELECT id, label, uri, attributes, embedding FROM {} {} ORDER BY {} "
                 "LIMIT %(candidates)s) AS candidates ORDER BY distance LIMIT %(top_k)s"
             ).format(_exact_distance(collection), collection.table, indexed, order_by)
         else:
+            indexed, _ = filter.where(collection.indexed)
             from_index = sql.SQL(
                 "SELECT id, label, uri, attributes, {} AS distance FROM {} {} "
                 "ORDER BY distance LIMIT %(top_k)s"
@@ -359,12 +372,49 @@ def fresh_rows_sql(collection: Collection, filter: Filter, with_cells: bool) -> 
     ]
     if in_cells > indexed + 1:
         parts.append("SELECT * FROM {table} WHERE segment > {indexed} AND segment < {in_cells}")
+    if collection.graph_cells:  # rows no graph by cell takes: written without a cell
+        parts.append("SELECT * FROM {table} WHERE cell = {no_cell} AND segment <= {indexed}")
     return sql.SQL(" UNION ALL ".join(f"({part} OFFSET 0)" for part in parts)).format(
         table=collection.table,
         indexed=sql.Literal(indexed),
         in_cells=sql.Literal(in_cells),
         above=sql.Literal(max(indexed, in_cells)),
+        no_cell=sql.Literal(NO_CELL),
     )
+
+
+def graphs_walked(
+    collection: Collection, cells: Cells | None, vector: np.ndarray
+) -> tuple[int | None, ...]:
+    """The graphs a search walks: the one graph (None), or the graphs of its query's nearest
+    cells (every cell's if the cells are gone)."""
+    if not collection.graph_cells:
+        return (None,)
+    if cells is None or len(cells.centroids) != collection.graph_cells:
+        return tuple(range(collection.graph_cells))
+    return tuple(cells.nearest(vector, collection.graph_probes))
+
+
+def _graphs_sql(
+    collection: Collection, filter: Filter, reranked: bool, walked: tuple[int | None, ...]
+) -> sql.Composable:
+    """The nearest rows of the walked graphs by cell, each graph walked by a query of its own
+    (its predicate written out, so that the planner takes its index), merged by exact
+    distance."""
+    order_by = spec(collection.kind).candidate_order(collection)
+    each = sql.SQL("%(candidates)s" if reranked else "%(top_k)s")
+    walks = []
+    for cell in walked:
+        where, _ = filter.where(collection.in_graph(cell))
+        walks.append(
+            sql.SQL(
+                "(SELECT id, label, uri, attributes, embedding FROM {} {} ORDER BY {} LIMIT {})"
+            ).format(collection.table, where, order_by, each)
+        )
+    return sql.SQL(
+        "SELECT id, label, uri, attributes, {} AS distance FROM ({}) AS candidates "
+        "ORDER BY distance LIMIT %(top_k)s"
+    ).format(_exact_distance(collection), sql.SQL(" UNION ALL ").join(walks))
 
 
 def _exact_distance(collection: Collection) -> sql.Composable:

@@ -143,6 +143,20 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        6,
+        "graphs by coarse cell: a large collection's index as one graph per cell",
+        [
+            # graph_cells 0: one graph (as before). Rows of a collection with graphs by cell
+            # carry their cell; those written without one are found by a partial index
+            # (searcher.cell_graphs) until a fold gives them theirs.
+            f"""
+            ALTER TABLE {CATALOG_SCHEMA}.collections
+                ADD COLUMN graph_cells integer NOT NULL DEFAULT 0,
+                ADD COLUMN graph_probes integer NOT NULL DEFAULT 0
+            """,
+        ],
+    ),
 ]
 
 

@@ -377,6 +377,8 @@ def index_state_to_proto(collection: Collection) -> pb.IndexState:
         candidates=collection.candidates,
         quantizer_rows=collection.quantizer_rows,
         note=collection.index_note,
+        graphs=collection.graph_cells or 1,
+        graphs_walked=collection.graph_probes or 1,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from searcher.catalogue import IndexKind
+from searcher.cell_graphs import DEFAULT_FROM_ROWS
 from searcher.validation import Limits
 
 
@@ -25,3 +26,4 @@ class StoreSettings:
     shadow_share: float = 0.01
     shadow_budget: float = 0.05
     fold_share: float = 0.1
+    graph_cells_from: int = DEFAULT_FROM_ROWS

@@ -84,7 +84,11 @@ class VectorStore:
         self.catalogue = Catalogue(pool, create_default=self._create_default)
         self.cells = CellStore(pool)
         self.builder = IndexBuilder(
-            pool, self.catalogue, self.cells, maintenance_work_mem=settings.maintenance_work_mem
+            pool,
+            self.catalogue,
+            self.cells,
+            maintenance_work_mem=settings.maintenance_work_mem,
+            graph_cells_from=settings.graph_cells_from,
         )
         self.loader = Loader(pool, self.builder, self.cells, self.limits)
         self.queries = Queries(
@@ -127,6 +131,8 @@ class VectorStore:
             conn.rollback()
         if self.citus_version:
             logger.info("Citus %s: collection tables are distributed by id", self.citus_version)
+            # Its shards are the segments there: one graph per shard, not per cell.
+            self.builder.graph_cells_from = 0
         self.queries.iterative_scans = self.pgvector >= (0, 8, 0)
         logger.info(
             "schema version %d, PostgreSQL %s, pgvector %s",

@@ -4,12 +4,14 @@ recall at each ef_search is known, so the choice can be checked exactly."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 
 from imgsearch.records import Hit
 from searcher.catalogue import Collection, IndexKind, Metric
+from searcher.effort import calibrate, walk_more
 from searcher.kinds import EFFORT_LADDER
 from searcher.maintenance import IndexMaintenance
 from searcher.recall import RECALL_AT, RecallSample, Search
@@ -108,3 +110,39 @@ def test_the_ladder_steps_by_at_most_1_3x() -> None:
     # Two builds of the same rows whose samples land one step apart then search alike.
     steps = np.array(EFFORT_LADDER, dtype=float)
     assert np.all(steps[1:] / steps[:-1] <= 1.3)
+
+
+class GraphsByCell:
+    """Graphs by cell: 3% of queries have neighbours in a second cell, found only when a search
+    walks two graphs, whatever its ef_search."""
+
+    def searcher_for(self, chosen: Collection) -> Search:
+        def search(query: np.ndarray, k: int) -> list[Hit]:
+            found = int(query[0]) >= QUERIES * 3 // 100 or chosen.graph_probes >= 2
+            distances = TRUE[0] if found else np.r_[TRUE[0][:4], np.full(k - 4, 99.0)]
+            return [Hit(id=i, label="", uri="", distance=float(d)) for i, d in enumerate(distances)]
+
+        return search
+
+
+def test_graphs_by_cell_that_miss_the_target_walk_one_more_graph_instead_of_more_effort() -> None:
+    graphs = GraphsByCell()
+    one_walk = replace(collection(), graph_cells=16, graph_probes=1)
+    first = calibrate(one_walk, sample(), graphs.searcher_for, target=0.99, default_ef_search=400)
+    assert not first.met and first.recall == 0.982
+    walked = walk_more(
+        one_walk, first, sample(), graphs.searcher_for, target=0.99, default_ef_search=400
+    )
+    assert walked.met and walked.recall == 1.0
+    assert walked.collection.graph_probes == 2
+    assert walked.collection.ef_search == EFFORT_LADDER[0]  # the cheapest effort, walking two
+
+
+def test_walks_stop_where_one_more_graph_finds_nothing_more() -> None:
+    never = Graph(np.full(QUERIES, 10 * EFFORT_LADDER[-1]))  # whatever the graphs walked
+    one_walk = replace(collection(), graph_cells=16, graph_probes=1)
+    first = calibrate(one_walk, sample(), never.searcher_for, target=0.99, default_ef_search=400)
+    walked = walk_more(
+        one_walk, first, sample(), never.searcher_for, target=0.99, default_ef_search=400
+    )
+    assert walked.collection.graph_probes == 1 and not walked.met

@@ -212,8 +212,9 @@ def test_a_collection_made_before_cells_is_migrated_and_keeps_every_row(tmp_path
             f"CREATE INDEX segment_{hashlib.md5(b'before').hexdigest()} ON {table} (segment)",
             "DROP TABLE imgsearch.fresh_cells",
             "ALTER TABLE imgsearch.collections DROP COLUMN cells_segment",
-            # and without the named vectors of schema 5, which came after
+            # and without the named vectors of schema 5 and graphs by cell of 6, which came after
             "ALTER TABLE imgsearch.collections DROP COLUMN parent, DROP COLUMN vector_name",
+            "ALTER TABLE imgsearch.collections DROP COLUMN graph_cells, DROP COLUMN graph_probes",
             "DELETE FROM public.imgsearch_schema_migrations WHERE version >= 4",
         )
         with Searcher(SearcherConfig(address="127.0.0.1:0", dsn=postgres.dsn)) as second:

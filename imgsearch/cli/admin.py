@@ -61,6 +61,11 @@ def stats_rows(stats: CollectionStats) -> list[tuple[str, str]]:
         built += (
             f", build {index.generation}: {index.built_rows} rows in {index.build_seconds:.1f} s"
         )
+        if index.graphs > 1:
+            built += (
+                f"; {index.graphs} graphs, one per coarse cell, a search walking the "
+                f"{index.graphs_walked} nearest to its query"
+            )
     else:
         built = f"none yet ({kind} is built at the end of the first load; searches are exact)"
     if index.recall is not None:

@@ -1,0 +1,258 @@
+"""Graphs by coarse cell: a large collection's index as one small HNSW graph per cell.
+
+One graph over a million rows took 25 minutes to build here and reached recall 0.97 at the
+highest effort; the same rows as 64 graphs, one per coarse cell (searcher.cells), built two at
+a time in 9.5 minutes and a search walking only its query's nearest cell's graph found 0.999
+of the true neighbours at a sixth of the time (bench/partitions.py, bench/RESULTS.md). Small
+graphs build in memory and fast, and each one holds the rows near each other.
+
+Each graph is a partial index of the collection's table (WHERE segment <= index_segment AND
+cell = k) rather than a partition: ids stay unique across the table (Upsert's ON CONFLICT),
+and a row moves from the fresh rows into its cell's graph by the same UPDATE of its segment as
+before. Every row of a collection with graphs by cell carries its cell among one set of
+centroids, fitted at the collection's first build by cell and kept by every later build, so a
+cell written once is right for good. A row written without a cell (a writer that had not yet
+seen that build) is in no graph: a partial index finds such rows, a search scans them
+exactly, and a fold gives them their cells.
+
+A collection takes graphs by cell when its index is first built after a bulk load (no graph
+to keep up while every row's cell is written) and it holds at least `from_rows` rows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import io
+import logging
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from psycopg2 import sql
+
+from searcher.catalogue import Collection
+from searcher.cells import MAX_CELLS, Cells
+from searcher.kinds import spec
+from searcher.pgvector_io import (
+    COPY_HEADER_BYTES,
+    as_array,
+    decode_id_vector_rows,
+    id_vector_row_bytes,
+)
+from searcher.pool import BULK_WORKERS, ConnectionPool
+from searcher.schema import DATA_SCHEMA, NO_CELL
+
+logger = logging.getLogger(__name__)
+
+# Rows per graph: 16 graphs at 200k rows and 64 at 1M each held ~12-16k rows and found 0.996+
+# of the true neighbours walking only the nearest cell; 4 graphs at 200k (50k rows each) did no
+# better than one graph (bench/partitions.py).
+ROWS_PER_GRAPH = 12_500
+# Collections this large take graphs by cell at their first build after a bulk load.
+DEFAULT_FROM_ROWS = 200_000
+# The table's pages read back per COPY when every row's cell is written: ~30k rows (120 MB of
+# 1000-d vectors).
+PAGES_PER_READ = 256
+
+
+def graph_count(rows: int) -> int:
+    """How many graphs by cell for `rows` rows: one per ROWS_PER_GRAPH, 2 to MAX_CELLS."""
+    return max(2, min(MAX_CELLS, rows // ROWS_PER_GRAPH))
+
+
+def orphan_index_name(name: str) -> str:
+    """The partial btree index of a collection's rows written without a cell."""
+    return "nocell_" + hashlib.md5(name.encode()).hexdigest()
+
+
+def create_orphan_index(cur: Any, collection: Collection) -> None:
+    """Index the rows that no graph by cell takes (written without a cell): a search scans
+    them exactly, and a fold finds them, without reading the table."""
+    cur.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (segment) WHERE cell = {}").format(
+            sql.Identifier(orphan_index_name(collection.name)),
+            collection.table,
+            sql.Literal(NO_CELL),
+        )
+    )
+
+
+def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: int) -> int:
+    """Write the cell of every row of segments up to `up_to_segment`, reading the table a range
+    of pages at a time; how many rows. Only where no graph holds those rows: each row's new
+    version goes into every index whose predicate it meets."""
+    cur.execute(
+        "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int",
+        (collection.qualified_table,),
+    )
+    pages: int = cur.fetchone()[0]
+    # The caller's cursor commits each statement (a build's): the table is dropped at the end.
+    cur.execute("DROP TABLE IF EXISTS assigned_cells")
+    cur.execute("CREATE TEMP TABLE assigned_cells (id bigint, cell integer)")
+    written = 0
+    for first in range(0, pages + 1, PAGES_PER_READ):
+        ids, vectors = _read_pages(cur, collection, first, first + PAGES_PER_READ, up_to_segment)
+        if not len(ids):
+            continue
+        copy = _id_cell_copy(ids, cells.assign(vectors))
+        cur.copy_expert("COPY assigned_cells FROM STDIN (FORMAT binary)", copy)
+        written += len(ids)
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} AS t SET cell = a.cell FROM assigned_cells AS a WHERE t.id = a.id"
+        ).format(collection.table)
+    )
+    cur.execute("DROP TABLE assigned_cells")
+    return written
+
+
+def _read_pages(
+    cur: Any, collection: Collection, first: int, end: int, up_to_segment: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the rows of pages [first, end) in segments up to `up_to_segment`."""
+    out = io.BytesIO()
+    cur.copy_expert(
+        sql.SQL(
+            "COPY (SELECT id, embedding FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid "
+            "AND segment <= {}) TO STDOUT (FORMAT binary)"
+        ).format(
+            collection.table,
+            sql.Literal(f"({first},0)"),
+            sql.Literal(f"({end},0)"),
+            sql.Literal(up_to_segment),
+        ),
+        out,
+    )
+    payload = out.getbuffer()
+    body = payload[COPY_HEADER_BYTES : len(payload) - 2]
+    if len(body) < id_vector_row_bytes(collection.dim):
+        return np.empty(0, np.int64), np.empty((0, collection.dim), np.float32)
+    return decode_id_vector_rows(bytes(body), collection.dim)
+
+
+def _id_cell_copy(ids: np.ndarray, cells: np.ndarray) -> io.BytesIO:
+    """(id, cell) rows in binary COPY format."""
+    rows = np.empty(
+        len(ids),
+        dtype=[("fields", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"), ("cell", ">i4")],
+    )
+    rows["fields"], rows["l1"], rows["l2"] = 2, 8, 4
+    rows["id"], rows["cell"] = ids, cells
+    out = io.BytesIO()
+    out.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0))
+    out.write(rows.tobytes())
+    out.write(struct.pack("!h", -1))
+    out.seek(0)
+    return out
+
+
+def give_orphans_cells(cur: Any, collection: Collection, cells: Cells, rows: int) -> int:
+    """Give up to `rows` fresh rows written without a cell their cells and move them under the
+    index (into their cells' graphs), in the caller's transaction; how many moved. Rows being
+    written now are skipped."""
+    cur.execute(
+        sql.SQL(
+            "SELECT id, embedding FROM {} WHERE cell = {} ORDER BY segment, id LIMIT %s "
+            "FOR UPDATE SKIP LOCKED"
+        ).format(collection.table, sql.Literal(NO_CELL)),
+        (rows,),
+    )
+    found = cur.fetchall()
+    if not found:
+        return 0
+    ids = [row[0] for row in found]
+    assigned = cells.assign(np.stack([as_array(row[1]) for row in found]))
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} AS t SET segment = %s, cell = a.cell FROM unnest(%s::bigint[], "
+            "%s::integer[]) AS a(id, cell) WHERE t.id = a.id"
+        ).format(collection.table),
+        (collection.index_segment, ids, [int(cell) for cell in assigned]),
+    )
+    moved: int = cur.rowcount
+    return moved
+
+
+class GraphBuilds:
+    """Builds a generation's graphs by cell: after a bulk load several at once, each on a
+    connection of its own (one CREATE INDEX builds on one core: PostgreSQL's parallel workers
+    help a big graph, not many small ones); CONCURRENTLY one after another, since PostgreSQL
+    runs one concurrent build per table at a time (two deadlock)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        # The builder holds one bulk connection already; the others build beside it.
+        self.connections = max(1, min(BULK_WORKERS, pool.max_bulk - 1))
+
+    def build(
+        self, target: Collection, *, concurrently: bool, memory: str
+    ) -> tuple[list[str], list[str]]:
+        """Create every graph of `target`'s generation; (names built, PostgreSQL's notices)."""
+        kind = spec(target.kind)
+        notices: list[str] = []
+
+        def build_one(cell: int) -> str:
+            with self._build_connection(memory, alone=concurrently) as cur:
+                name = target.index_name(cell=cell)
+                _drop(cur, name, concurrently=concurrently)
+                try:
+                    cur.execute(
+                        kind.create_index(
+                            target, target.generation, concurrently=concurrently, cell=cell
+                        )
+                    )
+                finally:
+                    notices.extend(cur.connection.notices)
+                    cur.connection.notices.clear()
+                return name
+
+        connections = 1 if concurrently else self.connections
+        with concurrent.futures.ThreadPoolExecutor(connections) as workers:
+            built = list(workers.map(build_one, range(target.graph_cells)))
+        return built, notices
+
+    @contextlib.contextmanager
+    def _build_connection(self, memory: str, *, alone: bool) -> Iterator[Any]:
+        """A connection set up for builds; `alone`: the only one building (it may take
+        PostgreSQL's parallel workers), else one of several (it takes none)."""
+        with self.pool.connection(bulk=True) as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        sql.SQL(
+                            "SET maintenance_work_mem = {}; SET statement_timeout = 0; "
+                            "SET max_parallel_maintenance_workers = {}"
+                        ).format(
+                            sql.Literal(memory),
+                            sql.SQL("DEFAULT") if alone else sql.Literal(0),
+                        )
+                    )
+                    conn.notices.clear()
+                    try:
+                        yield cur
+                    finally:
+                        cur.execute(
+                            "RESET maintenance_work_mem; RESET statement_timeout; "
+                            "RESET max_parallel_maintenance_workers"
+                        )
+            finally:
+                conn.autocommit = False
+
+
+def drop_generation(cur: Any, collection: Collection, *, concurrently: bool) -> None:
+    """Drop every graph of the collection's current generation."""
+    for name in collection.index_names():
+        _drop(cur, name, concurrently=concurrently)
+
+
+def _drop(cur: Any, name: str, *, concurrently: bool) -> None:
+    cur.execute(
+        sql.SQL("DROP INDEX {} IF EXISTS {}").format(
+            sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""),
+            sql.Identifier(DATA_SCHEMA, name),
+        )
+    )

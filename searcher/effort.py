@@ -1,0 +1,122 @@
+"""Calibrating a collection's search effort on held-out queries: the cheapest effort on its
+kind's ladder (ef_search, and candidates for BINARY) whose recall@10 meets the target with few
+queries lost; for graphs by cell, also how many of its nearest cells' graphs a search walks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from searcher.catalogue import Collection
+from searcher.kinds import spec
+from searcher.recall import RecallSample, Search
+
+logger = logging.getLogger(__name__)
+
+# Per-query recall below which a sampled search counts as lost, and the share of the sample
+# that may be lost at the effort chosen (see calibrate).
+LOST_QUERY_RECALL = 0.5
+LOST_QUERIES_ALLOWED = 0.01
+# Most graphs by cell a search walks: each one walked costs a whole search of a graph.
+MAX_GRAPH_WALKS = 4
+
+Searcher = Callable[[Collection], Search]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    collection: Collection  # with the chosen ef_search and candidates (and graph walks)
+    recall: float  # at the chosen effort
+    met: bool  # whether the chosen effort meets the target (else it is the most thorough)
+    at_default: float  # at the kind's default effort
+
+
+def calibrate(
+    collection: Collection,
+    sample: RecallSample,
+    searcher_for: Searcher,
+    *,
+    target: float,
+    default_ef_search: int,
+) -> Calibration:
+    """The cheapest effort on the kind's ladder whose recall meets the target, else the
+    most thorough; and the recall at the kind's default effort. Recall grows with the
+    effort, so the ladder is bisected: 5 or 6 measurements of the sample, not 15."""
+    kind = spec(collection.kind)
+    ladder = kind.effort_ladder(collection.candidates)
+    default = kind.default_effort(default_ef_search)
+    measured: dict[int, tuple[float, bool]] = {}
+
+    def measure(step: int) -> tuple[float, bool]:
+        """(recall, whether it meets the target) at ladder[step]."""
+        if step not in measured:
+            ef_search, candidates = ladder[step]
+            recalls = sample.recalls(
+                searcher_for(replace(collection, ef_search=ef_search, candidates=candidates))
+            )
+            # Rounded as it is stored and shown (a `real` column, 3 decimals in notes): the
+            # mean of 200 tenths is often exactly half-way (0.9985), and the note and
+            # GetStats then rounded the float64 and the float4 of it different ways.
+            recall = round(float(recalls.mean()), 4)
+            # A search that found under half of its neighbours was stuck in another part of
+            # the graph: an effort where that happens to more than 1 query in 100 is not
+            # enough, however good the mean.
+            lost = float(np.mean(recalls < LOST_QUERY_RECALL))
+            meets = recall >= target and lost <= LOST_QUERIES_ALLOWED
+            logger.debug(
+                "%s: ef_search %d, candidates %d: recall@10 %.4f, %.1f%% lost",
+                *(collection.name, ef_search, candidates, recall, 100 * lost),
+            )
+            measured[step] = recall, meets
+        return measured[step]
+
+    low, high = 0, len(ladder) - 1  # the cheapest step that meets the target is in [low, high]
+    if measure(high)[1]:
+        while low < high:
+            middle = (low + high) // 2
+            if measure(middle)[1]:
+                high = middle
+            else:
+                low = middle + 1
+    ef_search, candidates = ladder[high]
+    default_step = next((step for step, effort in enumerate(ladder) if effort >= default), high)
+    # Chosen below the default: the default, searching harder, would do at least as well.
+    return Calibration(
+        replace(collection, ef_search=ef_search, candidates=candidates),
+        *measure(high),
+        at_default=measure(min(default_step, high))[0],
+    )
+
+
+def walk_more(
+    collection: Collection,
+    calibrated: Calibration,
+    sample: RecallSample,
+    searcher_for: Searcher,
+    *,
+    target: float,
+    default_ef_search: int,
+) -> Calibration:
+    """Graphs by cell whose walks miss the target at every effort (true neighbours in cells a
+    search does not walk): walk one graph more at a time, up to MAX_GRAPH_WALKS, while that
+    raises the recall."""
+    walks = collection.graph_probes
+    while not calibrated.met and walks < min(collection.graph_cells, MAX_GRAPH_WALKS):
+        walks += 1
+        tried = calibrate(
+            replace(collection, graph_probes=walks),
+            sample,
+            searcher_for,
+            target=target,
+            default_ef_search=default_ef_search,
+        )
+        logger.info(
+            "%s: walking %d graphs by cell: recall@10 %.4f", collection.name, walks, tried.recall
+        )
+        if tried.recall <= calibrated.recall:
+            break
+        calibrated = tried
+    return calibrated

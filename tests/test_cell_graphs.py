@@ -1,0 +1,294 @@
+"""Graphs by coarse cell (searcher.cell_graphs): a collection large enough, when its index is
+first built after a bulk load, is indexed as one small HNSW graph per cell; a search walks the
+graphs of its query's nearest cells and stays complete and exact: every stored, added, updated
+or orphaned row is found by its own vector, filters keep min(top_k, matching), rebuilds keep the
+cells, and the searcher's start-up clean-up keeps every graph it recorded.
+
+The searcher here takes graphs by cell from 1,500 rows (the service's default is 200,000), so
+that a few thousand rows exercise them; on both engines, as the other searcher tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from psycopg2 import sql
+
+from imgsearch._convert import collection_stats
+from imgsearch.cli.admin import stats_rows
+from imgsearch.v1 import searcher_pb2 as pb
+from searcher.cell_graphs import ROWS_PER_GRAPH, graph_count
+from searcher.cells import MAX_CELLS
+from searcher.pgvector_io import Item, vector_literal
+from searcher.queries import Filter
+from searcher.schema import DATA_SCHEMA, NO_CELL
+from searcher.server import Searcher
+from tests.searcher_helpers import (
+    ENGINES,
+    clustered_vectors,
+    searcher_on,
+    searcher_stub,
+    upsert_messages,
+)
+from tests.test_fresh_rows import UPKEEP_S, folds_paused, nearest
+
+_names = itertools.count()
+DIM = 64
+ROWS = 3000
+FROM_ROWS = 1500
+
+
+def _data(rows: int, seed: int) -> np.ndarray:
+    return clustered_vectors(rows, dim=DIM, clusters=20, seed=seed)
+
+
+def test_a_graph_holds_about_twelve_thousand_rows_two_to_the_most_cells() -> None:
+    assert graph_count(3000) == 2
+    assert graph_count(200_000) == 16
+    assert graph_count(1_000_000) == 1_000_000 // ROWS_PER_GRAPH == 80
+    assert graph_count(100_000_000) == MAX_CELLS
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def searcher(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Searcher]:
+    settings = {"graph_cells_from": FROM_ROWS, "exact_filter_rows": 50}
+    with searcher_on(request.param, request, tmp_path_factory, **settings) as running:
+        yield running
+
+
+@pytest.fixture()
+def stub(searcher: Searcher) -> Iterator[object]:
+    channel, stub = searcher_stub(searcher.port)
+    with channel:
+        yield stub
+
+
+def loaded(stub, searcher: Searcher, rows: int = ROWS, labels: list[str] | None = None) -> str:  # type: ignore[no-untyped-def]
+    """A collection bulk-loaded with `rows` clustered vectors (ids 0..rows-1), built and
+    calibrated by the upkeep."""
+    name = f"graphs{next(_names)}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=DIM))
+    stub.Upsert(upsert_messages(name, _data(rows, seed=1), labels=labels))
+    assert searcher.store is not None and searcher.store.maintenance.wait_idle(UPKEEP_S)
+    return name
+
+
+def _hnsw_indexes(searcher: Searcher, name: str) -> list[tuple[str, str, bool]]:
+    """(name, predicate, valid) of each HNSW index on the collection's table."""
+    collection, _ = searcher.store.catalogue.get(name, fresh=True)
+    with searcher.store.pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.relname, pg_get_expr(i.indpred, i.indrelid), i.indisvalid FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass "
+            "AND starts_with(c.relname, 'hnsw_') ORDER BY 1",
+            (collection.qualified_table,),
+        )
+        return [tuple(row) for row in cur.fetchall()]
+
+
+def _cells_of(searcher: Searcher, name: str, ids: list[int]) -> dict[int, tuple[int, int]]:
+    """Each row's (segment, cell)."""
+    collection, _ = searcher.store.catalogue.get(name, fresh=True)
+    with searcher.store.pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT id, segment, cell FROM {} WHERE id = ANY(%s)").format(collection.table),
+            (ids,),
+        )
+        return {row[0]: (row[1], row[2]) for row in cur.fetchall()}
+
+
+def _found_as_first(stub, name: str, rows: np.ndarray, first_id: int, step: int = 1) -> None:  # type: ignore[no-untyped-def]
+    for offset in range(0, len(rows), step):
+        (hit,) = nearest(stub, name, rows[offset])
+        assert (hit.id, hit.distance) == (first_id + offset, pytest.approx(0.0, abs=1e-4))
+
+
+def test_a_large_bulk_load_is_indexed_as_one_graph_per_cell_that_searches_walk(
+    stub, searcher: Searcher
+) -> None:
+    name = loaded(stub, searcher)
+    collection, has_index = searcher.store.catalogue.get(name, fresh=True)
+    assert has_index and collection.graph_cells == 2
+    indexes = _hnsw_indexes(searcher, name)
+    assert [valid for _, _, valid in indexes] == [True, True]
+    predicates = sorted(predicate for _, predicate, _ in indexes)
+    assert all(f"segment <= {collection.index_segment}" in p for p in predicates)
+    assert [p.endswith(f"(cell = {cell}))") for cell, p in enumerate(predicates)] == [True] * 2
+    # Every row has its cell: none is left out of the graphs.
+    assert all(cell != NO_CELL for _, cell in _cells_of(searcher, name, list(range(ROWS))).values())
+
+    state = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert state.graphs == 2 and 1 <= state.graphs_walked <= 2
+    stats = collection_stats(stub.GetStats(pb.GetStatsRequest(collection=name)))
+    index_row = dict(stats_rows(stats))["index"]  # as `imgsearch stats` shows it
+    assert index_row.endswith(
+        f"; 2 graphs, one per coarse cell, a search walking the {state.graphs_walked} nearest "
+        "to its query"
+    )
+
+    _found_as_first(stub, name, _data(ROWS, seed=1), 0, step=97)
+    stored, queries = _data(ROWS, seed=1), _data(40, seed=2) + 0.05
+    found = 0
+    for query in queries:
+        truth = np.argsort(np.linalg.norm(stored - query, axis=1))[:10]
+        hits = nearest(stub, name, query, top_k=10)
+        assert [hit.distance for hit in hits] == sorted(hit.distance for hit in hits)
+        found += len({hit.id for hit in hits} & set(truth.tolist()))
+    assert found / (10 * len(queries)) >= 0.95
+
+
+def test_a_search_plan_walks_only_the_graphs_of_its_nearest_cells(stub, searcher: Searcher) -> None:
+    name = loaded(stub, searcher)
+    store = searcher.store
+    collection, _ = store.catalogue.get(name, fresh=True)
+    collection = replace(collection, graph_probes=1)
+    query = _data(1, seed=3)[0]
+    (own,) = store.cells.of(collection).nearest(query, 1)
+    text = store.queries._approximate_sql(collection, Filter(), True, True, (own,))
+    params = {"query": vector_literal(query), "top_k": 10, "candidates": 40, "cells": [NO_CELL]}
+    with store.pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("EXPLAIN ") + text, params)
+        plan = "\n".join(row[0] for row in cur.fetchall())
+    assert f"using {collection.index_name(cell=own)} " in plan
+    assert f"using {collection.index_name(cell=1 - own)} " not in plan
+
+
+def test_rows_added_after_are_found_at_once_then_folded_into_their_cells_graphs(
+    stub, searcher: Searcher
+) -> None:
+    name = loaded(stub, searcher)
+    added = _data(200, seed=4) + 0.01
+    with folds_paused(searcher):
+        stub.Upsert(upsert_messages(name, added, first_id=10_000, per_message=16))
+        assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 200
+        _found_as_first(stub, name, added, 10_000, step=13)
+    assert searcher.store.maintenance.wait_idle(UPKEEP_S)
+    assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 0
+    collection, _ = searcher.store.catalogue.get(name, fresh=True)
+    placed = _cells_of(searcher, name, list(range(10_000, 10_200)))
+    assert {segment for segment, _ in placed.values()} == {collection.index_segment}
+    assert all(0 <= cell < 2 for _, cell in placed.values())
+    _found_as_first(stub, name, added, 10_000, step=13)
+
+
+def test_rows_written_without_a_cell_are_found_and_then_given_their_cells(
+    stub, searcher: Searcher
+) -> None:
+    """A writer that had not seen the build by cell writes into the segment the graphs hold,
+    without cells: no graph takes those rows, yet every search finds them, and a fold gives
+    them their cells."""
+    name = loaded(stub, searcher)
+    store = searcher.store
+    orphans = _data(30, seed=5) + 0.02
+    with folds_paused(searcher):
+        collection, _ = store.catalogue.get(name, fresh=True)
+        before = replace(collection, growing_segment=collection.index_segment, cells_segment=0)
+        store.loader.write(before, [Item(20_000 + i, v) for i, v in enumerate(orphans)])
+        placed = _cells_of(searcher, name, list(range(20_000, 20_030)))
+        assert set(placed.values()) == {(collection.index_segment, NO_CELL)}
+        assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 30
+        _found_as_first(stub, name, orphans, 20_000)
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    store.maintenance.schedule("fold", name)
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    placed = _cells_of(searcher, name, list(range(20_000, 20_030)))
+    assert all(cell in (0, 1) for _, cell in placed.values())
+    assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 0
+    _found_as_first(stub, name, orphans, 20_000)
+
+
+def test_updates_and_deletes_of_indexed_rows_take_effect_at_once(stub, searcher: Searcher) -> None:
+    name = loaded(stub, searcher)
+    stored = _data(ROWS, seed=1)
+    moved = _data(5, seed=6) * -1.0  # far from where they were
+    stub.Upsert(upsert_messages(name, moved, first_id=100))
+    for offset, vector in enumerate(moved):
+        (hit,) = nearest(stub, name, vector)
+        assert (hit.id, hit.distance) == (100 + offset, pytest.approx(0.0, abs=1e-4))
+        (hit,) = nearest(stub, name, stored[100 + offset])
+        assert hit.id != 100 + offset
+    stub.Delete(pb.DeleteRequest(collection=name, ids=[200, 201]))
+    for item in (200, 201):
+        hits = nearest(stub, name, stored[item], top_k=3)
+        assert item not in {hit.id for hit in hits} and len(hits) == 3
+
+
+def test_a_filter_keeps_min_top_k_matching_over_the_graphs_and_the_fresh_rows(
+    stub, searcher: Searcher
+) -> None:
+    labels = ["rare" if i % 50 == 0 else "common" for i in range(ROWS)]  # 60 rare rows
+    name = loaded(stub, searcher, labels=labels)
+    added = _data(10, seed=7)
+    with folds_paused(searcher):
+        stub.Upsert(upsert_messages(name, added, labels=["rare"] * 10, first_id=30_000))
+        rare = {i for i, label in enumerate(labels) if label == "rare"} | set(range(30_000, 30_010))
+        for query in _data(5, seed=8):
+            hits = nearest(stub, name, query, top_k=100, filter=pb.Filter(labels=["rare"]))
+            assert {hit.id for hit in hits} == rare  # all 70 of them, from every cell
+
+
+def test_a_rebuild_keeps_the_cells_and_replaces_every_graph(stub, searcher: Searcher) -> None:
+    name = loaded(stub, searcher)
+    store = searcher.store
+    before, _ = store.catalogue.get(name, fresh=True)
+    centroids = store.cells.of(before).centroids.copy()
+    store.build_index(name)
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    after, has_index = store.catalogue.get(name, fresh=True)
+    assert has_index and after.generation > before.generation and after.graph_cells == 2
+    assert np.array_equal(store.cells.of(after).centroids, centroids)
+    assert sorted(index for index, _, _ in _hnsw_indexes(searcher, name)) == sorted(
+        after.index_names()
+    )
+    _found_as_first(stub, name, _data(ROWS, seed=1), 0, step=211)
+
+
+def test_the_start_up_clean_up_keeps_every_recorded_graph(stub, searcher: Searcher) -> None:
+    name = loaded(stub, searcher)
+    store = searcher.store
+    collection, _ = store.catalogue.get(name, fresh=True)
+    # A graph of a generation no build recorded: what a crash between build and record leaves.
+    with store.pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("CREATE INDEX {} ON {} (id) WHERE cell = 0").format(
+                sql.Identifier(collection.index_name(collection.generation + 1, 0)),
+                collection.table,
+            )
+        )
+    cleaned = store.builder.clean_up()
+    assert cleaned.get(name) == "check"
+    assert sorted(index for index, _, _ in _hnsw_indexes(searcher, name)) == sorted(
+        collection.index_names()
+    )
+    assert store.maintenance.wait_idle(UPKEEP_S)
+
+
+def test_duplicates_are_found_across_the_graphs(stub, searcher: Searcher) -> None:
+    name = loaded(stub, searcher)
+    stored = _data(ROWS, seed=1)
+    copies = stored[[5, 900, 2100]] + 1e-3
+    stub.Upsert(upsert_messages(name, copies, first_id=50_000))
+    assert searcher.store.maintenance.wait_idle(UPKEEP_S)
+    request = pb.FindDuplicatesRequest(collection=name, max_distance=0.01)
+    groups = [
+        sorted(member.id for member in event.group.members)
+        for event in stub.FindDuplicates(request)
+        if event.WhichOneof("event") == "group"
+    ]
+    assert sorted(groups) == [[5, 50_000], [900, 50_001], [2100, 50_002]]
+
+
+def test_the_schema_names_no_graph_outside_the_data_schema(searcher: Searcher) -> None:
+    with searcher.store.pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_class WHERE starts_with(relname, 'nocell_') "
+            "AND relnamespace <> %s::regnamespace",
+            (DATA_SCHEMA,),
+        )
+        assert cur.fetchone()[0] == 0
