@@ -111,9 +111,13 @@ class IndexBuilder:
                 index_segment=sealed,
                 growing_segment=sealed + 1,
             )
-            if target.graph_cells and not has_index:
-                self._into_cells(cur, target)
-            built = self._build_generation(cur, target, concurrently=concurrently, note=note)
+            built = self._build_generation(
+                cur,
+                target,
+                concurrently=concurrently,
+                note=note,
+                into_cells=bool(target.graph_cells) and not has_index,
+            )
             if built is None:
                 return current  # nothing to fit a quantizer on yet: searches stay exact
             # The previous generation goes once the new one is recorded, and so do the
@@ -181,13 +185,15 @@ class IndexBuilder:
         )
 
     def _build_generation(
-        self, cur: Any, target: Collection, *, concurrently: bool, note: str
+        self, cur: Any, target: Collection, *, concurrently: bool, note: str, into_cells: bool
     ) -> tuple[int, float] | None:
         """Create `target`'s index (fitting its quantizer first for BINARY) and record it in
         the catalogue; (rows, seconds), or None when there are no rows to fit a quantizer on."""
         kind = spec(target.kind)
         started = time.monotonic()
         with _build_settings(cur, self._build_memory(cur, target)):
+            if into_cells:  # without the statement time limit: a million rows take a minute
+                self._into_cells(cur, target)
             recorded: dict[str, Any] = {}
             if kind.needs_quantizer:
                 recorded = self._fit_quantizer(cur, target)
