@@ -108,13 +108,13 @@ class Collection:
             )
         return sql.SQL("segment <= {}").format(sql.Literal(self.index_segment))
 
-    def in_graph(self, cell: int | None) -> sql.Composable:
-        """The predicate of one graph: the whole index's (cell None), or of a cell's graph."""
+    def in_graph(self, cell: int | sql.Composable | None) -> sql.Composable:
+        """The predicate of one graph: the whole index's (cell None), or of a cell's graph (the
+        cell, or a placeholder bound to it)."""
         if cell is None:
             return self.indexed
-        return sql.SQL("segment <= {} AND cell = {}").format(
-            sql.Literal(self.index_segment), sql.Literal(cell)
-        )
+        value = sql.Literal(cell) if isinstance(cell, int) else cell
+        return sql.SQL("segment <= {} AND cell = {}").format(sql.Literal(self.index_segment), value)
 
     @property
     def fresh(self) -> sql.Composable:

@@ -109,6 +109,18 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
     return written
 
 
+def largest_cell(cur: Any, collection: Collection) -> int:
+    """Rows in the largest cell among those the collection's index holds."""
+    cur.execute(
+        sql.SQL(
+            "SELECT coalesce(max(rows), 0) FROM (SELECT count(*) AS rows FROM {} "
+            "WHERE segment <= {} GROUP BY cell) AS cells"
+        ).format(collection.table, sql.Literal(collection.index_segment))
+    )
+    rows: int = cur.fetchone()[0]
+    return rows
+
+
 def _read_pages(
     cur: Any, collection: Collection, first: int, end: int, up_to_segment: int
 ) -> tuple[np.ndarray, np.ndarray]:

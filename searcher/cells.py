@@ -44,6 +44,13 @@ ITERATIONS = 10
 # neighbours, measured on the sample when the cells are fitted (fresh rows are at most a fifth
 # of a collection, so they cost the whole search under 0.2% of its recall), and at least 4.
 NEIGHBOURS_IN_PROBES = 0.99
+# Graphs by cell (searcher.cell_graphs) are walked in as many of a query's nearest cells as hold
+# this share of its neighbours, and at least 2: a row's own neighbours sit in its cell more
+# often than a new query's do. At 1M clustered rows in 80 cells, one walk held 99.3% of the
+# held-out queries' true neighbours and the search found 0.9765 of them, where the upkeep's
+# sample (stored rows moved halfway to a neighbour) measured 0.992 (bench/RESULTS.md).
+NEIGHBOURS_IN_WALKS = 0.999
+MIN_WALKS = 2
 MIN_PROBES = 4
 CALIBRATION_QUERIES = 256
 CALIBRATION_K = 10
@@ -114,10 +121,15 @@ def fit(sample: np.ndarray, metric: Metric, cells: int, *, seed: int = 0) -> Cel
 
 
 def calibrated(
-    cells: Cells, sample: np.ndarray, *, seed: int = 0, least: int = MIN_PROBES
+    cells: Cells,
+    sample: np.ndarray,
+    *,
+    seed: int = 0,
+    least: int = MIN_PROBES,
+    share: float = NEIGHBOURS_IN_PROBES,
 ) -> Cells:
-    """`cells` with the fewest probes (at least `least`) that reach NEIGHBOURS_IN_PROBES on
-    `sample`: each of a few sampled rows searched for its CALIBRATION_K nearest among the
+    """`cells` with the fewest probes (at least `least`) that reach `share` of the neighbours
+    on `sample`: each of a few sampled rows searched for its CALIBRATION_K nearest among the
     others, and the rank of each neighbour's cell among the query's cells taken."""
     rows = np.asarray(sample, dtype=np.float32)
     count = min(CALIBRATION_QUERIES, len(rows) - 1)
@@ -133,7 +145,7 @@ def calibrated(
     rank_of_cell = np.empty_like(order)
     np.put_along_axis(rank_of_cell, order, np.arange(order.shape[1])[None, :], axis=1)
     ranks = np.take_along_axis(rank_of_cell, cells.assign(rows)[neighbours], axis=1)
-    needed = int(np.quantile(ranks, NEIGHBOURS_IN_PROBES, method="higher")) + 1
+    needed = int(np.quantile(ranks, share, method="higher")) + 1
     return replace(cells, probes=min(len(cells.centroids), max(least, needed)))
 
 
@@ -169,7 +181,7 @@ class CellStore:
         """Fit centroids (`count` of them, else cell_count's) on a sample of the collection's
         rows and store them for `segment` (with the caller's cursor); None when the collection
         is too small for cells. With them: how many of a query's nearest cells hold
-        NEIGHBOURS_IN_PROBES of its neighbours (at least one), for graphs by cell."""
+        NEIGHBOURS_IN_WALKS of its neighbours (at least MIN_WALKS), for graphs by cell."""
         # Reading a sample reads the whole table: off the request path, like the build itself,
         # it runs without the statement time limit.
         cur.execute("SET statement_timeout = 0")
@@ -185,11 +197,11 @@ class CellStore:
         if len(sample) < cells:
             return None
         fitted = calibrated(fit(sample, collection.metric, cells, seed=segment), sample)
-        walks = calibrated(fitted, sample, least=1).probes
+        walks = calibrated(fitted, sample, least=MIN_WALKS, share=NEIGHBOURS_IN_WALKS).probes
         self._store(cur, collection, segment, fitted)
         logger.info(
-            "%s: %d cells, a search scanning %d cells' fresh rows (%d cells hold 99%% of a "
-            "query's neighbours), fitted on %d rows in %.1f s",
+            "%s: %d cells, a search scanning %d cells' fresh rows (and walking %d cells' graphs, "
+            "if built by cell), fitted on %d rows in %.1f s",
             collection.name,
             cells,
             fitted.probes,

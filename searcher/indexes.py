@@ -237,10 +237,12 @@ class IndexBuilder:
         """CREATE INDEX of the target generation's graph, or of each of its graphs by cell;
         PostgreSQL's notice if a build spilled to disk, else ""."""
         if target.graph_cells:
-            # Each graph holds its cell's rows: sized for the largest cell likely, on each of
-            # the connections that build at once.
+            # Each graph holds its cell's rows: sized for the largest cell (cells are uneven:
+            # at 1M, one of 80 held 27k rows, twice the mean) and the rows written meanwhile,
+            # on each of the connections that build at once.
             builds = 1 if concurrently else self.graph_builds.connections
-            memory = self._build_memory(cur, target, share=2 / target.graph_cells, builds=builds)
+            largest = int(1.1 * cell_graphs.largest_cell(cur, target))
+            memory = self._build_memory(cur, target, rows=largest, builds=builds)
             _, notices = self.graph_builds.build(target, concurrently=concurrently, memory=memory)
             return spill_notice(notices)
         # An index of this name can only be a leftover: a build of this generation that a
@@ -359,16 +361,17 @@ class IndexBuilder:
         return cleaned
 
     def _build_memory(
-        self, cur: Any, collection: Collection, *, share: float = 1.0, builds: int = 1
+        self, cur: Any, collection: Collection, *, rows: int | None = None, builds: int = 1
     ) -> str:
-        """maintenance_work_mem for building this collection's graph (holding `share` of its
-        rows, `builds` such builds at once): what the graph needs (so a small build does not
-        reserve the server's whole setting: a parallel build takes all of it from shared
-        memory up front), at most the server's setting between them. Configured explicitly,
-        that value as it is."""
+        """maintenance_work_mem for building this collection's graph (of `rows` rows, else of
+        all its rows; `builds` such builds at once): what the graph needs (so a small build
+        does not reserve the server's whole setting: a parallel build takes all of it from
+        shared memory up front), at most the server's setting between them. Configured
+        explicitly, that value as it is."""
         if self.maintenance_work_mem:
             return self.maintenance_work_mem
-        rows = int(_count_rows(cur, collection) * min(share, 1.0))
+        if rows is None:
+            rows = _count_rows(cur, collection)
         need = spec(collection.kind).graph_bytes(rows, collection.dim, collection.m)
         cur.execute("SELECT setting::bigint * 1024 FROM pg_settings WHERE name = %s", (MEMORY,))
         most: int = cur.fetchone()[0] // builds

@@ -239,7 +239,11 @@ class Queries:
             effort.ef_search, filtered=bool(filter), reranked=bool(effort.candidates)
         )
         cells = self.cells.of(collection)
+        # The walked graphs are parameters: under custom plans (prepared.py) PostgreSQL plans
+        # with their values and takes each one's partial index, so one statement serves them.
         walked = graphs_walked(collection, cells, vector)
+        walks = 0 if walked == (None,) else len(walked)
+        params = {**params, **{f"graph_{i}": cell for i, cell in enumerate(walked[:walks])}}
         # A filter must keep each match within reach: its fresh rows are all scanned.
         if filter:
             cells = None
@@ -252,7 +256,7 @@ class Queries:
 
         def query() -> sql.Composable:
             return self._approximate_sql(
-                collection, filter, bool(effort.candidates), with_cells, walked
+                collection, filter, bool(effort.candidates), with_cells, walks
             )
 
         # One round trip: the settings and the query run as one implicit transaction.
@@ -260,11 +264,12 @@ class Queries:
             cur.execute(sql.SQL("; ").join([*settings, query()]), params)
         else:
             types = {"query": "vector", **({"cells": "integer[]"} if with_cells else {})}
+            types |= {f"graph_{i}": "integer" for i in range(walks)}
             literals: dict[str, int] = {
                 name: params[name] for name in ("top_k", "candidates") if name in params
             }
             self.prepared.execute(
-                cur, settings, (collection, with_cells, walked), query, params, types, literals
+                cur, settings, (collection, with_cells, walks), query, params, types, literals
             )
         return _hits(cur.fetchall())
 
@@ -274,11 +279,13 @@ class Queries:
         filter: Filter,
         reranked: bool,
         with_cells: bool,
-        walked: tuple[int | None, ...],
+        walks: int,
     ) -> sql.Composable:
+        """The search's SQL; `walks`: how many graphs by cell it walks (parameters graph_0,
+        graph_1, ...), 0 for the one graph."""
         order_by = spec(collection.kind).candidate_order(collection)
-        if walked != (None,):
-            from_index = _graphs_sql(collection, filter, reranked, walked)
+        if walks:
+            from_index = _graphs_sql(collection, filter, reranked, walks)
         elif reranked:
             indexed, _ = filter.where(collection.indexed)
             from_index = sql.SQL(
@@ -396,17 +403,17 @@ def graphs_walked(
 
 
 def _graphs_sql(
-    collection: Collection, filter: Filter, reranked: bool, walked: tuple[int | None, ...]
+    collection: Collection, filter: Filter, reranked: bool, walks: int
 ) -> sql.Composable:
-    """The nearest rows of the walked graphs by cell, each graph walked by a query of its own
-    (its predicate written out, so that the planner takes its index), merged by exact
-    distance."""
+    """The nearest rows of `walks` graphs by cell (parameters graph_0, graph_1, ...), each
+    graph walked by a query of its own (its predicate written out, so that the planner takes
+    its index), merged by exact distance."""
     order_by = spec(collection.kind).candidate_order(collection)
     each = sql.SQL("%(candidates)s" if reranked else "%(top_k)s")
-    walks = []
-    for cell in walked:
-        where, _ = filter.where(collection.in_graph(cell))
-        walks.append(
+    parts = []
+    for walk in range(walks):
+        where, _ = filter.where(collection.in_graph(sql.Placeholder(f"graph_{walk}")))
+        parts.append(
             sql.SQL(
                 "(SELECT id, label, uri, attributes, embedding FROM {} {} ORDER BY {} LIMIT {})"
             ).format(collection.table, where, order_by, each)
@@ -414,7 +421,7 @@ def _graphs_sql(
     return sql.SQL(
         "SELECT id, label, uri, attributes, {} AS distance FROM ({}) AS candidates "
         "ORDER BY distance LIMIT %(top_k)s"
-    ).format(_exact_distance(collection), sql.SQL(" UNION ALL ").join(walks))
+    ).format(_exact_distance(collection), sql.SQL(" UNION ALL ").join(parts))
 
 
 def _exact_distance(collection: Collection) -> sql.Composable:

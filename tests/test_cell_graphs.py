@@ -143,20 +143,35 @@ def test_a_large_bulk_load_is_indexed_as_one_graph_per_cell_that_searches_walk(
     assert found / (10 * len(queries)) >= 0.95
 
 
-def test_a_search_plan_walks_only_the_graphs_of_its_nearest_cells(stub, searcher: Searcher) -> None:
+def test_one_prepared_search_statement_walks_the_graph_of_whichever_cell_it_is_given(
+    stub, searcher: Searcher
+) -> None:
+    """The walked cells are parameters of the prepared statement: planned with their values
+    (custom plans), each run takes the partial index of its own cell and no other."""
     name = loaded(stub, searcher)
     store = searcher.store
     collection, _ = store.catalogue.get(name, fresh=True)
-    collection = replace(collection, graph_probes=1)
-    query = _data(1, seed=3)[0]
-    (own,) = store.cells.of(collection).nearest(query, 1)
-    text = store.queries._approximate_sql(collection, Filter(), True, True, (own,))
-    params = {"query": vector_literal(query), "top_k": 10, "candidates": 40, "cells": [NO_CELL]}
+    text = store.queries._approximate_sql(collection, Filter(), True, True, 1)
     with store.pool.connection() as conn, conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("EXPLAIN ") + text, params)
-        plan = "\n".join(row[0] for row in cur.fetchall())
-    assert f"using {collection.index_name(cell=own)} " in plan
-    assert f"using {collection.index_name(cell=1 - own)} " not in plan
+        # As searcher.prepared prepares it: parameters $1.., LIMITs written in.
+        statement = text.as_string(cur) % {
+            "query": "$1",
+            "cells": "$2",
+            "graph_0": "$3",
+            "top_k": "10",
+            "candidates": "40",
+        }
+        cur.execute("PREPARE walk (vector, integer[], integer) AS " + statement)
+        cur.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        for own in (0, 1, 0):
+            cur.execute(
+                "EXPLAIN EXECUTE walk(%s, %s, %s)",
+                (vector_literal(_data(1, seed=3)[0]), [NO_CELL], own),
+            )
+            plan = "\n".join(row[0] for row in cur.fetchall())
+            assert f"using {collection.index_name(cell=own)} " in plan
+            assert f"using {collection.index_name(cell=1 - own)} " not in plan
+        cur.execute("DEALLOCATE walk")
 
 
 def test_rows_added_after_are_found_at_once_then_folded_into_their_cells_graphs(
