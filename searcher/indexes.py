@@ -129,18 +129,7 @@ class IndexBuilder:
             self.drop_quantizers(
                 cur, target.name, keep=(target.quantizer_name(), current.quantizer_name())
             )
-        rows, seconds = built
-        logger.info(
-            "built %s index of %s (generation %d, %d rows, m=%d, ef_construction=%d) in %.1f s%s",
-            collection.kind.name,
-            collection.name,
-            target.generation,
-            rows,
-            target.m,
-            target.ef_construction,
-            seconds,
-            f": {note}" if note else "",
-        )
+        _log_built(target, *built, note)
         return self.catalogue.get(collection.name, fresh=True)[0]
 
     def _cells_for(
@@ -435,6 +424,22 @@ class IndexBuilder:
                     yield cur
             finally:
                 conn.autocommit = old
+
+
+def _log_built(target: Collection, rows: int, seconds: float, note: str) -> None:
+    graphs = f", {target.graph_cells} graphs by cell" if target.graph_cells else ""
+    logger.info(
+        "built %s index of %s (generation %d, %d rows, m=%d, ef_construction=%d%s) in %.1f s%s",
+        target.kind.name,
+        target.name,
+        target.generation,
+        rows,
+        target.m,
+        target.ef_construction,
+        graphs,
+        seconds,
+        f": {note}" if note else "",
+    )
 
 
 def _count_rows(cur: Any, collection: Collection) -> int:
