@@ -21,10 +21,10 @@ from psycopg2 import sql
 from imgsearch._convert import collection_stats
 from imgsearch.cli.admin import stats_rows
 from imgsearch.v1 import searcher_pb2 as pb
-from searcher.cell_graphs import ROWS_PER_GRAPH, graph_count
+from searcher.cell_graphs import ROWS_PER_GRAPH, graph_count, orphan_index_name
 from searcher.cells import MAX_CELLS
 from searcher.pgvector_io import Item, vector_literal
-from searcher.queries import Filter
+from searcher.queries import Filter, fresh_rows_sql
 from searcher.schema import DATA_SCHEMA, NO_CELL
 from searcher.server import Searcher
 from tests.searcher_helpers import (
@@ -299,11 +299,26 @@ def test_duplicates_are_found_across_the_graphs(stub, searcher: Searcher) -> Non
     assert sorted(groups) == [[5, 50_000], [900, 50_001], [2100, 50_002]]
 
 
-def test_the_schema_names_no_graph_outside_the_data_schema(searcher: Searcher) -> None:
-    with searcher.store.pool.connection() as conn, conn, conn.cursor() as cur:
+def test_rows_without_a_cell_have_an_index_of_their_own_that_searches_read(
+    stub, searcher: Searcher
+) -> None:
+    """The rows no graph takes are found without reading the table: a partial index of them,
+    which the search's scan of them uses."""
+    name = loaded(stub, searcher)
+    store = searcher.store
+    collection, _ = store.catalogue.get(name, fresh=True)
+    with store.pool.connection() as conn, conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT count(*) FROM pg_class WHERE starts_with(relname, 'nocell_') "
-            "AND relnamespace <> %s::regnamespace",
-            (DATA_SCHEMA,),
+            "SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i JOIN pg_class c "
+            "ON c.oid = i.indexrelid WHERE c.relname = %s AND c.relnamespace = %s::regnamespace",
+            (orphan_index_name(name), DATA_SCHEMA),
         )
-        assert cur.fetchone()[0] == 0
+        assert cur.fetchone()[0] == f"(cell = '{NO_CELL}'::integer)"
+        cur.execute(
+            sql.SQL("EXPLAIN SELECT count(*) FROM ({}) AS fresh").format(
+                fresh_rows_sql(collection, Filter(), with_cells=True)
+            ),
+            {"cells": [NO_CELL]},
+        )
+        plan = "\n".join(row[0] for row in cur.fetchall())
+    assert orphan_index_name(name) in plan
