@@ -100,10 +100,13 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
         copy = _id_cell_copy(ids, cells.assign(vectors))
         cur.copy_expert("COPY assigned_cells FROM STDIN (FORMAT binary)", copy)
         written += len(ids)
+    # A row rewritten meanwhile by a writer that saw the build is in a later segment, with
+    # the cell of its new vector: left as it is.
     cur.execute(
         sql.SQL(
-            "UPDATE {} AS t SET cell = a.cell FROM assigned_cells AS a WHERE t.id = a.id"
-        ).format(collection.table)
+            "UPDATE {} AS t SET cell = a.cell FROM assigned_cells AS a WHERE t.id = a.id "
+            "AND t.segment <= {}"
+        ).format(collection.table, sql.Literal(up_to_segment))
     )
     cur.execute("DROP TABLE assigned_cells")
     return written
