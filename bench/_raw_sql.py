@@ -88,9 +88,5 @@ def graph_cells(conn: Any, collection: pb.Collection, segment: int) -> Cells:
             (collection.name, segment),
         )
         centre, centroids = cur.fetchone()
-    dim = collection.dim
-    return Cells(
-        np.frombuffer(bytes(centroids), "<f4").reshape(-1, dim).astype(np.float32),
-        np.frombuffer(bytes(centre), "<f4").astype(np.float32),
-        Metric(pb.Metric.Name(collection.metric).removeprefix("METRIC_").lower()),
-    )
+    metric = Metric(pb.Metric.Name(collection.metric).removeprefix("METRIC_").lower())
+    return Cells.stored(bytes(centre), bytes(centroids), collection.dim, metric)

@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,12 +35,7 @@ from psycopg2 import sql
 from searcher.catalogue import Collection
 from searcher.cells import MAX_CELLS, Cells
 from searcher.kinds import spec
-from searcher.pgvector_io import (
-    COPY_HEADER_BYTES,
-    as_array,
-    decode_id_vector_rows,
-    id_vector_row_bytes,
-)
+from searcher.pgvector_io import as_array, decode_binary_copy_ids_vectors, encode_id_cell_copy
 from searcher.pool import BULK_WORKERS, ConnectionPool
 from searcher.schema import DATA_SCHEMA, NO_CELL
 
@@ -97,7 +91,7 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
         ids, vectors = _read_pages(cur, collection, first, first + PAGES_PER_READ, up_to_segment)
         if not len(ids):
             continue
-        copy = _id_cell_copy(ids, cells.assign(vectors))
+        copy = encode_id_cell_copy(ids, cells.assign(vectors))
         cur.copy_expert("COPY assigned_cells FROM STDIN (FORMAT binary)", copy)
         written += len(ids)
     # A row rewritten meanwhile by a writer that saw the build is in a later segment, with
@@ -141,27 +135,7 @@ def _read_pages(
         ),
         out,
     )
-    payload = out.getbuffer()
-    body = payload[COPY_HEADER_BYTES : len(payload) - 2]
-    if len(body) < id_vector_row_bytes(collection.dim):
-        return np.empty(0, np.int64), np.empty((0, collection.dim), np.float32)
-    return decode_id_vector_rows(bytes(body), collection.dim)
-
-
-def _id_cell_copy(ids: np.ndarray, cells: np.ndarray) -> io.BytesIO:
-    """(id, cell) rows in binary COPY format."""
-    rows = np.empty(
-        len(ids),
-        dtype=[("fields", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"), ("cell", ">i4")],
-    )
-    rows["fields"], rows["l1"], rows["l2"] = 2, 8, 4
-    rows["id"], rows["cell"] = ids, cells
-    out = io.BytesIO()
-    out.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0))
-    out.write(rows.tobytes())
-    out.write(struct.pack("!h", -1))
-    out.seek(0)
-    return out
+    return decode_binary_copy_ids_vectors(out.getvalue(), collection.dim)
 
 
 def give_orphans_cells(cur: Any, collection: Collection, cells: Cells, rows: int) -> int:

@@ -77,6 +77,18 @@ class Cells:
     metric: Metric  # the collection's: cosine compares unit vectors
     probes: int = MIN_PROBES  # how many of its nearest cells a search scans
 
+    @classmethod
+    def stored(
+        cls, centre: bytes, centroids: bytes, dim: int, metric: Metric, probes: int = MIN_PROBES
+    ) -> Cells:
+        """Cells as table fresh_cells stores them (little-endian float32)."""
+        return cls(
+            np.frombuffer(centroids, dtype="<f4").reshape(-1, dim).astype(np.float32),
+            np.frombuffer(centre, dtype="<f4").astype(np.float32),
+            metric,
+            probes,
+        )
+
     def directions(self, vectors: np.ndarray) -> np.ndarray:
         """Vectors as seen from the centre."""
         rows = np.asarray(np.atleast_2d(vectors), dtype=np.float32)
@@ -279,9 +291,9 @@ class CellStore:
             row = None
         cells = None
         if row is not None:
-            centre = np.frombuffer(bytes(row[0]), dtype="<f4").astype(np.float32)
-            centroids = np.frombuffer(bytes(row[1]), dtype="<f4").reshape(-1, collection.dim)
-            cells = Cells(centroids.astype(np.float32), centre, collection.metric, probes=row[2])
+            cells = Cells.stored(
+                bytes(row[0]), bytes(row[1]), collection.dim, collection.metric, row[2]
+            )
         with self._lock:
             self._cache[collection.name] = (key, cells)
         return cells

@@ -63,6 +63,18 @@ def encode_binary_copy(
     return out
 
 
+def encode_id_cell_copy(ids: np.ndarray, cells: np.ndarray) -> io.BytesIO:
+    """(id, cell) rows in PostgreSQL's binary COPY format."""
+    rows = np.empty(
+        len(ids),
+        dtype=[("fields", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"), ("cell", ">i4")],
+    )
+    rows["fields"], rows["l1"], rows["l2"] = 2, 8, 4
+    rows["id"], rows["cell"] = ids, cells
+    out = io.BytesIO(_COPY_HEADER + rows.tobytes() + _COPY_TRAILER)
+    return out
+
+
 def copy_sample(
     cur: Any, table: sql.Composable, dim: int, *, share: float, size: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
