@@ -43,11 +43,18 @@ def calibrate(
     default_ef_search: int,
 ) -> Calibration:
     """The cheapest effort on the kind's ladder whose recall meets the target, else the
-    most thorough; and the recall at the kind's default effort. Recall grows with the
-    effort, so the ladder is bisected: 5 or 6 measurements of the sample, not 15."""
+    most thorough; and the recall at the kind's default effort.
+
+    Recall grows with the effort, so the ladder is searched from its cheap end: the cheapest
+    step, then the default, then the most thorough, bisecting between the last that missed and
+    the first that met. Each measurement costs what its effort costs, and a collection that
+    meets the target cheaply (graphs by cell at a million rows: at the cheapest step) is then
+    never searched at the most thorough."""
     kind = spec(collection.kind)
     ladder = kind.effort_ladder(collection.candidates)
     default = kind.default_effort(default_ef_search)
+    highest = len(ladder) - 1
+    default_step = next((step for step, effort in enumerate(ladder) if effort >= default), highest)
     measured: dict[int, tuple[float, bool]] = {}
 
     def measure(step: int) -> tuple[float, bool]:
@@ -73,22 +80,35 @@ def calibrate(
             measured[step] = recall, meets
         return measured[step]
 
-    low, high = 0, len(ladder) - 1  # the cheapest step that meets the target is in [low, high]
-    if measure(high)[1]:
-        while low < high:
-            middle = (low + high) // 2
-            if measure(middle)[1]:
-                high = middle
-            else:
-                low = middle + 1
-    ef_search, candidates = ladder[high]
-    default_step = next((step for step, effort in enumerate(ladder) if effort >= default), high)
-    # Chosen below the default: the default, searching harder, would do at least as well.
+    chosen = cheapest_meeting(lambda step: measure(step)[1], default_step, highest)
+    ef_search, candidates = ladder[chosen]
+    # Met below the default: the default, searching harder, does at least as well.
+    at_default = measured.get(default_step, measure(chosen))[0]
     return Calibration(
         replace(collection, ef_search=ef_search, candidates=candidates),
-        *measure(high),
-        at_default=measure(min(default_step, high))[0],
+        *measure(chosen),
+        at_default=at_default,
     )
+
+
+def cheapest_meeting(meets: Callable[[int], bool], default_step: int, highest: int) -> int:
+    """The cheapest step of 0..highest that meets (meeting grows with the step), else
+    highest: 0, the default and highest tried in turn, then bisection between the last
+    that missed and the first that met."""
+    missed = -1  # the most thorough step known to miss
+    chosen = highest  # the cheapest step known to meet, else the most thorough
+    for probe in sorted({0, default_step, highest}):
+        if meets(probe):
+            chosen = probe
+            break
+        missed = probe
+    while chosen - missed > 1:
+        middle = (missed + chosen) // 2
+        if meets(middle):
+            chosen = middle
+        else:
+            missed = middle
+    return chosen
 
 
 def walk_more(

@@ -1,6 +1,6 @@
 """How the upkeep picks a collection's search effort from a recall sample: the cheapest step
-of the ladder that meets the target, found by bisection. The searches here are a model whose
-recall at each ef_search is known, so the choice can be checked exactly."""
+of the ladder that meets the target, searched for from the cheap end. The searches here are a
+model whose recall at each ef_search is known, so the choice can be checked exactly."""
 
 from __future__ import annotations
 
@@ -87,8 +87,23 @@ def test_the_cheapest_step_that_meets_the_target_is_chosen_for_every_step() -> N
         calibration = maintenance(graph)._calibrate(collection(), sample())
         assert calibration.collection.ef_search == target_step
         assert calibration.recall == 1.0 and calibration.met
-        # Bisection: the most thorough step, then about log2(steps) more, and the default.
+        # The cheapest step, the default, the most thorough if need be, then bisection.
         assert len(graph.efforts_searched) <= 6, graph.efforts_searched
+
+
+def test_a_graph_meeting_the_target_at_the_cheapest_step_is_searched_at_no_other() -> None:
+    graph = Graph(np.full(QUERIES, EFFORT_LADDER[0]))
+    calibration = maintenance(graph)._calibrate(collection(), sample())
+    assert graph.efforts_searched == {EFFORT_LADDER[0]}
+    assert calibration.collection.ef_search == EFFORT_LADDER[0] and calibration.met
+    # The default, searching harder, does at least as well.
+    assert calibration.at_default == 1.0
+
+
+def test_the_most_thorough_step_is_searched_only_when_the_default_misses() -> None:
+    graph = graph_meeting_the_target_at(200)
+    maintenance(graph)._calibrate(collection(), sample())
+    assert EFFORT_LADDER[-1] not in graph.efforts_searched
 
 
 def test_the_recall_at_the_default_effort_is_measured_there() -> None:
