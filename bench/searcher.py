@@ -162,6 +162,31 @@ def loaded_collection(port: int, name: str, data: np.ndarray) -> pb.Collection:
     return wait_for_upkeep(port, name)
 
 
+def before_calibration(
+    port: int, name: str, first: Any, queries: np.ndarray, truth: np.ndarray, loaded_s: float
+) -> dict[str, Any]:
+    """What searches get from the moment the load (and its build) returned, at the server's
+    default effort, while the upkeep still measures and calibrates (its check may take
+    minutes at a million rows)."""
+    search, channel = rpc_searcher(port, name)
+    found = [search(q) for q in queries]
+    channel.close()
+    channel, stub = searcher_stub(port)
+    with channel:
+        index = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    row = {
+        "first_row_to_searchable_s": loaded_s,
+        "ef_search": first.ef_search,
+        "graphs_walked": first.graphs_walked,
+        "recall_at_10": recall_at_k(found, truth),
+        # The upkeep's calibration, recorded while these searches ran, may have changed the
+        # effort of some of them.
+        "calibrated_meanwhile": index.HasField("recall"),
+    }
+    print(f"  before calibration: {json.dumps(row)}", flush=True)
+    return row
+
+
 def rpc_searcher(
     port: int, name: str, ef_search: int = 0
 ) -> tuple[Callable[[np.ndarray], list[int]], Any]:
@@ -266,6 +291,7 @@ def one_kind(
     with channel:
         # The load's own build, before any repair rebuild by the upkeep replaces it.
         first = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    before = before_calibration(server.port, name, first, queries, truth, total_s)
     collection = wait_for_upkeep(server.port, name)
     searchable_s = time.perf_counter() - started  # load, build and upkeep: the effort in force
     index = collection.index
@@ -274,6 +300,7 @@ def one_kind(
         "build_s": first.build_seconds,
         "build_note": first.note,
         "first_row_to_calibrated_s": searchable_s,
+        "before_calibration": before,
         "upkeep_rebuild_s": index.build_seconds if index.generation != first.generation else 0,
         "hnsw_index_mb": hnsw_index_bytes(dsn, name) / 1e6,
         "calibrated": {
@@ -432,7 +459,9 @@ def main() -> int:
                         kind, server, dsn, memory, data, queries, truth, extra, args.qps_seconds
                     )
                 log = (Path(tmp) / "searcher.log").read_text()
-                result["upkeep_log"] = re.findall(r".*(?:recall@10|built \w+ index).*", log)
+                result["upkeep_log"] = re.findall(
+                    r".*(?:recall@10|built \w+ index|held-out queries placed|calibrated on).*", log
+                )
             finally:
                 memory.stop()
                 postgres.stop()

@@ -7,8 +7,8 @@ After each build of a collection's index:
    neighbour) and their exact neighbours (searcher.recall);
 2. calibrate: find on the kind's effort ladder (ef_search, and candidates for BINARY; steps
    of at most 1.3x) the cheapest setting whose recall@10 meets the target (default 0.99) with
-   at most 1 sampled query in 100 lost (finding under half of its neighbours), by bisection,
-   else the most thorough;
+   at most 1 sampled query in 100 lost (finding under half of its neighbours), searching the
+   ladder from its cheap end (searcher.effort), else the most thorough;
 3. if the recall at the default effort is below the floor (default 0.95), or no effort reaches
    the target, the build itself is poor: rebuild once, CONCURRENTLY, with larger m and
    ef_construction (at least the defaults, twice the ef_construction), and calibrate again;
@@ -27,6 +27,7 @@ import math
 import queue
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from psycopg2 import sql
@@ -35,6 +36,7 @@ from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
 from searcher.effort import Calibration, Searcher, calibrate, walk_more
 from searcher.indexes import IndexBuilder
+from searcher.kinds import spec
 from searcher.pool import BULK_WORKERS, ConnectionPool
 from searcher.recall import RecallSample, draw_sample
 
@@ -223,12 +225,20 @@ class IndexMaintenance:
             return
         with self._lock:
             self._folded.pop(name, None)
-        sample = draw_sample(
-            self.pool, collection, self.recall_sample, self.searcher_for(collection)
-        )
+        # Held-out queries are placed by the distance to each sampled row's nearest other row,
+        # of which only the scale matters: searched for at the cheapest effort (at the default,
+        # these 2,000 searches were 13 s of a 38 s check at 200k rows, bench/RESULTS.md).
+        ef_search, candidates = spec(collection.kind).effort_ladder(collection.candidates)[0]
+        cheapest = replace(collection, ef_search=ef_search, candidates=candidates)
+        sample = draw_sample(self.pool, collection, self.recall_sample, self.searcher_for(cheapest))
         if sample is None:
             return
+        started = time.monotonic()
         calibrated = self._calibrate(collection, sample)
+        logger.info(
+            "%s: search effort calibrated on %d queries in %.1f s",
+            *(collection.name, len(sample), time.monotonic() - started),
+        )
         # What the build and the start-up found stays; the calibration is said anew.
         notes = [
             part

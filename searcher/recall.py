@@ -23,12 +23,8 @@ from psycopg2 import sql
 
 from imgsearch.records import Hit
 from searcher.catalogue import Collection, Metric
-from searcher.pgvector_io import (
-    COPY_HEADER_BYTES,
-    copy_sample,
-    decode_id_vector_rows,
-    id_vector_row_bytes,
-)
+from searcher.exact_neighbours import ExactNeighbours
+from searcher.pgvector_io import copy_sample
 from searcher.pool import ConnectionPool
 from searcher.queries import Filter, SearchResult
 
@@ -48,70 +44,6 @@ def recall_by_distance(found: Sequence[float], true_distances: Sequence[float]) 
     kth = float(true_distances[-1])
     hits = sum(1 for d in list(found)[:k] if d <= kth + _TIE * max(1.0, abs(kth)))
     return hits / k
-
-
-class ExactNeighbours:
-    """Exact top-k distances for a few queries against every stored vector, fed by the raw
-    stream of `COPY (SELECT id, embedding ...) TO STDOUT (FORMAT binary)`: rows are parsed in
-    chunks as they arrive, so memory stays bounded whatever the collection's size."""
-
-    # Distances computed at once (queries x rows, float64): 64 MB.
-    CHUNK_DISTANCES = 8_000_000
-
-    def __init__(
-        self, queries: np.ndarray, query_ids: np.ndarray, metric: Metric, k: int, dim: int
-    ) -> None:
-        self.queries = queries.astype(np.float64)
-        self.query_ids = query_ids
-        self.metric = metric
-        self.k = k
-        self.dim = dim
-        self.row_bytes = id_vector_row_bytes(dim)
-        self.chunk_rows = max(1000, self.CHUNK_DISTANCES // max(len(queries), 1))
-        self.best = np.full((len(queries), 0), np.inf)
-        self._buffer = bytearray()
-        self._header_left = COPY_HEADER_BYTES
-
-    def write(self, data: bytes) -> None:
-        self._buffer += data
-        if self._header_left:
-            cut = min(self._header_left, len(self._buffer))
-            del self._buffer[:cut]
-            self._header_left -= cut
-        whole = len(self._buffer) // self.row_bytes
-        if whole >= self.chunk_rows:
-            self._take(whole)
-
-    def finish(self) -> np.ndarray:
-        """The k smallest distances per query (ascending), leaving out each query's own row."""
-        self._take(len(self._buffer) // self.row_bytes)
-        return self.best
-
-    def _take(self, rows: int) -> None:
-        if rows == 0:
-            return
-        size = rows * self.row_bytes
-        ids, vectors = decode_id_vector_rows(bytes(self._buffer[:size]), self.dim)
-        del self._buffer[:size]
-        distances = self._distances(vectors.astype(np.float64))
-        distances[ids[None, :] == self.query_ids[:, None]] = np.inf  # leave self out
-        merged = np.concatenate([self.best, distances], axis=1)
-        keep = min(self.k, merged.shape[1])
-        self.best = np.sort(np.partition(merged, keep - 1, axis=1)[:, :keep], axis=1)
-
-    def _distances(self, vectors: np.ndarray) -> np.ndarray:
-        products = self.queries @ vectors.T
-        if self.metric is Metric.INNER_PRODUCT:
-            return -products
-        if self.metric is Metric.COSINE:
-            norms = (
-                np.linalg.norm(vectors, axis=1)[None, :]
-                * np.linalg.norm(self.queries, axis=1)[:, None]
-            )
-            return 1.0 - products / np.maximum(norms, 1e-30)
-        squares = np.einsum("ij,ij->i", vectors, vectors)[None, :]
-        own = np.einsum("ij,ij->i", self.queries, self.queries)[:, None]
-        return np.sqrt(np.maximum(squares - 2 * products + own, 0.0))
 
 
 Search = Callable[[np.ndarray, int], list[Hit]]
@@ -194,17 +126,27 @@ def draw_sample(
         ids, stored = copy_sample(
             cur, collection.table, collection.dim, share=share, size=size, seed=seed
         )
+        started = time.monotonic()
         queries = held_out(stored, ids, collection.metric, search, seed)
+        placed = time.monotonic()
         exact = ExactNeighbours(
             queries, np.full(len(queries), NO_ID), collection.metric, RECALL_AT, collection.dim
         )
-        cur.copy_expert(
-            sql.SQL("COPY (SELECT id, embedding FROM {}) TO STDOUT (FORMAT binary)").format(
-                collection.table
-            ),
-            exact,
-        )
-    return RecallSample(queries=queries, true_distances=exact.finish())
+        try:
+            cur.copy_expert(
+                sql.SQL("COPY (SELECT id, embedding FROM {}) TO STDOUT (FORMAT binary)").format(
+                    collection.table
+                ),
+                exact,
+            )
+            true_distances = exact.finish()
+        finally:
+            exact.close()
+    logger.info(
+        "%s: %d held-out queries placed in %.1f s, their exact neighbours among %d rows in %.1f s",
+        *(collection.name, len(queries), placed - started, rows, time.monotonic() - placed),
+    )
+    return RecallSample(queries=queries, true_distances=true_distances)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from psycopg2 import sql
 
 from imgsearch.errors import InvalidArgument
 from searcher.catalogue import IndexKind, Metric
+from searcher.exact_neighbours import ExactNeighbours
 from searcher.kinds import spec
 from searcher.pgvector_io import Item, decode_binary_copy_ids_vectors, encode_binary_copy
 from searcher.pool import ConnectionPool
-from searcher.recall import ExactNeighbours, recall_by_distance
+from searcher.recall import recall_by_distance
 from searcher.settings import StoreSettings
 from searcher.store import VectorStore
 from tests.searcher_helpers import clustered_vectors
@@ -140,6 +141,77 @@ def test_streamed_exact_neighbours_equal_numpys(metric: Metric) -> None:
             distances = -(x @ q)
         distances[ids == query_ids[row]] = np.inf  # each query leaves itself out
         np.testing.assert_allclose(got[row], np.sort(distances)[:10], rtol=1e-9, atol=1e-9)
+
+
+def test_streamed_exact_neighbours_stay_exact_far_from_the_origin() -> None:
+    # Rows 1e-3 apart at 100 from the origin: in float32 their squared distances by the
+    # expansion |v|^2 - 2 v.q + |q|^2 would all round to the same few values.
+    rng = np.random.default_rng(5)
+    data = (100 + 1e-3 * rng.normal(size=(20_000, 16))).astype(np.float32)
+    queries = (data[:4] + 1e-4 * rng.normal(size=(4, 16))).astype(np.float32)
+    exact = ExactNeighbours(queries, np.full(4, -1), Metric.L2, k=10, dim=16)
+    payload = encode_binary_copy([Item(i, v) for i, v in enumerate(data)], 16, segment=1)
+    exact.write(_as_id_vector_copy(payload.getvalue(), 16))
+    got = exact.finish()
+    x = data.astype(np.float64)
+    for row, q in enumerate(queries.astype(np.float64)):
+        truth = np.sort(np.linalg.norm(x - q, axis=1))[:10]
+        np.testing.assert_allclose(got[row], truth, rtol=1e-9, atol=1e-12)
+
+
+def _numpy_nearest(data, ids, queries, query_ids, metric: Metric, k: int) -> np.ndarray:
+    x = data.astype(np.float64)
+    rows = []
+    for q, own in zip(queries.astype(np.float64), query_ids, strict=True):
+        if metric is Metric.L2:
+            distances = np.linalg.norm(x - q, axis=1)
+        elif metric is Metric.COSINE:
+            distances = 1 - x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
+        else:
+            distances = -(x @ q)
+        distances[ids == own] = np.inf
+        rows.append(np.sort(distances)[:k])
+    return np.asarray(rows)
+
+
+@pytest.mark.parametrize("metric", list(Metric))
+def test_streamed_exact_neighbours_are_exact_across_chunks_and_duplicate_rows(
+    metric: Metric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(6)
+    data = rng.normal(size=(6_000, 16)).astype(np.float32)
+    data[4_000:] = data[rng.integers(0, 100, size=2_000)]  # 100 rows stored ~20 times each
+    ids = np.arange(len(data))
+    stored = rng.choice(len(data), 60, replace=False)
+    queries = np.concatenate([data[stored], data[:60] + 0.01 * rng.normal(size=(60, 16))])
+    query_ids = np.concatenate([ids[stored], np.full(60, -1)])
+    monkeypatch.setattr(ExactNeighbours, "CHUNK_DISTANCES", len(queries) * 700)  # 9 chunks
+    exact = ExactNeighbours(queries.astype(np.float32), query_ids, metric, k=10, dim=16)
+    payload = encode_binary_copy([Item(int(i), v) for i, v in zip(ids, data, strict=True)], 16, 1)
+    rows = _as_id_vector_copy(payload.getvalue(), 16)
+    for start in range(0, len(rows), 8_192):
+        exact.write(rows[start : start + 8_192])
+    truth = _numpy_nearest(data, ids, queries.astype(np.float32), query_ids, metric, 10)
+    np.testing.assert_allclose(exact.finish(), truth, rtol=1e-9, atol=1e-9)
+
+
+def test_streamed_exact_neighbours_of_fewer_rows_than_asked_are_all_of_them() -> None:
+    data = np.random.default_rng(7).normal(size=(5, 16)).astype(np.float32)
+    exact = ExactNeighbours(data[:2], np.array([0, 1]), Metric.L2, k=10, dim=16)
+    payload = encode_binary_copy([Item(i, v) for i, v in enumerate(data)], 16, segment=1)
+    exact.write(_as_id_vector_copy(payload.getvalue(), 16))
+    truth = _numpy_nearest(data, np.arange(5), data[:2], np.array([0, 1]), Metric.L2, 4)
+    np.testing.assert_allclose(exact.finish(), truth, rtol=1e-9)
+
+
+def test_streamed_exact_neighbours_of_rows_not_as_declared_fail_the_copy() -> None:
+    data = np.random.default_rng(8).normal(size=(50, 8)).astype(np.float32)
+    exact = ExactNeighbours(np.zeros((2, 16), np.float32), np.full(2, -1), Metric.L2, 10, 16)
+    payload = encode_binary_copy([Item(i, v) for i, v in enumerate(data)], 8, segment=1)
+    exact.write(_as_id_vector_copy(payload.getvalue(), 8))
+    with pytest.raises(ValueError, match="not 16-d"):
+        exact.finish()
+    exact.close()  # and its thread is gone
 
 
 def test_recall_counts_ties_as_found() -> None:
