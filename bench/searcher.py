@@ -74,6 +74,12 @@ OLD_DEFAULT_EF_SEARCH = 400
 SERVICE_COST_EF_SEARCHES = (40, 200)
 
 
+# The searcher's log lines that say what the build and the upkeep's check did, and how long.
+UPKEEP_LINES = (
+    r".*(?:recall@10|built \w+ index|given their cells|held-out queries placed|calibrated on).*"
+)
+
+
 def percentile_ms(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples) * 1000.0, q))
 
@@ -459,9 +465,7 @@ def main() -> int:
                         kind, server, dsn, memory, data, queries, truth, extra, args.qps_seconds
                     )
                 log = (Path(tmp) / "searcher.log").read_text()
-                result["upkeep_log"] = re.findall(
-                    r".*(?:recall@10|built \w+ index|held-out queries placed|calibrated on).*", log
-                )
+                result["upkeep_log"] = re.findall(UPKEEP_LINES, log)
             finally:
                 memory.stop()
                 postgres.stop()
