@@ -35,7 +35,11 @@ from psycopg2 import sql
 from searcher.catalogue import Collection
 from searcher.cells import MAX_CELLS, Cells
 from searcher.kinds import spec
-from searcher.pgvector_io import as_array, decode_binary_copy_ids_vectors, encode_id_cell_copy
+from searcher.pgvector_io import (
+    as_array,
+    decode_binary_copy_versioned_vectors,
+    encode_id_version_cell_copy,
+)
 from searcher.pool import BULK_WORKERS, ConnectionPool
 from searcher.schema import DATA_SCHEMA, NO_CELL
 
@@ -85,21 +89,25 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
     pages: int = cur.fetchone()[0]
     # The caller's cursor commits each statement (a build's): the table is dropped at the end.
     cur.execute("DROP TABLE IF EXISTS assigned_cells")
-    cur.execute("CREATE TEMP TABLE assigned_cells (id bigint, cell integer)")
+    cur.execute("CREATE TEMP TABLE assigned_cells (id bigint, version bigint, cell integer)")
     written = 0
     for first in range(0, pages + 1, PAGES_PER_READ):
-        ids, vectors = _read_pages(cur, collection, first, first + PAGES_PER_READ, up_to_segment)
+        ids, versions, vectors = _read_pages(
+            cur, collection, first, first + PAGES_PER_READ, up_to_segment
+        )
         if not len(ids):
             continue
-        copy = encode_id_cell_copy(ids, cells.assign(vectors))
+        copy = encode_id_version_cell_copy(ids, versions, cells.assign(vectors))
         cur.copy_expert("COPY assigned_cells FROM STDIN (FORMAT binary)", copy)
         written += len(ids)
-    # A row rewritten meanwhile by a writer that saw the build is in a later segment, with
-    # the cell of its new vector: left as it is.
+    # Only the row versions read get the cells of their vectors: a row rewritten meanwhile
+    # (by a writer that saw the build, into a later segment with its new vector's cell; or by
+    # one that did not, without a cell) is left as it is, and a row without a cell is found by
+    # its partial index and given one by the next fold.
     cur.execute(
         sql.SQL(
             "UPDATE {} AS t SET cell = a.cell FROM assigned_cells AS a WHERE t.id = a.id "
-            "AND t.segment <= {}"
+            "AND t.xmin::text::bigint = a.version AND t.segment <= {}"
         ).format(collection.table, sql.Literal(up_to_segment))
     )
     cur.execute("DROP TABLE assigned_cells")
@@ -120,13 +128,15 @@ def largest_cell(cur: Any, collection: Collection) -> int:
 
 def _read_pages(
     cur: Any, collection: Collection, first: int, end: int, up_to_segment: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of the rows of pages [first, end) in segments up to `up_to_segment`."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, row versions, vectors) of the rows of pages [first, end) in segments up to
+    `up_to_segment`."""
     out = io.BytesIO()
     cur.copy_expert(
         sql.SQL(
-            "COPY (SELECT id, embedding FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid "
-            "AND segment <= {}) TO STDOUT (FORMAT binary)"
+            # xmin, the transaction that wrote the row version: a rewritten row has another.
+            "COPY (SELECT id, xmin::text::bigint, embedding FROM {} WHERE ctid >= {}::tid "
+            "AND ctid < {}::tid AND segment <= {}) TO STDOUT (FORMAT binary)"
         ).format(
             collection.table,
             sql.Literal(f"({first},0)"),
@@ -135,7 +145,7 @@ def _read_pages(
         ),
         out,
     )
-    return decode_binary_copy_ids_vectors(out.getvalue(), collection.dim)
+    return decode_binary_copy_versioned_vectors(out.getvalue(), collection.dim)
 
 
 def give_orphans_cells(cur: Any, collection: Collection, cells: Cells, rows: int) -> int:

@@ -63,14 +63,25 @@ def encode_binary_copy(
     return out
 
 
-def encode_id_cell_copy(ids: np.ndarray, cells: np.ndarray) -> io.BytesIO:
-    """(id, cell) rows in PostgreSQL's binary COPY format."""
+def encode_id_version_cell_copy(
+    ids: np.ndarray, versions: np.ndarray, cells: np.ndarray
+) -> io.BytesIO:
+    """(id, version, cell) rows, two bigints and an integer, in PostgreSQL's binary COPY
+    format."""
     rows = np.empty(
         len(ids),
-        dtype=[("fields", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"), ("cell", ">i4")],
+        dtype=[
+            ("fields", ">i2"),
+            ("l1", ">i4"),
+            ("id", ">i8"),
+            ("l2", ">i4"),
+            ("version", ">i8"),
+            ("l3", ">i4"),
+            ("cell", ">i4"),
+        ],
     )
-    rows["fields"], rows["l1"], rows["l2"] = 2, 8, 4
-    rows["id"], rows["cell"] = ids, cells
+    rows["fields"], rows["l1"], rows["l2"], rows["l3"] = 3, 8, 8, 4
+    rows["id"], rows["version"], rows["cell"] = ids, versions, cells
     out = io.BytesIO(_COPY_HEADER + rows.tobytes() + _COPY_TRAILER)
     return out
 
@@ -98,6 +109,25 @@ def decode_binary_copy_ids_vectors(payload: bytes, dim: int) -> tuple[np.ndarray
     )
 
 
+def decode_binary_copy_versioned_vectors(
+    payload: bytes, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, versions, vectors) from `COPY (SELECT id, <a bigint>, embedding ...) TO STDOUT
+    WITH (FORMAT binary)`."""
+    row = _id_vector_row(dim, versioned=True)
+    body = payload[len(_COPY_HEADER) : len(payload) - len(_COPY_TRAILER)]
+    if len(body) % row.itemsize:
+        raise ValueError(f"{len(body)} bytes of COPY rows are not rows of {dim}-d vectors")
+    rows = np.frombuffer(body, dtype=row)
+    if len(rows) and (rows["dim"] != dim).any():
+        raise ValueError(f"COPY output holds vectors that are not {dim}-d")
+    return (
+        rows["id"].astype(np.int64),
+        rows["version"].astype(np.int64),
+        rows["vector"].astype(np.float32),
+    )
+
+
 def id_vector_row_bytes(dim: int) -> int:
     return _id_vector_row(dim).itemsize
 
@@ -116,12 +146,14 @@ def decode_id_vector_rows(body: bytes | bytearray, dim: int) -> tuple[np.ndarray
     return rows["id"].astype(np.int64), rows["vector"].astype(np.float32)
 
 
-def _id_vector_row(dim: int) -> np.dtype:
+def _id_vector_row(dim: int, *, versioned: bool = False) -> np.dtype:
+    version = [("version_length", ">i4"), ("version", ">i8")] if versioned else []
     return np.dtype(
         [
             ("fields", ">i2"),
             ("id_length", ">i4"),
             ("id", ">i8"),
+            *version,
             ("vector_length", ">i4"),
             ("dim", ">i2"),
             ("unused", ">i2"),

@@ -21,6 +21,7 @@ from psycopg2 import sql
 from imgsearch._convert import collection_stats
 from imgsearch.cli.admin import stats_rows
 from imgsearch.v1 import searcher_pb2 as pb
+from searcher import cell_graphs
 from searcher.cell_graphs import ROWS_PER_GRAPH, graph_count, orphan_index_name
 from searcher.cells import MAX_CELLS
 from searcher.pgvector_io import Item, vector_literal
@@ -216,6 +217,47 @@ def test_rows_written_without_a_cell_are_found_and_then_given_their_cells(
     assert all(cell in (0, 1) for _, cell in placed.values())
     assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 0
     _found_as_first(stub, name, orphans, 20_000)
+
+
+def test_a_row_rewritten_while_the_cells_are_written_keeps_no_stale_cell(
+    stub, searcher: Searcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that had not seen the build rewrites rows after the build read their vectors
+    and before it wrote their cells: those rows must not get the cells of their old vectors
+    (graphs that a search for their new vectors may never walk); they stay without a cell,
+    found by every search, until a fold gives them their new vectors' cells."""
+    store = searcher.store
+    name = f"graphs{next(_names)}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=DIM))
+    moved = _data(10, seed=6)[::-1] + 0.5  # far from where rows 0..9 were
+    read_pages = cell_graphs._read_pages
+
+    def rewritten_after_reading(cur, collection, *args):  # type: ignore[no-untyped-def]
+        read = read_pages(cur, collection, *args)
+        if len(read[0]) and 0 in read[0]:
+            old_view = replace(
+                collection, growing_segment=collection.index_segment, cells_segment=0
+            )
+            store.loader.write(old_view, [Item(i, moved[i]) for i in range(10)])
+        return read
+
+    monkeypatch.setattr(cell_graphs, "_read_pages", rewritten_after_reading)
+    with folds_paused(searcher):
+        stub.Upsert(upsert_messages(name, _data(ROWS, seed=1)))
+        collection, _ = store.catalogue.get(name, fresh=True)
+        assert collection.graph_cells == 2
+        placed = _cells_of(searcher, name, list(range(10)))
+        assert set(placed.values()) == {(collection.index_segment, NO_CELL)}
+        _found_as_first(stub, name, moved, 0)
+    monkeypatch.undo()
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    store.maintenance.schedule("fold", name)
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    cells = store.cells.of(collection)
+    assert cells is not None
+    placed = _cells_of(searcher, name, list(range(10)))
+    assert [placed[i][1] for i in range(10)] == list(cells.assign(moved))
+    _found_as_first(stub, name, moved, 0)
 
 
 def test_updates_and_deletes_of_indexed_rows_take_effect_at_once(stub, searcher: Searcher) -> None:
