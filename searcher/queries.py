@@ -198,11 +198,16 @@ class Queries:
         filter: Filter = Filter(),
         effort: Effort,
         exact: bool = False,
+        background: bool = False,
     ) -> tuple[SearchResult, np.ndarray]:
         """The top_k items nearest to a vector (or to the stored item with id `query`), and the
-        query vector. Always returns min(top_k, matching items) hits."""
+        query vector. Always returns min(top_k, matching items) hits. `background`: for work
+        nobody waits on (the upkeep's and the shadow monitor's searches), which must leave the
+        cores to live searches: on a bulk connection, and an exact scan without parallel
+        workers (a 1M-row scan with two took both cores for a second or more, and every search
+        meanwhile waited: Search p50 11.6 ms instead of 4.4 at 1M, bench/RESULTS.md)."""
         where, params = filter.where()
-        with self._reading() as cur:
+        with self._reading(bulk=background) as cur:
             vector = (
                 query
                 if isinstance(query, np.ndarray)
@@ -221,7 +226,13 @@ class Queries:
                 ):
                     use_index = False
             if not use_index:
-                hits = self._exact(cur, collection, where, params)
+                if background:
+                    cur.execute("SET max_parallel_workers_per_gather = 0")
+                try:
+                    hits = self._exact(cur, collection, where, params)
+                finally:
+                    if background:
+                        cur.execute("RESET max_parallel_workers_per_gather")
         return SearchResult(hits=hits, exact=not use_index), vector
 
     def _approximate(
@@ -347,10 +358,10 @@ class Queries:
         return as_array(row[0])
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[Any]:
+    def _reading(self, *, bulk: bool = False) -> Iterator[Any]:
         """A cursor whose statements each run in their own implicit transaction: a search
         needs no BEGIN and COMMIT round trips around its one query."""
-        with self.pool.connection() as conn:
+        with self.pool.connection(bulk=bulk) as conn:
             conn.autocommit = True
             try:
                 with conn.cursor() as cur:

@@ -412,7 +412,9 @@ class VectorStore:
 
         def search(vector: np.ndarray, top_k: int) -> list[Hit]:
             effort = self.queries.effort(collection, top_k, 0, 0)
-            result, _ = self.queries.nearest(collection, True, vector, top_k, effort=effort)
+            result, _ = self.queries.nearest(
+                collection, True, vector, top_k, effort=effort, background=True
+            )
             return result.hits
 
         return search
@@ -426,6 +428,7 @@ class VectorStore:
             filter=shadow.filter,
             effort=Effort(0, 0),
             exact=True,
+            background=True,
         )
         return result.hits
 
