@@ -111,9 +111,10 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
         ).format(collection.table, sql.Literal(up_to_segment))
     )
     cur.execute("DROP TABLE assigned_cells")
-    # The UPDATE left a dead version of every row. Vacuumed now, unthrottled (6 s for 1M rows
-    # of 1000-d): the graphs' builds hold autovacuum off, and it would otherwise read the whole
-    # table, throttled, for minutes after them, just as searches begin.
+    # The UPDATE left a dead version of every row. Vacuumed now, unthrottled (the cells of 1M
+    # rows took 52.4 s with it, 56.0 s without: bench/RESULTS.md): the graphs' builds hold
+    # autovacuum off, and it would otherwise read the whole table, throttled, just as searches
+    # begin.
     cur.execute(sql.SQL("VACUUM {}").format(collection.table))
     return written
 
