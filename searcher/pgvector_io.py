@@ -114,13 +114,8 @@ def decode_binary_copy_versioned_vectors(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, versions, vectors) from `COPY (SELECT id, <a bigint>, embedding ...) TO STDOUT
     WITH (FORMAT binary)`."""
-    row = _id_vector_row(dim, versioned=True)
     body = payload[len(_COPY_HEADER) : len(payload) - len(_COPY_TRAILER)]
-    if len(body) % row.itemsize:
-        raise ValueError(f"{len(body)} bytes of COPY rows are not rows of {dim}-d vectors")
-    rows = np.frombuffer(body, dtype=row)
-    if len(rows) and (rows["dim"] != dim).any():
-        raise ValueError(f"COPY output holds vectors that are not {dim}-d")
+    rows = _fixed_rows(body, dim, versioned=True)
     return (
         rows["id"].astype(np.int64),
         rows["version"].astype(np.int64),
@@ -133,17 +128,21 @@ def id_vector_row_bytes(dim: int) -> int:
 
 
 def decode_id_vector_rows(body: bytes | bytearray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) from whole rows of such a COPY, without its header and trailer.
+    """(ids, vectors) from whole rows of such a COPY, without its header and trailer."""
+    rows = _fixed_rows(body, dim)
+    return rows["id"].astype(np.int64), rows["vector"].astype(np.float32)
 
-    Every row has the same size (two fields, a bigint and a vector(dim)), so the rows are read
-    as one numpy record array instead of row by row."""
-    row = _id_vector_row(dim)
+
+def _fixed_rows(body: bytes | bytearray, dim: int, *, versioned: bool = False) -> np.ndarray:
+    """COPY rows of an id (and a version) and a vector(dim) as one numpy record array: every
+    row has the same size, so they are not read row by row."""
+    row = _id_vector_row(dim, versioned=versioned)
     if len(body) % row.itemsize:
         raise ValueError(f"{len(body)} bytes of COPY rows are not rows of {dim}-d vectors")
     rows = np.frombuffer(body, dtype=row)
     if len(rows) and (rows["dim"] != dim).any():
         raise ValueError(f"COPY output holds vectors that are not {dim}-d")
-    return rows["id"].astype(np.int64), rows["vector"].astype(np.float32)
+    return rows
 
 
 def _id_vector_row(dim: int, *, versioned: bool = False) -> np.dtype:
