@@ -226,13 +226,7 @@ class Queries:
                 ):
                     use_index = False
             if not use_index:
-                if background:
-                    cur.execute("SET max_parallel_workers_per_gather = 0")
-                try:
-                    hits = self._exact(cur, collection, where, params)
-                finally:
-                    if background:
-                        cur.execute("RESET max_parallel_workers_per_gather")
+                hits = self._exact(cur, collection, where, params, parallel=not background)
         return SearchResult(hits=hits, exact=not use_index), vector
 
     def _approximate(
@@ -319,11 +313,19 @@ class Queries:
         ).format(from_index, from_fresh)
 
     def _exact(
-        self, cur: Any, collection: Collection, where: sql.Composable, params: dict[str, Any]
+        self,
+        cur: Any,
+        collection: Collection,
+        where: sql.Composable,
+        params: dict[str, Any],
+        *,
+        parallel: bool = True,
     ) -> list[Hit]:
+        # The statements of one string run in one implicit transaction: SET LOCAL ends with it.
+        alone = "" if parallel else "SET LOCAL max_parallel_workers_per_gather = 0; "
         cur.execute(
             sql.SQL(
-                "SET LOCAL enable_indexscan = off; "
+                alone + "SET LOCAL enable_indexscan = off; "
                 "SELECT id, label, uri, attributes, {} AS distance FROM {} {} "
                 "ORDER BY distance LIMIT %(top_k)s"
             ).format(_exact_distance(collection), collection.table, where),

@@ -117,6 +117,22 @@ def test_the_default_kind_gives_way_to_one_that_serves_the_metric(postgres_dsn: 
     assert (inner.kind, cosine.kind) == (IndexKind.HALFVEC, IndexKind.BINARY)
 
 
+def _numpy_nearest(data, ids, queries, query_ids, metric: Metric, k: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Each query's k smallest float64 distances over `data`, leaving out its own row."""
+    x = data.astype(np.float64)
+    rows = []
+    for q, own in zip(queries.astype(np.float64), query_ids, strict=True):
+        if metric is Metric.L2:
+            distances = np.linalg.norm(x - q, axis=1)
+        elif metric is Metric.COSINE:
+            distances = 1 - x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
+        else:
+            distances = -(x @ q)
+        distances[ids == own] = np.inf
+        rows.append(np.sort(distances)[:k])
+    return np.asarray(rows)
+
+
 @pytest.mark.parametrize("metric", list(Metric))
 def test_streamed_exact_neighbours_equal_numpys(metric: Metric) -> None:
     rng = np.random.default_rng(4)
@@ -130,17 +146,8 @@ def test_streamed_exact_neighbours_equal_numpys(metric: Metric) -> None:
     rows = _as_id_vector_copy(payload.getvalue(), 16)
     for start in range(0, len(rows), 65_536):  # as psycopg2 hands COPY data over: in pieces
         exact.write(rows[start : start + 65_536])
-    got = exact.finish()
-    x = data.astype(np.float64)
-    for row, q in enumerate(queries.astype(np.float64)):
-        if metric is Metric.L2:
-            distances = np.linalg.norm(x - q, axis=1)
-        elif metric is Metric.COSINE:
-            distances = 1 - x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
-        else:
-            distances = -(x @ q)
-        distances[ids == query_ids[row]] = np.inf  # each query leaves itself out
-        np.testing.assert_allclose(got[row], np.sort(distances)[:10], rtol=1e-9, atol=1e-9)
+    truth = _numpy_nearest(data, ids, queries, query_ids, metric, 10)
+    np.testing.assert_allclose(exact.finish(), truth, rtol=1e-9, atol=1e-9)
 
 
 def test_streamed_exact_neighbours_stay_exact_far_from_the_origin() -> None:
@@ -152,26 +159,8 @@ def test_streamed_exact_neighbours_stay_exact_far_from_the_origin() -> None:
     exact = ExactNeighbours(queries, np.full(4, -1), Metric.L2, k=10, dim=16)
     payload = encode_binary_copy([Item(i, v) for i, v in enumerate(data)], 16, segment=1)
     exact.write(_as_id_vector_copy(payload.getvalue(), 16))
-    got = exact.finish()
-    x = data.astype(np.float64)
-    for row, q in enumerate(queries.astype(np.float64)):
-        truth = np.sort(np.linalg.norm(x - q, axis=1))[:10]
-        np.testing.assert_allclose(got[row], truth, rtol=1e-9, atol=1e-12)
-
-
-def _numpy_nearest(data, ids, queries, query_ids, metric: Metric, k: int) -> np.ndarray:
-    x = data.astype(np.float64)
-    rows = []
-    for q, own in zip(queries.astype(np.float64), query_ids, strict=True):
-        if metric is Metric.L2:
-            distances = np.linalg.norm(x - q, axis=1)
-        elif metric is Metric.COSINE:
-            distances = 1 - x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
-        else:
-            distances = -(x @ q)
-        distances[ids == own] = np.inf
-        rows.append(np.sort(distances)[:k])
-    return np.asarray(rows)
+    truth = _numpy_nearest(data, np.arange(len(data)), queries, np.full(4, -1), Metric.L2, 10)
+    np.testing.assert_allclose(exact.finish(), truth, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("metric", list(Metric))
