@@ -94,8 +94,9 @@ HELP = {
     "below this is rebuilt once with larger m and ef_construction",
     "recall_target": "after each build, a collection searches with the least effort (ef_search, "
     "candidates) whose recall@10, measured on its own vectors, meets this",
-    "recall_sample": "most held-out queries (stored vectors moved halfway to their nearest "
-    "neighbour) used to measure an index build's recall: one per 50 rows, at least 200",
+    "recall_sample": "most held-out queries used to measure an index build's recall (rows the "
+    "build keeps out of its graph until measured; under 10000 rows, stored vectors moved "
+    "halfway to their nearest neighbour): one per 50 rows, at least 200",
     "shadow_share": "share of searches re-run exactly in the background to measure live recall "
     "(0 turns it off)",
     "shadow_budget": "most of one core's time those exact re-runs may take",

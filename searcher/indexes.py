@@ -25,7 +25,7 @@ import numpy as np
 from psycopg2 import sql
 
 from imgsearch.errors import Unavailable
-from searcher import cell_graphs
+from searcher import cell_graphs, recall
 from searcher.build_checks import check_usable, spill_notice
 from searcher.catalogue import Catalogue, Collection, quantizer_prefix
 from searcher.cells import CellStore
@@ -50,6 +50,7 @@ class IndexBuilder:
         *,
         maintenance_work_mem: str = "",
         graph_cells_from: int = cell_graphs.DEFAULT_FROM_ROWS,
+        held_out_rows: int = 0,
     ) -> None:
         self.pool = pool
         self.catalogue = catalogue
@@ -59,6 +60,8 @@ class IndexBuilder:
         # Collections of at least this many rows take graphs by cell at their first build after
         # a bulk load (searcher.cell_graphs); 0: never.
         self.graph_cells_from = graph_cells_from
+        # Most rows each build keeps out of its graph for its check to search for (recall.py).
+        self.held_out_rows = held_out_rows
         self.graph_builds = cell_graphs.GraphBuilds(pool)
 
     def indexable(self, collection: Collection) -> bool:
@@ -95,14 +98,18 @@ class IndexBuilder:
             # The new generation takes in every row written so far: writers move on to the
             # next segment first, and what they write meanwhile stays fresh.
             sealed = current.growing_segment
+            rows = _count_rows(cur, current)
             # Centroids for the rows they write next, fitted before they move on to them.
-            target = self._cells_for(cur, current, sealed + 1, first_graph=not has_index)
+            target = self._cells_for(cur, current, sealed + 1, rows, first_graph=not has_index)
             self.catalogue.record(
                 cur,
                 current.name,
                 growing_segment=sealed + 1,
                 cells_segment=target.cells_segment,
             )
+            # A sample of the rows stays fresh, out of the new graph, for its check to search
+            # for: rows no graph holds, as a user's new picture is.
+            recall.hold_out(cur, current, rows, self.held_out_rows, into=sealed + 1)
             target = replace(
                 target,
                 generation=current.generation + 1,
@@ -133,7 +140,7 @@ class IndexBuilder:
         return self.catalogue.get(collection.name, fresh=True)[0]
 
     def _cells_for(
-        self, cur: Any, current: Collection, segment: int, *, first_graph: bool
+        self, cur: Any, current: Collection, segment: int, rows: int, *, first_graph: bool
     ) -> Collection:
         """`current` with the cells of the rows written from `segment` on: graphs by cell keep
         theirs; a collection's first graph (after a bulk load, or when it has none) takes
@@ -145,10 +152,8 @@ class IndexBuilder:
             logger.warning("%s: its cells are gone: its index is built as one graph", current.name)
             current = replace(current, graph_cells=0, graph_probes=0)
         graphs = 0
-        if first_graph and self.graph_cells_from:
-            rows = _count_rows(cur, current)
-            if rows >= self.graph_cells_from:
-                graphs = cell_graphs.graph_count(rows)
+        if first_graph and self.graph_cells_from and rows >= self.graph_cells_from:
+            graphs = cell_graphs.graph_count(rows)
         fitted = self.cells.fit_for(cur, current, segment, count=graphs)
         if fitted is None:
             return replace(current, cells_segment=0, graph_cells=0, graph_probes=0)

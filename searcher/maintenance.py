@@ -3,8 +3,9 @@ poor build repaired, and the collection's search effort calibrated; a BINARY ind
 collection outgrew its quantizer is rebuilt.
 
 After each build of a collection's index:
-1. draw held-out queries (stored vectors moved by half the distance to their nearest
-   neighbour) and their exact neighbours (searcher.recall);
+1. draw held-out queries and their exact neighbours (searcher.recall): the rows the build kept
+   out of its graph (fresh rows, folded in once the check is done), or for a collection too
+   small to spare them, stored vectors moved by half the distance to their nearest neighbour;
 2. calibrate: find on the kind's effort ladder (ef_search, and candidates for BINARY; steps
    of at most 1.3x) the cheapest setting whose recall@10 meets the target (default 0.99) with
    at most 1 sampled query in 100 lost (finding under half of its neighbours), searching the
@@ -225,14 +226,23 @@ class IndexMaintenance:
             return
         with self._lock:
             self._folded.pop(name, None)
-        # Held-out queries are placed by the distance to each sampled row's nearest other row,
-        # of which only the scale matters: searched for at the cheapest effort (at the default,
-        # these 2,000 searches were 13 s of a 38 s check at 200k rows, bench/RESULTS.md).
+        try:
+            sample = self._draw(collection)
+            if sample is not None:
+                self._measure(collection, sample, repair=repair)
+        finally:
+            # The rows its build held out for it were waiting for it (see fold).
+            self.schedule("fold", name)
+
+    def _draw(self, collection: Collection) -> RecallSample | None:
+        # Queries moved from stored rows are placed by the distance to each one's nearest other
+        # row, of which only the scale matters: searched for at the cheapest effort (at the
+        # default, these 2,000 searches were 13 s of a 38 s check at 200k rows, RESULTS.md).
         ef_search, candidates = spec(collection.kind).effort_ladder(collection.candidates)[0]
         cheapest = replace(collection, ef_search=ef_search, candidates=candidates)
-        sample = draw_sample(self.pool, collection, self.recall_sample, self.searcher_for(cheapest))
-        if sample is None:
-            return
+        return draw_sample(self.pool, collection, self.recall_sample, self.searcher_for(cheapest))
+
+    def _measure(self, collection: Collection, sample: RecallSample, *, repair: bool) -> None:
         started = time.monotonic()
         calibrated = self._calibrate(collection, sample)
         logger.info(
@@ -259,7 +269,7 @@ class IndexMaintenance:
                 default_ef_search=self.default_ef_search,
             )
         if repair and (calibrated.at_default < self.recall_floor or not calibrated.met):
-            calibrated = self._repair(collection, calibrated, sample, notes)
+            calibrated, sample = self._repair(collection, calibrated, sample, notes)
         chosen = calibrated.collection
         effort = f"ef_search {chosen.ef_search}" + (
             f", candidates {chosen.candidates}" if chosen.candidates else ""
@@ -268,10 +278,10 @@ class IndexMaintenance:
             effort += f", {chosen.graph_probes} of {chosen.graph_cells} graphs by cell walked"
         short = "" if calibrated.met else f", {NOT_REACHED}"
         notes.append(
-            f"{CALIBRATED}: {effort} for recall@10 {calibrated.recall:.3f} "
-            f"(target {self.recall_target:.2f}{short})"
+            f"{CALIBRATED}: {effort} for recall@10 {calibrated.recall:.3f} on "
+            f"{sample.described} (target {self.recall_target:.2f}{short})"
         )
-        self._record(chosen, calibrated.recall, len(sample), "; ".join(notes))
+        self._record(chosen, calibrated.recall, sample, "; ".join(notes))
 
     def _repair(
         self,
@@ -279,9 +289,10 @@ class IndexMaintenance:
         calibrated: Calibration,
         sample: RecallSample,
         notes: list[str],
-    ) -> Calibration:
+    ) -> tuple[Calibration, RecallSample]:
         """Build the index of `collection` once more with larger m and ef_construction (noted in
-        `notes`), as `calibrated` found it poor, and calibrate the new build on the same sample."""
+        `notes`), as `calibrated` found it poor, and calibrate the new build on a sample of its
+        own (its graph holds the rows the first build held out)."""
         m = min(MAX_M, max(DEFAULT_M, math.ceil(collection.m * 1.5)))
         ef_construction = min(
             MAX_EF_CONSTRUCTION,
@@ -306,6 +317,7 @@ class IndexMaintenance:
             ef_construction=ef_construction,
             note="; ".join(notes),
         )
+        sample = self._draw(rebuilt) or sample
         calibrated = self._calibrate(rebuilt, sample)
         if calibrated.recall < self.recall_floor:
             logger.warning(
@@ -314,7 +326,7 @@ class IndexMaintenance:
                 collection.name,
                 calibrated.recall,
             )
-        return calibrated
+        return calibrated, sample
 
     def rebuild(self, name: str) -> None:
         """Build the collection's index again (its recorded one was lost, or covers every row
@@ -329,6 +341,9 @@ class IndexMaintenance:
         full speed. When the fresh rows are many next to the indexed ones, a build takes them
         in instead: building costs ~0.9 ms of core time a row, inserting ~4 ms (100k rows,
         bench/RESULTS.md)."""
+        with self._lock:
+            if ("check", name) in self._pending:
+                return  # its build's held-out rows wait for it; it folds them when done
         collection, has_index = self.catalogue.get(name, fresh=True)
         if not has_index:
             return  # the build that makes its index takes the fresh rows in
@@ -410,13 +425,15 @@ class IndexMaintenance:
             default_ef_search=self.default_ef_search,
         )
 
-    def _record(self, collection: Collection, recall: float, sample: int, note: str) -> None:
+    def _record(
+        self, collection: Collection, recall: float, sample: RecallSample, note: str
+    ) -> None:
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
             self.catalogue.record(
                 cur,
                 collection.name,
                 recall=recall,
-                recall_sample=sample,
+                recall_sample=len(sample),
                 recall_measured_at=datetime.now(UTC),
                 search_ef=collection.ef_search,
                 search_candidates=collection.candidates,
@@ -424,11 +441,10 @@ class IndexMaintenance:
                 index_note=note,
             )
         logger.info(
-            "recall@10 of %s: %.3f on %d held-out queries (%s index, generation %d, ef_search %d, "
-            "candidates %d)",
+            "recall@10 of %s: %.3f on %s (%s index, generation %d, ef_search %d, candidates %d)",
             collection.name,
             recall,
-            sample,
+            sample.described,
             collection.kind.name,
             collection.generation,
             collection.ef_search,

@@ -1,14 +1,25 @@
-"""Measured recall: of an index after its build (held-out queries: stored vectors moved by half
-their distance to their nearest neighbour, against exact search by numpy over every stored
-vector), and of live searches (a share of them re-run exactly in the background).
+"""Measured recall: of an index after its build, and of live searches (a share of them re-run
+exactly in the background).
+
+A build's recall is measured on held-out queries against exact search by numpy over every stored
+vector. Held-out queries are, where a build has them, rows it kept out of its graph (a sample
+moved to the fresh rows before it began, searched exactly until its check has searched for
+them, then folded in): draws of the collection's own distribution that no graph holds, as a
+user's new picture is. Otherwise (collections too small to spare them, checks after folds):
+stored vectors moved by half their distance to their nearest neighbour.
 
 Why not the stored vectors themselves: each is a node of the graph and reaches its neighbours
 through its own edges, so they overstate the recall a new query gets (0.992 against 0.9695 on
-held-out queries at 1M rows, bench/RESULTS.md).
+held-out queries at 1M rows, bench/RESULTS.md). A stored vector moved in a random direction
+keeps nearly the same neighbours (in 1000-d the move is nearly orthogonal to every difference
+between rows: 95% of such a query's top 10 were its row and that row's own top 9, on 100k
+clustered rows), so it still finds them through its row's edges: at 1M rows such queries said
+0.994 where 200 new draws of the same data got 0.976 (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import queue
 import random
@@ -17,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from psycopg2 import sql
@@ -24,9 +36,10 @@ from psycopg2 import sql
 from imgsearch.records import Hit
 from searcher.catalogue import Collection, Metric
 from searcher.exact_neighbours import ExactNeighbours
-from searcher.pgvector_io import copy_sample
+from searcher.pgvector_io import copy_sample, decode_binary_copy_ids_vectors
 from searcher.pool import ConnectionPool
 from searcher.queries import Filter, SearchResult
+from searcher.schema import NO_CELL
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +71,18 @@ HELD_OUT_STEP = 0.5
 # near 1); samples of 1,000 chose 400 or 700 (bench/calibration.py --seed 2, bench/RESULTS.md).
 ROWS_PER_SAMPLED_QUERY = 50
 SMALLEST_SAMPLE = 200
-NO_ID = np.int64(-1)  # held-out queries are no stored row: none of them is left out
+# Builds of at least this many rows keep their sample out of the graph: below it, the sample
+# would be over 2% of the rows the graph is measured without.
+HOLD_OUT_FROM_ROWS = ROWS_PER_SAMPLED_QUERY * SMALLEST_SAMPLE
+NO_ID = np.int64(-1)  # a query that is no stored row: none of them is left out of its results
+HELD_OUT_ROWS = "rows held out of the build"
+MOVED_VECTORS = "stored vectors moved halfway to their nearest neighbour"
+
+
+def sample_size(rows: int, most: int) -> int:
+    """How many held-out queries measure a collection of `rows` rows: one per
+    ROWS_PER_SAMPLED_QUERY rows, at least SMALLEST_SAMPLE, at most `most`."""
+    return min(most, max(SMALLEST_SAMPLE, rows // ROWS_PER_SAMPLED_QUERY))
 
 
 @dataclass(frozen=True)
@@ -67,16 +91,28 @@ class RecallSample:
     once, then any number of search settings measured against them."""
 
     queries: np.ndarray
-    true_distances: np.ndarray  # (queries, RECALL_AT), ascending
+    true_distances: np.ndarray  # (queries, RECALL_AT), ascending, without the query's own row
+    # The stored row each query is (a row held out of the build), left out of its results;
+    # NO_ID for a query that is no row. None: no query is a row.
+    own_ids: np.ndarray | None = None
+    source: str = MOVED_VECTORS  # what the queries are, as a note says it
 
     def __len__(self) -> int:
         return len(self.queries)
 
+    @property
+    def described(self) -> str:
+        return f"{len(self)} {self.source}"
+
     def recalls(self, search: Search) -> np.ndarray:
         """recall@10 of `search` for each query of the sample."""
+        own_ids = self.own_ids if self.own_ids is not None else np.full(len(self), NO_ID)
         recalls = []
-        for query, truth in zip(self.queries, self.true_distances, strict=True):
-            hits = search(query, RECALL_AT)
+        for query, own, truth in zip(self.queries, own_ids, self.true_distances, strict=True):
+            if own == NO_ID:
+                hits = search(query, RECALL_AT)
+            else:  # a held-out row finds itself among the fresh rows: the rest is measured
+                hits = [h for h in search(query, RECALL_AT + 1) if h.id != own][:RECALL_AT]
             recalls.append(recall_by_distance([h.distance for h in hits], truth))
         return np.asarray(recalls)
 
@@ -105,13 +141,36 @@ def held_out(
     return np.asarray(queries, dtype=np.float32)
 
 
+def hold_out(cur: Any, collection: Collection, rows: int, most: int, *, into: int) -> int:
+    """Before a build of the collection's rows (of segments up to `into` - 1), move a random
+    sample of them (sample_size of `rows`, `most` at most) into segment `into`, written
+    without a cell: the build's graph never holds them, every search scans them exactly
+    until they are folded in, and the build's check searches for them as for a new picture.
+    How many; none below HOLD_OUT_FROM_ROWS rows. Rows being written now are skipped."""
+    if rows < HOLD_OUT_FROM_ROWS:
+        return 0
+    size = sample_size(rows, most)
+    # Pages drawn at random (a row read per page kept, not the whole table), then rows among
+    # them: three times the rows wanted, lest the pages come short.
+    cur.execute(
+        sql.SQL(
+            "UPDATE {table} SET segment = %(into)s, cell = %(no_cell)s WHERE id IN (SELECT id "
+            "FROM {table} TABLESAMPLE SYSTEM (%(share)s) WHERE segment < %(into)s "
+            "ORDER BY random() LIMIT %(size)s FOR UPDATE SKIP LOCKED)"
+        ).format(table=collection.table),
+        {"into": into, "no_cell": NO_CELL, "share": min(100.0, 300.0 * size / rows), "size": size},
+    )
+    held: int = cur.rowcount
+    return held
+
+
 def draw_sample(
     pool: ConnectionPool, collection: Collection, size: int, search: Search, *, seed: int = 0
 ) -> RecallSample | None:
-    """Up to `size` held-out queries (near stored vectors drawn at random, see held_out; one
-    per ROWS_PER_SAMPLED_QUERY rows, at least SMALLEST_SAMPLE) and their exact neighbours, by
-    numpy over a binary COPY of every stored vector; None for a collection too small to
-    measure."""
+    """Up to `size` held-out queries (sample_size of the rows) and their exact neighbours, by
+    numpy over a binary COPY of every stored vector: the fresh rows, where at least
+    SMALLEST_SAMPLE of them are no graph's (see hold_out), else stored vectors drawn at random
+    and moved (see held_out). None for a collection too small to measure."""
     with pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
         # Reading every stored vector grows with the collection (a million 1000-d rows took
         # over the 30 s request limit): off the request path, like an index build, it runs
@@ -121,17 +180,19 @@ def draw_sample(
         rows: int = cur.fetchone()[0]
         if rows <= RECALL_AT:
             return None
-        size = min(size, max(SMALLEST_SAMPLE, rows // ROWS_PER_SAMPLED_QUERY))
-        share = min(100.0, 100.0 * 3 * size / rows)
-        ids, stored = copy_sample(
-            cur, collection.table, collection.dim, share=share, size=size, seed=seed
-        )
+        size = sample_size(rows, size)
         started = time.monotonic()
-        queries = held_out(stored, ids, collection.metric, search, seed)
+        own_ids, queries = _fresh_rows(cur, collection, size)
+        source = HELD_OUT_ROWS
+        if len(own_ids) < SMALLEST_SAMPLE:
+            share = min(100.0, 100.0 * 3 * size / rows)
+            ids, stored = copy_sample(
+                cur, collection.table, collection.dim, share=share, size=size, seed=seed
+            )
+            queries = held_out(stored, ids, collection.metric, search, seed)
+            own_ids, source = np.full(len(queries), NO_ID), MOVED_VECTORS
         placed = time.monotonic()
-        exact = ExactNeighbours(
-            queries, np.full(len(queries), NO_ID), collection.metric, RECALL_AT, collection.dim
-        )
+        exact = ExactNeighbours(queries, own_ids, collection.metric, RECALL_AT, collection.dim)
         try:
             cur.copy_expert(
                 sql.SQL("COPY (SELECT id, embedding FROM {}) TO STDOUT (FORMAT binary)").format(
@@ -142,11 +203,25 @@ def draw_sample(
             true_distances = exact.finish()
         finally:
             exact.close()
+    sample = RecallSample(queries, true_distances, own_ids, source)
     logger.info(
-        "%s: %d held-out queries placed in %.1f s, their exact neighbours among %d rows in %.1f s",
-        *(collection.name, len(queries), placed - started, rows, time.monotonic() - placed),
+        "%s: %s drawn in %.1f s, their exact neighbours among %d rows in %.1f s",
+        *(collection.name, sample.described, placed - started, rows, time.monotonic() - placed),
     )
-    return RecallSample(queries=queries, true_distances=true_distances)
+    return sample
+
+
+def _fresh_rows(cur: Any, collection: Collection, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of up to `size` of the collection's fresh rows, drawn at random."""
+    picked = io.BytesIO()
+    cur.copy_expert(
+        sql.SQL(
+            "COPY (SELECT id, embedding FROM {table} WHERE id IN (SELECT id FROM {table} "
+            "WHERE {fresh} ORDER BY random() LIMIT {size})) TO STDOUT (FORMAT binary)"
+        ).format(table=collection.table, fresh=collection.fresh, size=sql.Literal(size)),
+        picked,
+    )
+    return decode_binary_copy_ids_vectors(picked.getvalue(), collection.dim)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class VectorStore:
             self.cells,
             maintenance_work_mem=settings.maintenance_work_mem,
             graph_cells_from=settings.graph_cells_from,
+            held_out_rows=settings.recall_sample,
         )
         self.loader = Loader(pool, self.builder, self.cells, self.limits)
         self.queries = Queries(

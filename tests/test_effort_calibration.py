@@ -161,3 +161,20 @@ def test_walks_stop_where_one_more_graph_finds_nothing_more() -> None:
         one_walk, first, sample(), never.searcher_for, target=0.99, default_ef_search=400
     )
     assert walked.collection.graph_probes == 1 and not walked.met
+
+
+def test_a_held_out_row_is_measured_on_its_neighbours_not_on_itself() -> None:
+    # Rows 0-9 at distances 1..10 from the query row 100 (stored too, at distance 0): a search
+    # that finds the row itself and 9 of its 10 neighbours finds 0.9 of them.
+    query = np.zeros((1, 4), dtype=np.float32)
+    truth = np.arange(1, RECALL_AT + 1, dtype=np.float64)[None, :]
+    held = RecallSample(query, truth, own_ids=np.array([100]), source="rows held out")
+
+    def search(vector: np.ndarray, k: int) -> list[Hit]:
+        found = [(100, 0.0), *((i, float(i + 1)) for i in range(RECALL_AT - 1)), (42, 50.0)]
+        return [Hit(id=i, label="", uri="", distance=d) for i, d in found[:k]]
+
+    assert held.recalls(search).tolist() == [0.9]
+    moved = RecallSample(query, truth)  # a query that is no row: every hit counts
+    assert moved.recalls(search).tolist() == [1.0]
+    assert held.described == "1 rows held out"

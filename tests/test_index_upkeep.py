@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from psycopg2 import sql
 
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher.kinds import EFFORT_LADDER
@@ -77,13 +78,63 @@ def test_a_build_is_measured_and_its_recall_reported(stub, searcher: Searcher) -
     assert (index.generation, index.built_rows) == (2, 20_000)  # 1: the empty collection's
     assert index.HasField("build_time") and index.build_seconds > 0
     assert "search effort calibrated: ef_search " in index.note
-    assert f"for recall@10 {index.recall:.3f} (target 0.99)" in index.note
+    assert f"for recall@10 {index.recall:.3f} on 400 rows held out of the build" in index.note
     assert index.ef_search in EFFORT_LADDER
     stats = stub.GetStats(pb.GetStatsRequest(collection=name))
     assert stats.index == index and stats.index_params.kind == collection.index_params.kind
     assert stats.postgres_version.split(".")[0] in ("16", "18")
     assert stats.pgvector_version in ("0.6.2", "0.8.5")
     assert set(stats.settings) >= {"shared_buffers", "maintenance_work_mem", "effective_cache_size"}
+
+
+def test_a_build_keeps_rows_out_of_its_graph_for_its_check_then_folds_them_in(
+    stub, searcher: Searcher
+) -> None:
+    # Stored vectors, moved or not, find their neighbours through their own edges: the rows a
+    # build measures on are rows its graph does not hold, searched exactly meanwhile.
+    name = create(stub)
+    data = clustered_vectors(20_000, seed=4)
+    stub.Upsert(upsert_messages(name, data))
+    settle(searcher)
+    assert searcher.store is not None
+    store = searcher.store
+    collection, _ = store.catalogue.get(name, fresh=True)
+    assert store.builder.fresh_rows(collection) == 0
+    rebuilt = store.builder.build(collection, concurrently=True)  # the upkeep is not told yet
+    with store.pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT id FROM {} WHERE {}").format(rebuilt.table, rebuilt.fresh))
+        held = [row[0] for row in cur.fetchall()]
+    assert len(held) == 20_000 // 50 and len(set(held)) == len(held)
+    for row in held[:20]:  # no graph holds them, and every search finds them
+        hits = stub.Search(pb.SearchRequest(collection=name, vector=vector(data[row]), top_k=1))
+        assert (hits.hits[0].id, hits.hits[0].distance) == (row, pytest.approx(0.0, abs=1e-3))
+    maintenance = store.maintenance
+    maintenance.stop()  # the check stays queued while a fold comes first
+    try:
+        maintenance.after_build(rebuilt)
+        maintenance.fold(name)
+        assert store.builder.fresh_rows(rebuilt) == len(held)  # left for the check
+    finally:
+        maintenance.start()
+    settle(searcher)
+    index = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert index.generation == rebuilt.generation and index.recall_sample == len(held)
+    assert f"for recall@10 {index.recall:.3f} on {len(held)} rows held out of the build" in (
+        index.note
+    )
+    assert store.builder.fresh_rows(rebuilt) == 0  # folded in once measured
+
+
+def test_a_small_collection_is_measured_on_stored_vectors_moved_off_their_rows(
+    stub, searcher: Searcher
+) -> None:
+    name = create(stub)
+    stub.Upsert(upsert_messages(name, clustered_vectors(5_000, seed=4)))
+    settle(searcher)
+    index = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert index.recall_sample == 200
+    moved = "200 stored vectors moved halfway to their nearest neighbour"
+    assert f"for recall@10 {index.recall:.3f} on {moved} (target 0.99)" in index.note
 
 
 def test_the_recall_check_reads_every_vector_without_the_request_time_limit(
