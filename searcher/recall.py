@@ -35,8 +35,13 @@ from psycopg2 import sql
 
 from imgsearch.records import Hit
 from searcher.catalogue import Collection, Metric
+from searcher.cells import Cells
 from searcher.exact_neighbours import ExactNeighbours
-from searcher.pgvector_io import copy_sample, decode_binary_copy_ids_vectors
+from searcher.pgvector_io import (
+    copy_sample,
+    decode_binary_copy_ids_vectors,
+    decode_binary_copy_versioned_vectors,
+)
 from searcher.pool import ConnectionPool
 from searcher.queries import Filter, SearchResult
 from searcher.schema import NO_CELL
@@ -141,24 +146,49 @@ def held_out(
     return np.asarray(queries, dtype=np.float32)
 
 
-def hold_out(cur: Any, collection: Collection, rows: int, most: int, *, into: int) -> int:
+def hold_out(
+    cur: Any, collection: Collection, rows: int, most: int, *, into: int, cells: Cells | None
+) -> int:
     """Before a build of the collection's rows (of segments up to `into` - 1), move a random
-    sample of them (sample_size of `rows`, `most` at most) into segment `into`, written
-    without a cell: the build's graph never holds them, every search scans them exactly
-    until they are folded in, and the build's check searches for them as for a new picture.
-    How many; none below HOLD_OUT_FROM_ROWS rows. Rows being written now are skipped."""
+    sample of them (sample_size of `rows`, `most` at most) into segment `into`, fresh rows
+    with their cells among `cells` (those of segment `into`; none: written without a cell):
+    the build's graph never holds them, searches find them as they find any fresh row until
+    they are folded in, and the build's check searches for them as for a new picture. How
+    many; none below HOLD_OUT_FROM_ROWS rows."""
     if rows < HOLD_OUT_FROM_ROWS:
         return 0
     size = sample_size(rows, most)
-    # Pages drawn at random (a row read per page kept, not the whole table), then rows among
-    # them: three times the rows wanted, lest the pages come short.
+    picked = io.BytesIO()
+    # Pages drawn at random (not the whole table read), then rows among them: three times the
+    # rows wanted, lest the pages come short. xmin: the row version read (see below).
+    cur.copy_expert(
+        sql.SQL(
+            "COPY (SELECT id, xmin::text::bigint, embedding FROM {table} WHERE id IN (SELECT id "
+            "FROM {table} TABLESAMPLE SYSTEM ({share}) WHERE segment < {into} ORDER BY random() "
+            "LIMIT {size})) TO STDOUT (FORMAT binary)"
+        ).format(
+            table=collection.table,
+            share=sql.Literal(min(100.0, 300.0 * size / rows)),
+            into=sql.Literal(into),
+            size=sql.Literal(size),
+        ),
+        picked,
+    )
+    ids, versions, vectors = decode_binary_copy_versioned_vectors(picked.getvalue(), collection.dim)
+    assigned = cells.assign(vectors) if cells is not None else np.full(len(ids), NO_CELL)
+    # Only the versions read move: a row rewritten meanwhile has its writer's segment and cell.
     cur.execute(
         sql.SQL(
-            "UPDATE {table} SET segment = %(into)s, cell = %(no_cell)s WHERE id IN (SELECT id "
-            "FROM {table} TABLESAMPLE SYSTEM (%(share)s) WHERE segment < %(into)s "
-            "ORDER BY random() LIMIT %(size)s FOR UPDATE SKIP LOCKED)"
-        ).format(table=collection.table),
-        {"into": into, "no_cell": NO_CELL, "share": min(100.0, 300.0 * size / rows), "size": size},
+            "UPDATE {} AS t SET segment = %(into)s, cell = a.cell FROM unnest(%(ids)s::bigint[], "
+            "%(versions)s::bigint[], %(cells)s::integer[]) AS a(id, version, cell) "
+            "WHERE t.id = a.id AND t.xmin::text::bigint = a.version AND t.segment < %(into)s"
+        ).format(collection.table),
+        {
+            "into": into,
+            "ids": ids.tolist(),
+            "versions": versions.tolist(),
+            "cells": [int(cell) for cell in assigned],
+        },
     )
     held: int = cur.rowcount
     return held

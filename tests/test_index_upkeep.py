@@ -91,7 +91,7 @@ def test_a_build_keeps_rows_out_of_its_graph_for_its_check_then_folds_them_in(
     stub, searcher: Searcher
 ) -> None:
     # Stored vectors, moved or not, find their neighbours through their own edges: the rows a
-    # build measures on are rows its graph does not hold, searched exactly meanwhile.
+    # build measures on are rows its graph does not hold, found by every search meanwhile.
     name = create(stub)
     data = clustered_vectors(20_000, seed=4)
     stub.Upsert(upsert_messages(name, data))
@@ -102,8 +102,12 @@ def test_a_build_keeps_rows_out_of_its_graph_for_its_check_then_folds_them_in(
     assert store.builder.fresh_rows(collection) == 0
     rebuilt = store.builder.build(collection, concurrently=True)  # the upkeep is not told yet
     with store.pool.connection() as conn, conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT id FROM {} WHERE {}").format(rebuilt.table, rebuilt.fresh))
-        held = [row[0] for row in cur.fetchall()]
+        cur.execute(
+            sql.SQL("SELECT id, cell FROM {} WHERE {}").format(rebuilt.table, rebuilt.fresh)
+        )
+        held, cells = zip(*cur.fetchall(), strict=True)
+    # In their cells (the build's, for its fresh rows): a search scans only its nearest cells'.
+    assert rebuilt.cells_segment and min(cells) >= 0
     assert len(held) == 20_000 // 50 and len(set(held)) == len(held)
     for row in held[:20]:  # no graph holds them, and every search finds them
         hits = stub.Search(pb.SearchRequest(collection=name, vector=vector(data[row]), top_k=1))
