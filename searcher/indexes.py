@@ -107,17 +107,10 @@ class IndexBuilder:
                 growing_segment=sealed + 1,
                 cells_segment=target.cells_segment,
             )
-            # A sample of the rows stays fresh, out of the new graph, for its check to search
-            # for: rows no graph holds, as a user's new picture is. With their cells: a search
-            # scans only its nearest cells' fresh rows, not all of them.
-            recall.hold_out(
-                cur,
-                current,
-                rows,
-                self.held_out_rows,
-                into=sealed + 1,
-                cells=self.cells.of(target),
-            )
+            # A sample of rows stays fresh, with their cells, out of the new graph: its check
+            # searches for rows no graph holds, as a user's new picture is (recall.hold_out).
+            cells = self.cells.of(target)
+            recall.hold_out(cur, current, rows, self.held_out_rows, into=sealed + 1, cells=cells)
             target = replace(
                 target,
                 generation=current.generation + 1,
