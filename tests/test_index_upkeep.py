@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from psycopg2 import sql
 
 from imgsearch.v1 import searcher_pb2 as pb
+from searcher import recall
 from searcher.kinds import EFFORT_LADDER
+from searcher.pgvector_io import Item
 from searcher.pool import ConnectionPool
 from searcher.recall import draw_sample
+from searcher.schema import NO_CELL
 from searcher.server import Searcher
 from tests.searcher_helpers import (
     ENGINES,
@@ -127,6 +131,40 @@ def test_a_build_keeps_rows_out_of_its_graph_for_its_check_then_folds_them_in(
         index.note
     )
     assert store.builder.fresh_rows(rebuilt) == 0  # folded in once measured
+
+
+def test_a_row_rewritten_while_rows_are_held_out_stays_as_its_writer_left_it(
+    stub, searcher: Searcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that had not seen the build rewrites a sampled row after the build read it and
+    before it moved the sample: that row keeps its writer's segment and cell, not the cell of
+    its old vector."""
+    name = create(stub)
+    data = clustered_vectors(10_000, seed=5)
+    stub.Upsert(upsert_messages(name, data))
+    settle(searcher)
+    assert searcher.store is not None
+    store = searcher.store
+    collection, _ = store.catalogue.get(name, fresh=True)
+    old_view = replace(collection, growing_segment=collection.index_segment, cells_segment=0)
+    decode = recall.decode_binary_copy_versioned_vectors
+    rewritten: list[int] = []
+
+    def rewritten_after_reading(payload: bytes, dim: int):  # type: ignore[no-untyped-def]
+        ids, versions, vectors = decode(payload, dim)
+        rewritten.append(int(ids[0]))
+        store.loader.write(old_view, [Item(rewritten[0], data[rewritten[0]] + 0.5)])
+        return ids, versions, vectors
+
+    monkeypatch.setattr(recall, "decode_binary_copy_versioned_vectors", rewritten_after_reading)
+    into = collection.growing_segment
+    with store.pool.connection() as conn, conn, conn.cursor() as cur:
+        held = recall.hold_out(cur, collection, 10_000, 200, into=into, cells=None)
+        cur.execute(sql.SQL("SELECT id, segment, cell FROM {}").format(collection.table))
+        placed = {row[0]: row[1:] for row in cur.fetchall()}
+    assert held == 199
+    assert sum(1 for segment, cell in placed.values() if segment == into) == 199
+    assert placed[rewritten[0]] == (collection.index_segment, NO_CELL)
 
 
 def test_a_small_collection_is_measured_on_stored_vectors_moved_off_their_rows(
