@@ -14,12 +14,14 @@ from psycopg2 import sql
 
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher import recall
+from searcher.catalogue import Collection
 from searcher.kinds import EFFORT_LADDER
 from searcher.pgvector_io import Item
 from searcher.pool import ConnectionPool
 from searcher.recall import draw_sample
 from searcher.schema import NO_CELL
 from searcher.server import Searcher
+from searcher.store import VectorStore
 from tests.searcher_helpers import (
     ENGINES,
     clustered_vectors,
@@ -71,6 +73,19 @@ def create(stub, kind: int = 0, **params: int) -> str:  # type: ignore[no-untype
     return name
 
 
+def indexed(  # type: ignore[no-untyped-def]
+    stub, searcher: Searcher, data: np.ndarray
+) -> tuple[str, VectorStore, Collection]:
+    """A new collection holding `data` (ids from 0), once its upkeep is done: its name, the
+    searcher's store, and the collection as catalogued."""
+    name = create(stub)
+    stub.Upsert(upsert_messages(name, data))
+    settle(searcher)
+    assert searcher.store is not None
+    collection, _ = searcher.store.catalogue.get(name, fresh=True)
+    return name, searcher.store, collection
+
+
 def test_a_build_is_measured_and_its_recall_reported(stub, searcher: Searcher) -> None:
     name = create(stub)
     stub.Upsert(upsert_messages(name, clustered_vectors(20_000, seed=4)))
@@ -96,13 +111,8 @@ def test_a_build_keeps_rows_out_of_its_graph_for_its_check_then_folds_them_in(
 ) -> None:
     # Stored vectors, moved or not, find their neighbours through their own edges: the rows a
     # build measures on are rows its graph does not hold, found by every search meanwhile.
-    name = create(stub)
     data = clustered_vectors(20_000, seed=4)
-    stub.Upsert(upsert_messages(name, data))
-    settle(searcher)
-    assert searcher.store is not None
-    store = searcher.store
-    collection, _ = store.catalogue.get(name, fresh=True)
+    name, store, collection = indexed(stub, searcher, data)
     assert store.builder.fresh_rows(collection) == 0
     rebuilt = store.builder.build(collection, concurrently=True)  # the upkeep is not told yet
     with store.pool.connection() as conn, conn, conn.cursor() as cur:
@@ -139,13 +149,8 @@ def test_a_row_rewritten_while_rows_are_held_out_stays_as_its_writer_left_it(
     """A writer that had not seen the build rewrites a sampled row after the build read it and
     before it moved the sample: that row keeps its writer's segment and cell, not the cell of
     its old vector."""
-    name = create(stub)
     data = clustered_vectors(10_000, seed=5)
-    stub.Upsert(upsert_messages(name, data))
-    settle(searcher)
-    assert searcher.store is not None
-    store = searcher.store
-    collection, _ = store.catalogue.get(name, fresh=True)
+    _, store, collection = indexed(stub, searcher, data)
     old_view = replace(collection, growing_segment=collection.index_segment, cells_segment=0)
     decode = recall.decode_binary_copy_versioned_vectors
     rewritten: list[int] = []
