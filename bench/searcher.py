@@ -13,8 +13,10 @@ shape: clients and server do not share a GIL), with its defaults. In one run, pe
   efConstruction 200, efSearch 16..512, one query at a time, one thread), in memory;
 - per index kind: a bulk load through the Upsert RPC (rows/s), the index build (seconds, and
   the size of the HNSW index alone), the upkeep's calibrated search effort and sampled recall;
-  then, at that effort, recall@10 against numpy's exact answer and p50/p99 latency through the
-  Search RPC and through the same SQL on a raw psycopg2 connection (pgvector-python's adapter),
+  Search RPC p50/p99 right after that check, while the upkeep folds in the rows its build held
+  out (and how long that took); then, once they are folded, at that effort, recall@10 against
+  numpy's exact answer and p50/p99 latency through the Search RPC and through the same SQL on a
+  raw psycopg2 connection (pgvector-python's adapter),
   QPS with 1 and 4 client threads both ways, and the rate of Upserts into the indexed
   collection (16-item messages, as `imgsearch ingest` sends them);
 - the service's own cost: Search RPC p50 against the raw SQL's at ef_search 40 and 200, the
@@ -156,6 +158,30 @@ def wait_for_upkeep(port: int, name: str, timeout_s: float = 3600) -> pb.Collect
                 return collection
             time.sleep(0.5)
     raise TimeoutError(f"no recall recorded for {name} in {timeout_s} s")
+
+
+def right_after_check(port: int, name: str, queries: np.ndarray) -> dict[str, float]:
+    """Search RPC latency from the moment the effort is calibrated, and how long after that
+    the collection's fresh rows (its build's held-out rows) took to be folded in."""
+    started = time.perf_counter()
+    channel, stub = searcher_stub(port)
+    with channel:
+        fresh = stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows
+    search, handle = rpc_searcher(port, name)
+    _, seconds = latency_run(search, queries)
+    handle.close()
+    channel, stub = searcher_stub(port)
+    with channel:
+        while stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows:
+            if time.perf_counter() - started > 600:
+                raise TimeoutError(f"fresh rows of {name} not folded in 600 s")
+            time.sleep(0.2)
+    return {
+        "fresh_rows": fresh,
+        "p50_ms": percentile_ms(seconds, 50),
+        "p99_ms": percentile_ms(seconds, 99),
+        "folded_after_s": time.perf_counter() - started,
+    }
 
 
 def loaded_collection(port: int, name: str, data: np.ndarray) -> pb.Collection:
@@ -319,6 +345,10 @@ def one_kind(
     }
     print(f"  {kind}: {json.dumps(row)}", flush=True)
     memory.reset()
+    # Right after the check, the upkeep folds the rows its build held out (seconds): searches
+    # then share the cores with it. Measured apart; the rest once it is done.
+    row["rpc_right_after_check"] = right_after_check(server.port, name, queries)
+    print(f"  {kind} rpc right after the check: {json.dumps(row['rpc_right_after_check'])}")
     for path, make in (
         ("rpc", lambda: rpc_searcher(server.port, name)),
         ("raw_sql", lambda: sql_searcher(dsn, collection)),

@@ -41,9 +41,11 @@ def calibrate(
     *,
     target: float,
     default_ef_search: int,
+    below: int | None = None,
 ) -> Calibration:
-    """The cheapest effort on the kind's ladder whose recall meets the target, else the
-    most thorough; and the recall at the kind's default effort.
+    """The cheapest effort on the kind's ladder (its steps below ef_search `below`, if given)
+    whose recall meets the target, else the most thorough; and the recall at the kind's default
+    effort (or the most thorough, if that is lower).
 
     Recall grows with the effort, so the ladder is searched from its cheap end: the cheapest
     step, then the default, then the most thorough, bisecting between the last that missed and
@@ -52,6 +54,8 @@ def calibrate(
     never searched at the most thorough."""
     kind = spec(collection.kind)
     ladder = kind.effort_ladder(collection.candidates)
+    if below is not None:
+        ladder = [effort for effort in ladder if effort[0] < below] or ladder[:1]
     default = kind.default_effort(default_ef_search)
     highest = len(ladder) - 1
     default_step = next((step for step, effort in enumerate(ladder) if effort >= default), highest)
@@ -120,11 +124,21 @@ def walk_more(
     target: float,
     default_ef_search: int,
 ) -> Calibration:
-    """Graphs by cell whose walks miss the target at every effort (true neighbours in cells a
-    search does not walk): walk one graph more at a time, up to MAX_GRAPH_WALKS, while that
-    raises the recall."""
-    walks = collection.graph_probes
-    while not calibrated.met and walks < min(collection.graph_cells, MAX_GRAPH_WALKS):
+    """Graphs by cell: a search walks its nearest cells' graphs, each one a whole graph search
+    at the effort, so it costs about walks × ef_search. Where walking one graph more could cost
+    less than the effort `calibrated` chose (the target met only high on the ladder: recall
+    that grows slowly with the effort is lost in the cells not walked), or where no effort met
+    the target, one graph more is tried at a time, up to MAX_GRAPH_WALKS: kept when it meets
+    the target for less, or (none meeting it) raises the recall.
+
+    Without this, two builds of the same 100k rows calibrated to ef_search 40 and 640 on two
+    walks (bench/RESULTS.md): a sample a little below the target at the cheap end climbed the
+    ladder instead of walking a third graph."""
+    cheapest = spec(collection.kind).effort_ladder(collection.candidates)[0][0]
+    walks = calibrated.collection.graph_probes
+    while walks < min(collection.graph_cells, MAX_GRAPH_WALKS):
+        if calibrated.met and search_cost(calibrated) <= (walks + 1) * cheapest:
+            break  # no effort on more walks costs less
         walks += 1
         tried = calibrate(
             replace(collection, graph_probes=walks),
@@ -132,11 +146,24 @@ def walk_more(
             searcher_for,
             target=target,
             default_ef_search=default_ef_search,
+            # Only the efforts that would cost less than the one met are worth measuring.
+            below=-(-search_cost(calibrated) // walks) if calibrated.met else None,
         )
         logger.info(
-            "%s: walking %d graphs by cell: recall@10 %.4f", collection.name, walks, tried.recall
+            "%s: walking %d graphs by cell: recall@10 %.4f at ef_search %d",
+            *(collection.name, walks, tried.recall, tried.collection.ef_search),
         )
-        if tried.recall <= calibrated.recall:
+        if calibrated.met:
+            better = tried.met and search_cost(tried) < search_cost(calibrated)
+        else:
+            better = tried.met or tried.recall > calibrated.recall
+        if not better:
             break
         calibrated = tried
     return calibrated
+
+
+def search_cost(calibrated: Calibration) -> int:
+    """What a search at the calibrated effort costs, in graph-search units: walks × ef_search."""
+    chosen = calibrated.collection
+    return max(chosen.graph_probes, 1) * chosen.ef_search

@@ -258,8 +258,9 @@ class IndexMaintenance:
         # A build is repaired when it is poor at the default effort, or when no effort reaches
         # the target: 1-2% of held-out queries stuck in another part of the graph whatever the
         # ef_search (1 build in 3 of the same 100k clustered rows, m=16; bench/calibration.py).
-        if collection.graph_cells and not calibrated.met:
-            # Neighbours in cells the walks miss: no larger graph finds them; more walks do.
+        if collection.graph_cells:
+            # Neighbours in cells the walks miss: no larger graph finds them; more walks do,
+            # and may cost less than a high effort on fewer walks.
             calibrated = walk_more(
                 collection,
                 calibrated,

@@ -163,6 +163,67 @@ def test_walks_stop_where_one_more_graph_finds_nothing_more() -> None:
     assert walked.collection.graph_probes == 1 and not walked.met
 
 
+class CellsAndEffort:
+    """Graphs by cell: query i finds all its neighbours walking `walks` graphs once ef_search
+    reaches needs[walks][i] (never, where a walk count is missing), else 4 of its 10."""
+
+    def __init__(self, needs: dict[int, np.ndarray]) -> None:
+        self.needs = needs
+        self.searched: set[tuple[int, int]] = set()  # (walks, ef_search)
+
+    def searcher_for(self, chosen: Collection) -> Search:
+        self.searched.add((chosen.graph_probes, chosen.ef_search))
+        needs = self.needs.get(chosen.graph_probes, np.full(QUERIES, np.inf))
+
+        def search(query: np.ndarray, k: int) -> list[Hit]:
+            found = needs[int(query[0])] <= chosen.ef_search
+            distances = TRUE[0] if found else np.r_[TRUE[0][:4], np.full(k - 4, 99.0)]
+            return [Hit(id=i, label="", uri="", distance=float(d)) for i, d in enumerate(distances)]
+
+        return search
+
+
+def calibrated_walking(graphs: CellsAndEffort) -> Collection:
+    two_walks = replace(collection(), graph_cells=8, graph_probes=2)
+    first = calibrate(two_walks, sample(), graphs.searcher_for, target=0.99, default_ef_search=400)
+    walked = walk_more(
+        two_walks, first, sample(), graphs.searcher_for, target=0.99, default_ef_search=400
+    )
+    assert walked.met
+    return walked.collection
+
+
+def needing(share: float, effort: float) -> np.ndarray:
+    """Every query found at the cheapest effort but `share` of them, found from `effort`."""
+    needs = np.full(QUERIES, float(EFFORT_LADDER[0]))
+    needs[: int(share * QUERIES)] = effort
+    return needs
+
+
+def test_a_third_graph_walked_at_the_cheapest_effort_beats_two_at_a_high_one() -> None:
+    # 2% of queries have neighbours two walks reach only at ef_search 640; three walks find them.
+    graphs = CellsAndEffort({2: needing(0.02, 640), 3: needing(0, 0)})
+    chosen = calibrated_walking(graphs)
+    assert (chosen.graph_probes, chosen.ef_search) == (3, EFFORT_LADDER[0])
+
+
+def test_more_walks_are_not_measured_where_they_cannot_cost_less() -> None:
+    # Two walks at ef_search 50 cost 100; three at the cheapest, 40, would cost 120.
+    graphs = CellsAndEffort({2: needing(0.02, 50), 3: needing(0, 0)})
+    chosen = calibrated_walking(graphs)
+    assert (chosen.graph_probes, chosen.ef_search) == (2, 50)
+    assert not any(walks == 3 for walks, _ in graphs.searched)
+
+
+def test_a_third_walk_is_measured_only_at_efforts_that_would_cost_less() -> None:
+    # Two walks meet at 500 (cost 1000); three only at 400 (1200): kept at two walks, and three
+    # were never searched at 334 or more.
+    graphs = CellsAndEffort({2: needing(0.02, 500), 3: needing(0.02, 400)})
+    chosen = calibrated_walking(graphs)
+    assert (chosen.graph_probes, chosen.ef_search) == (2, 500)
+    assert max(ef for walks, ef in graphs.searched if walks == 3) < 334
+
+
 def test_a_held_out_row_is_measured_on_its_neighbours_not_on_itself() -> None:
     # Rows 0-9 at distances 1..10 from the query row 100 (stored too, at distance 0): a search
     # that finds the row itself and 9 of its 10 neighbours finds 0.9 of them.
