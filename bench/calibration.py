@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
+from bench._loading import loaded_collection  # noqa: E402
 from bench._processes import SearcherProcess, write_results  # noqa: E402
 from bench.additions import Truth  # noqa: E402
-from bench.searcher import loaded_collection  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from searcher.catalogue import Metric  # noqa: E402
 from searcher.effort import LOST_QUERIES_ALLOWED, LOST_QUERY_RECALL  # noqa: E402

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
-from bench.searcher import SearcherProcess, upsert_all, wait_for_upkeep  # noqa: E402
+from bench._loading import upsert_all, wait_for_upkeep  # noqa: E402
+from bench._processes import SearcherProcess  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from searcher.grouping import Neighbours  # noqa: E402
 from tests.searcher_helpers import searcher_stub  # noqa: E402

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
-from bench.searcher import upsert_all, wait_for_upkeep  # noqa: E402
+from bench._loading import upsert_all, wait_for_upkeep  # noqa: E402
 from imgsearch.v1 import embedder_pb2 as pb  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as spb  # noqa: E402
 from tests.embedder_helpers import embedder_stub  # noqa: E402

@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
+from bench._loading import loaded_collection  # noqa: E402
 from bench._processes import write_results  # noqa: E402
 from bench.ingest import start_stack, timed_ingest  # noqa: E402
-from bench.searcher import loaded_collection, percentile_ms  # noqa: E402
+from bench.searcher import percentile_ms  # noqa: E402
 from imgsearch import ImageSearchClient  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from tests.images import jpeg  # noqa: E402

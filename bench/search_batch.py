@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
+from bench._loading import loaded_collection  # noqa: E402
 from bench._processes import SearcherProcess, write_results  # noqa: E402
-from bench.searcher import loaded_collection  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
 from tests.searcher_helpers import searcher_stub, vector  # noqa: E402
 

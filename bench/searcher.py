@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
+from bench._loading import upsert_all, wait_for_upkeep  # noqa: E402
 from bench._processes import (  # noqa: E402
     PostgresMemory,
     SearcherProcess,
@@ -131,35 +132,6 @@ def faiss_baseline(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> 
     return out
 
 
-def upsert_all(port: int, name: str, data: np.ndarray, first_id: int = 0, per: int = 1000) -> Any:
-    def messages() -> Iterator[pb.UpsertRequest]:
-        for start in range(0, len(data), per):
-            stop = min(start + per, len(data))
-            yield pb.UpsertRequest(
-                collection=name,
-                items=[
-                    pb.Item(id=first_id + i, vector=vector(data[i])) for i in range(start, stop)
-                ],
-            )
-
-    channel, stub = searcher_stub(port)
-    with channel:
-        return stub.Upsert(messages(), timeout=7200)
-
-
-def wait_for_upkeep(port: int, name: str, timeout_s: float = 3600) -> pb.Collection:
-    """The collection once its build's recall check has recorded the calibrated effort."""
-    channel, stub = searcher_stub(port)
-    deadline = time.monotonic() + timeout_s
-    with channel:
-        while time.monotonic() < deadline:
-            collection = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
-            if collection.index.HasField("recall"):
-                return collection
-            time.sleep(0.5)
-    raise TimeoutError(f"no recall recorded for {name} in {timeout_s} s")
-
-
 def right_after_check(port: int, name: str, queries: np.ndarray) -> dict[str, float]:
     """Search RPC latency from the moment the effort is calibrated, and how long after that
     the collection's fresh rows (its build's held-out rows) took to be folded in."""
@@ -182,16 +154,6 @@ def right_after_check(port: int, name: str, queries: np.ndarray) -> dict[str, fl
         "p99_ms": percentile_ms(seconds, 99),
         "folded_after_s": time.perf_counter() - started,
     }
-
-
-def loaded_collection(port: int, name: str, data: np.ndarray) -> pb.Collection:
-    """A new collection of the server's default kind holding `data` (ids from 0), once its
-    build's recall check has recorded the calibrated effort."""
-    channel, stub = searcher_stub(port)
-    with channel:
-        stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=data.shape[1]))
-    upsert_all(port, name, data)
-    return wait_for_upkeep(port, name)
 
 
 def before_calibration(
