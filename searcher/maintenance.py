@@ -280,7 +280,7 @@ class IndexMaintenance:
         short = "" if calibrated.met else f", {NOT_REACHED}"
         notes.append(
             f"{CALIBRATED}: {effort} for recall@10 {calibrated.recall:.3f} on "
-            f"{sample.described} (target {self.recall_target:.2f}{short})"
+            f"{sample.described} (target {self.recall_target:g}{short})"
         )
         self._record(chosen, calibrated.recall, sample, "; ".join(notes))
 
@@ -307,7 +307,7 @@ class IndexMaintenance:
         repair = (
             f"rebuilt with m={m}, ef_construction={ef_construction}: recall@10 was {was} at "
             f"m={collection.m}, ef_construction={collection.ef_construction} (floor "
-            f"{self.recall_floor:.2f}, target {self.recall_target:.2f})"
+            f"{self.recall_floor:g}, target {self.recall_target:g})"
         )
         logger.warning("%s: %s", collection.name, repair)
         notes.append(repair)
