@@ -261,10 +261,11 @@ class IndexBuilder:
             rows: int = cur.fetchone()[0]
         return rows
 
-    def fold(self, collection: Collection, rows: int) -> int | None:
+    def fold(self, collection: Collection, rows: int, kept: int = 0) -> int | None:
         """Move up to `rows` fresh rows under the current index (PostgreSQL inserts each into
-        the graph); how many moved, or None while a build of the collection runs (it takes
-        them in). Rows being written now are skipped, never waited for."""
+        the graph), but those in the first `kept` buckets (recall.kept_buckets); how many moved,
+        or None while a build of the collection runs (it takes them in). Rows being written now
+        are skipped, never waited for."""
         with (
             self._autocommit() as cur,
             _advisory_lock(cur, "build", collection.name, wait=False, shared=True) as free,
@@ -280,6 +281,7 @@ class IndexBuilder:
                     if orphans:
                         return orphans
                     fresh = sql.SQL("{} AND cell <> {}").format(fresh, sql.Literal(NO_CELL))
+                fresh = recall.not_kept(fresh, kept)
                 cur.execute(
                     sql.SQL(
                         "UPDATE {table} SET segment = %(indexed)s WHERE id IN (SELECT id FROM "

@@ -17,12 +17,12 @@ After each build of a collection's index:
    target already (its vectors suit no graph: m would only climb).
 Each step is logged, and the outcome recorded in the catalogue (GetCollection, GetStats): the
 effort in force, its measured recall, and a note of what was done. Steps 1 and 2 run again
-once rows folded into the graph since the last check reach RECHECK_SHARE of its rows.
+once rows added since the last check reach RECHECK_SHARE of its rows, measured on a random
+share of them that the folds kept out of the graph (see fold).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 import queue
@@ -36,10 +36,17 @@ from psycopg2 import sql
 from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
 from searcher.effort import Calibration, Searcher, calibrate, walk_more
+from searcher.folding import FoldPace
 from searcher.indexes import IndexBuilder
 from searcher.kinds import spec
-from searcher.pool import BULK_WORKERS, ConnectionPool
-from searcher.recall import RecallSample, draw_sample
+from searcher.pool import ConnectionPool
+from searcher.recall import (
+    HELD_OUT_OF_FOLDS,
+    HELD_OUT_ROWS,
+    RecallSample,
+    draw_sample,
+    kept_buckets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +59,14 @@ DEFAULT_M = 16
 # at 0.969 at any ef_search; 200 gave 0.999 in all 22, for ~55% more build time
 # (bench/hnsw_builds.py, bench/RESULTS.md).
 DEFAULT_EF_CONSTRUCTION = 200
-# Fresh rows are folded into the graph this many at a time (~0.4 s of graph inserts at 100k),
-# by BULK_WORKERS connections at once when writes have stopped.
-FOLD_BATCH_ROWS = 100
-# Writes count as going on until this long after the last one ended.
-WRITES_QUIET_S = 2.0
 # Fresh rows are taken in by a build rather than folded once they are this share of the
 # indexed rows (and at least REBUILD_MIN_ROWS): per row, a build costs a quarter of a fold.
 REBUILD_SHARE = 0.25
 REBUILD_MIN_ROWS = 1000
-# Once rows folded into a graph since its last check reach this share of the rows it was built
-# with, the index is measured and its effort calibrated again: after 10k rows folded into 100k,
-# recall at the same effort was 0.005-0.010 below before in 3 of 7 runs (bench/additions.py).
+# Once rows added to a graph since its last check (folded, or kept out of the folds for this
+# check) reach this share of the rows it was built with, the index is measured and its effort
+# calibrated again: after 10k rows folded into 100k, recall at the same effort was 0.005-0.010
+# below before in 3 of 7 runs (bench/additions.py).
 RECHECK_SHARE = 0.05
 # How the note of a collection's index says what the calibration chose, and that no effort met
 # the target.
@@ -99,10 +102,8 @@ class IndexMaintenance:
         self.recall_target = max(recall_target, recall_floor)
         self.recall_sample = recall_sample
         self.default_ef_search = default_ef_search
-        # Most of one core that folding takes while writes go on.
-        self.fold_share = min(max(fold_share, 0.01), 1.0)
         self._stopping = threading.Event()
-        self._last_write: dict[str, float] = {}
+        self.pace = FoldPace(builder, fold_share, self._stopping)
         self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._pending: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -114,6 +115,8 @@ class IndexMaintenance:
         self._inserted: dict[str, int] = {}
         # Rows folded into each collection's graph since its last check (see RECHECK_SHARE).
         self._folded: dict[str, int] = {}
+        # Collections whose next fold takes every fresh row in, those kept for a check too.
+        self._fold_all: set[str] = set()
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -227,20 +230,33 @@ class IndexMaintenance:
         with self._lock:
             self._folded.pop(name, None)
         try:
-            sample = self._draw(collection)
+            sample = self._draw(collection, HELD_OUT_ROWS if repair else HELD_OUT_OF_FOLDS)
             if sample is not None:
                 self._measure(collection, sample, repair=repair)
         finally:
-            # The rows its build held out for it were waiting for it (see fold).
-            self.schedule("fold", name)
+            # The rows held out for it (by its build, or by the folds) were waiting for it.
+            self.fold_all(name)
 
-    def _draw(self, collection: Collection) -> RecallSample | None:
+    def fold_all(self, name: str) -> None:
+        """Fold every fresh row of the collection, those kept out of folds too: after its
+        check, and at start (what this searcher counted toward a recheck is gone)."""
+        with self._lock:
+            self._fold_all.add(name)
+        self.schedule("fold", name)
+
+    def _draw(self, collection: Collection, fresh_source: str) -> RecallSample | None:
         # Queries moved from stored rows are placed by the distance to each one's nearest other
         # row, of which only the scale matters: searched for at the cheapest effort (at the
         # default, these 2,000 searches were 13 s of a 38 s check at 200k rows, RESULTS.md).
         ef_search, candidates = spec(collection.kind).effort_ladder(collection.candidates)[0]
         cheapest = replace(collection, ef_search=ef_search, candidates=candidates)
-        return draw_sample(self.pool, collection, self.recall_sample, self.searcher_for(cheapest))
+        return draw_sample(
+            self.pool,
+            collection,
+            self.recall_sample,
+            self.searcher_for(cheapest),
+            fresh_source=fresh_source,
+        )
 
     def _measure(self, collection: Collection, sample: RecallSample, *, repair: bool) -> None:
         started = time.monotonic()
@@ -318,7 +334,7 @@ class IndexMaintenance:
             ef_construction=ef_construction,
             note="; ".join(notes),
         )
-        sample = self._draw(rebuilt) or sample
+        sample = self._draw(rebuilt, HELD_OUT_ROWS) or sample
         calibrated = self._calibrate(rebuilt, sample)
         if calibrated.recall < self.recall_floor:
             logger.warning(
@@ -341,10 +357,16 @@ class IndexMaintenance:
         go on, at most `fold_share` of one core (the writes come first); once they stop, at
         full speed. When the fresh rows are many next to the indexed ones, a build takes them
         in instead: building costs ~0.9 ms of core time a row, inserting ~4 ms (100k rows,
-        bench/RESULTS.md)."""
+        bench/RESULTS.md).
+
+        A collection that keeps rows out of its graph for its checks (recall.kept_buckets) has
+        a random share of the rows added since its last check left fresh, for the recheck that
+        the folds schedule once RECHECK_SHARE of its rows were added; the check folds them."""
         with self._lock:
             if ("check", name) in self._pending:
                 return  # its build's held-out rows wait for it; it folds them when done
+            everything = name in self._fold_all
+            self._fold_all.discard(name)
         collection, has_index = self.catalogue.get(name, fresh=True)
         if not has_index:
             return  # the build that makes its index takes the fresh rows in
@@ -360,51 +382,29 @@ class IndexMaintenance:
             built = self.builder.build(collection, concurrently=True, note=note)
             self.check(built.name, repair=not hopeless)
             return
-        folded, started = 0, time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(BULK_WORKERS, "fold") as workers:
-            while not self._stopping.is_set():
-                batch, writing = time.monotonic(), self._writing(name)
-                # Idle: a batch per core at once (their rows never overlap: SKIP LOCKED).
-                batches = 1 if writing else BULK_WORKERS
-                moved = sum(
-                    workers.map(
-                        lambda _: self.builder.fold(collection, FOLD_BATCH_ROWS) or 0,
-                        range(batches),
-                    )
-                )
-                if not moved:
-                    break  # none left, or a build runs that takes them in
-                folded += moved
-                if writing:
-                    self._stopping.wait((time.monotonic() - batch) * (1 / self.fold_share - 1))
-        if folded:
-            logger.info(
-                "%s: %d fresh rows folded into the index in %.1f s",
-                name,
-                folded,
-                time.monotonic() - started,
-            )
-            with self._lock:
-                since_check = self._folded[name] = self._folded.get(name, 0) + folded
-            # Folds end when they have caught up: while an ingest outpaces them (a tenth of a
-            # core), not before it stops, so checks do not take its cores.
-            if since_check >= RECHECK_SHARE * collection.built_rows:
-                self.schedule("recheck", name)
+        recheck_rows = RECHECK_SHARE * collection.built_rows
+        kept = (
+            0
+            if everything
+            else kept_buckets(collection.built_rows, int(recheck_rows), self.recall_sample)
+        )
+        folded = self.pace.fold(collection, kept)
+        with self._lock:
+            since_check = self._folded[name] = self._folded.get(name, 0) + folded
+        kept_rows = self.builder.fresh_rows(collection) if kept else 0
+        # Folds end when they have caught up: while an ingest outpaces them (a tenth of a
+        # core), not before it stops, so checks do not take its cores.
+        if (folded or kept_rows) and since_check + kept_rows >= recheck_rows:
+            self.schedule("recheck", name)
 
     def writing(self, name: str) -> None:
         """A write into the collection just went in: folds slow down while writes go on."""
-        with self._lock:
-            self._last_write[name] = time.monotonic()
+        self.pace.writing(name)
 
     def written(self, name: str) -> None:
         """Writes into the collection ended (an Upsert stream closed): fresh rows to fold."""
         self.writing(name)
         self.schedule("fold", name)
-
-    def _writing(self, name: str) -> bool:
-        with self._lock:
-            last = self._last_write.get(name)
-        return last is not None and time.monotonic() - last < WRITES_QUIET_S
 
     def requantize(self, name: str) -> None:
         collection, has_index = self.catalogue.get(name, fresh=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import queue
 import random
 import threading
@@ -81,7 +82,29 @@ SMALLEST_SAMPLE = 200
 HOLD_OUT_FROM_ROWS = ROWS_PER_SAMPLED_QUERY * SMALLEST_SAMPLE
 NO_ID = np.int64(-1)  # a query that is no stored row: none of them is left out of its results
 HELD_OUT_ROWS = "rows held out of the build"
+HELD_OUT_OF_FOLDS = "rows added since, held out of the folds"
+# Rows kept out of folds are picked by a hash of their id: out of this many buckets, the first few.
+KEPT_BUCKETS = 1024
 MOVED_VECTORS = "stored vectors moved halfway to their nearest neighbour"
+
+
+def kept_buckets(built_rows: int, recheck_rows: int, most: int) -> int:
+    """How many of the KEPT_BUCKETS the folds of an indexed collection leave fresh, so that its
+    recheck (due once `recheck_rows` rows are added) has a sample of them to measure on, no
+    graph holding them: sample_size of the collection's rows out of those added. 0 (fold
+    every row) where a build would hold none out (below HOLD_OUT_FROM_ROWS rows)."""
+    if built_rows < HOLD_OUT_FROM_ROWS or recheck_rows <= 0:
+        return 0
+    share = sample_size(built_rows, most) / recheck_rows
+    return min(KEPT_BUCKETS, math.ceil(share * KEPT_BUCKETS))
+
+
+def not_kept(fresh: sql.Composable, kept: int) -> sql.Composable:
+    """The condition `fresh`, less the rows in the first `kept` buckets (see kept_buckets)."""
+    if not kept:
+        return fresh
+    bucket = sql.SQL("(hashint8(id) & {})").format(sql.Literal(KEPT_BUCKETS - 1))
+    return sql.SQL("{} AND {} >= {}").format(fresh, bucket, sql.Literal(kept))
 
 
 def sample_size(rows: int, most: int) -> int:
@@ -198,7 +221,13 @@ def hold_out(
 
 
 def draw_sample(
-    pool: ConnectionPool, collection: Collection, size: int, search: Search, *, seed: int = 0
+    pool: ConnectionPool,
+    collection: Collection,
+    size: int,
+    search: Search,
+    *,
+    seed: int = 0,
+    fresh_source: str = HELD_OUT_ROWS,
 ) -> RecallSample | None:
     """Up to `size` held-out queries (sample_size of the rows) and their exact neighbours, by
     numpy over a binary COPY of every stored vector: the fresh rows, where at least
@@ -216,7 +245,7 @@ def draw_sample(
         size = sample_size(rows, size)
         started = time.monotonic()
         own_ids, queries = _fresh_rows(cur, collection, size)
-        source = HELD_OUT_ROWS
+        source = fresh_source
         if len(own_ids) < SMALLEST_SAMPLE:
             share = min(100.0, 100.0 * 3 * size / rows)
             ids, stored = copy_sample(

@@ -155,7 +155,7 @@ class VectorStore:
         searcher started, or before the database went away."""
         try:
             for collection in self.catalogue.list():
-                self.maintenance.schedule("fold", collection.name)
+                self.maintenance.fold_all(collection.name)
         except ImageSearchError as exc:
             logger.warning("fresh rows are folded later: %s", exc)
 

@@ -143,6 +143,43 @@ def test_a_build_keeps_rows_out_of_its_graph_for_its_check_then_folds_them_in(
     assert store.builder.fresh_rows(rebuilt) == 0  # folded in once measured
 
 
+def test_a_recheck_after_folds_measures_on_added_rows_the_folds_kept_out_of_the_graph(
+    stub, searcher: Searcher
+) -> None:
+    # Rows folded into a graph are stored vectors to it: measured on them, a recheck would
+    # overstate recall as moved vectors do. The folds leave a random share of the added rows
+    # fresh for it, then fold those too.
+    data = clustered_vectors(10_000 + 500, seed=6)
+    name, store, collection = indexed(stub, searcher, data[:10_000])
+    added = data[10_000:]  # RECHECK_SHARE of 10k
+    maintenance = store.maintenance
+    maintenance.stop()  # the folds run here, one at a time
+    try:
+        stub.Upsert(upsert_messages(name, added, first_id=10_000, per_message=100))
+        maintenance.fold(name)
+        with store.pool.connection() as conn, conn, conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT id FROM {} WHERE {}").format(collection.table, collection.fresh)
+            )
+            kept = sorted(row[0] for row in cur.fetchall())
+        # sample_size(10k) = 200 of the 500 added, by a hash of the id: about 40% of them.
+        assert 150 < len(kept) < 260 and min(kept) >= 10_000
+        for row in kept[:10]:  # still found, as every fresh row is
+            hits = stub.Search(pb.SearchRequest(collection=name, vector=vector(data[row]), top_k=1))
+            assert hits.hits[0].id == row
+        maintenance.fold(name)  # another fold keeps them too
+        assert store.builder.fresh_rows(collection) == len(kept)
+    finally:
+        maintenance.start()  # the recheck the fold queued, then the fold of every row
+    settle(searcher)
+    index = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+    assert index.generation == collection.generation  # folded, not rebuilt
+    measured = min(len(kept), 10_500 // 50)
+    assert index.recall_sample == measured
+    assert f"on {measured} rows added since, held out of the folds" in index.note
+    assert store.builder.fresh_rows(collection) == 0
+
+
 def test_a_row_rewritten_while_rows_are_held_out_stays_as_its_writer_left_it(
     stub, searcher: Searcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
