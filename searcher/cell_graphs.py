@@ -49,11 +49,12 @@ logger = logging.getLogger(__name__)
 # of the true neighbours walking only the nearest cell; 4 graphs at 200k (50k rows each) did no
 # better than one graph (bench/partitions.py).
 ROWS_PER_GRAPH = 12_500
-# Collections this large take graphs by cell at their first build after a bulk load. At 100k
-# clustered rows, measured on rows held out of the build, two builds as one graph needed
-# ef_search 200 and 640 for recall@10 0.99; as 8 graphs by cell, 40 and 50, built in 28-30 s
-# instead of 36-38 (bench/RESULTS.md, stop 37).
-DEFAULT_FROM_ROWS = 100_000
+# Collections this large take graphs by cell at their first build after a bulk load. Not from
+# 100k: there, as 8 graphs, builds calibrated within one ladder step (one graph: ef_search 200
+# and 640), but a search scans the fresh rows of the graph cells it walks, a quarter of them,
+# and while 10k rows were added its p50 doubled (1.25x as one graph with 256 finer cells for
+# its fresh rows; bench/RESULTS.md, stop 38).
+DEFAULT_FROM_ROWS = 200_000
 # The table's pages read back per COPY when every row's cell is written: ~30k rows (120 MB of
 # 1000-d vectors).
 PAGES_PER_READ = 256

@@ -4,7 +4,7 @@ graphs of its query's nearest cells and stays complete and exact: every stored, 
 or orphaned row is found by its own vector, filters keep min(top_k, matching), rebuilds keep the
 cells, and the searcher's start-up clean-up keeps every graph it recorded.
 
-The searcher here takes graphs by cell from 1,500 rows (the service's default is 100,000), so
+The searcher here takes graphs by cell from 1,500 rows (the service's default is 200,000), so
 that a few thousand rows exercise them; on both engines, as the other searcher tests.
 """
 
