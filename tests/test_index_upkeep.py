@@ -5,6 +5,7 @@ quantizer is refitted once its collection has doubled."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -178,6 +179,25 @@ def test_a_recheck_after_folds_measures_on_added_rows_the_folds_kept_out_of_the_
     assert index.recall_sample == measured
     assert f"on {measured} rows added since, held out of the folds" in index.note
     assert store.builder.fresh_rows(collection) == 0
+
+
+def test_the_rows_kept_out_of_folds_are_a_share_of_the_rows_however_their_ids_run(
+    searcher: Searcher,
+) -> None:
+    # By a hash of the id: ids in steps of 1024 (a rule on id % 1024 would keep all or none)
+    # are kept at the share asked for, 200 of every 500 added rows to 10k indexed ones.
+    kept = recall.kept_buckets(10_000, 500, 2_000)
+    assert kept == math.ceil(0.4 * recall.KEPT_BUCKETS)
+    assert searcher.store is not None
+    with searcher.store.pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*) FROM generate_series(0::bigint, 4095 * 1024, 1024) AS id WHERE {}"
+            ).format(recall.not_kept(sql.SQL("true"), kept))
+        )
+        folded = cur.fetchone()[0]
+    assert 0.56 < folded / 4096 < 0.64
+    assert recall.kept_buckets(9_999, 500, 2_000) == 0  # too small to hold rows out: none kept
 
 
 def test_a_row_rewritten_while_rows_are_held_out_stays_as_its_writer_left_it(
