@@ -17,7 +17,7 @@ from psycopg2 import sql
 from imgsearch.errors import InvalidArgument, NotFound
 from imgsearch.records import Hit
 from searcher.catalogue import Collection
-from searcher.cells import Cells, CellStore
+from searcher.cells import Cells, CellStore, fresh_probes
 from searcher.kinds import spec
 from searcher.pgvector_io import as_array, vector_literal
 from searcher.pool import ConnectionPool
@@ -253,7 +253,8 @@ class Queries:
         if filter:
             cells = None
         if cells is not None:
-            params = {**params, "cells": [NO_CELL, *cells.nearest(vector)]}
+            scanned = cells.nearest(vector, fresh_probes(collection, cells))
+            params = {**params, "cells": [NO_CELL, *scanned]}
         if effort.candidates:
             params = {**params, "candidates": effort.candidates}
 

@@ -23,7 +23,7 @@ from imgsearch._convert import collection_stats
 from imgsearch.cli.admin import stats_rows
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher.catalogue import Metric
-from searcher.cells import MIN_PROBES, MIN_ROWS, calibrated, cell_count, fit
+from searcher.cells import MIN_PROBES, MIN_ROWS, calibrated, cell_count, fit, fresh_probes
 from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
 from searcher.pgvector_io import Item
@@ -37,6 +37,7 @@ from tests.searcher_helpers import (
     searcher_stub,
     upsert_messages,
 )
+from tests.test_effort_calibration import collection as one_graph_collection
 from tests.test_fresh_rows import UPKEEP_S, folds_paused, nearest
 
 _names = itertools.count()
@@ -80,6 +81,18 @@ def test_a_sample_with_fewer_distinct_rows_than_cells_leaves_no_centroid_undefin
     sample = np.repeat(np.eye(3, DIM, dtype=np.float32), 10, axis=0)
     cells = fit(sample, Metric.L2, 16)
     assert cells.centroids.shape == (16, DIM) and np.isfinite(cells.centroids).all()
+
+
+def test_over_graphs_by_cell_a_search_scans_the_fresh_rows_of_the_cells_it_walks() -> None:
+    """Not the probes' least of 4: of 8 graph cells, that scanned half of the fresh rows."""
+    data = _data(3000, seed=1)
+    graph_cells = replace(calibrated(fit(data, Metric.L2, 8), data), probes=MIN_PROBES)
+    over_graphs = replace(one_graph_collection(), graph_cells=8, graph_probes=2)
+    assert fresh_probes(over_graphs, graph_cells) == 2
+    assert fresh_probes(replace(over_graphs, graph_probes=3), graph_cells) == 3
+    # One graph: its fresh rows' cells (finer than any graph's), as many as their probes.
+    fine = calibrated(fit(data, Metric.L2, 44), data)
+    assert fresh_probes(one_graph_collection(), fine) == fine.probes >= MIN_PROBES
 
 
 @pytest.fixture(scope="module", params=ENGINES)
