@@ -198,7 +198,7 @@ class IndexMaintenance:
                 if kind == "check":
                     self.check(name)
                 elif kind == "recheck":
-                    self.check(name, repair=False)
+                    self.check(name, repair=False, held_out=HELD_OUT_OF_FOLDS)
                 elif kind == "build":
                     self.rebuild(name)
                 elif kind == "fold":
@@ -220,17 +220,18 @@ class IndexMaintenance:
 
     # -- the work -----------------------------------------------------------------------------
 
-    def check(self, name: str, *, repair: bool = True) -> None:
+    def check(self, name: str, *, repair: bool = True, held_out: str = HELD_OUT_ROWS) -> None:
         """Measure the current index, calibrate the search effort, repair a poor build (only
         after a build: a re-check after folds recalibrates, lest a collection whose vectors no
-        graph serves well be rebuilt, with ever larger m, each time it grows by a little)."""
+        graph serves well be rebuilt, with ever larger m, each time it grows by a little).
+        `held_out`: what the fresh rows it measures on are, as its note says it."""
         collection, has_index = self.catalogue.get(name, fresh=True)
         if not has_index:
             return
         with self._lock:
             self._folded.pop(name, None)
         try:
-            sample = self._draw(collection, HELD_OUT_ROWS if repair else HELD_OUT_OF_FOLDS)
+            sample = self._draw(collection, held_out)
             if sample is not None:
                 self._measure(collection, sample, repair=repair)
         finally:
