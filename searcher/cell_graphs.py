@@ -51,9 +51,9 @@ logger = logging.getLogger(__name__)
 ROWS_PER_GRAPH = 12_500
 # Collections this large take graphs by cell at their first build after a bulk load. Not from
 # 100k: there, as 8 graphs, builds calibrated within one ladder step (one graph: ef_search 200
-# and 640), but a search scans the fresh rows of the graph cells it walks, a quarter of them,
-# and while 10k rows were added its p50 doubled (1.25x as one graph with 256 finer cells for
-# its fresh rows; bench/RESULTS.md, stop 38).
+# and 640), but a search scanned the fresh rows of 4 of the 8 graph cells, and while 10k rows
+# were added its p50 doubled (1.25x as one graph with 256 finer cells for its fresh rows;
+# bench/RESULTS.md, stop 38). It now scans those of the cells it walks (2), still coarse.
 DEFAULT_FROM_ROWS = 200_000
 # The table's pages read back per COPY when every row's cell is written: ~30k rows (120 MB of
 # 1000-d vectors).
