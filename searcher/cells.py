@@ -113,13 +113,18 @@ class Cells:
         return [int(cell) for cell in nearest[np.argsort(scores[nearest], kind="stable")]]
 
 
+def are_graph_cells(collection: Collection, cells: Cells) -> bool:
+    """Whether `cells` are the collection's graphs' own (graphs by cell keep one set for good)."""
+    return bool(collection.graph_cells) and len(cells.centroids) == collection.graph_cells
+
+
 def fresh_probes(collection: Collection, cells: Cells) -> int:
     """How many of its query's nearest cells' fresh rows a search scans: for graphs by cell,
     those whose graphs it walks (the rows of one cell, fresh or in its graph, are then reached
     alike, as the calibration of the walks measured); else the cells' probes. At 100k rows in 8
     graph cells the probes' least, 4, scanned half of the fresh rows: a search's p50 doubled
     while 10k rows were added (bench/RESULTS.md, stop 38)."""
-    if collection.graph_cells and len(cells.centroids) == collection.graph_cells:
+    if are_graph_cells(collection, cells):
         return max(collection.graph_probes, 1)
     return cells.probes
 

@@ -17,7 +17,7 @@ from psycopg2 import sql
 from imgsearch.errors import InvalidArgument, NotFound
 from imgsearch.records import Hit
 from searcher.catalogue import Collection
-from searcher.cells import Cells, CellStore, fresh_probes
+from searcher.cells import Cells, CellStore, are_graph_cells
 from searcher.kinds import spec
 from searcher.pgvector_io import as_array, vector_literal
 from searcher.pool import ConnectionPool
@@ -253,7 +253,8 @@ class Queries:
         if filter:
             cells = None
         if cells is not None:
-            scanned = cells.nearest(vector, fresh_probes(collection, cells))
+            # Over graphs by cell, the cells whose graphs it walks (cells.fresh_probes).
+            scanned = list(walked) if are_graph_cells(collection, cells) else cells.nearest(vector)
             params = {**params, "cells": [NO_CELL, *scanned]}
         if effort.candidates:
             params = {**params, "candidates": effort.candidates}
@@ -411,7 +412,7 @@ def graphs_walked(
     cells (every cell's if the cells are gone)."""
     if not collection.graph_cells:
         return (None,)
-    if cells is None or len(cells.centroids) != collection.graph_cells:
+    if cells is None or not are_graph_cells(collection, cells):
         return tuple(range(collection.graph_cells))
     return tuple(cells.nearest(vector, collection.graph_probes))
 
