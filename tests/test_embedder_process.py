@@ -3,6 +3,7 @@ in-flight work finish, refuses new work, and exits in time."""
 
 from __future__ import annotations
 
+import queue
 import signal
 import subprocess
 import time
@@ -35,27 +36,45 @@ def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(tmp_path: Pa
     try:
         channel, stub = embedder_stub(port)
         with channel:
-            data = [images.jpeg(i, (320, 240)) for i in range(192)]  # seconds of work
-            request = pb.EmbedRequest(
-                images=[pb.Image(key=str(i), data=d) for i, d in enumerate(data)]
-            )
-            in_flight = stub.Embed.future(request, timeout=120)
-            time.sleep(0.5)  # the server is working on it
-            assert not in_flight.done()
+            # A stream the client holds open: in flight for as long as the test needs, on a fast
+            # machine as on a slow one (a big Embed call finished inside 0.5 s on a CI machine).
+            outbox: queue.Queue[pb.EmbedStreamRequest | None] = queue.Queue()
+            replies = stub.EmbedStream(iter(outbox.get, None), timeout=120)
+            outbox.put(_message(range(0, 8)))
+            assert [r.key for r in next(replies).results] == [str(i) for i in range(8)]
             process.send_signal(signal.SIGTERM)
-            results = in_flight.result().results
-            assert [r.key for r in results] == [str(i) for i in range(192)]
-            assert all(vector_of(r).shape == (1000,) for r in results)
+            _wait_until_new_calls_are_refused(port)
+            outbox.put(_message(range(8, 24)))  # more work on the call admitted before the signal
+            outbox.put(None)
+            (last,) = list(replies)
+            assert [r.key for r in last.results] == [str(i) for i in range(8, 24)]
+            assert all(vector_of(r).shape == (1000,) for r in last.results)
         assert process.wait(timeout=30) == 0
+    finally:
+        end_process(process)
+
+
+def _message(keys: range) -> pb.EmbedStreamRequest:
+    return pb.EmbedStreamRequest(
+        images=[pb.Image(key=str(i), data=images.jpeg(i, (320, 240))) for i in keys]
+    )
+
+
+def _wait_until_new_calls_are_refused(port: int) -> None:
+    """Until a new call is refused: the service has taken the signal (it may take a moment). A call
+    that meets the shutdown on an open connection is cancelled; later ones find no listener."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
         channel, stub = embedder_stub(port)
         with channel:
             try:
                 stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
-                raise AssertionError("a stopped embedder answered")
             except grpc.RpcError as exc:
                 assert exc.code() in (
                     grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.CANCELLED,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 )
-    finally:
-        end_process(process)
+                return
+        time.sleep(0.1)
+    raise AssertionError("the embedder still took new calls 20 s after SIGTERM")
