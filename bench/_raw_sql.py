@@ -30,11 +30,11 @@ def sql_searcher(
     register_vector(conn)
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT index_segment, graph_cells, graph_probes, cells_segment "
+            "SELECT index_segment, graph_cells, graph_probes, cells_segment, graph_fine_cells "
             "FROM imgsearch.collections WHERE name = %s",
             (collection.name,),
         )
-        indexed, graphs, walked, cells_segment = cur.fetchone()
+        indexed, graphs, walked, cells_segment, fine = cur.fetchone()
     cells = graph_cells(conn, collection, cells_segment) if graphs else None
     table = f'imgsearch_data."{collection.name}"'
     dim, index = collection.dim, collection.index
@@ -56,7 +56,11 @@ def sql_searcher(
     limit = index.candidates if kind != pb.INDEX_KIND_VECTOR else TOP_K
 
     def walk(cell: int | None) -> str:
-        where = f"segment <= {indexed}" + (f" AND cell = {cell}" if cell is not None else "")
+        where = f"segment <= {indexed}"
+        if cell is not None and fine:  # a graph by cell holding a range of finer cells
+            where += f" AND cell >= {cell * fine} AND cell < {(cell + 1) * fine}"
+        elif cell is not None:
+            where += f" AND cell = {cell}"
         return (
             f"(SELECT id, label, uri, attributes, embedding FROM {table} WHERE {where} "
             f"ORDER BY {order} LIMIT {limit})"

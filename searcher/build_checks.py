@@ -39,7 +39,7 @@ def check_usable(cur: Any, collection: Collection) -> None:
     row = cur.fetchone()
     if row is None:
         return  # nothing to search with: valid is all there is to check
-    cell = row[1] if collection.graph_cells else None
+    cell = collection.graph_of(row[1]) if collection.graph_cells else None
     cur.execute("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
     try:
         cur.execute(

@@ -86,6 +86,9 @@ class Collection:
     # its query's nearest cells' graphs a search walks.
     graph_cells: int = 0
     graph_probes: int = 0
+    # Graphs by cell whose rows are sorted finer (searcher.cells.Cells.fine): a row's cell is
+    # its graph × fine_cells + its fine cell, and a graph holds a range of cells; 0: its graph.
+    fine_cells: int = 0
     # A named vector's table: the collection whose items it belongs to, and the vector's name
     # (see named_vector_table); both empty for a collection.
     parent: str = ""
@@ -113,8 +116,33 @@ class Collection:
         cell, or a placeholder bound to it)."""
         if cell is None:
             return self.indexed
-        value = sql.Literal(cell) if isinstance(cell, int) else cell
-        return sql.SQL("segment <= {} AND cell = {}").format(sql.Literal(self.index_segment), value)
+        segment = sql.Literal(self.index_segment)
+        if not self.fine_cells:
+            value = sql.Literal(cell) if isinstance(cell, int) else cell
+            return sql.SQL("segment <= {} AND cell = {}").format(segment, value)
+        # Its range of finer cells. A placeholder's bounds are folded to constants when planned
+        # with its value (prepared.py), so the planner still proves the partial index applies.
+        first: sql.Composable
+        end: sql.Composable
+        if isinstance(cell, int):
+            first = sql.Literal(cell * self.fine_cells)
+            end = sql.Literal((cell + 1) * self.fine_cells)
+        else:
+            per_graph = sql.Literal(self.fine_cells)
+            first = sql.SQL("{} * {}").format(cell, per_graph)
+            end = sql.SQL("({} + 1) * {}").format(cell, per_graph)
+        return sql.SQL("segment <= {} AND cell >= {} AND cell < {}").format(segment, first, end)
+
+    def graph_of(self, cell: int) -> int:
+        """The graph by cell that holds a row of this cell."""
+        return cell // self.fine_cells if self.fine_cells else cell
+
+    @property
+    def graph_of_cell(self) -> sql.Composable:
+        """graph_of, in SQL, of a row's cell."""
+        if self.fine_cells:
+            return sql.SQL("cell / {}").format(sql.Literal(self.fine_cells))
+        return sql.SQL("cell")
 
     @property
     def fresh(self) -> sql.Composable:
@@ -231,6 +259,7 @@ _FIELD_OF_COLUMN = {
     "cells_segment": "cells_segment",
     "graph_cells": "graph_cells",
     "graph_probes": "graph_probes",
+    "graph_fine_cells": "fine_cells",
     "parent": "parent",
     "vector_name": "vector_name",
 }

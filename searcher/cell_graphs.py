@@ -7,7 +7,8 @@ of the true neighbours at a sixth of the time (bench/partitions.py, bench/RESULT
 graphs build in memory and fast, and each one holds the rows near each other.
 
 Each graph is a partial index of the collection's table (WHERE segment <= index_segment AND
-cell = k) rather than a partition: ids stay unique across the table (Upsert's ON CONFLICT),
+cell = k; or, with finer cells, the range of cells k × fine_cells up to the next graph's) rather
+than a partition: ids stay unique across the table (Upsert's ON CONFLICT),
 and a row moves from the fresh rows into its cell's graph by the same UPDATE of its segment as
 before. Every row of a collection with graphs by cell carries its cell among one set of
 centroids, fitted at the collection's first build by cell and kept by every later build, so a
@@ -124,12 +125,12 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
 
 
 def largest_cell(cur: Any, collection: Collection) -> int:
-    """Rows in the largest cell among those the collection's index holds."""
+    """Rows in the largest graph's cell among those the collection's index holds."""
     cur.execute(
         sql.SQL(
             "SELECT coalesce(max(rows), 0) FROM (SELECT count(*) AS rows FROM {} "
-            "WHERE segment <= {} GROUP BY cell) AS cells"
-        ).format(collection.table, sql.Literal(collection.index_segment))
+            "WHERE {} GROUP BY {}) AS cells"
+        ).format(collection.table, collection.indexed, collection.graph_of_cell)
     )
     rows: int = cur.fetchone()[0]
     return rows

@@ -53,6 +53,8 @@ NEIGHBOURS_IN_WALKS = 0.999
 MIN_WALKS = 2
 MIN_PROBES = 4
 CALIBRATION_QUERIES = 256
+# Table fresh_cells' columns of the finer cells of graphs by cell (NULL and 0 without).
+_FINE_COLUMNS = "fine_centroids, fine_probes"
 CALIBRATION_K = 10
 
 
@@ -76,18 +78,35 @@ class Cells:
     centre: np.ndarray  # float32 (dim,)
     metric: Metric  # the collection's: cosine compares unit vectors
     probes: int = MIN_PROBES  # how many of its nearest cells a search scans
+    # Graphs by cell: finer cells (fitted from the same centre) that sort each graph's rows,
+    # so that a search scans the fresh rows near its query in the graphs it walks, not all of
+    # theirs. A row's cell is then its coarse cell × len(fine.centroids) + its fine cell.
+    fine: Cells | None = None
 
     @classmethod
     def stored(
-        cls, centre: bytes, centroids: bytes, dim: int, metric: Metric, probes: int = MIN_PROBES
+        cls,
+        centre: bytes,
+        centroids: bytes,
+        dim: int,
+        metric: Metric,
+        probes: int = MIN_PROBES,
+        fine: tuple[bytes, int] | None = None,
     ) -> Cells:
-        """Cells as table fresh_cells stores them (little-endian float32)."""
-        return cls(
-            np.frombuffer(centroids, dtype="<f4").reshape(-1, dim).astype(np.float32),
-            np.frombuffer(centre, dtype="<f4").astype(np.float32),
-            metric,
-            probes,
-        )
+        """Cells as table fresh_cells stores them (little-endian float32); `fine`: the finer
+        cells' centroids and probes, if any."""
+        origin = np.frombuffer(centre, dtype="<f4").astype(np.float32)
+
+        def directions(stored: bytes) -> np.ndarray:
+            return np.frombuffer(stored, dtype="<f4").reshape(-1, dim).astype(np.float32)
+
+        finer = None if fine is None else cls(directions(fine[0]), origin, metric, fine[1])
+        return cls(directions(centroids), origin, metric, probes, finer)
+
+    @property
+    def fine_per_cell(self) -> int:
+        """How many finer cells each cell's rows are sorted into (0: none)."""
+        return 0 if self.fine is None else len(self.fine.centroids)
 
     def directions(self, vectors: np.ndarray) -> np.ndarray:
         """Vectors as seen from the centre."""
@@ -101,8 +120,24 @@ class Cells:
         return -(self.directions(vectors) @ self.centroids.T)
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
-        """Each vector's cell."""
-        return np.asarray(self._scores(vectors).argmin(axis=1), dtype=np.int32)
+        """Each vector's cell (with finer cells: coarse × fine_per_cell + fine)."""
+        coarse = np.asarray(self._scores(vectors).argmin(axis=1), dtype=np.int32)
+        if self.fine is None:
+            return coarse
+        return coarse * np.int32(self.fine_per_cell) + self.fine.assign(vectors)
+
+    def coarse_of(self, cell: int) -> int:
+        """The coarse cell (over graphs by cell: the graph) of a row's cell."""
+        return cell // self.fine_per_cell if self.fine is not None else cell
+
+    def scanned(self, vector: np.ndarray, coarse: list[int]) -> list[int]:
+        """The cells whose fresh rows a search for `vector` scans, given the coarse cells it
+        takes (its nearest probes, or over graphs by cell the graphs it walks): those, or with
+        finer cells each one's rows in the query's nearest fine cells."""
+        if self.fine is None:
+            return list(coarse)
+        near = self.fine.nearest(vector)
+        return [cell * self.fine_per_cell + fine for cell in coarse for fine in near]
 
     def nearest(self, vector: np.ndarray, count: int = 0) -> list[int]:
         """The cells a search for `vector` scans (`count` of them, else probes), its own cell
@@ -115,18 +150,25 @@ class Cells:
 
 def are_graph_cells(collection: Collection, cells: Cells) -> bool:
     """Whether `cells` are the collection's graphs' own (graphs by cell keep one set for good)."""
-    return bool(collection.graph_cells) and len(cells.centroids) == collection.graph_cells
+    return (
+        bool(collection.graph_cells)
+        and len(cells.centroids) == collection.graph_cells
+        and cells.fine_per_cell == collection.fine_cells
+    )
 
 
 def fresh_probes(collection: Collection, cells: Cells) -> int:
-    """How many of its query's nearest cells' fresh rows a search scans: for graphs by cell,
-    those whose graphs it walks (the rows of one cell, fresh or in its graph, are then reached
-    alike, as the calibration of the walks measured); else the cells' probes. At 100k rows in 8
-    graph cells the probes' least, 4, scanned half of the fresh rows: a search's p50 doubled
-    while 10k rows were added (bench/RESULTS.md, stop 38)."""
-    if are_graph_cells(collection, cells):
-        return max(collection.graph_probes, 1)
-    return cells.probes
+    """How many cells' fresh rows a search scans: for graphs by cell, those of the graphs it
+    walks, each in its query's nearest fine cells (Cells.scanned); else the cells' probes. At
+    100k rows in 8 graph cells, scanning the fresh rows of 4 whole graph cells (half of them)
+    doubled a search's p50 while 10k rows were added (bench/RESULTS.md, stop 38)."""
+    coarse = max(collection.graph_probes, 1) if are_graph_cells(collection, cells) else cells.probes
+    return coarse * (cells.fine.probes if cells.fine is not None else 1)
+
+
+def cell_total(cells: Cells) -> int:
+    """How many cells the fresh rows are sorted into."""
+    return len(cells.centroids) * max(cells.fine_per_cell, 1)
 
 
 def fit(sample: np.ndarray, metric: Metric, cells: int, *, seed: int = 0) -> Cells:
@@ -226,13 +268,17 @@ class CellStore:
             return None
         fitted = calibrated(fit(sample, collection.metric, cells, seed=segment), sample)
         walks = calibrated(fitted, sample, least=MIN_WALKS, share=NEIGHBOURS_IN_WALKS).probes
+        if count:  # graphs by cell: their fresh rows sorted finer, as one graph's would be
+            finer = min(cell_count(rows), len(sample))
+            fitted = replace(fitted, fine=calibrated(fit(sample, collection.metric, finer), sample))
         self._store(cur, collection, segment, fitted)
         logger.info(
-            "%s: %d cells, a search scanning %d cells' fresh rows (and walking %d cells' graphs, "
-            "if built by cell), fitted on %d rows in %.1f s",
+            "%s: %d cells%s, a search scanning %d of their fresh rows (and walking %d cells' "
+            "graphs, if built by cell), fitted on %d rows in %.1f s",
             collection.name,
-            cells,
-            fitted.probes,
+            cell_total(fitted),
+            f" ({cells} × {fitted.fine_per_cell} finer)" if fitted.fine is not None else "",
+            fitted.probes if fitted.fine is None else walks * fitted.fine.probes,
             walks,
             len(sample),
             time.monotonic() - started,
@@ -244,9 +290,9 @@ class CellStore:
         cell keep one set for good); False when there are none to carry."""
         cur.execute(
             f"INSERT INTO {CATALOG_SCHEMA}.fresh_cells (collection, segment, centre, centroids, "
-            "probes) SELECT collection, %s, centre, centroids, probes FROM "
-            f"{CATALOG_SCHEMA}.fresh_cells WHERE collection = %s AND segment = %s "
-            "ON CONFLICT (collection, segment) DO NOTHING",
+            f"probes, {_FINE_COLUMNS}) SELECT collection, %s, centre, centroids, probes, "
+            f"{_FINE_COLUMNS} FROM {CATALOG_SCHEMA}.fresh_cells WHERE collection = %s AND "
+            "segment = %s ON CONFLICT (collection, segment) DO NOTHING",
             (segment, collection.name, collection.cells_segment),
         )
         cur.execute(
@@ -258,16 +304,21 @@ class CellStore:
         return carried
 
     def _store(self, cur: Any, collection: Collection, segment: int, fitted: Cells) -> None:
+        fine = fitted.fine
         cur.execute(
             f"INSERT INTO {CATALOG_SCHEMA}.fresh_cells (collection, segment, centre, centroids, "
-            "probes) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (collection, segment) DO UPDATE SET "
-            "centre = EXCLUDED.centre, centroids = EXCLUDED.centroids, probes = EXCLUDED.probes",
+            f"probes, {_FINE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT "
+            "(collection, segment) DO UPDATE SET centre = EXCLUDED.centre, centroids = "
+            "EXCLUDED.centroids, probes = EXCLUDED.probes, fine_centroids = "
+            "EXCLUDED.fine_centroids, fine_probes = EXCLUDED.fine_probes",
             (
                 collection.name,
                 segment,
                 fitted.centre.astype("<f4").tobytes(),
                 fitted.centroids.astype("<f4").tobytes(),
                 fitted.probes,
+                None if fine is None else fine.centroids.astype("<f4").tobytes(),
+                0 if fine is None else fine.probes,
             ),
         )
 
@@ -291,8 +342,8 @@ class CellStore:
         try:
             with self.pool.connection() as conn, conn, conn.cursor() as cur:
                 cur.execute(
-                    f"SELECT centre, centroids, probes FROM {CATALOG_SCHEMA}.fresh_cells "
-                    "WHERE collection = %s AND segment = %s",
+                    f"SELECT centre, centroids, probes, {_FINE_COLUMNS} FROM "
+                    f"{CATALOG_SCHEMA}.fresh_cells WHERE collection = %s AND segment = %s",
                     (collection.name, collection.cells_segment),
                 )
                 row = cur.fetchone()
@@ -307,8 +358,9 @@ class CellStore:
             row = None
         cells = None
         if row is not None:
+            fine = None if row[3] is None else (bytes(row[3]), row[4])
             cells = Cells.stored(
-                bytes(row[0]), bytes(row[1]), collection.dim, collection.metric, row[2]
+                bytes(row[0]), bytes(row[1]), collection.dim, collection.metric, row[2], fine
             )
         with self._lock:
             self._cache[collection.name] = (key, cells)

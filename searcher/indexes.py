@@ -151,15 +151,21 @@ class IndexBuilder:
             if self.cells.carry_forward(cur, current, segment):
                 return replace(current, cells_segment=segment)
             logger.warning("%s: its cells are gone: its index is built as one graph", current.name)
-            current = replace(current, graph_cells=0, graph_probes=0)
+            current = replace(current, graph_cells=0, graph_probes=0, fine_cells=0)
         graphs = 0
         if first_graph and self.graph_cells_from and rows >= self.graph_cells_from:
             graphs = cell_graphs.graph_count(rows)
         fitted = self.cells.fit_for(cur, current, segment, count=graphs)
         if fitted is None:
-            return replace(current, cells_segment=0, graph_cells=0, graph_probes=0)
-        walks = fitted[1] if graphs else 0
-        return replace(current, cells_segment=segment, graph_cells=graphs, graph_probes=walks)
+            return replace(current, cells_segment=0, graph_cells=0, graph_probes=0, fine_cells=0)
+        cells, walks = fitted
+        return replace(
+            current,
+            cells_segment=segment,
+            graph_cells=graphs,
+            graph_probes=walks if graphs else 0,
+            fine_cells=cells.fine_per_cell if graphs else 0,
+        )
 
     def _into_cells(self, cur: Any, target: Collection) -> None:
         """Before a collection's first graphs by cell: every row its new generation will hold
@@ -224,6 +230,7 @@ class IndexBuilder:
                 index_note=note,
                 graph_cells=target.graph_cells,
                 graph_probes=target.graph_probes,
+                graph_fine_cells=target.fine_cells,
                 **recorded,
             )
         return rows, seconds

@@ -253,9 +253,7 @@ class Queries:
         if filter:
             cells = None
         if cells is not None:
-            # Over graphs by cell, the cells whose graphs it walks (cells.fresh_probes).
-            scanned = list(walked) if are_graph_cells(collection, cells) else cells.nearest(vector)
-            params = {**params, "cells": [NO_CELL, *scanned]}
+            params = {**params, "cells": fresh_cells_scanned(collection, cells, vector, walked)}
         if effort.candidates:
             params = {**params, "candidates": effort.candidates}
 
@@ -403,6 +401,19 @@ def fresh_rows_sql(collection: Collection, filter: Filter, with_cells: bool) -> 
         above=sql.Literal(max(indexed, in_cells)),
         no_cell=sql.Literal(NO_CELL),
     )
+
+
+def fresh_cells_scanned(
+    collection: Collection, cells: Cells, vector: np.ndarray, walked: tuple[int | None, ...]
+) -> list[int]:
+    """The cells whose fresh rows a search scans (parameter `cells`): its query's nearest, or
+    over graphs by cell those of the graphs it walks (cells.fresh_probes), and the rows written
+    without a cell."""
+    if are_graph_cells(collection, cells):
+        coarse = [graph for graph in walked if graph is not None]
+    else:
+        coarse = cells.nearest(vector)
+    return [NO_CELL, *cells.scanned(vector, coarse)]
 
 
 def graphs_walked(

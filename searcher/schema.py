@@ -157,6 +157,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        7,
+        "finer cells for the fresh rows of graphs by cell",
+        [
+            # graph_fine_cells 0: a row's cell is its graph (as before); else graph ×
+            # graph_fine_cells + its fine cell, and each graph's predicate is a range of cells.
+            f"""
+            ALTER TABLE {CATALOG_SCHEMA}.collections
+                ADD COLUMN graph_fine_cells integer NOT NULL DEFAULT 0
+            """,
+            f"""
+            ALTER TABLE {CATALOG_SCHEMA}.fresh_cells
+                ADD COLUMN fine_centroids bytea,  -- float32 (fine cells, dim), little-endian
+                ADD COLUMN fine_probes integer NOT NULL DEFAULT 0
+            """,
+        ],
+    ),
 ]
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from searcher.catalogue import INDEX_IS_VALID, Collection
-from searcher.cells import Cells, fresh_probes
+from searcher.cells import Cells, cell_total, fresh_probes
 from searcher.pool import ConnectionPool
 
 REPORTED_SETTINGS = (
@@ -71,6 +71,6 @@ def collection_stats(
         settings=settings,
         live_recall=live_recall,
         fresh_rows=fresh_rows if has_index else rows,
-        fresh_cells=len(cells.centroids) if cells is not None else 0,
+        fresh_cells=cell_total(cells) if cells is not None else 0,
         fresh_cells_searched=fresh_probes(collection, cells) if cells is not None else 0,
     )

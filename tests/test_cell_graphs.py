@@ -25,7 +25,7 @@ from searcher import cell_graphs
 from searcher.cell_graphs import ROWS_PER_GRAPH, graph_count, orphan_index_name
 from searcher.cells import MAX_CELLS
 from searcher.pgvector_io import Item, vector_literal
-from searcher.queries import Filter, fresh_rows_sql
+from searcher.queries import Filter, fresh_cells_scanned, fresh_rows_sql, graphs_walked
 from searcher.schema import DATA_SCHEMA, NO_CELL
 from searcher.server import Searcher
 from tests.searcher_helpers import (
@@ -116,13 +116,21 @@ def test_a_large_bulk_load_is_indexed_as_one_graph_per_cell_that_searches_walk(
     name = loaded(stub, searcher)
     collection, has_index = searcher.store.catalogue.get(name, fresh=True)
     assert has_index and collection.graph_cells == 2
+    # Each graph's rows are sorted into finer cells too: a graph holds a range of cells.
+    per_graph = collection.fine_cells
+    assert per_graph == 54  # as one graph of 3000 rows would have (cells.cell_count)
     indexes = _hnsw_indexes(searcher, name)
     assert [valid for _, _, valid in indexes] == [True, True]
     predicates = sorted(predicate for _, predicate, _ in indexes)
     assert all(f"segment <= {collection.index_segment}" in p for p in predicates)
-    assert [p.endswith(f"(cell = {cell}))") for cell, p in enumerate(predicates)] == [True] * 2
+    assert [
+        p.endswith(f"(cell >= {graph * per_graph}) AND (cell < {(graph + 1) * per_graph}))")
+        for graph, p in enumerate(predicates)
+    ] == [True] * 2
     # Every row has its cell: none is left out of the graphs.
-    assert all(cell != NO_CELL for _, cell in _cells_of(searcher, name, list(range(ROWS))).values())
+    cells = [cell for _, cell in _cells_of(searcher, name, list(range(ROWS))).values()]
+    assert all(0 <= cell < 2 * per_graph for cell in cells)
+    assert len(set(cells)) > 2 * per_graph // 2  # the finer cells are used, not one per graph
 
     state = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
     assert state.graphs == 2 and 1 <= state.graphs_walked <= 2
@@ -189,8 +197,97 @@ def test_rows_added_after_are_found_at_once_then_folded_into_their_cells_graphs(
     collection, _ = searcher.store.catalogue.get(name, fresh=True)
     placed = _cells_of(searcher, name, list(range(10_000, 10_200)))
     assert {segment for segment, _ in placed.values()} == {collection.index_segment}
-    assert all(0 <= cell < 2 for _, cell in placed.values())
+    cells = searcher.store.cells.of(collection)
+    assert cells is not None  # each folded row keeps the cell it was written with
+    assert [placed[10_000 + i][1] for i in range(200)] == list(cells.assign(added))
     _found_as_first(stub, name, added, 10_000, step=13)
+
+
+def test_a_search_reads_the_fresh_rows_near_its_query_in_the_graphs_it_walks_and_no_others(
+    stub, searcher: Searcher
+) -> None:
+    """Fresh rows of graphs by cell are sorted into finer cells, as one graph's are: a search
+    reads a few of them (walking 2 graphs of 2, scanning their whole cells read all 600)."""
+    name = f"graphs{next(_names)}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=256))
+    stored = clustered_vectors(ROWS, dim=256, clusters=20, seed=1)  # where cells pay
+    stub.Upsert(upsert_messages(name, stored))
+    store = searcher.store
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    added = clustered_vectors(600, dim=256, clusters=20, seed=7)
+    with folds_paused(searcher):
+        stub.Upsert(upsert_messages(name, added, first_id=30_000, per_message=50))
+        collection, _ = store.catalogue.get(name, fresh=True)
+        cells = store.cells.of(collection)
+        assert cells is not None and cells.fine is not None
+        stats = stub.GetStats(pb.GetStatsRequest(collection=name))
+        assert stats.fresh_rows == 600 and stats.fresh_cells == 2 * collection.fine_cells
+        assert stats.fresh_cells_searched == collection.graph_probes * cells.fine.probes
+        queries = clustered_vectors(40, dim=256, clusters=20, seed=9)
+        for query in queries[:5]:
+            scanned = fresh_cells_scanned(
+                collection, cells, query, graphs_walked(collection, cells, query)
+            )
+            assert 0 < _rows_read(searcher, collection, scanned) < 600 // 8  # here 30 to 47
+        _found_as_first(stub, name, added, 30_000, step=11)
+        stored = np.concatenate([stored, added])
+        ids = np.concatenate([np.arange(ROWS), np.arange(30_000, 30_600)])
+        found = 0
+        for query in queries:
+            truth = ids[np.argsort(np.linalg.norm(stored - query, axis=1))[:10]]
+            found += len({hit.id for hit in nearest(stub, name, query, top_k=10)} & set(truth))
+        assert found / (10 * len(queries)) >= 0.95
+
+
+def _rows_read(searcher: Searcher, collection, scanned: list[int]) -> int:  # type: ignore[no-untyped-def]
+    """How many fresh rows a search that scans `scanned` cells reads (EXPLAIN ANALYZE)."""
+    rows = fresh_rows_sql(collection, Filter(), with_cells=True)
+    with searcher.store.pool.connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM ({}) AS f").format(rows),
+            {"cells": scanned},
+        )
+        plan = cur.fetchone()[0][0]["Plan"]
+    return int(plan["Actual Rows"]) if "Plans" not in plan else int(plan["Plans"][0]["Actual Rows"])
+
+
+def test_graphs_built_before_finer_cells_keep_their_layout_through_additions_and_rebuilds(
+    stub, searcher: Searcher
+) -> None:
+    """A collection whose graphs by cell were built before finer cells (schema 6: a row's
+    cell is its graph, a graph's predicate cell = k) is rebuilt, added to and folded as such."""
+    name = loaded(stub, searcher)
+    store = searcher.store
+    collection, _ = store.catalogue.get(name, fresh=True)
+    with store.pool.connection() as conn, conn, conn.cursor() as cur:  # as schema 6 left it
+        cur.execute(
+            sql.SQL("UPDATE {} SET cell = cell / %s WHERE cell <> %s").format(collection.table),
+            (collection.fine_cells, NO_CELL),
+        )
+        cur.execute(
+            "UPDATE imgsearch.fresh_cells SET fine_centroids = NULL, fine_probes = 0 "
+            "WHERE collection = %s",
+            (name,),
+        )
+        cur.execute(
+            "UPDATE imgsearch.collections SET graph_fine_cells = 0 WHERE name = %s", (name,)
+        )
+    store.build_index(name)
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    rebuilt, _ = store.catalogue.get(name, fresh=True)
+    assert (rebuilt.graph_cells, rebuilt.fine_cells) == (2, 0)
+    predicates = sorted(predicate for _, predicate, _ in _hnsw_indexes(searcher, name))
+    assert [p.endswith(f"(cell = {cell}))") for cell, p in enumerate(predicates)] == [True] * 2
+    _found_as_first(stub, name, _data(ROWS, seed=1), 0, step=97)
+    added = _data(100, seed=10) + 0.01
+    with folds_paused(searcher):
+        stub.Upsert(upsert_messages(name, added, first_id=40_000, per_message=25))
+        placed = _cells_of(searcher, name, list(range(40_000, 40_100)))
+        assert {cell for _, cell in placed.values()} <= {0, 1}
+        _found_as_first(stub, name, added, 40_000, step=7)
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 0
+    _found_as_first(stub, name, added, 40_000, step=7)
 
 
 def test_rows_written_without_a_cell_are_found_and_then_given_their_cells(
@@ -214,7 +311,9 @@ def test_rows_written_without_a_cell_are_found_and_then_given_their_cells(
     store.maintenance.schedule("fold", name)
     assert store.maintenance.wait_idle(UPKEEP_S)
     placed = _cells_of(searcher, name, list(range(20_000, 20_030)))
-    assert all(cell in (0, 1) for _, cell in placed.values())
+    cells = store.cells.of(collection)
+    assert cells is not None
+    assert [placed[20_000 + i][1] for i in range(30)] == list(cells.assign(orphans))
     assert stub.GetStats(pb.GetStatsRequest(collection=name)).fresh_rows == 0
     _found_as_first(stub, name, orphans, 20_000)
 

@@ -27,7 +27,7 @@ from searcher.cells import MIN_PROBES, MIN_ROWS, calibrated, cell_count, fit, fr
 from searcher.config import SearcherConfig
 from searcher.embedded import EmbeddedPostgres
 from searcher.pgvector_io import Item
-from searcher.queries import Effort, Filter, fresh_rows_sql
+from searcher.queries import Effort, Filter, fresh_cells_scanned, fresh_rows_sql
 from searcher.schema import DATA_SCHEMA, NO_CELL
 from searcher.server import Searcher
 from tests.searcher_helpers import (
@@ -83,15 +83,27 @@ def test_a_sample_with_fewer_distinct_rows_than_cells_leaves_no_centroid_undefin
     assert cells.centroids.shape == (16, DIM) and np.isfinite(cells.centroids).all()
 
 
-def test_over_graphs_by_cell_a_search_scans_the_fresh_rows_of_the_cells_it_walks() -> None:
-    """Not the probes' least of 4: of 8 graph cells, that scanned half of the fresh rows."""
+def test_over_graphs_by_cell_a_search_scans_the_walked_graphs_fresh_rows_near_its_query() -> None:
+    """Not the probes' least of 4 graph cells (of 8, that scanned half of the fresh rows), nor
+    all of the walked graphs' fresh rows: those in the query's nearest finer cells."""
     data = _data(3000, seed=1)
-    graph_cells = replace(calibrated(fit(data, Metric.L2, 8), data), probes=MIN_PROBES)
-    over_graphs = replace(one_graph_collection(), graph_cells=8, graph_probes=2)
-    assert fresh_probes(over_graphs, graph_cells) == 2
-    assert fresh_probes(replace(over_graphs, graph_probes=3), graph_cells) == 3
-    # One graph: its fresh rows' cells (finer than any graph's), as many as their probes.
     fine = calibrated(fit(data, Metric.L2, 44), data)
+    graph_cells = replace(calibrated(fit(data, Metric.L2, 8), data), probes=MIN_PROBES, fine=fine)
+    over_graphs = replace(one_graph_collection(), graph_cells=8, graph_probes=2, fine_cells=44)
+    assert fresh_probes(over_graphs, graph_cells) == 2 * fine.probes
+    assert fresh_probes(replace(over_graphs, graph_probes=3), graph_cells) == 3 * fine.probes
+    # A row's cell names its graph and its finer cell; a search scans its walked graphs' rows
+    # in its nearest finer cells, its own among them.
+    rows = graph_cells.assign(data[:50])
+    assert list(rows // 44) == list(replace(graph_cells, fine=None).assign(data[:50]))
+    assert list(rows % 44) == list(fine.assign(data[:50]))
+    for row, cell in zip(data[:50], rows, strict=True):
+        walked = tuple(graph_cells.nearest(row, 2))
+        scanned = fresh_cells_scanned(over_graphs, graph_cells, row, walked)
+        assert scanned[0] == NO_CELL and cell in scanned
+        assert len(scanned) == 1 + 2 * fine.probes
+        assert {graph_cells.coarse_of(c) for c in scanned[1:]} == set(walked)
+    # One graph: its fresh rows' cells, as many as their probes.
     assert fresh_probes(one_graph_collection(), fine) == fine.probes >= MIN_PROBES
 
 
@@ -225,9 +237,11 @@ def test_a_collection_made_before_cells_is_migrated_and_keeps_every_row(tmp_path
             f"CREATE INDEX segment_{hashlib.md5(b'before').hexdigest()} ON {table} (segment)",
             "DROP TABLE imgsearch.fresh_cells",
             "ALTER TABLE imgsearch.collections DROP COLUMN cells_segment",
-            # and without the named vectors of schema 5 and graphs by cell of 6, which came after
+            # and without the named vectors of schema 5, graphs by cell of 6 and their finer
+            # cells of 7, which came after
             "ALTER TABLE imgsearch.collections DROP COLUMN parent, DROP COLUMN vector_name",
             "ALTER TABLE imgsearch.collections DROP COLUMN graph_cells, DROP COLUMN graph_probes",
+            "ALTER TABLE imgsearch.collections DROP COLUMN graph_fine_cells",
             "DELETE FROM public.imgsearch_schema_migrations WHERE version >= 4",
         )
         with Searcher(SearcherConfig(address="127.0.0.1:0", dsn=postgres.dsn)) as second:
