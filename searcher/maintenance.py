@@ -18,7 +18,8 @@ After each build of a collection's index:
 Each step is logged, and the outcome recorded in the catalogue (GetCollection, GetStats): the
 effort in force, its measured recall, and a note of what was done. Steps 1 and 2 run again
 once rows added since the last check reach RECHECK_SHARE of its rows, measured on a random
-share of them that the folds kept out of the graph (see fold).
+share of them that the folds kept out of the graph (see fold); a graph the folds left short of
+the target at every effort is built again at the same m, then checked as after any build.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ RECHECK_SHARE = 0.05
 # the target.
 CALIBRATED = "search effort calibrated"
 NOT_REACHED = "not reached at the most effort"
+# A recheck's note while the build it asked for waits; then the build's.
+REBUILDING = "the folds left the graph short of the target at every effort: building it again"
+REBUILT = "built again: the folds had left the graph short of the target at every effort"
 MAX_M = 100
 MAX_EF_CONSTRUCTION = 1000
 # A BINARY index is rebuilt (its quantizer fitted anew) once its collection holds this many
@@ -270,7 +274,7 @@ class IndexMaintenance:
         notes = [
             part
             for part in collection.index_note.split("; ")
-            if part and not part.startswith(CALIBRATED)
+            if part and not part.startswith(CALIBRATED) and part != REBUILDING
         ]
         # A build is repaired when it is poor at the default effort, or when no effort reaches
         # the target: 1-2% of held-out queries stuck in another part of the graph whatever the
@@ -288,6 +292,13 @@ class IndexMaintenance:
             )
         if repair and (calibrated.at_default < self.recall_floor or not calibrated.met):
             calibrated, sample = self._repair(collection, calibrated, sample, notes)
+        # Folds insert rows one by one; a recheck that finds the graph short of the target at
+        # every effort has it built again from its rows, at the same m (at 200k rows a recheck
+        # set ef_search 1000 and searches ran 3.3x slower until the next build; stop 38). The
+        # check after that build repairs it if it must.
+        rebuild = not repair and not calibrated.met and not _hopeless(collection)
+        if rebuild:
+            notes.append(REBUILDING)
         chosen = calibrated.collection
         effort = f"ef_search {chosen.ef_search}" + (
             f", candidates {chosen.candidates}" if chosen.candidates else ""
@@ -300,6 +311,9 @@ class IndexMaintenance:
             f"{sample.described} (target {self.recall_target:g}{short})"
         )
         self._record(chosen, calibrated.recall, sample, "; ".join(notes))
+        if rebuild:
+            logger.warning("%s: %s", collection.name, REBUILDING)
+            self.rebuild(collection.name)
 
     def _repair(
         self,
@@ -347,10 +361,12 @@ class IndexMaintenance:
         return calibrated, sample
 
     def rebuild(self, name: str) -> None:
-        """Build the collection's index again (its recorded one was lost, or covers every row
-        as indexes did before fresh rows), then check it."""
+        """Build the collection's index again (its recorded one was lost, covers every row as
+        indexes did before fresh rows, or a recheck found it short at every effort), then check
+        it."""
         collection, _ = self.catalogue.get(name, fresh=True)
-        built = self.builder.build(collection, concurrently=True, note=collection.index_note)
+        note = collection.index_note.replace(REBUILDING, REBUILT)
+        built = self.builder.build(collection, concurrently=True, note=note)
         self.check(built.name)
 
     def fold(self, name: str) -> None:
@@ -375,13 +391,8 @@ class IndexMaintenance:
         if fresh >= max(REBUILD_MIN_ROWS, REBUILD_SHARE * collection.built_rows):
             note = f"{fresh} fresh rows taken in by a build (cheaper than folding them)"
             logger.info("%s: %s", name, note)
-            # A graph already repaired (m raised) that still missed the target is not repaired
-            # again each time its collection grows: m would climb 1.5x a time to MAX_M, for
-            # vectors no graph serves well. The new build is calibrated; repairs stay for
-            # graphs that were good before.
-            hopeless = NOT_REACHED in collection.index_note and collection.m > DEFAULT_M
             built = self.builder.build(collection, concurrently=True, note=note)
-            self.check(built.name, repair=not hopeless)
+            self.check(built.name, repair=not _hopeless(collection))
             return
         recheck_rows = RECHECK_SHARE * collection.built_rows
         kept = (
@@ -474,3 +485,11 @@ class IndexMaintenance:
         with self._lock:
             inserted = self._inserted.get(collection.name, 0)
         return max(int(row[0]) if row else 0, collection.built_rows + inserted)
+
+
+def _hopeless(collection: Collection) -> bool:
+    """A graph already repaired (m raised) that still missed the target: it is not built or
+    repaired again each time its collection grows (m would climb 1.5x a time to MAX_M, for
+    vectors no graph serves well). Its builds are calibrated; repairs stay for graphs that
+    were good before."""
+    return NOT_REACHED in collection.index_note and collection.m > DEFAULT_M

@@ -17,9 +17,10 @@ from imgsearch.v1 import searcher_pb2 as pb
 from searcher import recall
 from searcher.catalogue import Collection
 from searcher.kinds import EFFORT_LADDER
+from searcher.maintenance import REBUILDING, REBUILT
 from searcher.pgvector_io import Item
 from searcher.pool import ConnectionPool
-from searcher.recall import draw_sample
+from searcher.recall import HELD_OUT_OF_FOLDS, draw_sample
 from searcher.schema import NO_CELL
 from searcher.server import Searcher
 from searcher.store import VectorStore
@@ -179,6 +180,45 @@ def test_a_recheck_after_folds_measures_on_added_rows_the_folds_kept_out_of_the_
     assert index.recall_sample == measured
     assert f"on {measured} rows added since, held out of the folds" in index.note
     assert store.builder.fresh_rows(collection) == 0
+
+
+def test_a_recheck_that_finds_the_graph_short_at_every_effort_has_it_built_again_at_the_same_m(
+    stub, searcher: Searcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folds insert rows one by one into a graph that was good; where they leave it short of
+    the target whatever the effort, the recheck has it built again from its rows, at the same
+    m (a repair would raise it), and says so while the build runs and after."""
+    data = clustered_vectors(10_000 + 500, seed=13)
+    name, store, collection = indexed(stub, searcher, data[:10_000])
+    maintenance = store.maintenance
+    target = maintenance.recall_target
+    build_again = maintenance.rebuild
+    said_meanwhile: list[str] = []
+
+    def rebuild(name: str) -> None:
+        said_meanwhile.append(
+            stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index.note
+        )
+        maintenance.recall_target = target  # a graph built afresh meets it
+        build_again(name)
+
+    monkeypatch.setattr(maintenance, "rebuild", rebuild)
+    maintenance.stop()
+    try:
+        stub.Upsert(upsert_messages(name, data[10_000:], first_id=10_000, per_message=100))
+        maintenance.recall_target = 1.01  # out of reach, as for a graph the folds left short
+        maintenance.check(name, repair=False, held_out=HELD_OUT_OF_FOLDS)
+    finally:
+        maintenance.recall_target = target
+        maintenance.start()
+    settle(searcher)
+    (meanwhile,) = said_meanwhile
+    assert REBUILDING in meanwhile and "not reached at the most effort" in meanwhile
+    rebuilt = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
+    assert rebuilt.index.generation == collection.generation + 1
+    assert rebuilt.index_params.m == collection.m and rebuilt.index.built_rows == 10_500
+    assert REBUILT in rebuilt.index.note and REBUILDING not in rebuilt.index.note
+    assert "not reached" not in rebuilt.index.note and "rebuilt with m=" not in rebuilt.index.note
 
 
 def test_the_rows_kept_out_of_folds_are_a_share_of_the_rows_however_their_ids_run(
