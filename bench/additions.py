@@ -229,7 +229,7 @@ def main() -> int:
             server.stop()
         # What the builds fitted for the fresh rows (searcher.cells), from the searcher's log.
         log = (Path(tmp) / "searcher.log").read_text(errors="replace").splitlines()
-        results["fresh_cells"] = [line for line in log if ": fresh rows in " in line]
+        results["fresh_cells"] = [line for line in log if ", a search scanning " in line]
     before = results["before"]
     for phase in ("during", "right_after", "folded"):
         results[phase]["p50_over_before"] = results[phase]["p50_ms"] / before["p50_ms"]
