@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from searcher.catalogue import Collection
-from searcher.kinds import spec
+from searcher.kinds import EFFORT_LADDER, spec
 from searcher.recall import RecallSample, Search
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,12 @@ class Calibration:
     recall: float  # at the chosen effort
     met: bool  # whether the chosen effort meets the target (else it is the most thorough)
     at_default: float  # at the kind's default effort
+
+    @property
+    def at_most(self) -> bool:
+        """Whether the chosen effort is the ladder's most thorough (met there, if at all, with
+        nothing to spare)."""
+        return self.collection.ef_search >= EFFORT_LADDER[-1]
 
 
 def calibrate(
