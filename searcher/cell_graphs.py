@@ -51,10 +51,10 @@ logger = logging.getLogger(__name__)
 # better than one graph (bench/partitions.py).
 ROWS_PER_GRAPH = 12_500
 # Collections this large take graphs by cell at their first build after a bulk load. Not from
-# 100k: there, as 8 graphs, builds calibrated within one ladder step (one graph: ef_search 200
-# and 640), but a search scanned the fresh rows of 4 of the 8 graph cells, and while 10k rows
-# were added its p50 doubled (1.25x as one graph with 256 finer cells for its fresh rows;
-# bench/RESULTS.md, stop 38). It now scans those of the cells it walks (2), still coarse.
+# 100k: there, as 8 graphs, four builds calibrated within one ladder step, but a fifth needed
+# ef_search 1000 (stop 39), and one graph's effort is no worse (ef_search 320 and 400, stop
+# 38). Their fresh rows are now sorted as finely as one graph's (Cells.fine), which graphs by
+# cell lacked when stop 38 measured a search's p50 doubling during additions at 100k.
 DEFAULT_FROM_ROWS = 200_000
 # The table's pages read back per COPY when every row's cell is written: ~30k rows (120 MB of
 # 1000-d vectors).
