@@ -151,21 +151,18 @@ class IndexBuilder:
             if self.cells.carry_forward(cur, current, segment):
                 return replace(current, cells_segment=segment)
             logger.warning("%s: its cells are gone: its index is built as one graph", current.name)
-            current = replace(current, graph_cells=0, graph_probes=0, fine_cells=0)
+            current = replace(current, **_ONE_GRAPH)
         graphs = 0
         if first_graph and self.graph_cells_from and rows >= self.graph_cells_from:
             graphs = cell_graphs.graph_count(rows)
         fitted = self.cells.fit_for(cur, current, segment, count=graphs)
         if fitted is None:
-            return replace(current, cells_segment=0, graph_cells=0, graph_probes=0, fine_cells=0)
+            return replace(current, cells_segment=0, **_ONE_GRAPH)
         cells, walks = fitted
-        return replace(
-            current,
-            cells_segment=segment,
-            graph_cells=graphs,
-            graph_probes=walks if graphs else 0,
-            fine_cells=cells.fine_per_cell if graphs else 0,
+        layout: dict[str, Any] = dict(
+            graph_cells=graphs, graph_probes=walks, fine_cells=cells.fine_per_cell
         )
+        return replace(current, cells_segment=segment, **(layout if graphs else _ONE_GRAPH))
 
     def _into_cells(self, cur: Any, target: Collection) -> None:
         """Before a collection's first graphs by cell: every row its new generation will hold
@@ -179,10 +176,7 @@ class IndexBuilder:
         cell_graphs.create_orphan_index(cur, target)
         logger.info(
             "%s: %d rows given their cells among %d in %.1f s",
-            target.name,
-            rows,
-            target.graph_cells,
-            time.monotonic() - started,
+            *(target.name, rows, target.graph_cells, time.monotonic() - started),
         )
 
     def _build_generation(
@@ -441,19 +435,16 @@ class IndexBuilder:
                 conn.autocommit = old
 
 
+# A collection's layout without graphs by cell.
+_ONE_GRAPH: dict[str, Any] = {"graph_cells": 0, "graph_probes": 0, "fine_cells": 0}
+
+
 def _log_built(target: Collection, rows: int, seconds: float, note: str) -> None:
     graphs = f", {target.graph_cells} graphs by cell" if target.graph_cells else ""
     logger.info(
         "built %s index of %s (generation %d, %d rows, m=%d, ef_construction=%d%s) in %.1f s%s",
-        target.kind.name,
-        target.name,
-        target.generation,
-        rows,
-        target.m,
-        target.ef_construction,
-        graphs,
-        seconds,
-        f": {note}" if note else "",
+        *(target.kind.name, target.name, target.generation, rows, target.m),
+        *(target.ef_construction, graphs, seconds, f": {note}" if note else ""),
     )
 
 
