@@ -274,8 +274,8 @@ class CellStore:
             return None
         fitted = calibrated(fit(sample, collection.metric, cells, seed=segment), sample)
         walks = calibrated(fitted, sample, least=MIN_WALKS, share=NEIGHBOURS_IN_WALKS).probes
-        if count:  # graphs by cell: their fresh rows sorted finer, as one graph's would be
-            finer = min(cell_count(rows), len(sample))
+        finer = min(cell_count(rows), len(sample))
+        if count and finer:  # graphs by cell: their fresh rows sorted finer, as one graph's are
             fitted = replace(fitted, fine=calibrated(fit(sample, collection.metric, finer), sample))
         self._store(cur, collection, segment, fitted)
         logger.info(
