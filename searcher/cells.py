@@ -132,10 +132,6 @@ class Cells:
             return coarse
         return coarse * np.int32(self.fine_per_cell) + self.fine.assign(vectors)
 
-    def coarse_of(self, cell: int) -> int:
-        """The coarse cell (over graphs by cell: the graph) of a row's cell."""
-        return cell // self.fine_per_cell if self.fine is not None else cell
-
     def scanned(self, vector: np.ndarray, coarse: list[int]) -> list[int]:
         """The cells whose fresh rows a search for `vector` scans, given the coarse cells it
         takes (its nearest probes, or over graphs by cell the graphs it walks): those, or with

@@ -37,7 +37,12 @@ class Calibration:
     def at_most(self) -> bool:
         """Whether the chosen effort is the ladder's most thorough (met there, if at all, with
         nothing to spare)."""
-        return self.collection.ef_search >= EFFORT_LADDER[-1]
+        return at_most_effort(self.collection)
+
+
+def at_most_effort(collection: Collection) -> bool:
+    """Whether the collection searches at its ladder's most thorough effort."""
+    return collection.ef_search >= EFFORT_LADDER[-1]
 
 
 def calibrate(

@@ -19,7 +19,7 @@ Each step is logged, and the outcome recorded in the catalogue (GetCollection, G
 effort in force, its measured recall, and a note of what was done. Steps 1 and 2 run again
 once rows added since the last check reach RECHECK_SHARE of its rows, measured on a random
 share of them that the folds kept out of the graph (see fold); a graph the folds left short of
-the target at every effort is built again at the same m, then checked as after any build.
+the target below the most effort is built again at the same m, then checked.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from psycopg2 import sql
 
 from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
-from searcher.effort import Calibration, Searcher, calibrate, walk_more
+from searcher.effort import Calibration, Searcher, at_most_effort, calibrate, walk_more
 from searcher.folding import FoldPace
 from searcher.indexes import IndexBuilder
-from searcher.kinds import EFFORT_LADDER, spec
+from searcher.kinds import spec
 from searcher.pool import ConnectionPool
 from searcher.recall import (
     HELD_OUT_OF_FOLDS,
@@ -366,8 +366,8 @@ class IndexMaintenance:
 
     def rebuild(self, name: str) -> None:
         """Build the collection's index again (its recorded one was lost, covers every row as
-        indexes did before fresh rows, or a recheck found it short at every effort), then check
-        it."""
+        indexes did before fresh rows, or a recheck found it short below the most effort), then
+        check it."""
         collection, _ = self.catalogue.get(name, fresh=True)
         note = collection.index_note.replace(REBUILDING, REBUILT)
         built = self.builder.build(collection, concurrently=True, note=note)
@@ -496,5 +496,5 @@ def _hopeless(collection: Collection) -> bool:
     most effort: it is not built or repaired again each time its collection grows (m would
     climb 1.5x a time to MAX_M, for vectors no graph serves well). Its builds are calibrated;
     repairs stay for graphs that were good before."""
-    poor = NOT_REACHED in collection.index_note or collection.ef_search >= EFFORT_LADDER[-1]
+    poor = NOT_REACHED in collection.index_note or at_most_effort(collection)
     return poor and collection.m > DEFAULT_M

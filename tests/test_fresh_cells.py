@@ -102,7 +102,7 @@ def test_over_graphs_by_cell_a_search_scans_the_walked_graphs_fresh_rows_near_it
         scanned = fresh_cells_scanned(over_graphs, graph_cells, row, walked)
         assert scanned[0] == NO_CELL and cell in scanned
         assert len(scanned) == 1 + 2 * fine.probes
-        assert {graph_cells.coarse_of(c) for c in scanned[1:]} == set(walked)
+        assert {over_graphs.graph_of(c) for c in scanned[1:]} == set(walked)
     # One graph: its fresh rows' cells, as many as their probes.
     assert fresh_probes(one_graph_collection(), fine) == fine.probes >= MIN_PROBES
 
