@@ -22,6 +22,10 @@ LOST_QUERY_RECALL = 0.5
 LOST_QUERIES_ALLOWED = 0.01
 # Most graphs by cell a search walks: each one walked costs a whole search of a graph.
 MAX_GRAPH_WALKS = 4
+# An effort this high (ten times pgvector's default ef_search) says more of the graph than of the
+# data: 100k clustered rows as one graph, m=16, met recall@10 0.99 at ef_search 320-640 (Search
+# p50 up to 5.5 ms), their repairs at m=24 at 80-100 (~3 ms; bench/RESULTS.md, stop 40).
+COSTLY_EF_SEARCH = 400
 
 Searcher = Callable[[Collection], Search]
 
@@ -38,6 +42,13 @@ class Calibration:
         """Whether the chosen effort is the ladder's most thorough (met there, if at all, with
         nothing to spare)."""
         return at_most_effort(self.collection)
+
+    @property
+    def costly(self) -> bool:
+        """Whether its graph is walked at a costly effort (BINARY walks as many candidates as
+        its codes need re-ranked: a larger graph would not make them fewer)."""
+        walks_candidates = spec(self.collection.kind).ef_search_is_candidates
+        return not walks_candidates and self.collection.ef_search >= COSTLY_EF_SEARCH
 
 
 def at_most_effort(collection: Collection) -> bool:

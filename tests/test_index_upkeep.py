@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -14,7 +15,7 @@ import pytest
 from psycopg2 import sql
 
 from imgsearch.v1 import searcher_pb2 as pb
-from searcher import recall
+from searcher import effort, recall
 from searcher.catalogue import Collection
 from searcher.kinds import EFFORT_LADDER
 from searcher.maintenance import REBUILDING, REBUILT
@@ -313,6 +314,25 @@ def test_a_poor_build_is_rebuilt_with_the_default_parameters(stub, searcher: Sea
     assert "rebuilt with m=16, ef_construction=200: recall@10 was" in collection.index.note
     assert "at m=2, ef_construction=4 (floor 0.95, target 0.99)" in collection.index.note
     assert collection.index.recall >= 0.95
+
+
+def test_a_first_graph_walked_at_a_costly_effort_is_built_once_more_larger(
+    stub, searcher: Searcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph of the default m that meets the target only at a high ef_search is rebuilt with
+    m and ef_construction raised, then calibrated; the larger graph is not rebuilt again,
+    whatever effort it needs."""
+    monkeypatch.setattr(effort, "COSTLY_EF_SEARCH", EFFORT_LADDER[0])  # every effort is costly
+    name, _, _ = indexed(stub, searcher, clustered_vectors(10_000, seed=17))
+    collection = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
+    assert (collection.index_params.m, collection.index_params.ef_construction) == (24, 400)
+    assert collection.index.generation == 3
+    assert re.search(
+        r"rebuilt with m=24, ef_construction=400: recall@10 0\.\d+ took ef_search \d+ at m=16, "
+        r"ef_construction=200 \(floor 0\.95, target 0\.99\)",
+        collection.index.note,
+    )
+    assert collection.index.recall >= 0.99
 
 
 def test_codes_that_cannot_tell_neighbours_apart_get_the_most_candidates(
