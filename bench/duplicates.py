@@ -141,6 +141,8 @@ def main() -> int:
         "max_distance": MAX_DISTANCE,
         "index": pb.IndexKind.Name(collection.index_params.kind),
         "ef_search": collection.index.ef_search,
+        "m": collection.index_params.m,
+        "index_note": collection.index.note,
         "load_and_index_s": loaded_s,
         "numpy_all_pairs_s": numpy_s,
         **run,
