@@ -22,10 +22,11 @@ LOST_QUERY_RECALL = 0.5
 LOST_QUERIES_ALLOWED = 0.01
 # Most graphs by cell a search walks: each one walked costs a whole search of a graph.
 MAX_GRAPH_WALKS = 4
-# An effort this high (ten times pgvector's default ef_search) says more of the graph than of the
-# data: 100k clustered rows as one graph, m=16, met recall@10 0.99 at ef_search 160-800 (Search
-# p50 up to 5.5 ms), their repairs at m=24 at 40-80 (2.2-3.0 ms; bench/RESULTS.md, stop 40).
-COSTLY_EF_SEARCH = 400
+# An effort this high (over six times pgvector's default ef_search) says more of the graph than
+# of the data: 100k clustered rows as one graph, m=16, met recall@10 0.99 at ef_search 160-800
+# (Search p50 2.5-5.5 ms; at 256, 3.3-3.8), their repairs at m=24 at 40-80 (2.2-3.0 ms;
+# bench/RESULTS.md, stops 40 and 41).
+COSTLY_EF_SEARCH = 256
 
 Searcher = Callable[[Collection], Search]
 
