@@ -1,8 +1,10 @@
 """How many of a fresh query's true neighbours lie in the cells its search walks, for cells fitted
-as the searcher fits them (searcher.cells.fit on a 16k-row sample) on the clustered data set:
-the most recall graphs by cell can give, whatever the graphs, for 1 to 3 walks and a few fits.
+as the searcher fits them (searcher.cells.fit on a 16k-row sample) on the clustered or the
+embedder data set: the most recall graphs by cell can give, whatever the graphs, for a few walk
+counts and fits; and how many walks the searcher's own estimate on the sample asks for.
 
     python bench/cell_walks.py --rows 1000000 --fits 4 --out bench/results/cell_walks_1m.json
+    python bench/cell_walks.py --dataset embedder --walks 2 4 8 12 19 --fits 2
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.datasets import clustered  # noqa: E402
+from bench.datasets import clustered, embedder_vectors  # noqa: E402
 from searcher import cells  # noqa: E402
 from searcher.catalogue import Metric  # noqa: E402
 from searcher.cell_graphs import graph_count  # noqa: E402
@@ -43,10 +45,13 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--fits", type=int, default=4)
+    parser.add_argument("--dataset", choices=("clustered", "embedder"), default="clustered")
+    parser.add_argument("--walks", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()
-    data, queries = clustered(args.rows, args.queries)
+    load = clustered if args.dataset == "clustered" else embedder_vectors
+    data, queries = load(args.rows, args.queries)
     truth = true_neighbours(data, queries)
     count = graph_count(args.rows)
     rng = np.random.default_rng(0)
@@ -62,13 +67,20 @@ def main() -> int:
         row = {
             "seed": seed,
             "share_in_walks": {
-                walks: share_in_walks(fitted, queries, cell_of, truth, walks) for walks in (1, 2, 3)
+                walks: share_in_walks(fitted, queries, cell_of, truth, walks)
+                for walks in args.walks
             },
+            # What the searcher asks of a fit: the walks that hold NEIGHBOURS_IN_WALKS of the
+            # neighbours among the sample's own rows (farther than the collection's).
+            "walks_estimated_on_sample": cells.calibrated(
+                fitted, sample, least=cells.MIN_WALKS, share=cells.NEIGHBOURS_IN_WALKS
+            ).probes,
             "cell_rows_min_max": [int(sizes.min()), int(sizes.max())],
         }
         print(json.dumps(row), flush=True)
         fits.append(row)
-    result = {"rows": args.rows, "queries": args.queries, "cells": count, "fits": fits}
+    result = {"dataset": args.dataset, "rows": args.rows, "queries": args.queries}
+    result |= {"cells": count, "fits": fits}
     result["seconds"] = time.perf_counter() - started
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
