@@ -38,7 +38,7 @@ from psycopg2 import sql
 
 from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
-from searcher.effort import Calibration, Searcher, at_most_effort, calibrate, walk_more
+from searcher.effort import Calibration, Searcher, at_most_effort, calibrate, calibrate_walks
 from searcher.folding import FoldPace
 from searcher.indexes import IndexBuilder
 from searcher.kinds import spec
@@ -282,9 +282,9 @@ class IndexMaintenance:
         # the target: 1-2% of held-out queries stuck in another part of the graph whatever the
         # ef_search (1 build in 3 of the same 100k clustered rows, m=16; bench/calibration.py).
         if collection.graph_cells:
-            # Neighbours in cells the walks miss: no larger graph finds them; more walks do,
-            # and may cost less than a high effort on fewer walks.
-            calibrated = walk_more(
+            # Neighbours in cells the walks miss: no larger graph finds them; more walks do
+            # (cheaper than a high effort on fewer), and fewer walks may meet the target too.
+            calibrated = calibrate_walks(
                 collection,
                 calibrated,
                 sample,

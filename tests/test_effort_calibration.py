@@ -11,7 +11,7 @@ import numpy as np
 
 from imgsearch.records import Hit
 from searcher.catalogue import Collection, IndexKind, Metric
-from searcher.effort import calibrate, walk_more
+from searcher.effort import calibrate, calibrate_walks, walk_more
 from searcher.kinds import EFFORT_LADDER
 from searcher.maintenance import IndexMaintenance
 from searcher.recall import RECALL_AT, RecallSample, Search
@@ -222,6 +222,40 @@ def test_a_third_walk_is_measured_only_at_efforts_that_would_cost_less() -> None
     chosen = calibrated_walking(graphs)
     assert (chosen.graph_probes, chosen.ef_search) == (2, 500)
     assert max(ef for walks, ef in graphs.searched if walks == 3) < 334
+
+
+def calibrated_from_walks(graphs: CellsAndEffort, walks: int) -> Collection:
+    """What the upkeep chooses when the cells' fit asked for `walks` of 80 graphs."""
+    fitted = replace(collection(), graph_cells=80, graph_probes=walks)
+    first = calibrate(fitted, sample(), graphs.searcher_for, target=0.99, default_ef_search=400)
+    chosen = calibrate_walks(
+        fitted, first, sample(), graphs.searcher_for, target=0.99, default_ef_search=400
+    )
+    assert chosen.met
+    return chosen.collection
+
+
+def test_graphs_the_fit_asked_for_but_the_target_does_not_need_are_not_walked() -> None:
+    # The fit asked for 19 walks; from 6 on every query is found at the cheapest effort; with 5,
+    # one query in 20 misses its neighbours at any effort.
+    everyone = needing(0, 0)
+    graphs = CellsAndEffort({5: needing(0.05, np.inf), **dict.fromkeys(range(6, 20), everyone)})
+    chosen = calibrated_from_walks(graphs, 19)
+    assert (chosen.graph_probes, chosen.ef_search) == (6, EFFORT_LADDER[0])
+
+
+def test_fewer_walks_stop_at_the_least_a_search_walks() -> None:
+    graphs = CellsAndEffort(dict.fromkeys(range(1, 20), needing(0, 0)))  # one walk would do
+    chosen = calibrated_from_walks(graphs, 19)
+    assert chosen.graph_probes == 2  # cells.MIN_WALKS
+    assert not any(walks < 2 for walks, _ in graphs.searched)
+
+
+def test_fewer_walks_are_kept_only_where_they_cost_less() -> None:
+    # Four walks meet at the cheapest effort (cost 160); three only at ef_search 64 (192).
+    graphs = CellsAndEffort({3: needing(0.05, 64), 4: needing(0, 0)})
+    chosen = calibrated_from_walks(graphs, 4)
+    assert (chosen.graph_probes, chosen.ef_search) == (4, EFFORT_LADDER[0])
 
 
 def test_a_held_out_row_is_measured_on_its_neighbours_not_on_itself() -> None:
