@@ -188,12 +188,16 @@ def calibrate_walks(
 ) -> Calibration:
     """Graphs by cell: the walks the cells' fit asked for, one more where that costs less
     (walk_more), or fewer where fewer still meet the target (walk_fewer)."""
-    for walk in (walk_more, walk_fewer):
-        calibrated = walk(
-            collection, calibrated, sample, searcher_for,
-            target=target, default_ef_search=default_ef_search,
-        )  # fmt: skip
-    return calibrated
+    walked = walk_more(
+        collection, calibrated, sample, searcher_for,
+        target=target, default_ef_search=default_ef_search,
+    )  # fmt: skip
+    if walked.collection.graph_probes > calibrated.collection.graph_probes:
+        return walked  # the fit's walks cost more than more walks: fewer would cost more still
+    return walk_fewer(
+        collection, calibrated, sample, searcher_for,
+        target=target, default_ef_search=default_ef_search,
+    )  # fmt: skip
 
 
 def walk_fewer(
@@ -211,10 +215,10 @@ def walk_fewer(
     The fit estimates walks on its sample's own rows, whose neighbours lie farther apart than a
     collection's: at 1M SqueezeNet logits it asked for 19-27 of 80 graphs (Search p50 21 ms),
     where 5 met the target (9.1 ms; bench/RESULTS.md, stop 41)."""
-    fewest_meeting = calibrated.collection.graph_probes  # fewest walks known to meet cheaper
-    missed = MIN_WALKS - 1  # most walks known to miss (or to cost no less)
     if not calibrated.met:
         return calibrated
+    fewest_meeting = calibrated.collection.graph_probes  # fewest walks known to meet cheaper
+    missed = MIN_WALKS - 1  # most walks known to miss (or to cost no less)
     while fewest_meeting - missed > 1:
         walks = (missed + fewest_meeting) // 2
         tried = _walking(
