@@ -250,11 +250,13 @@ def test_recall_at_10_is_at_least_098_on_20k_clustered_vectors_at_defaults(
         recalls.append(len({h.id for h in response.hits} & set(truth.tolist())) / 10)
     # New queries are a new sample: the calibration's 0.98 is a mean over 200 held-out queries
     # that lets 1 in 100 be lost to another part of the graph, and one lost query moves a mean
-    # of 100 by 0.01. So: not below 0.98 by more than twice this sample's standard error, and
-    # no more than 2 in 100 lost.
+    # of 100 by 0.01. So both checks allow twice this sample's standard error: the mean not
+    # below 0.98, and no more than 2 in 100 lost (10 of 400 lost happened in CI, a rate of 2 in
+    # 100 gives that 1 time in 4, and 14 of 400 only 1 time in 30).
     mean, error = np.mean(recalls), np.std(recalls) / np.sqrt(len(recalls))
     assert mean >= 0.98 - 2 * error, (mean, error)
-    assert np.mean(np.asarray(recalls) < 0.5) <= 0.02
+    lost, allowed = np.mean(np.asarray(recalls) < 0.5), 0.02 + 2 * np.sqrt(0.02 * 0.98 / 400)
+    assert lost <= allowed, (lost, allowed)
     hundred = stub.Search(pb.SearchRequest(collection=name, vector=vector(queries[0]), top_k=100))
     assert len(hundred.hits) == 100
 
