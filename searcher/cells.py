@@ -125,6 +125,14 @@ class Cells:
         """Lower is nearer, one column per centroid."""
         return -(self.directions(vectors) @ self.centroids.T)
 
+    def ranks(self, vectors: np.ndarray) -> np.ndarray:
+        """(vectors, cells): each cell's rank among each vector's cells, nearest first (0: the
+        vector's own cell)."""
+        order = np.argsort(self._scores(vectors), axis=1, kind="stable")
+        rank_of_cell = np.empty_like(order)
+        np.put_along_axis(rank_of_cell, order, np.arange(order.shape[1])[None, :], axis=1)
+        return rank_of_cell
+
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """Each vector's cell (with finer cells: coarse × fine_per_cell + fine)."""
         coarse = np.asarray(self._scores(vectors).argmin(axis=1), dtype=np.int32)
@@ -213,10 +221,7 @@ def calibrated(
     k = min(CALIBRATION_K, len(rows) - 1)
     neighbours = np.argpartition(distances, k - 1, axis=1)[:, :k]
     # The rank of each neighbour's cell among its query's cells, nearest first.
-    order = np.argsort(cells._scores(rows[picked]), axis=1, kind="stable")
-    rank_of_cell = np.empty_like(order)
-    np.put_along_axis(rank_of_cell, order, np.arange(order.shape[1])[None, :], axis=1)
-    ranks = np.take_along_axis(rank_of_cell, cells.assign(rows)[neighbours], axis=1)
+    ranks = np.take_along_axis(cells.ranks(rows[picked]), cells.assign(rows)[neighbours], axis=1)
     needed = int(np.quantile(ranks, share, method="higher")) + 1
     return replace(cells, probes=min(len(cells.centroids), max(least, needed)))
 
@@ -331,6 +336,11 @@ class CellStore:
             f"DELETE FROM {CATALOG_SCHEMA}.fresh_cells WHERE collection = %s AND segment < %s",
             (collection.name, segment),
         )
+
+    def graphs_of(self, collection: Collection) -> Cells | None:
+        """The cells of the collection's graphs by cell, or None (it has none)."""
+        cells = self.of(collection) if collection.graph_cells else None
+        return cells if cells is not None and are_graph_cells(collection, cells) else None
 
     def of(self, collection: Collection) -> Cells | None:
         """The cells of the collection's cells_segment, or None (none fitted, or gone)."""

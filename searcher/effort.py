@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 # that may be lost at the effort chosen (see calibrate).
 LOST_QUERY_RECALL = 0.5
 LOST_QUERIES_ALLOWED = 0.01
-# Most graphs by cell a search walks: each one walked costs a whole search of a graph.
+# Most graphs by cell a search walks, where the sample does not say which graphs hold its
+# neighbours: each one walked costs a whole search of a graph.
 MAX_GRAPH_WALKS = 4
 # An effort this high (over six times pgvector's default ef_search) says more of the graph than
 # of the data: 100k clustered rows as one graph, m=16, met recall@10 0.99 at ef_search 160-800
@@ -119,6 +120,32 @@ def calibrate(
     )
 
 
+def calibrate_effort(
+    collection: Collection,
+    sample: RecallSample,
+    searcher_for: Searcher,
+    *,
+    target: float,
+    default_ef_search: int,
+) -> Calibration:
+    """The collection's effort (calibrate); for graphs by cell, calibrated first at the walks
+    its sample's neighbours ask for (starting_walks), then at more or fewer walks where those
+    cost less (calibrate_walks): neighbours in graphs the walks miss are found by no higher
+    effort, only by more walks, and fewer walks may meet the target too."""
+    if not collection.graph_cells:
+        return calibrate(
+            collection, sample, searcher_for, target=target, default_ef_search=default_ef_search
+        )
+    collection = starting_walks(collection, sample, target)
+    calibrated = calibrate(
+        collection, sample, searcher_for, target=target, default_ef_search=default_ef_search
+    )
+    return calibrate_walks(
+        collection, calibrated, sample, searcher_for,
+        target=target, default_ef_search=default_ef_search,
+    )  # fmt: skip
+
+
 def cheapest_meeting(meets: Callable[[int], bool], default_step: int, highest: int) -> int:
     """The cheapest step of 0..highest that meets (meeting grows with the step), else
     highest: 0, the default and highest tried in turn, then bisection between the last
@@ -139,6 +166,21 @@ def cheapest_meeting(meets: Callable[[int], bool], default_step: int, highest: i
     return chosen
 
 
+def starting_walks(collection: Collection, sample: RecallSample, target: float) -> Collection:
+    """Graphs by cell: `collection` walking, for its calibration, as many graphs as hold its
+    sample's true neighbours halfway from the target to all of them (a graph search finds most
+    of what its graphs hold, not all), where the sample knows; else the walks it has.
+
+    The cells' fit estimates walks on its own sample of rows, whose neighbours lie farther
+    apart than a collection's: at 1M SqueezeNet logits it asked for 26-34 of 80 graphs, where
+    the held-out queries' neighbours were 99.5% in their nearest 6 and 5 met the target. The
+    calibration at 29 walks and the bisection down to 5 took 150 s (bench/RESULTS.md)."""
+    held = sample.walks_holding(target + (1 - target) / 2)
+    if not collection.graph_cells or held is None:
+        return collection
+    return replace(collection, graph_probes=min(collection.graph_cells, max(MIN_WALKS, held)))
+
+
 def walk_more(
     collection: Collection,
     calibrated: Calibration,
@@ -152,15 +194,17 @@ def walk_more(
     at the effort, so it costs about walks × ef_search. Where walking one graph more could cost
     less than the effort `calibrated` chose (the target met only high on the ladder: recall
     that grows slowly with the effort is lost in the cells not walked), or where no effort met
-    the target, one graph more is tried at a time, up to MAX_GRAPH_WALKS: kept when it meets
-    the target for less, or (none meeting it) raises the recall.
+    the target, one graph more is tried at a time, up to as many as hold all of the sample's
+    true neighbours (at least MAX_GRAPH_WALKS): kept when it meets the target for less, or
+    (none meeting it) raises the recall.
 
     Without this, two builds of the same 100k rows calibrated to ef_search 40 and 640 on two
     walks (bench/RESULTS.md): a sample a little below the target at the cheap end climbed the
     ladder instead of walking a third graph."""
     cheapest = spec(collection.kind).effort_ladder(collection.candidates)[0][0]
     walks = calibrated.collection.graph_probes
-    while walks < min(collection.graph_cells, MAX_GRAPH_WALKS):
+    most = max(MAX_GRAPH_WALKS, sample.walks_holding(1.0) or 0)
+    while walks < min(collection.graph_cells, most):
         if calibrated.met and search_cost(calibrated) <= (walks + 1) * cheapest:
             break  # no effort on more walks costs less
         walks += 1
@@ -210,15 +254,18 @@ def walk_fewer(
     default_ef_search: int,
 ) -> Calibration:
     """The fewest walks (at least MIN_WALKS) that still meet the target for less than the
-    calibrated search costs, bisected: fewer walks find fewer neighbours.
+    calibrated search costs, bisected: fewer walks find fewer neighbours. Walks whose graphs
+    hold less than the target's share of the sample's true neighbours can not meet it: they
+    are not tried.
 
-    The fit estimates walks on its sample's own rows, whose neighbours lie farther apart than a
-    collection's: at 1M SqueezeNet logits it asked for 19-27 of 80 graphs (Search p50 21 ms),
-    where 5 met the target (9.1 ms; bench/RESULTS.md, stop 41)."""
+    Where the sample does not know its neighbours' graphs, calibrated's walks are the fit's:
+    at 1M SqueezeNet logits it asked for 19-27 of 80 graphs (Search p50 21 ms), where 5 met
+    the target (9.1 ms; bench/RESULTS.md, stop 41)."""
     if not calibrated.met:
         return calibrated
     fewest_meeting = calibrated.collection.graph_probes  # fewest walks known to meet cheaper
-    missed = MIN_WALKS - 1  # most walks known to miss (or to cost no less)
+    # Most walks known to miss (or to cost no less).
+    missed = max(MIN_WALKS, sample.walks_holding(target) or 0) - 1
     while fewest_meeting - missed > 1:
         walks = (missed + fewest_meeting) // 2
         tried = _walking(

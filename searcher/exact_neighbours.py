@@ -42,6 +42,7 @@ class ExactNeighbours:
         self.row_bytes = id_vector_row_bytes(dim)
         self.chunk_rows = max(1000, self.CHUNK_DISTANCES // max(len(queries), 1))
         self.best = np.full((len(queries), k), np.inf)
+        self.best_ids = np.full((len(queries), k), -1, dtype=np.int64)
         self._buffer = bytearray()
         self._header_left = COPY_HEADER_BYTES
         # Chunks are measured on a thread of their own while the COPY goes on reading (numpy's
@@ -66,13 +67,21 @@ class ExactNeighbours:
 
     def finish(self) -> np.ndarray:
         """The k smallest distances per query (ascending), leaving out each query's own row;
-        fewer where the collection holds fewer than k other rows."""
+        fewer where the collection holds fewer than k other rows. Their rows' ids are then
+        `neighbour_ids`."""
         self._hand_over(len(self._buffer) // self.row_bytes)
         self._chunks.put(None)
         self._worker.join()
         if self._failure is not None:
             raise self._failure
-        return self.best[:, : int(np.isfinite(self.best).any(axis=0).sum())]
+        found = int(np.isfinite(self.best).any(axis=0).sum())
+        self.best, self.best_ids = self.best[:, :found], self.best_ids[:, :found]
+        return self.best
+
+    @property
+    def neighbour_ids(self) -> np.ndarray:
+        """The ids of the rows at the distances finish() returned (-1 where a query has fewer)."""
+        return self.best_ids
 
     def close(self) -> None:
         """Stop the measuring thread of a COPY that failed before finish()."""
@@ -114,7 +123,7 @@ class ExactNeighbours:
         others = ids[row] != self.query_ids[query]  # inf <= an unbounded limit, too
         query, row = query[others], row[others]
         exact = _pair_distances(self.queries[query], vectors[row].astype(np.float64), self.metric)
-        self.best = _merged(self.best, query, exact)
+        self.best, self.best_ids = _merged(self.best, self.best_ids, query, exact, ids[row])
 
 
 def _screen(
@@ -160,16 +169,30 @@ def _pair_distances(queries: np.ndarray, rows: np.ndarray, metric: Metric) -> np
     return np.linalg.norm(rows - queries, axis=1)
 
 
-def _merged(best: np.ndarray, query: np.ndarray, distances: np.ndarray) -> np.ndarray:
-    """`best` (queries, k; ascending) with each query's new distances taken in."""
+def _merged(
+    best: np.ndarray,
+    best_ids: np.ndarray,
+    query: np.ndarray,
+    distances: np.ndarray,
+    ids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`best` (queries, k; ascending) and their rows' `best_ids`, with each query's new
+    distances (of rows `ids`) taken in."""
     if len(query) == 0:
-        return best
+        return best, best_ids
     counts = np.bincount(query, minlength=len(best))
     starts = np.cumsum(counts) - counts
     # np.nonzero lists the pairs query by query: each one's place among its query's.
     places = np.arange(len(query)) - np.repeat(starts, counts)
     new = np.full((len(best), int(counts.max())), np.inf)
     new[query, places] = distances
+    new_ids = np.full(new.shape, -1, dtype=np.int64)
+    new_ids[query, places] = ids
     merged = np.concatenate([best, new], axis=1)
+    merged_ids = np.concatenate([best_ids, new_ids], axis=1)
     k = best.shape[1]
-    return np.sort(np.partition(merged, k - 1, axis=1)[:, :k], axis=1)
+    kept = np.argpartition(merged, k - 1, axis=1)[:, :k]
+    kept = np.take_along_axis(
+        kept, np.argsort(np.take_along_axis(merged, kept, axis=1), axis=1, kind="stable"), axis=1
+    )
+    return np.take_along_axis(merged, kept, axis=1), np.take_along_axis(merged_ids, kept, axis=1)

@@ -38,7 +38,7 @@ from psycopg2 import sql
 
 from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
-from searcher.effort import Calibration, Searcher, at_most_effort, calibrate, calibrate_walks
+from searcher.effort import Calibration, Searcher, at_most_effort, calibrate_effort
 from searcher.folding import FoldPace
 from searcher.indexes import IndexBuilder
 from searcher.kinds import spec
@@ -263,6 +263,7 @@ class IndexMaintenance:
             self.recall_sample,
             self.searcher_for(cheapest),
             fresh_source=fresh_source,
+            graph_cells=self.builder.cells.graphs_of(collection),
         )
 
     def _measure(self, collection: Collection, sample: RecallSample, *, repair: bool) -> None:
@@ -281,17 +282,6 @@ class IndexMaintenance:
         # A build is repaired when it is poor at the default effort, or when no effort reaches
         # the target: 1-2% of held-out queries stuck in another part of the graph whatever the
         # ef_search (1 build in 3 of the same 100k clustered rows, m=16; bench/calibration.py).
-        if collection.graph_cells:
-            # Neighbours in cells the walks miss: no larger graph finds them; more walks do
-            # (cheaper than a high effort on fewer), and fewer walks may meet the target too.
-            calibrated = calibrate_walks(
-                collection,
-                calibrated,
-                sample,
-                self.searcher_for,
-                target=self.recall_target,
-                default_ef_search=self.default_ef_search,
-            )
         # So is one that meets it only at the most effort (at 100k rows as 8 graphs one build
         # met 0.99 at ef_search 1000, others of the same rows at 40-50; RESULTS.md, stop 39);
         # and a first graph walked at a costly effort: one build in the background, then
@@ -439,7 +429,7 @@ class IndexMaintenance:
         self.check(built.name)
 
     def _calibrate(self, collection: Collection, sample: RecallSample) -> Calibration:
-        return calibrate(
+        return calibrate_effort(
             collection,
             sample,
             self.searcher_for,

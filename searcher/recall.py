@@ -124,9 +124,23 @@ class RecallSample:
     # NO_ID for a query that is no row. None: no query is a row.
     own_ids: np.ndarray | None = None
     source: str = MOVED_VECTORS  # what the queries are, as a note says it
+    # Graphs by cell: for each true neighbour (queries, RECALL_AT), how many of its query's
+    # nearest graphs a search walks to reach it (its graph's rank + 1; 0: a row in no graph,
+    # which every search scans; -1: none). None: not known (no graphs by cell).
+    neighbour_walks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
+
+    def walks_holding(self, share: float) -> int | None:
+        """The fewest graphs by cell a search walks for those to hold `share` of the sample's
+        true neighbours (at least 1); None where the sample does not know."""
+        if self.neighbour_walks is None:
+            return None
+        walks = np.sort(self.neighbour_walks[self.neighbour_walks >= 0], axis=None)
+        if not len(walks):
+            return None
+        return max(1, int(walks[max(0, math.ceil(share * len(walks)) - 1)]))
 
     @property
     def described(self) -> str:
@@ -228,11 +242,13 @@ def draw_sample(
     *,
     seed: int = 0,
     fresh_source: str = HELD_OUT_ROWS,
+    graph_cells: Cells | None = None,
 ) -> RecallSample | None:
     """Up to `size` held-out queries (sample_size of the rows) and their exact neighbours, by
     numpy over a binary COPY of every stored vector: the fresh rows, where at least
     SMALLEST_SAMPLE of them are no graph's (see hold_out), else stored vectors drawn at random
-    and moved (see held_out). None for a collection too small to measure."""
+    and moved (see held_out). None for a collection too small to measure. With the
+    collection's `graph_cells`, the sample also knows which graphs hold the neighbours."""
     with pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
         # Reading every stored vector grows with the collection (a million 1000-d rows took
         # over the 30 s request limit): off the request path, like an index build, it runs
@@ -265,12 +281,38 @@ def draw_sample(
             true_distances = exact.finish()
         finally:
             exact.close()
-    sample = RecallSample(queries, true_distances, own_ids, source)
+        walks = None
+        if graph_cells is not None:
+            walks = _walks_to(cur, collection, graph_cells, queries, exact.neighbour_ids)
+    sample = RecallSample(queries, true_distances, own_ids, source, walks)
     logger.info(
         "%s: %s drawn in %.1f s, their exact neighbours among %d rows in %.1f s",
         *(collection.name, sample.described, placed - started, rows, time.monotonic() - placed),
     )
     return sample
+
+
+def _walks_to(
+    cur: Any, collection: Collection, cells: Cells, queries: np.ndarray, neighbours: np.ndarray
+) -> np.ndarray:
+    """RecallSample.neighbour_walks of `queries`, whose true neighbours are rows `neighbours`
+    (-1: none), read from the rows' own cells (a row written without one is in no graph)."""
+    wanted = np.unique(neighbours[neighbours >= 0])
+    cur.execute(
+        sql.SQL("SELECT id, cell FROM {} WHERE id = ANY(%s)").format(collection.table),
+        (wanted.tolist(),),
+    )
+    cell_of = dict(cur.fetchall())
+    ranks = cells.ranks(queries)
+    per_graph = max(cells.fine_per_cell, 1)
+    walks = np.full(neighbours.shape, -1, dtype=np.int64)  # a row gone since: unknown
+    for (query, place), row in np.ndenumerate(neighbours):
+        cell = cell_of.get(int(row))
+        if cell == NO_CELL:
+            walks[query, place] = 0
+        elif cell is not None:
+            walks[query, place] = ranks[query, cell // per_graph] + 1
+    return walks
 
 
 def _fresh_rows(cur: Any, collection: Collection, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from searcher.cell_graphs import ROWS_PER_GRAPH, graph_count, orphan_index_name
 from searcher.cells import MAX_CELLS
 from searcher.pgvector_io import Item, vector_literal
 from searcher.queries import Filter, fresh_cells_scanned, fresh_rows_sql, graphs_walked
+from searcher.recall import draw_sample
 from searcher.schema import DATA_SCHEMA, NO_CELL
 from searcher.server import Searcher
 from tests.searcher_helpers import (
@@ -150,6 +151,32 @@ def test_a_large_bulk_load_is_indexed_as_one_graph_per_cell_that_searches_walk(
         assert [hit.distance for hit in hits] == sorted(hit.distance for hit in hits)
         found += len({hit.id for hit in hits} & set(truth.tolist()))
     assert found / (10 * len(queries)) >= 0.95
+
+
+def test_a_recall_sample_knows_which_of_its_query_s_graphs_hold_each_true_neighbour(
+    stub, searcher: Searcher
+) -> None:
+    name = loaded(stub, searcher)
+    store = searcher.store
+    collection, _ = store.catalogue.get(name, fresh=True)
+    cells = store.cells.graphs_of(collection)
+    assert cells is not None and len(cells.centroids) == collection.graph_cells == 2
+    search = store._approximate_search(collection)
+    sample = draw_sample(store.pool, collection, 200, search, graph_cells=cells)
+    assert sample is not None and sample.neighbour_walks is not None
+    # By numpy: each query's 10 nearest rows, the graph each row's cell is in, and that
+    # graph's rank among the query's graphs (1: its nearest).
+    stored = _data(ROWS, seed=1)
+    cell_of = _cells_of(searcher, name, list(range(ROWS)))
+    graph_of = np.array([cell_of[i][1] // collection.fine_cells for i in range(ROWS)])
+    expected = []
+    for query, ranks in zip(sample.queries, cells.ranks(sample.queries), strict=True):
+        nearest_ten = np.argsort(np.linalg.norm(stored - query, axis=1))[:10]
+        expected.append(sorted(ranks[graph_of[nearest_ten]] + 1))
+    assert [sorted(row) for row in sample.neighbour_walks.tolist()] == expected
+    assert sample.walks_holding(0.5) == 1 and sample.walks_holding(1.0) <= 2
+    # A collection without graphs by cell: its sample does not know.
+    assert store.cells.graphs_of(replace(collection, graph_cells=0)) is None
 
 
 def test_one_prepared_search_statement_walks_the_graph_of_whichever_cell_it_is_given(

@@ -11,7 +11,7 @@ import numpy as np
 
 from imgsearch.records import Hit
 from searcher.catalogue import Collection, IndexKind, Metric
-from searcher.effort import calibrate, calibrate_walks, walk_more
+from searcher.effort import calibrate, calibrate_effort, calibrate_walks, walk_more
 from searcher.kinds import EFFORT_LADDER
 from searcher.maintenance import IndexMaintenance
 from searcher.recall import RECALL_AT, RecallSample, Search
@@ -256,6 +256,61 @@ def test_fewer_walks_are_kept_only_where_they_cost_less() -> None:
     graphs = CellsAndEffort({3: needing(0.05, 64), 4: needing(0, 0)})
     chosen = calibrated_from_walks(graphs, 4)
     assert (chosen.graph_probes, chosen.ef_search) == (4, EFFORT_LADDER[0])
+
+
+def sample_with_neighbours_walked(walks: dict[int, int]) -> RecallSample:
+    """sample(), its true neighbours all in their query's nearest graph but `walks[n]` of them
+    in its n-th nearest."""
+    neighbour_walks = np.ones(QUERIES * RECALL_AT, dtype=np.int64)
+    farther = np.concatenate([np.full(count, n) for n, count in sorted(walks.items())])
+    neighbour_walks[: len(farther)] = farther
+    return replace(sample(), neighbour_walks=neighbour_walks.reshape(QUERIES, RECALL_AT))
+
+
+def test_the_walks_holding_a_share_of_the_neighbours_count_each_neighbour_once() -> None:
+    # 4,000 neighbours: 50 in their query's 5th nearest graph, 25 in its 6th.
+    held = sample_with_neighbours_walked({5: 50, 6: 25})
+    assert held.walks_holding(0.98) == 1  # 3,925 in the nearest
+    assert held.walks_holding(0.99) == 5  # 3,975 in the nearest 5, 3,925 in the nearest 4
+    assert held.walks_holding(0.995) == 6
+    assert held.walks_holding(1.0) == 6
+    # A row in no graph (0) is every search's; a neighbour gone since (-1) is not counted.
+    nowhere = replace(held, neighbour_walks=np.where(held.neighbour_walks == 1, 0, -1))
+    assert nowhere.walks_holding(1.0) == 1
+    assert sample().walks_holding(0.99) is None  # not known: no graphs by cell
+
+
+def calibrated_knowing_walks(graphs: CellsAndEffort, held: RecallSample, walks: int) -> Collection:
+    """What the upkeep chooses when the cells' fit asked for `walks` of 80 graphs and its
+    sample knows which graphs hold its neighbours."""
+    fitted = replace(collection(), graph_cells=80, graph_probes=walks)
+    chosen = calibrate_effort(fitted, held, graphs.searcher_for, target=0.99, default_ef_search=400)
+    assert chosen.met
+    return chosen.collection
+
+
+def test_calibration_starts_at_the_walks_whose_graphs_hold_the_sample_s_neighbours() -> None:
+    # The fit asked for 19 walks (at 1M rows its estimate was 4-5 times what the target needed).
+    # The nearest 6 graphs hold 99.5% of the neighbours, the nearest 5, 99.4%, 4, 98.75%: five
+    # walks meet the target, four can not.
+    held = sample_with_neighbours_walked({5: 50, 6: 25})
+    everyone = needing(0, 0)
+    graphs = CellsAndEffort({4: needing(0.0125, np.inf), **dict.fromkeys(range(5, 20), everyone)})
+    chosen = calibrated_knowing_walks(graphs, held, 19)
+    assert (chosen.graph_probes, chosen.ef_search) == (5, EFFORT_LADDER[0])
+    # Measured walking 6 graphs, then 5; never more, nor fewer than hold the target's share.
+    assert {walks for walks, _ in graphs.searched} == {5, 6}
+
+
+def test_walks_beyond_the_start_are_tried_up_to_those_holding_every_neighbour() -> None:
+    # Starting at six walks, 2% of the queries need ef_search 640; seven walks find all at the
+    # cheapest effort, cheaper than six at 640 (and more than MAX_GRAPH_WALKS: the sample says
+    # the neighbours are there).
+    held = sample_with_neighbours_walked({5: 50, 6: 15, 7: 10})
+    graphs = CellsAndEffort({6: needing(0.02, 640), 7: needing(0, 0), 8: needing(0, 0)})
+    chosen = calibrated_knowing_walks(graphs, held, 19)
+    assert (chosen.graph_probes, chosen.ef_search) == (7, EFFORT_LADDER[0])
+    assert max(walks for walks, _ in graphs.searched) == 7
 
 
 def test_a_held_out_row_is_measured_on_its_neighbours_not_on_itself() -> None:

@@ -119,18 +119,35 @@ def test_the_default_kind_gives_way_to_one_that_serves_the_metric(postgres_dsn: 
 
 def _numpy_nearest(data, ids, queries, query_ids, metric: Metric, k: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Each query's k smallest float64 distances over `data`, leaving out its own row."""
-    x = data.astype(np.float64)
     rows = []
     for q, own in zip(queries.astype(np.float64), query_ids, strict=True):
-        if metric is Metric.L2:
-            distances = np.linalg.norm(x - q, axis=1)
-        elif metric is Metric.COSINE:
-            distances = 1 - x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
-        else:
-            distances = -(x @ q)
+        distances = _numpy_distances(data, q, metric)
         distances[ids == own] = np.inf
         rows.append(np.sort(distances)[:k])
     return np.asarray(rows)
+
+
+def _numpy_distances(data, query, metric: Metric) -> np.ndarray:  # type: ignore[no-untyped-def]
+    x, q = data.astype(np.float64), np.asarray(query, dtype=np.float64)
+    if metric is Metric.L2:
+        return np.linalg.norm(x - q, axis=1)
+    if metric is Metric.COSINE:
+        return 1 - x @ q / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
+    return -(x @ q)
+
+
+def _assert_ids_at_their_distances(exact, data, ids, queries, distances, metric) -> None:  # type: ignore[no-untyped-def]
+    """Each neighbour id ExactNeighbours gives is a row at the distance it gives (ties: any of
+    the rows at that distance), none of them twice for one query."""
+    position = {int(i): p for p, i in enumerate(ids)}
+    found = exact.neighbour_ids
+    assert found.shape == distances.shape
+    for query, row_ids, row_distances in zip(queries, found, distances, strict=True):
+        assert len(set(row_ids.tolist())) == len(row_ids)
+        rows = data[[position[int(i)] for i in row_ids]]
+        np.testing.assert_allclose(
+            _numpy_distances(rows, query, metric), row_distances, rtol=1e-9, atol=1e-9
+        )
 
 
 @pytest.mark.parametrize("metric", list(Metric))
@@ -147,7 +164,9 @@ def test_streamed_exact_neighbours_equal_numpys(metric: Metric) -> None:
     for start in range(0, len(rows), 65_536):  # as psycopg2 hands COPY data over: in pieces
         exact.write(rows[start : start + 65_536])
     truth = _numpy_nearest(data, ids, queries, query_ids, metric, 10)
-    np.testing.assert_allclose(exact.finish(), truth, rtol=1e-9, atol=1e-9)
+    distances = exact.finish()
+    np.testing.assert_allclose(distances, truth, rtol=1e-9, atol=1e-9)
+    _assert_ids_at_their_distances(exact, data, ids, queries, distances, metric)
 
 
 def test_streamed_exact_neighbours_stay_exact_far_from_the_origin() -> None:
@@ -180,8 +199,11 @@ def test_streamed_exact_neighbours_are_exact_across_chunks_and_duplicate_rows(
     rows = _as_id_vector_copy(payload.getvalue(), 16)
     for start in range(0, len(rows), 8_192):
         exact.write(rows[start : start + 8_192])
-    truth = _numpy_nearest(data, ids, queries.astype(np.float32), query_ids, metric, 10)
-    np.testing.assert_allclose(exact.finish(), truth, rtol=1e-9, atol=1e-9)
+    queries = queries.astype(np.float32)
+    truth = _numpy_nearest(data, ids, queries, query_ids, metric, 10)
+    distances = exact.finish()
+    np.testing.assert_allclose(distances, truth, rtol=1e-9, atol=1e-9)
+    _assert_ids_at_their_distances(exact, data, ids, queries, distances, metric)
 
 
 def test_streamed_exact_neighbours_of_fewer_rows_than_asked_are_all_of_them() -> None:
@@ -191,6 +213,7 @@ def test_streamed_exact_neighbours_of_fewer_rows_than_asked_are_all_of_them() ->
     exact.write(_as_id_vector_copy(payload.getvalue(), 16))
     truth = _numpy_nearest(data, np.arange(5), data[:2], np.array([0, 1]), Metric.L2, 4)
     np.testing.assert_allclose(exact.finish(), truth, rtol=1e-9)
+    assert [sorted(row) for row in exact.neighbour_ids.tolist()] == [[1, 2, 3, 4], [0, 2, 3, 4]]
 
 
 def test_streamed_exact_neighbours_of_rows_not_as_declared_fail_the_copy() -> None:
