@@ -80,7 +80,7 @@ SERVICE_COST_EF_SEARCHES = (40, 200)
 # The searcher's log lines that say what the build and the upkeep's check did, and how long.
 UPKEEP_LINES = (
     r".*(?:recall@10|built \w+ index|given their cells|drawn in|calibrated on|folded into"
-    r"|walking).*"
+    r"|walking|calibrating from).*"
 )
 
 

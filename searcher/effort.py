@@ -178,7 +178,14 @@ def starting_walks(collection: Collection, sample: RecallSample, target: float) 
     held = sample.walks_holding(target + (1 - target) / 2)
     if not collection.graph_cells or held is None:
         return collection
-    return replace(collection, graph_probes=min(collection.graph_cells, max(MIN_WALKS, held)))
+    walks = min(collection.graph_cells, max(MIN_WALKS, held))
+    logger.info(
+        "%s: calibrating from %d of %d graphs by cell walked, which hold %.4f of the held-out "
+        "queries' true neighbours (the cells' fit asked for %d)",
+        *(collection.name, walks, collection.graph_cells, sample.share_in_walks(walks)),
+        collection.graph_probes,
+    )
+    return replace(collection, graph_probes=walks)
 
 
 def walk_more(

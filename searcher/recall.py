@@ -142,6 +142,14 @@ class RecallSample:
             return None
         return max(1, int(walks[max(0, math.ceil(share * len(walks)) - 1)]))
 
+    def share_in_walks(self, walks: int) -> float | None:
+        """The share of the sample's true neighbours in their query's nearest `walks` graphs
+        by cell; None where the sample does not know."""
+        if self.neighbour_walks is None or not (self.neighbour_walks >= 0).any():
+            return None
+        known = self.neighbour_walks[self.neighbour_walks >= 0]
+        return float(np.mean(known <= walks))
+
     @property
     def described(self) -> str:
         return f"{len(self)} {self.source}"

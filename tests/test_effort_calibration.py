@@ -274,10 +274,12 @@ def test_the_walks_holding_a_share_of_the_neighbours_count_each_neighbour_once()
     assert held.walks_holding(0.99) == 5  # 3,975 in the nearest 5, 3,925 in the nearest 4
     assert held.walks_holding(0.995) == 6
     assert held.walks_holding(1.0) == 6
+    assert (held.share_in_walks(4), held.share_in_walks(5)) == (3925 / 4000, 3975 / 4000)
     # A row in no graph (0) is every search's; a neighbour gone since (-1) is not counted.
     nowhere = replace(held, neighbour_walks=np.where(held.neighbour_walks == 1, 0, -1))
     assert nowhere.walks_holding(1.0) == 1
     assert sample().walks_holding(0.99) is None  # not known: no graphs by cell
+    assert sample().share_in_walks(2) is None
 
 
 def calibrated_knowing_walks(graphs: CellsAndEffort, held: RecallSample, walks: int) -> Collection:
