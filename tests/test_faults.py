@@ -166,6 +166,10 @@ def test_searcher_killed_during_upsert_leaves_whole_messages_and_a_rerun_complet
                     timeout=10,
                 )
                 np.testing.assert_array_equal(np.array(got.items[0].vector.values), data[probe])
+            # Gone before the searcher is: its index is not yet measured, and every later
+            # searcher on this shared database would take up that check (30k rows: over a
+            # minute of upkeep on a slow machine, which held up the next tests' wait_idle).
+            stub.DropCollection(spb.DropCollectionRequest(name="killed"), timeout=30)
     finally:
         end_process(searcher)
 

@@ -90,13 +90,13 @@ def test_embedder_batch_size_histogram_reflects_32_concurrent_callers() -> None:
         warm_up = stats.batches, stats.images  # Embedder.start warms the model directly
         with grpc.insecure_channel(f"127.0.0.1:{embedder.port}") as channel:
             stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
-            calls = [
-                stub.Embed.future(
-                    epb.EmbedRequest(images=[epb.Image(key=str(i), data=images.jpeg(i))]),
-                    timeout=60,
-                )
+            # The pictures made first: made between the calls, they spread them over more than
+            # the batcher's 50 ms on a slow machine (14 batches of 32, CI of stop 43).
+            requests = [
+                epb.EmbedRequest(images=[epb.Image(key=str(i), data=images.jpeg(i))])
                 for i in range(32)
             ]
+            calls = [stub.Embed.future(request, timeout=60) for request in requests]
             assert all(len(call.result().results[0].vector.values) == 1000 for call in calls)
             stub.Embed(epb.EmbedRequest(images=[epb.Image(key="bad", data=b"junk")]), timeout=10)
         metrics = scrape(embedder.metrics_port)
