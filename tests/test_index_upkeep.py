@@ -8,7 +8,7 @@ import itertools
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -89,11 +89,31 @@ def indexed(  # type: ignore[no-untyped-def]
     return name, searcher.store, collection
 
 
-def test_a_build_is_measured_and_its_recall_reported(stub, searcher: Searcher) -> None:
-    name = create(stub)
-    stub.Upsert(upsert_messages(name, clustered_vectors(20_000, seed=4)))
-    settle(searcher)
-    collection = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
+@dataclass(frozen=True)
+class Loaded:
+    """A collection of 20k clustered rows as its first build and check left it."""
+
+    name: str
+    data: np.ndarray
+    first: pb.Collection  # GetCollection once the upkeep was done, before any test changed it
+
+
+@pytest.fixture(scope="module")
+def loaded_20k(searcher: Searcher) -> Loaded:
+    # Built once per engine (a build and its check of 20k rows: 35-60 s), shared by the tests
+    # that read it; one of them builds it again, so what the first build left is kept here.
+    channel, stub = searcher_stub(searcher.port)
+    with channel:
+        data = clustered_vectors(20_000, seed=4)
+        name = create(stub)
+        stub.Upsert(upsert_messages(name, data))
+        settle(searcher)
+        first = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
+    return Loaded(name, data, first)
+
+
+def test_a_build_is_measured_and_its_recall_reported(stub, loaded_20k: Loaded) -> None:
+    collection = loaded_20k.first
     index = collection.index
     assert index.HasField("recall") and index.recall >= 0.95
     assert index.recall_sample == 20_000 // 50 and index.HasField("recall_time")  # one per 50 rows
@@ -102,20 +122,22 @@ def test_a_build_is_measured_and_its_recall_reported(stub, searcher: Searcher) -
     assert "search effort calibrated: ef_search " in index.note
     assert f"for recall@10 {index.recall:.3f} on 400 rows held out of the build" in index.note
     assert index.ef_search in EFFORT_LADDER
-    stats = stub.GetStats(pb.GetStatsRequest(collection=name))
-    assert stats.index == index and stats.index_params.kind == collection.index_params.kind
+    stats = stub.GetStats(pb.GetStatsRequest(collection=loaded_20k.name))
+    now = stub.GetCollection(pb.GetCollectionRequest(name=loaded_20k.name)).collection
+    assert stats.index == now.index and stats.index_params.kind == collection.index_params.kind
     assert stats.postgres_version.split(".")[0] in ("16", "18")
     assert stats.pgvector_version in ("0.6.2", "0.8.5")
     assert set(stats.settings) >= {"shared_buffers", "maintenance_work_mem", "effective_cache_size"}
 
 
 def test_a_build_keeps_rows_out_of_its_graph_for_its_check_then_folds_them_in(
-    stub, searcher: Searcher
+    stub, searcher: Searcher, loaded_20k: Loaded
 ) -> None:
     # Stored vectors, moved or not, find their neighbours through their own edges: the rows a
     # build measures on are rows its graph does not hold, found by every search meanwhile.
-    data = clustered_vectors(20_000, seed=4)
-    name, store, collection = indexed(stub, searcher, data)
+    name, data, store = loaded_20k.name, loaded_20k.data, searcher.store
+    assert store is not None
+    collection, _ = store.catalogue.get(name, fresh=True)
     assert store.builder.fresh_rows(collection) == 0
     rebuilt = store.builder.build(collection, concurrently=True)  # the upkeep is not told yet
     with store.pool.connection() as conn, conn, conn.cursor() as cur:
@@ -283,15 +305,12 @@ def test_a_small_collection_is_measured_on_stored_vectors_moved_off_their_rows(
 
 
 def test_the_recall_check_reads_every_vector_without_the_request_time_limit(
-    stub, searcher: Searcher
+    searcher: Searcher, loaded_20k: Loaded
 ) -> None:
     # A million rows took longer than the 30 s request limit to read; 20k rows take longer
     # than a 50 ms one, which a count or a search here never does.
-    name = create(stub)
-    stub.Upsert(upsert_messages(name, clustered_vectors(20_000, seed=4)))
-    settle(searcher)
     assert searcher.store is not None
-    collection, _ = searcher.store.catalogue.get(name)
+    collection, _ = searcher.store.catalogue.get(loaded_20k.name)
     hurried = ConnectionPool(searcher.store.pool.dsn, max_size=1, statement_timeout_ms=50)
     try:
         sample = draw_sample(
@@ -339,13 +358,13 @@ def test_codes_that_cannot_tell_neighbours_apart_get_the_most_candidates(
     stub, searcher: Searcher
 ) -> None:
     """Points on one line through the origin: every dimension crosses its three thresholds at
-    the same places, so the BINARY codes split 20k rows into 4 groups and Hamming distance
+    the same places, so the BINARY codes split 10k rows into 4 groups and Hamming distance
     cannot rank inside them. The rebuild cannot help; re-ranking more candidates is all there
     is: the calibration ends at the most, and says so, though recall stays low."""
     if not quantized(searcher):
         pytest.skip("pgvector 0.6 has no BINARY kind")
     rng = np.random.default_rng(9)
-    line = rng.uniform(0, 1000, size=(20_000, 1)) * np.ones((1, 1000)) / np.sqrt(1000)
+    line = rng.uniform(0, 1000, size=(10_000, 1)) * np.ones((1, 1000)) / np.sqrt(1000)
     data = (line + rng.normal(scale=1e-3, size=line.shape)).astype(np.float32)
     name = create(stub, kind=pb.INDEX_KIND_BINARY)
     stub.Upsert(upsert_messages(name, data))
@@ -357,15 +376,15 @@ def test_codes_that_cannot_tell_neighbours_apart_get_the_most_candidates(
     assert index.recall < 0.95
     # The collection grows by a third: a build takes the new rows in, and is calibrated, but not
     # repaired again (m would climb 1.5x with every growth, for codes no graph serves).
-    more = (rng.uniform(0, 1000, size=(7_000, 1)) * np.ones((1, 1000)) / np.sqrt(1000)).astype(
+    more = (rng.uniform(0, 1000, size=(3_500, 1)) * np.ones((1, 1000)) / np.sqrt(1000)).astype(
         np.float32
     )
-    stub.Upsert(upsert_messages(name, more, first_id=20_000))
+    stub.Upsert(upsert_messages(name, more, first_id=10_000))
     settle(searcher)
     grown = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
     assert grown.index_params.m == 24 and grown.index.generation == index.generation + 1
-    assert grown.index.built_rows == 27_000
-    assert "7000 fresh rows taken in by a build" in grown.index.note
+    assert grown.index.built_rows == 13_500
+    assert "3500 fresh rows taken in by a build" in grown.index.note
     assert "rebuilt with" not in grown.index.note and "not reached" in grown.index.note
 
 
