@@ -8,6 +8,7 @@ Every test runs on both engines: the searcher's own embedded database (PostgreSQ
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -59,6 +60,36 @@ def stub(searcher: Searcher) -> Iterator[object]:
     channel, stub = searcher_stub(searcher.port)
     with channel:
         yield stub
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """20k clustered rows of one index kind, labelled for filters: "class7" 1% of rows, "half"
+    50%, "rare" 5 rows; and what their Upsert answered."""
+
+    name: str
+    data: np.ndarray
+    labels: np.ndarray
+    upserted: pb.UpsertResponse
+
+
+@pytest.fixture(scope="module")
+def labelled_by_kind(searcher: Searcher) -> dict[int, Labelled]:
+    # Loading, building and checking 20k rows takes 30-60 s: once per engine and kind, shared
+    # by the recall and the filter tests, which only read.
+    return {}
+
+
+def labelled_20k(stub, made: dict[int, Labelled], kind: int) -> Labelled:  # type: ignore[no-untyped-def]
+    if kind not in made:
+        data = clustered_vectors(20_000, seed=4)
+        labels = [f"class{i % 100}" if i % 2 else "half" for i in range(len(data))]
+        for i in range(5):
+            labels[i * 997] = "rare"
+        name = new_collection(stub, kind=kind)
+        upserted = stub.Upsert(upsert_messages(name, data, labels=labels))
+        made[kind] = Labelled(name, data, np.array(labels), upserted)
+    return made[kind]
 
 
 def test_a_stored_vector_searched_by_itself_comes_back_first_at_distance_zero(stub) -> None:
@@ -228,11 +259,10 @@ def test_quantized_kinds_need_pgvector_07_and_say_so(stub, searcher: Searcher, k
 
 
 def test_recall_at_10_is_at_least_098_on_20k_clustered_vectors_at_defaults(
-    stub, kind, searcher: Searcher
+    stub, kind, searcher: Searcher, labelled_by_kind: dict[int, Labelled]
 ) -> None:
-    data = clustered_vectors(20_000, seed=4)
-    name = new_collection(stub, kind=kind)
-    summary = stub.Upsert(upsert_messages(name, data))
+    loaded = labelled_20k(stub, labelled_by_kind, kind)
+    name, data, summary = loaded.name, loaded.data, loaded.upserted
     assert (summary.inserted_count, summary.message_count) == (20_000, 20)
     assert stub.GetStats(pb.GetStatsRequest(collection=name)).index_present
     # At the search effort the build's recall check calibrated, which searches live with.
@@ -262,17 +292,12 @@ def test_recall_at_10_is_at_least_098_on_20k_clustered_vectors_at_defaults(
 
 
 def test_filtered_search_returns_min_of_top_k_and_matching_rows_with_high_recall(
-    stub, kind
+    stub, kind, labelled_by_kind: dict[int, Labelled]
 ) -> None:
     # "class7": 1% of rows, searched exactly; "half": 50%, through the index (iterative scans
     # on pgvector 0.8, the widest candidate list on 0.6); "rare": 5 rows, fewer than top_k.
-    data = clustered_vectors(20_000, seed=6)
-    labels = [f"class{i % 100}" if i % 2 else "half" for i in range(len(data))]
-    for i in range(5):
-        labels[i * 997] = "rare"
-    name = new_collection(stub, kind=kind)
-    stub.Upsert(upsert_messages(name, data, labels=labels))
-    label_array = np.array(labels)
+    loaded = labelled_20k(stub, labelled_by_kind, kind)
+    name, data, label_array = loaded.name, loaded.data, loaded.labels
     queries = clustered_vectors(20, seed=7)
     for label, top_k in (("class7", 50), ("half", 50), ("rare", 10)):
         matching = np.flatnonzero(label_array == label)
