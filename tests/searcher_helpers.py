@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import urllib.parse
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -131,3 +132,28 @@ def start_again(postgres: EmbeddedPostgres) -> None:
         "-l",
         str(postgres.data_dir / "restart.log"),
     )
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """20k clustered rows of one index kind, labelled for filters: "class7" 1% of rows, "half"
+    50%, "rare" 5 rows; and what their Upsert answered."""
+
+    name: str
+    data: np.ndarray
+    labels: np.ndarray
+    upserted: pb.UpsertResponse
+
+
+def labelled_20k(stub, made: dict[int, Labelled], kind: int) -> Labelled:  # type: ignore[no-untyped-def]
+    """The labelled 20k collection of this index kind: loaded on first use, then kept in
+    `made` (one per searcher), since its load, build and check take 30-60 s."""
+    if kind not in made:
+        data = clustered_vectors(20_000, seed=4)
+        labels = [f"class{i % 100}" if i % 2 else "half" for i in range(len(data))]
+        for i in range(5):
+            labels[i * 997] = "rare"
+        name = new_collection(stub, kind=kind)
+        upserted = stub.Upsert(upsert_messages(name, data, labels=labels))
+        made[kind] = Labelled(name, data, np.array(labels), upserted)
+    return made[kind]

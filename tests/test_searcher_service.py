@@ -8,7 +8,6 @@ Every test runs on both engines: the searcher's own embedded database (PostgreSQ
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -18,8 +17,10 @@ from imgsearch.v1 import searcher_pb2 as pb
 from searcher.server import Searcher
 from tests.searcher_helpers import (
     ENGINES,
+    Labelled,
     clustered_vectors,
     exact_neighbours,
+    labelled_20k,
     new_collection,
     rpc_error,
     searcher_on,
@@ -62,34 +63,11 @@ def stub(searcher: Searcher) -> Iterator[object]:
         yield stub
 
 
-@dataclass(frozen=True)
-class Labelled:
-    """20k clustered rows of one index kind, labelled for filters: "class7" 1% of rows, "half"
-    50%, "rare" 5 rows; and what their Upsert answered."""
-
-    name: str
-    data: np.ndarray
-    labels: np.ndarray
-    upserted: pb.UpsertResponse
-
-
 @pytest.fixture(scope="module")
 def labelled_by_kind(searcher: Searcher) -> dict[int, Labelled]:
     # Loading, building and checking 20k rows takes 30-60 s: once per engine and kind, shared
     # by the recall and the filter tests, which only read.
     return {}
-
-
-def labelled_20k(stub, made: dict[int, Labelled], kind: int) -> Labelled:  # type: ignore[no-untyped-def]
-    if kind not in made:
-        data = clustered_vectors(20_000, seed=4)
-        labels = [f"class{i % 100}" if i % 2 else "half" for i in range(len(data))]
-        for i in range(5):
-            labels[i * 997] = "rare"
-        name = new_collection(stub, kind=kind)
-        upserted = stub.Upsert(upsert_messages(name, data, labels=labels))
-        made[kind] = Labelled(name, data, np.array(labels), upserted)
-    return made[kind]
 
 
 def test_a_stored_vector_searched_by_itself_comes_back_first_at_distance_zero(stub) -> None:
