@@ -105,9 +105,7 @@ def loaded_20k(searcher: Searcher) -> Loaded:
     channel, stub = searcher_stub(searcher.port)
     with channel:
         data = clustered_vectors(20_000, seed=4)
-        name = create(stub)
-        stub.Upsert(upsert_messages(name, data))
-        settle(searcher)
+        name, _, _ = indexed(stub, searcher, data)
         first = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
     return Loaded(name, data, first)
 
