@@ -5,10 +5,14 @@ re-rank and the fresh rows), each a 12 KB literal of 1000 floats that PostgreSQL
 on every call. Prepared once per connection, the search sends its vector once, as a parameter,
 and PostgreSQL parses nothing (bench/RESULTS.md, "Searches as prepared statements").
 
-Each run is still planned with its values, as the literal query would be (plan_cache_mode
-force_custom_plan). A generic plan would also save the planning, but for a VECTOR index of
-3000 rows PostgreSQL's generic plan sorted the whole table where the literal query walks the
-index: exact answers, ten times slower, and nothing to say so.
+Planning still costs a tenth of a search (0.27 of 2.1 ms at 100k rows), so a statement runs
+on PostgreSQL's generic plan, made once, where that plan walks the same vector indexes as a plan
+made with the first run's values; otherwise each run is planned with its values, as the literal
+query would be. Both are checked with EXPLAIN when the statement is prepared. A generic plan can
+not prove a partial index's predicate from a parameter, so searches over graphs by cell (whose
+cells are parameters) are planned each run; and for a VECTOR index of 3000 rows PostgreSQL's
+generic plan sorted the whole table where the literal query walks the index: exact answers, ten
+times slower, and nothing to say so. The check keeps those on plans made per run.
 
 The statements live in the database session, so they are kept per connection: a new
 connection starts with none, and each keeps its most recently used few (a collection's text
@@ -36,8 +40,9 @@ logger = logging.getLogger(__name__)
 STATEMENTS_PER_CONNECTION = 32
 # Statement texts kept by key, for every connection.
 TEXTS_KEPT = 256
-# Run before each statement: planned with its values, never by a generic plan (see above).
+# Run before each statement: planned with its values, or by the generic plan (see above).
 PLANNED_PER_RUN = sql.SQL("SET LOCAL plan_cache_mode = force_custom_plan")
+PLANNED_ONCE = sql.SQL("SET LOCAL plan_cache_mode = force_generic_plan")
 
 
 class PreparedStatements:
@@ -51,7 +56,10 @@ class PreparedStatements:
         self.per_connection = per_connection
         self.texts_kept = texts_kept
         self._lock = threading.Lock()
-        self._by_connection: WeakKeyDictionary[Any, OrderedDict[str, str]] = WeakKeyDictionary()
+        # Per connection, by statement text: its name there, and whether it runs generic.
+        self._by_connection: WeakKeyDictionary[Any, OrderedDict[str, tuple[str, bool]]] = (
+            WeakKeyDictionary()
+        )
         self._texts: OrderedDict[Hashable, str] = OrderedDict()
         self._names = itertools.count(1)
         self.enabled = True
@@ -90,13 +98,14 @@ class PreparedStatements:
         if not self.enabled:
             cur.execute(sql.SQL("; ").join([*before, compose()]), {**params, **literals})
             return
-        name = self._prepared(cur, text, types)
-        run = sql.SQL("EXECUTE {}({})").format(
-            sql.Identifier(name), sql.SQL(", ").join(sql.Placeholder(p) for p in types)
-        )
-        statements = [*before, PLANNED_PER_RUN, run]
+        arguments = {p: params[p] for p in types}
         try:
-            cur.execute(sql.SQL("; ").join(statements), {p: params[p] for p in types})
+            name, generic = self._prepared(cur, text, types, before, arguments)
+            run = sql.SQL("EXECUTE {}({})").format(
+                sql.Identifier(name), sql.SQL(", ").join(sql.Placeholder(p) for p in types)
+            )
+            statements = [*before, PLANNED_ONCE if generic else PLANNED_PER_RUN, run]
+            cur.execute(sql.SQL("; ").join(statements), arguments)
         except psycopg2.errors.InvalidSqlStatementName:
             if not cur.connection.autocommit:
                 raise  # the transaction is lost with it: the caller's to handle
@@ -112,15 +121,23 @@ class PreparedStatements:
                 self._by_connection.clear()
             cur.execute(sql.SQL("; ").join([*before, compose()]), {**params, **literals})
 
-    def _prepared(self, cur: Any, text: str, types: Mapping[str, str]) -> str:
-        """The name `text` is prepared under on the cursor's connection, preparing it first."""
+    def _prepared(
+        self,
+        cur: Any,
+        text: str,
+        types: Mapping[str, str],
+        before: list[sql.Composable],
+        arguments: Mapping[str, Any],
+    ) -> tuple[str, bool]:
+        """The name `text` is prepared under on the cursor's connection, and whether it runs on
+        its generic plan; prepared and its plans compared first, with `arguments`."""
         conn = cur.connection
         with self._lock:
             known = self._by_connection.setdefault(conn, OrderedDict())
-            name = known.get(text)
-            if name is not None:
+            kept = known.get(text)
+            if kept is not None:
                 known.move_to_end(text)
-                return name
+                return kept
             name = f"imgsearch_search_{next(self._names)}"
         declared = sql.SQL(", ").join(sql.SQL(kind) for kind in types.values())
         # A statement is session state, not transactional: a rollback leaves it prepared.
@@ -128,14 +145,32 @@ class PreparedStatements:
             sql.SQL("PREPARE {} ({}) AS ").format(sql.Identifier(name), declared)
             + sql.SQL(text)  # run without arguments: no % is special
         )
+        explain = sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {}({})").format(
+            sql.Identifier(name), sql.SQL(", ").join(sql.Placeholder(p) for p in types)
+        )
+        walks = []
+        for planned in (PLANNED_PER_RUN, PLANNED_ONCE):
+            cur.execute(sql.SQL("; ").join([*before, planned, explain]), arguments)
+            walks.append(vector_index_walks(cur.fetchone()[0][0]["Plan"]))
+        generic = bool(walks[0]) and walks[0] == walks[1]
+        logger.debug("%s runs on %s", name, "its generic plan" if generic else "plans per run")
         with self._lock:
-            known[text] = name
+            known[text] = (name, generic)
             evicted = known.popitem(last=False)[1] if len(known) > self.per_connection else None
         if evicted is not None:
-            cur.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(evicted)))
-        return name
+            cur.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(evicted[0])))
+        return name, generic
 
     def count(self, conn: Any) -> int:
         """How many statements are prepared on `conn` (for tests and metrics)."""
         with self._lock:
             return len(self._by_connection.get(conn, ()))
+
+
+def vector_index_walks(plan: Mapping[str, Any]) -> list[str]:
+    """The indexes a plan (EXPLAIN's JSON) walks in distance order, the vector indexes' kind of
+    scan, sorted: what an approximate search's answer depends on."""
+    own = [plan["Index Name"]] if "Order By" in plan and "Index Name" in plan else []
+    return sorted(
+        own + [name for child in plan.get("Plans", ()) for name in vector_index_walks(child)]
+    )

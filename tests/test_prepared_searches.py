@@ -17,11 +17,17 @@ import numpy as np
 import psycopg2
 import pytest
 from psycopg2 import sql
+from psycopg2.extras import execute_values
 
 from imgsearch.v1 import searcher_pb2 as pb
 from searcher.kinds import IndexKind, spec
 from searcher.pgvector_io import vector_literal
-from searcher.prepared import PLANNED_PER_RUN, PreparedStatements
+from searcher.prepared import (
+    PLANNED_ONCE,
+    PLANNED_PER_RUN,
+    PreparedStatements,
+    vector_index_walks,
+)
 from searcher.server import Searcher
 from tests.searcher_helpers import (
     ENGINES,
@@ -80,9 +86,10 @@ def search(stub: Any, name: str, query: np.ndarray, **params: int) -> list[tuple
     return [(hit.id, hit.distance) for hit in response.hits]
 
 
-def statements(searcher: Searcher) -> list[tuple[str, str, str]]:
-    """(name, text, parameter types) of every search statement prepared on any idle
-    connection of the searcher's pool."""
+def statements(searcher: Searcher) -> list[tuple[str, str, str, bool]]:
+    """(name, text, parameter types, whether it runs on its generic plan) of every search
+    statement prepared on any idle connection of the searcher's pool. The searcher plans each
+    once with values, to compare: a statement planned with values again ran on such plans."""
     assert searcher.store is not None
     pool = searcher.store.pool
     found = []
@@ -91,7 +98,8 @@ def statements(searcher: Searcher) -> list[tuple[str, str, str]]:
     for conn in idle:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT name, statement, parameter_types::text FROM pg_prepared_statements "
+                "SELECT name, statement, parameter_types::text, custom_plans <= 1 "
+                "FROM pg_prepared_statements "
                 "WHERE name LIKE 'imgsearch_search_%'"
             )
             found += cur.fetchall()
@@ -99,24 +107,30 @@ def statements(searcher: Searcher) -> list[tuple[str, str, str]]:
     return found
 
 
-def explain(conn: Any, statement: str, args: list[Any]) -> str:
+def explain(conn: Any, statement: str, args: list[Any], planned: sql.Composable) -> Any:
     with conn.cursor() as cur:
-        cur.execute(PLANNED_PER_RUN)
-        cur.execute("EXPLAIN " + statement, args)
-        text = "\n".join(row[0] for row in cur.fetchall())
+        cur.execute(planned)
+        cur.execute("EXPLAIN (FORMAT JSON) " + statement, args)
+        plan = cur.fetchone()[0][0]["Plan"]
     conn.rollback()
-    return text
+    return plan
 
 
-def plans(conn: Any, name: str, text: str, types: str, query: np.ndarray) -> tuple[str, str]:
-    """The plan PostgreSQL runs a prepared search by (planned as the searcher has it run),
-    and the plan of the same search written out with its values as literals."""
+def plans(
+    conn: Any, name: str, text: str, types: str, query: np.ndarray, generic: bool
+) -> tuple[Any, Any]:
+    """The plan PostgreSQL runs a prepared search by (planned as the searcher has it run:
+    `generic`, or with its values), and the plan of the same search written out with its
+    values as literals."""
     args = [vector_literal(query)] + ([[-1]] if "integer[]" in types else [])
     placeholders = sql.SQL(", ").join(sql.Placeholder() * len(args)).as_string(conn)
-    prepared = explain(conn, f'EXECUTE "{name}"({placeholders})', args)
+    planned = PLANNED_ONCE if generic else PLANNED_PER_RUN
+    prepared = explain(conn, f'EXECUTE "{name}"({placeholders})', args, planned)
     written = text.split(" AS ", 1)[1].replace("%", "%%")
     written = written.replace("$1", "%s::vector").replace("$2", "%s::integer[]")
-    literal = explain(conn, written, [args[0]] * written.count("%s::vector") + args[1:])
+    literal = explain(
+        conn, written, [args[0]] * written.count("%s::vector") + args[1:], PLANNED_PER_RUN
+    )
     return prepared, literal
 
 
@@ -146,18 +160,21 @@ def test_a_prepared_search_answers_as_the_first_one_did_and_walks_the_index_ever
     assert searcher.store is not None
     with searcher.store.pool.connection() as conn:
         conn.autocommit = False
-        for statement, text, types in ours:
+        for statement, text, types, generic in ours:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", (statement,))
                 if cur.fetchone() is None:
                     continue  # prepared on another connection of the pool
             conn.rollback()
-            # Past the runs after which PostgreSQL may keep a generic plan, which for a
-            # VECTOR index of these rows would sort the whole table.
-            prepared, literal = plans(conn, statement, text, types, query)
-            assert prepared == literal
+            # A generic plan runs only where it walks the vector indexes the literal query
+            # walks; for a VECTOR index of these rows it would sort the whole table.
+            prepared, literal = plans(conn, statement, text, types, query, generic)
+            if generic:
+                assert vector_index_walks(prepared) == vector_index_walks(literal) != []
+            else:
+                assert prepared == literal
             if kind == "vector":
-                assert "Index Scan using hnsw" in prepared, prepared
+                assert vector_index_walks(prepared), prepared
 
 
 def test_a_collection_dropped_and_made_again_under_its_name_is_searched_afresh(
@@ -249,4 +266,71 @@ def test_a_statement_lost_by_the_session_is_answered_unprepared_from_then_on(
             cur.execute("SELECT count(*) FROM pg_prepared_statements")
             assert cur.fetchone()[0] == 0
     finally:
+        conn.close()
+
+
+def test_a_statement_runs_on_its_generic_plan_only_where_that_plan_walks_the_same_index(
+    postgres_dsn: str,
+) -> None:
+    """Planning is a tenth of a search: a statement whose generic plan walks the vector index
+    its values' plan walks is planned once. Over a graph by cell the cell is a parameter, and a
+    generic plan cannot take that cell's partial index: such statements are planned per run."""
+    prepared = PreparedStatements()
+    data = clustered_vectors(ROWS, dim=DIM, seed=6)
+    table = sql.Identifier(f"plans{next(_names)}")
+    conn = psycopg2.connect(postgres_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("CREATE TABLE {} (id int, cell int, embedding vector({}))").format(
+                    table, sql.Literal(DIM)
+                )
+            )
+            rows = [(i, i % 2, vector_literal(v)) for i, v in enumerate(data)]
+            execute_values(cur, sql.SQL("INSERT INTO {} VALUES %s").format(table), rows)
+            cur.execute(
+                sql.SQL(
+                    "CREATE INDEX ON {0} USING hnsw (embedding vector_l2_ops); "
+                    "CREATE INDEX ON {0} USING hnsw (embedding vector_l2_ops) WHERE cell = 1; "
+                    "ANALYZE {0}"
+                ).format(table)
+            )
+
+            def nearest(where: str, query: np.ndarray, *, prepare: bool = True) -> list[int]:
+                statement = sql.SQL(
+                    "SELECT id FROM {} {} ORDER BY embedding <-> %(query)s::vector LIMIT %(top_k)s"
+                ).format(table, sql.SQL(where))
+                types = {"query": "vector", **({"cell": "integer"} if where else {})}
+                params = {"query": vector_literal(query), "cell": 1}
+                before = [sql.SQL("SET LOCAL hnsw.ef_search = 40")]
+                if prepare:
+                    literals = {"top_k": 10}
+                    prepared.execute(cur, before, where, lambda: statement, params, types, literals)
+                else:  # the literal query, planned with its values
+                    cur.execute(sql.SQL("; ").join([*before, statement]), {**params, "top_k": 10})
+                return [row[0] for row in cur.fetchall()]
+
+            def plans_made(where: str) -> tuple[int, int]:
+                """(generic, with values) plans made for the statement, EXPLAINs included."""
+                cur.execute(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE %s",
+                    (f'%{table.string}" {where.replace("%(cell)s", "$2")} ORDER BY%',),
+                )
+                (made,) = cur.fetchall()
+                return made
+
+            for i in range(PAST_CUSTOM_PLANS):
+                for where in ("", "WHERE cell = %(cell)s"):
+                    query = data[i] + 0.01
+                    found = nearest(where, query)
+                    assert found == nearest(where, query, prepare=False)
+                    assert len(found) == 10 and (not where or all(hit % 2 for hit in found))
+            # Each was planned both ways once, to compare, when it was prepared.
+            assert plans_made("") == (1 + PAST_CUSTOM_PLANS, 1)
+            assert plans_made("WHERE cell = %(cell)s") == (1, 1 + PAST_CUSTOM_PLANS)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
         conn.close()
