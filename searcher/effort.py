@@ -24,11 +24,12 @@ LOST_QUERIES_ALLOWED = 0.01
 # Most graphs by cell a search walks, where the sample does not say which graphs hold its
 # neighbours: each one walked costs a whole search of a graph.
 MAX_GRAPH_WALKS = 4
-# An effort this high (over six times pgvector's default ef_search) says more of the graph than
-# of the data: 100k clustered rows as one graph, m=16, met recall@10 0.99 at ef_search 160-800
-# (Search p50 2.5-5.5 ms; at 256, 3.3-3.8), their repairs at m=24 at 40-80 (2.2-3.0 ms;
-# bench/RESULTS.md, stops 40 and 41).
-COSTLY_EF_SEARCH = 256
+# An effort this high (four times pgvector's default ef_search) says more of the graph than of
+# the data: 100k clustered rows as one graph, m=16, met recall@10 0.99 at ef_search 160-800
+# (Search p50 2.5-5.5 ms; at 200, 4.1 where its repairs took 3.1-3.4), their repairs at m=24
+# at 40-80 (2.2-3.0 ms; bench/RESULTS.md, stops 40, 41 and 45). Below it, two builds of the
+# same rows could land a whole graph apart: one kept at 200, the other repaired to 40.
+COSTLY_EF_SEARCH = 160
 
 Searcher = Callable[[Collection], Search]
 
