@@ -5,14 +5,17 @@ re-rank and the fresh rows), each a 12 KB literal of 1000 floats that PostgreSQL
 on every call. Prepared once per connection, the search sends its vector once, as a parameter,
 and PostgreSQL parses nothing (bench/RESULTS.md, "Searches as prepared statements").
 
-Planning still costs a tenth of a search (0.27 of 2.1 ms at 100k rows), so a statement runs
-on PostgreSQL's generic plan, made once, where that plan walks the same vector indexes as a plan
-made with the first run's values; otherwise each run is planned with its values, as the literal
-query would be. Both are checked with EXPLAIN when the statement is prepared. A generic plan can
-not prove a partial index's predicate from a parameter, so searches over graphs by cell (whose
-cells are parameters) are planned each run; and for a VECTOR index of 3000 rows PostgreSQL's
-generic plan sorted the whole table where the literal query walks the index: exact answers, ten
-times slower, and nothing to say so. The check keeps those on plans made per run.
+Planning still cost a tenth of a search (bench/RESULTS.md, "Plans made once"), so a statement
+runs on PostgreSQL's generic plan, made once, where that plan walks the same vector indexes as
+a plan made with the first run's values; otherwise each run is planned with its values, as the
+literal query would be. Both are checked with EXPLAIN when the statement is prepared. A generic
+plan cannot prove a partial index's predicate from a parameter, so searches over graphs by
+cell (whose cells are parameters) are planned each run; and for a VECTOR index of 3000 rows
+PostgreSQL's generic plan has sorted the whole table where the literal query walks the index:
+exact answers, ten times slower, and nothing to say so. The check keeps those on plans made
+per run. It is made once: PostgreSQL makes a generic plan again after ANALYZE or DDL on the
+table without a new check, but a statement's text changes with each index generation and cell
+fit, and a table that shrinks far enough to sort instead still answers exactly.
 
 The statements live in the database session, so they are kept per connection: a new
 connection starts with none, and each keeps its most recently used few (a collection's text
