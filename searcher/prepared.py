@@ -104,9 +104,7 @@ class PreparedStatements:
         arguments = {p: params[p] for p in types}
         try:
             name, generic = self._prepared(cur, text, types, before, arguments)
-            run = sql.SQL("EXECUTE {}({})").format(
-                sql.Identifier(name), sql.SQL(", ").join(sql.Placeholder(p) for p in types)
-            )
+            run = execute_prepared(name, types)
             statements = [*before, PLANNED_ONCE if generic else PLANNED_PER_RUN, run]
             cur.execute(sql.SQL("; ").join(statements), arguments)
         except psycopg2.errors.InvalidSqlStatementName:
@@ -148,9 +146,7 @@ class PreparedStatements:
             sql.SQL("PREPARE {} ({}) AS ").format(sql.Identifier(name), declared)
             + sql.SQL(text)  # run without arguments: no % is special
         )
-        explain = sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {}({})").format(
-            sql.Identifier(name), sql.SQL(", ").join(sql.Placeholder(p) for p in types)
-        )
+        explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + execute_prepared(name, types)
         walks = []
         for planned in (PLANNED_PER_RUN, PLANNED_ONCE):
             cur.execute(sql.SQL("; ").join([*before, planned, explain]), arguments)
@@ -168,6 +164,13 @@ class PreparedStatements:
         """How many statements are prepared on `conn` (for tests and metrics)."""
         with self._lock:
             return len(self._by_connection.get(conn, ()))
+
+
+def execute_prepared(name: str, types: Mapping[str, str]) -> sql.Composed:
+    """EXECUTE of the statement `name` with the parameters named in `types`."""
+    return sql.SQL("EXECUTE {}({})").format(
+        sql.Identifier(name), sql.SQL(", ").join(sql.Placeholder(p) for p in types)
+    )
 
 
 def vector_index_walks(plan: Mapping[str, Any]) -> list[str]:
