@@ -1,20 +1,24 @@
-"""Calibration benchmark: how much of the calibrated search effort is the build, and how much
-the recall sample.
+"""Calibration benchmark: how far the recall sample alone moves the calibrated search effort,
+and the recall reported with it, on one build.
 
-    python bench/calibration.py [--rows 100000] [--queries 1500] [--seed 1]
+    python bench/calibration.py [--rows 100000] [--queries 6000] [--seed 1]
                                 [--out bench/results/calibration.json]
 
 `imgsearch-searcher` runs as its own process on a fresh embedded PostgreSQL, with its defaults;
 a collection of the default kind is loaded with `--rows` clustered vectors (bench/datasets.py)
-and its upkeep waited for: what it calibrated is recorded, with the upkeep's log lines. Then
-`--queries` held-out queries are made by the upkeep's own code (searcher.recall.held_out:
-stored vectors moved by half their distance to their nearest other row, found by the live
-search, in a random direction) and searched at every
-ef_search of the ladder (and of the ladder before stop 30): recall@10 and lost queries (under
-half of their neighbours found) per ef_search, for this build. Last, the calibration's rule
-(the cheapest ef_search with mean recall ≥ 0.99 and at most 1% lost) is applied to 300 random
-samples of 200, 500 and 1,000 of those queries, on both ladders: how far the sample alone
-moves the choice.
+and its upkeep waited for (build, check, repair if it rebuilds): what it calibrated is recorded,
+with the upkeep's log lines. Then `--queries` new draws of the same data set (held out, as the
+benchmark's queries and the upkeep's held-out rows are: no graph holds them) are searched at
+every ef_search of the ladder: recall@10 and lost queries (under half of their neighbours found)
+per step, for this build: the pool.
+
+Last, the calibration's own rule (searcher.effort: the cheapest ef_search whose mean recall
+meets the target with at most 1% of queries lost, found by the same search of the ladder) is
+applied to DRAWS random samples of each size in SAMPLE_SIZES (2,000: the upkeep's at 100k
+rows). For each size: which ef_search the samples choose, and how far the recall a sample
+reports at its choice lies from the pool's recall there: what the sample adds to the figure
+GetCollection shows. The same for samples that choose on one half and report on the other.
+And the spread of a benchmark's mean over 200 and 1,000 queries at one fixed ef_search.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,76 +41,117 @@ from bench._loading import loaded_collection  # noqa: E402
 from bench._processes import SearcherProcess, write_results  # noqa: E402
 from bench.additions import Truth  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
-from searcher.catalogue import Metric  # noqa: E402
-from searcher.effort import LOST_QUERIES_ALLOWED, LOST_QUERY_RECALL  # noqa: E402
+from searcher.effort import LOST_QUERIES_ALLOWED, LOST_QUERY_RECALL, cheapest_meeting  # noqa: E402
 from searcher.kinds import EFFORT_LADDER  # noqa: E402
-from searcher.recall import RECALL_AT, held_out, recall_by_distance  # noqa: E402
+from searcher.recall import RECALL_AT, recall_by_distance  # noqa: E402
+from searcher.settings import StoreSettings  # noqa: E402
 from tests.searcher_helpers import searcher_stub, vector  # noqa: E402
 
-OLD_LADDER = (40, 100, 200, 400, 700, 1000)
-TARGET = 0.99
-SAMPLE_SIZES = (200, 500, 1000)
+SETTINGS = StoreSettings()
+SAMPLE_SIZES = (200, 1000, 2000, 4000)
+BENCHMARK_SIZES = (200, 1000)
 DRAWS = 300
-
-
-def held_out_queries(
-    port: int, collection: str, data: np.ndarray, count: int, seed: int
-) -> np.ndarray:
-    """`count` held-out queries made by the upkeep's own construction (searcher.recall.held_out),
-    its nearest-neighbour distances found, as the upkeep finds them, by the live search."""
-    channel, stub = searcher_stub(port)
-
-    def search(query: np.ndarray, top_k: int) -> Any:
-        request = pb.SearchRequest(collection=collection, vector=vector(query), top_k=top_k)
-        return stub.Search(request, timeout=30).hits
-
-    picked = np.random.default_rng(seed).choice(len(data), count, replace=False)
-    with channel:
-        return held_out(data[picked], picked, Metric.L2, search, seed)
 
 
 def recalls_by_effort(
     port: int, collection: str, queries: np.ndarray, truth: np.ndarray
-) -> dict[int, np.ndarray]:
+) -> np.ndarray:
+    """(ladder steps, queries): recall@10 of each query at each ef_search of the ladder."""
     channel, stub = searcher_stub(port)
-    by_effort = {}
+    recalls = np.empty((len(EFFORT_LADDER), len(queries)))
     with channel:
-        for ef_search in sorted(set(EFFORT_LADDER) | set(OLD_LADDER)):
+        for step, ef_search in enumerate(EFFORT_LADDER):
             params = pb.SearchParams(ef_search=ef_search)
-            recalls = []
-            for query, true in zip(queries, truth, strict=True):
+            for i, (query, true) in enumerate(zip(queries, truth, strict=True)):
                 request = pb.SearchRequest(
                     collection=collection, vector=vector(query), top_k=RECALL_AT, params=params
                 )
                 hits = stub.Search(request, timeout=30).hits
-                recalls.append(recall_by_distance([h.distance for h in hits], true))
-            by_effort[ef_search] = np.asarray(recalls)
+                recalls[step, i] = recall_by_distance([h.distance for h in hits], true)
             print(
-                f"ef_search {ef_search}: recall@10 {by_effort[ef_search].mean():.4f}, "
-                f"{int((by_effort[ef_search] < LOST_QUERY_RECALL).sum())} lost",
+                f"ef_search {ef_search}: recall@10 {recalls[step].mean():.4f}, "
+                f"{int((recalls[step] < LOST_QUERY_RECALL).sum())} lost",
                 flush=True,
             )
-    return by_effort
+    return recalls
 
 
-def chosen(by_effort: dict[int, np.ndarray], ladder: tuple[int, ...], sample: np.ndarray) -> int:
-    """The calibration's rule on one sample of the queries."""
-    for ef_search in ladder:
-        recalls = by_effort[ef_search][sample]
-        lost = float(np.mean(recalls < LOST_QUERY_RECALL))
-        if round(float(recalls.mean()), 4) >= TARGET and lost <= LOST_QUERIES_ALLOWED:
-            return ef_search
-    return ladder[-1]
+def meets(recalls: np.ndarray) -> bool:
+    """The calibration's test of one effort on one sample (searcher.effort.calibrate)."""
+    lost = float(np.mean(recalls < LOST_QUERY_RECALL))
+    return (
+        round(float(recalls.mean()), 4) >= SETTINGS.recall_target and lost <= LOST_QUERIES_ALLOWED
+    )
+
+
+def chosen_step(recalls: np.ndarray, sample: np.ndarray) -> int:
+    """The ladder step the calibration chooses on `sample` (indices of the pool)."""
+    default_step = next(
+        (s for s, ef in enumerate(EFFORT_LADDER) if ef >= SETTINGS.default_ef_search),
+        len(EFFORT_LADDER) - 1,
+    )
+    return cheapest_meeting(
+        lambda step: meets(recalls[step, sample]), default_step, len(EFFORT_LADDER) - 1
+    )
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": float(np.mean(values)),
+        "p5": float(np.percentile(values, 5)),
+        "p95": float(np.percentile(values, 95)),
+    }
+
+
+def samples_choose(recalls: np.ndarray, size: int, rng: np.random.Generator) -> dict[str, Any]:
+    """DRAWS samples of `size` queries: the ef_search each chooses, and its reported recall
+    (at the choice) minus the pool's there; also choosing on one half, reporting the other."""
+    pool_recall = recalls.mean(axis=1)
+    choices, reported_over, split_choices, split_over = [], [], [], []
+    for _ in range(DRAWS):
+        sample = rng.choice(recalls.shape[1], size, replace=False)
+        step = chosen_step(recalls, sample)
+        choices.append(EFFORT_LADDER[step])
+        reported_over.append(float(recalls[step, sample].mean() - pool_recall[step]))
+        choose_on, report_on = sample[: size // 2], sample[size // 2 :]
+        step = chosen_step(recalls, choose_on)
+        split_choices.append(EFFORT_LADDER[step])
+        split_over.append(float(recalls[step, report_on].mean() - pool_recall[step]))
+
+    def counted(efforts: list[int]) -> dict[str, int]:
+        values, counts = np.unique(efforts, return_counts=True)
+        return {str(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+    return {
+        "chosen_ef_search": counted(choices),
+        "reported_minus_pool": spread(reported_over),
+        "split_chosen_ef_search": counted(split_choices),
+        "split_reported_minus_pool": spread(split_over),
+    }
+
+
+def benchmark_spread(
+    recall_at: Callable[[np.ndarray], float], queries: int, rng: np.random.Generator
+) -> dict[str, dict[str, float]]:
+    """How far a benchmark's mean over BENCHMARK_SIZES queries lies from the pool's."""
+    everyone = recall_at(np.arange(queries))
+    return {
+        str(size): spread(
+            [recall_at(rng.choice(queries, size, replace=False)) - everyone for _ in range(DRAWS)]
+        )
+        for size in BENCHMARK_SIZES
+        if size < queries
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=1500)
+    parser.add_argument("--queries", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/calibration.json")
     args = parser.parse_args()
-    data, _ = datasets.clustered(args.rows, 10)
+    data, queries = datasets.clustered(args.rows, args.queries)
     rng = np.random.default_rng(args.seed)
     results: dict[str, Any] = {"rows": args.rows, "queries": args.queries, "seed": args.seed}
     with tempfile.TemporaryDirectory(prefix="imgsearch-calibration-") as tmp:
@@ -121,32 +167,33 @@ def main() -> int:
                 "note": index.note,
             }
             print(f"upkeep: {results['upkeep']}", flush=True)
-            queries = held_out_queries(server.port, "calibration", data, args.queries, args.seed)
             truth = Truth(queries, data).best
-            by_effort = recalls_by_effort(server.port, "calibration", queries, truth)
+            recalls = recalls_by_effort(server.port, "calibration", queries, truth)
         finally:
             server.stop()
         log = (Path(tmp) / "searcher.log").read_text(errors="replace").splitlines()
-        results["upkeep_log"] = [line for line in log if "searcher.maintenance" in line]
+        results["upkeep_log"] = [
+            line for line in log if "searcher.maintenance" in line or "searcher.effort" in line
+        ]
     results["by_ef_search"] = {
-        str(ef): {"recall_at_10": float(r.mean()), "lost": int((r < LOST_QUERY_RECALL).sum())}
-        for ef, r in by_effort.items()
+        str(ef): {
+            "recall_at_10": float(recalls[step].mean()),
+            "lost": int((recalls[step] < LOST_QUERY_RECALL).sum()),
+        }
+        for step, ef in enumerate(EFFORT_LADDER)
     }
-    results["all_queries_choose"] = {
-        "ladder": chosen(by_effort, EFFORT_LADDER, np.arange(args.queries)),
-        "old_ladder": chosen(by_effort, OLD_LADDER, np.arange(args.queries)),
-    }
+    pool_step = chosen_step(recalls, np.arange(args.queries))
+    results["all_queries_choose"] = EFFORT_LADDER[pool_step]
+    upkeep_step = EFFORT_LADDER.index(index.ef_search)
+    results["pool_recall_at_upkeeps_ef_search"] = float(recalls[upkeep_step].mean())
     results["samples_choose"] = {}
     for size in (s for s in SAMPLE_SIZES if s < args.queries):
-        for name, ladder in (("ladder", EFFORT_LADDER), ("old_ladder", OLD_LADDER)):
-            choices = [
-                chosen(by_effort, ladder, rng.choice(args.queries, size, replace=False))
-                for _ in range(DRAWS)
-            ]
-            values, counts = np.unique(choices, return_counts=True)
-            spread = dict(zip(values.tolist(), counts.tolist(), strict=True))
-            results["samples_choose"][f"{size} queries, {name}"] = spread
-            print(f"{size} queries, {name}: ef_search chosen {spread} of {DRAWS}", flush=True)
+        results["samples_choose"][str(size)] = samples_choose(recalls, size, rng)
+        print(f"{size} queries: {results['samples_choose'][str(size)]}", flush=True)
+    results["benchmark_minus_pool_at_upkeeps_ef_search"] = benchmark_spread(
+        lambda sample: float(recalls[upkeep_step, sample].mean()), args.queries, rng
+    )
+    print(f"benchmark's spread: {results['benchmark_minus_pool_at_upkeeps_ef_search']}")
     write_results(args.out, results)
     return 0
 
