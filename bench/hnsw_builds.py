@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from searcher.effort import LOST_QUERY_RECALL  # noqa: E402
 from searcher.embedded import EmbeddedPostgres  # noqa: E402
 from searcher.pool import ConnectionPool  # noqa: E402
 from searcher.settings import StoreSettings  # noqa: E402
@@ -36,7 +37,6 @@ from searcher.store import IndexKind, Item, VectorStore  # noqa: E402
 from tests.searcher_helpers import clustered_vectors  # noqa: E402
 
 TOP_K = 10
-LOST_BELOW = 0.5  # a query's recall under which it counts as lost (searcher.effort)
 
 
 def one_build(
@@ -113,7 +113,7 @@ def main() -> int:
                 for ef in ef_searches:
                     found = recalls(store, name, queries, truth, ef)
                     row[f"recall_ef{ef}"] = float(found.mean())
-                    row[f"lost_ef{ef}"] = int((found < LOST_BELOW).sum())
+                    row[f"lost_ef{ef}"] = int((found < LOST_QUERY_RECALL).sum())
                 results.setdefault(f"m={m} ef_construction={efc}", []).append(row)
                 store.drop_collection(name)
                 shown = " ".join(
