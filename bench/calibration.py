@@ -41,13 +41,21 @@ from bench._loading import loaded_collection  # noqa: E402
 from bench._processes import SearcherProcess, write_results  # noqa: E402
 from bench.additions import Truth  # noqa: E402
 from imgsearch.v1 import searcher_pb2 as pb  # noqa: E402
-from searcher.effort import LOST_QUERIES_ALLOWED, LOST_QUERY_RECALL, cheapest_meeting  # noqa: E402
-from searcher.kinds import EFFORT_LADDER  # noqa: E402
+from searcher.effort import (  # noqa: E402
+    LOST_QUERY_RECALL,
+    cheapest_meeting,
+    ladder_step,
+    meets_target,
+)
+from searcher.kinds import EFFORT_LADDER, spec  # noqa: E402
 from searcher.recall import RECALL_AT, recall_by_distance  # noqa: E402
 from searcher.settings import StoreSettings  # noqa: E402
 from tests.searcher_helpers import searcher_stub, vector  # noqa: E402
 
 SETTINGS = StoreSettings()
+KIND = spec(SETTINGS.default_kind)
+# The ladder as the calibration walks it: (ef_search, candidates), step by step.
+LADDER = KIND.effort_ladder(0)
 SAMPLE_SIZES = (200, 1000, 2000, 4000)
 BENCHMARK_SIZES = (200, 1000)
 DRAWS = 300
@@ -76,22 +84,12 @@ def recalls_by_effort(
     return recalls
 
 
-def meets(recalls: np.ndarray) -> bool:
-    """The calibration's test of one effort on one sample (searcher.effort.calibrate)."""
-    lost = float(np.mean(recalls < LOST_QUERY_RECALL))
-    return (
-        round(float(recalls.mean()), 4) >= SETTINGS.recall_target and lost <= LOST_QUERIES_ALLOWED
-    )
-
-
 def chosen_step(recalls: np.ndarray, sample: np.ndarray) -> int:
     """The ladder step the calibration chooses on `sample` (indices of the pool)."""
-    default_step = next(
-        (s for s, ef in enumerate(EFFORT_LADDER) if ef >= SETTINGS.default_ef_search),
-        len(EFFORT_LADDER) - 1,
-    )
     return cheapest_meeting(
-        lambda step: meets(recalls[step, sample]), default_step, len(EFFORT_LADDER) - 1
+        lambda step: meets_target(recalls[step, sample], SETTINGS.recall_target),
+        ladder_step(LADDER, KIND.default_effort(SETTINGS.default_ef_search)),
+        len(LADDER) - 1,
     )
 
 

@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.searcher import exact_truth  # noqa: E402
 from searcher.effort import LOST_QUERY_RECALL  # noqa: E402
 from searcher.embedded import EmbeddedPostgres  # noqa: E402
 from searcher.pool import ConnectionPool  # noqa: E402
@@ -53,19 +54,6 @@ def one_build(
     loaded = time.perf_counter()
     session.close()  # the deferred HNSW build
     return loaded - started, time.perf_counter() - loaded
-
-
-def exact_top_k(data: np.ndarray, queries: np.ndarray, batch: int = 100) -> list[set[int]]:
-    """Each query's true 10 nearest rows (ids), by float64 distances a batch of queries at once."""
-    rows = data.astype(np.float64)
-    norms = np.einsum("ij,ij->i", rows, rows)
-    truth = []
-    for start in range(0, len(queries), batch):
-        distances = (
-            norms[None, :] - 2.0 * queries[start : start + batch].astype(np.float64) @ rows.T
-        )
-        truth += [set(np.argpartition(d, TOP_K)[:TOP_K].tolist()) for d in distances]
-    return truth
 
 
 def recalls(
@@ -93,7 +81,7 @@ def main() -> int:
 
     data = clustered_vectors(args.rows, seed=args.seeds[0])
     queries = clustered_vectors(args.queries, seed=args.seeds[1])
-    truth = exact_top_k(data, queries)
+    truth = [set(row.tolist()) for row in exact_truth(data, queries, TOP_K)[0]]
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as scratch, EmbeddedPostgres(scratch) as pg:
         pool = ConnectionPool(pg.dsn, max_size=4)

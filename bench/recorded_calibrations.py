@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from searcher.kinds import EFFORT_LADDER  # noqa: E402
-
-HELD_OUT = "rows held out of the build"
+from searcher.recall import HELD_OUT_ROWS, MOVED_VECTORS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -47,10 +46,9 @@ class Run:
 
 def sample_source(note: str) -> str:
     """What the upkeep's recall was measured on, as its note says."""
-    if "held out of the build" in note:
-        return HELD_OUT
-    if "moved" in note:
-        return "stored vectors moved"
+    for source in (HELD_OUT_ROWS, MOVED_VECTORS):
+        if source in note:
+            return source
     return "not in the note (before stop 37: stored vectors, or moved)"
 
 
@@ -105,7 +103,7 @@ def effort_table(runs: list[Run]) -> None:
     print("|---|---|---|---|")
     by_graph: dict[str, list[int]] = defaultdict(list)
     for run in runs:
-        if run.sample == HELD_OUT and run.target == 0.99 and "clustered" in run.file:
+        if run.sample == HELD_OUT_ROWS and run.target == 0.99 and "clustered" in run.file:
             by_graph[run.graph].append(run.ef_search)
     for graph, efforts in sorted(by_graph.items()):
         counted = ", ".join(f"{ef} ({n})" for ef, n in sorted(Counter(efforts).items()))

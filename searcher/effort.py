@@ -82,9 +82,8 @@ def calibrate(
     ladder = kind.effort_ladder(collection.candidates)
     if below is not None:
         ladder = [effort for effort in ladder if effort[0] < below] or ladder[:1]
-    default = kind.default_effort(default_ef_search)
+    default_step = ladder_step(ladder, kind.default_effort(default_ef_search))
     highest = len(ladder) - 1
-    default_step = next((step for step, effort in enumerate(ladder) if effort >= default), highest)
     measured: dict[int, tuple[float, bool]] = {}
 
     def measure(step: int) -> tuple[float, bool]:
@@ -94,20 +93,12 @@ def calibrate(
             recalls = sample.recalls(
                 searcher_for(replace(collection, ef_search=ef_search, candidates=candidates))
             )
-            # Rounded as it is stored and shown (a `real` column, 3 decimals in notes): the
-            # mean of 200 tenths is often exactly half-way (0.9985), and the note and
-            # GetStats then rounded the float64 and the float4 of it different ways.
-            recall = round(float(recalls.mean()), 4)
-            # A search that found under half of its neighbours was stuck in another part of
-            # the graph: an effort where that happens to more than 1 query in 100 is not
-            # enough, however good the mean.
-            lost = float(np.mean(recalls < LOST_QUERY_RECALL))
-            meets = recall >= target and lost <= LOST_QUERIES_ALLOWED
+            recall, lost = sample_recall(recalls), lost_share(recalls)
             logger.debug(
                 "%s: ef_search %d, candidates %d: recall@10 %.4f, %.1f%% lost",
                 *(collection.name, ef_search, candidates, recall, 100 * lost),
             )
-            measured[step] = recall, meets
+            measured[step] = recall, meets_target(recalls, target)
         return measured[step]
 
     chosen = cheapest_meeting(lambda step: measure(step)[1], default_step, highest)
@@ -119,6 +110,31 @@ def calibrate(
         *measure(chosen),
         at_default=at_default,
     )
+
+
+def ladder_step(ladder: list[tuple[int, int]], effort: tuple[int, int]) -> int:
+    """The first step of `ladder` at least `effort`, else its most thorough."""
+    return next((step for step, at in enumerate(ladder) if at >= effort), len(ladder) - 1)
+
+
+def sample_recall(recalls: np.ndarray) -> float:
+    """A sample's recall@10: the mean of its queries', rounded as it is stored and shown (a
+    `real` column, 3 decimals in notes): the mean of 200 tenths is often exactly half-way
+    (0.9985), and the note and GetStats then rounded the float64 and the float4 of it
+    different ways."""
+    return round(float(recalls.mean()), 4)
+
+
+def lost_share(recalls: np.ndarray) -> float:
+    """The share of a sample's queries lost: stuck in another part of the graph, they found
+    under half of their neighbours."""
+    return float(np.mean(recalls < LOST_QUERY_RECALL))
+
+
+def meets_target(recalls: np.ndarray, target: float) -> bool:
+    """Whether an effort whose queries got `recalls` meets the target: the sample's recall at
+    least the target, and at most 1 query in 100 lost, however good the mean."""
+    return sample_recall(recalls) >= target and lost_share(recalls) <= LOST_QUERIES_ALLOWED
 
 
 def calibrate_effort(
