@@ -10,9 +10,14 @@ from embedder.batcher import BatcherConfig
 from embedder.decode import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DecodeLimits
 from embedder.spec import ModelSpec
 from imgsearch import defaults
-from imgsearch.errors import ConfigError
 from serving import config as serving_config
-from serving.config import SERVING_HELP, ServingConfig, parse_dataclass_config
+from serving.config import (
+    SERVING_HELP,
+    Range,
+    ServingConfig,
+    check_ranges,
+    parse_dataclass_config,
+)
 
 ENV_PREFIX = "IMGSEARCH_EMBEDDER_"
 
@@ -79,15 +84,7 @@ class EmbedderConfig(ServingConfig):
 
     def __post_init__(self) -> None:
         # A zero here would start a server that fails at its first image, or never answers.
-        for name in _AT_LEAST_ONE:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{_flag(name)} must be at least 1, not {getattr(self, name)}")
-        for name in _ZERO_OR_MORE:
-            if getattr(self, name) < 0:
-                raise ConfigError(
-                    f"{_flag(name)} must be 0 (the default choice) or more, "
-                    f"not {getattr(self, name)}"
-                )
+        check_ranges(self, _RANGES, env_name)
 
     def batcher_config(self, device_type: str) -> BatcherConfig:
         return BatcherConfig(
@@ -140,27 +137,22 @@ HELP = {
     **SERVING_HELP,
 }
 
-_AT_LEAST_ONE = (
-    "decode_workers",
-    "forward_workers",
-    "max_queue_images",
-    "max_interactive_run",
-    "max_images_per_request",
-    "max_image_bytes",
-    "max_image_pixels",
-)
-_ZERO_OR_MORE = (
-    "threads",
-    "max_batch_size",
-    "max_delay_ms",
-    "batches_ahead",
-    "duplicate_probes",
-)
-
-
-def _flag(name: str) -> str:
-    """How a person sets `name`: the flag and its variable."""
-    return f"--{name.replace('_', '-')} ({env_name(name)})"
+_RANGES = {
+    **dict.fromkeys(
+        (
+            "decode_workers",
+            "forward_workers",
+            "max_queue_images",
+            "max_interactive_run",
+            "max_images_per_request",
+            "max_image_bytes",
+            "max_image_pixels",
+        ),
+        Range(1),
+    ),
+    **dict.fromkeys(("threads", "max_batch_size"), Range(1, zero="the default choice")),
+    **dict.fromkeys(("max_delay_ms", "batches_ahead", "duplicate_probes"), Range(0)),
+}
 
 
 def env_name(field_name: str) -> str:

@@ -10,10 +10,18 @@ from pathlib import Path
 from imgsearch import defaults
 from imgsearch.errors import ConfigError
 from searcher.catalogue import IndexKind
+from searcher.pool import RESERVED_FOR_REQUESTS
+from searcher.recall import SMALLEST_SAMPLE
 from searcher.settings import StoreSettings
-from searcher.validation import Limits
+from searcher.validation import MAX_EF_SEARCH, Limits
 from serving import config as serving_config
-from serving.config import SERVING_HELP, ServingConfig, parse_dataclass_config
+from serving.config import (
+    SERVING_HELP,
+    Range,
+    ServingConfig,
+    check_ranges,
+    parse_dataclass_config,
+)
 
 _STORE = StoreSettings()  # the defaults of the store's settings, offered below as flags
 
@@ -41,6 +49,11 @@ class SearcherConfig(ServingConfig):
     shadow_budget: float = _STORE.shadow_budget
     fold_share: float = _STORE.fold_share
     graph_cells_from: int = _STORE.graph_cells_from
+
+    def __post_init__(self) -> None:
+        # Out of these, a searcher would start and then fail every request (no connection
+        # for it), or calibrate every collection to the most effort (a target above 1).
+        check_ranges(self, _RANGES, env_name)
 
     def resolved_data_dir(self) -> Path:
         """The embedded database's data directory (defaults.data_dir()/pgdata when unset)."""
@@ -96,7 +109,8 @@ HELP = {
     "candidates) whose recall@10, measured on its own vectors, meets this",
     "recall_sample": "most held-out queries used to measure an index build's recall (rows the "
     "build keeps out of its graph until measured; under 10000 rows, stored vectors moved "
-    "halfway to their nearest neighbour): one per 50 rows, at least 200",
+    "halfway to their nearest neighbour): one per 50 rows, at least 200; 0: no recall check "
+    "(no calibration or repair: searches at the default effort)",
     "shadow_share": "share of searches re-run exactly in the background to measure live recall "
     "(0 turns it off)",
     "shadow_budget": "most of one core's time those exact re-runs may take",
@@ -106,6 +120,23 @@ HELP = {
     "built after a bulk load, gets one small graph per coarse cell instead of one graph over "
     "all its rows (faster to build; a search walks its query's nearest cells' graphs); 0: never",
     **SERVING_HELP,
+}
+
+
+_RANGES = {
+    "pool_size": Range(RESERVED_FOR_REQUESTS + 1),
+    "statement_timeout_ms": Range(1, zero="no limit"),
+    "max_top_k": Range(1),
+    "max_items_per_message": Range(1),
+    "default_ef_search": Range(1, MAX_EF_SEARCH),
+    "exact_filter_rows": Range(0),
+    "recall_floor": Range(0, 1),
+    "recall_target": Range(0, 1),
+    "recall_sample": Range(SMALLEST_SAMPLE, zero="no recall check"),
+    "shadow_share": Range(0, 1),
+    "shadow_budget": Range(0, 1),
+    "fold_share": Range(0, 1),
+    "graph_cells_from": Range(0),
 }
 
 

@@ -5,8 +5,9 @@ can configure both without collisions; a few well-known names are shared on purp
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -47,6 +48,50 @@ SERVING_HELP = {
     "max_concurrent_rpcs": "RPCs served at once; more get RESOURCE_EXHAUSTED",
     "grace_s": "seconds in-flight RPCs get to finish on shutdown",
 }
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: `least` to `most`, and 0 too where `zero` says
+    what 0 means (off, the default choice)."""
+
+    least: float
+    most: float = math.inf
+    zero: str = ""
+
+    def allows(self, value: float) -> bool:
+        return (value == 0 and bool(self.zero)) or self.least <= value <= self.most
+
+    def __str__(self) -> str:
+        if self.most < math.inf:
+            return f"from {_number(self.least)} to {_number(self.most)}"
+        if self.zero:
+            more = "more" if self.least <= 1 else f"at least {_number(self.least)}"
+            return f"0 ({self.zero}) or {more}"
+        return "0 or more" if self.least == 0 else f"at least {_number(self.least)}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+# The ranges of the settings every server has: a server started outside them would refuse every
+# message, every RPC, or never let its RPCs finish.
+SERVING_RANGES = {
+    "max_message_bytes": Range(1024, 2**31 - 1),
+    "max_concurrent_rpcs": Range(1),
+    "grace_s": Range(0),
+}
+
+
+def check_ranges(config: Any, ranges: Mapping[str, Range], env_name: Callable[[str], str]) -> None:
+    """ConfigError for the first setting of `config` outside its range, naming its flag and its
+    variable: a value that cannot work is refused at start, not met at the first request."""
+    for name, allowed in {**SERVING_RANGES, **ranges}.items():
+        value = getattr(config, name)
+        if not allowed.allows(value):
+            flag = f"--{name.replace('_', '-')} ({env_name(name)})"
+            raise ConfigError(f"{flag} must be {allowed}, not {value}")
 
 
 def env_name(prefix: str, field_name: str, shared: Mapping[str, str] = {}) -> str:

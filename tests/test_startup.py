@@ -23,6 +23,32 @@ DEAD_DSN = "postgresql://nobody@127.0.0.1:9/none"  # never reached: these fail b
         ),
         (
             "searcher",
+            ("--dsn", DEAD_DSN),
+            {"IMGSEARCH_SEARCHER_POOL_SIZE": "2"},
+            "--pool-size (IMGSEARCH_SEARCHER_POOL_SIZE) must be at least 3, not 2",
+        ),
+        (
+            "searcher",
+            ("--dsn", DEAD_DSN, "--recall-target", "99"),
+            {},
+            "--recall-target (IMGSEARCH_SEARCHER_RECALL_TARGET) must be from 0 to 1, not 99.0",
+        ),
+        (
+            "searcher",
+            ("--dsn", DEAD_DSN, "--recall-sample", "50"),
+            {},
+            "--recall-sample (IMGSEARCH_SEARCHER_RECALL_SAMPLE) must be 0 (no recall check) or at "
+            "least 200, not 50",
+        ),
+        (
+            "embedder",
+            ("--weights", "random", "--max-message-bytes", "0"),
+            {},
+            "--max-message-bytes (IMGSEARCH_EMBEDDER_MAX_MESSAGE_BYTES) must be from 1024 to "
+            "2147483647, not 0",
+        ),
+        (
+            "searcher",
             ("--dsn", DEAD_DSN, "--default-index-kind", "ivf"),
             {},
             "unknown index kind 'ivf'; use one of vector, halfvec, binary",
