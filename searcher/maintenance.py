@@ -252,6 +252,8 @@ class IndexMaintenance:
         self.schedule("fold", name)
 
     def _draw(self, collection: Collection, fresh_source: str) -> RecallSample | None:
+        if not self.recall_sample:
+            return None  # measuring is turned off: the collection searches at the defaults
         # Queries moved from stored rows are placed by the distance to each one's nearest other
         # row, of which only the scale matters: searched for at the cheapest effort (at the
         # default, these 2,000 searches were 13 s of a 38 s check at 200k rows, RESULTS.md).

@@ -199,8 +199,8 @@ def hold_out(
     with their cells among `cells` (those of segment `into`; none: written without a cell):
     the build's graph never holds them, searches find them as they find any fresh row until
     they are folded in, and the build's check searches for them as for a new picture. How
-    many; none below HOLD_OUT_FROM_ROWS rows."""
-    if rows < HOLD_OUT_FROM_ROWS:
+    many; none below HOLD_OUT_FROM_ROWS rows, or when `most` is 0 (no recall check)."""
+    if rows < HOLD_OUT_FROM_ROWS or not most:
         return 0
     size = sample_size(rows, most)
     picked = io.BytesIO()

@@ -5,6 +5,7 @@ quantizer is refitted once its collection has doubled."""
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import re
 from collections.abc import Iterator
@@ -300,6 +301,37 @@ def test_a_small_collection_is_measured_on_stored_vectors_moved_off_their_rows(
     assert index.recall_sample == 200
     moved = "200 stored vectors moved halfway to their nearest neighbour"
     assert f"for recall@10 {index.recall:.3f} on {moved} (target 0.99)" in index.note
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_with_the_recall_check_turned_off_a_build_is_searched_at_the_defaults_and_nothing_fails(
+    engine: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Graphs by cell too: their check read its (empty) sample's cells and failed, every build.
+    settings = {"recall_sample": 0, "graph_cells_from": 1500}
+    data = clustered_vectors(3000, dim=64, clusters=20, seed=1)
+    with (
+        caplog.at_level(logging.WARNING, logger="searcher"),
+        searcher_on(engine, request, tmp_path_factory, **settings) as running,
+    ):
+        channel, stub = searcher_stub(running.port)
+        with channel:
+            name = f"unmeasured{next(_names)}"
+            stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=64))
+            stub.Upsert(upsert_messages(name, data))
+            assert running.store is not None and running.store.maintenance.wait_idle(UPKEEP_S)
+            index = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
+            collection, has_index = running.store.catalogue.get(name, fresh=True)
+            assert has_index and collection.graph_cells == 2 and index.generation == 2
+            assert not index.HasField("recall") and index.recall_sample == 0
+            assert index.ef_search == 0  # the server's default effort, never calibrated
+            for row in (0, 1234, 2999):
+                request_ = pb.SearchRequest(collection=name, vector=vector(data[row]), top_k=1)
+                assert [hit.id for hit in stub.Search(request_).hits] == [row]
+    assert [record.getMessage() for record in caplog.records] == []
 
 
 def test_the_recall_check_reads_every_vector_without_the_request_time_limit(
