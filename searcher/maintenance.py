@@ -27,7 +27,6 @@ the target below the most effort is built again at the same m, then checked.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -78,6 +77,10 @@ NOT_REACHED = "not reached at the most effort"
 # A recheck's note while the build it asked for waits; then the build's.
 REBUILDING = "the folds left the graph short of the target below the most effort: building again"
 REBUILT = "built again: the folds had left the graph short of the target below the most effort"
+# A repair doubles m. At 1.5x (m=24), 15 repairs of the same 100k clustered rows calibrated
+# anywhere from ef_search 40 to 100, as the graphs came out; at m=32 three of three met the
+# target at 40 (Search p50 within 1.01x; the rebuild ~1.3x longer: bench/RESULTS.md, stop 47).
+REPAIR_M_GROWTH = 2
 MAX_M = 100
 MAX_EF_CONSTRUCTION = 1000
 # A BINARY index is rebuilt (its quantizer fitted anew) once its collection holds this many
@@ -325,7 +328,7 @@ class IndexMaintenance:
         """Build the index of `collection` once more with larger m and ef_construction (noted in
         `notes`), as `calibrated` found it poor, and calibrate the new build on a sample of its
         own (its graph holds the rows the first build held out)."""
-        m = min(MAX_M, max(DEFAULT_M, math.ceil(collection.m * 1.5)))
+        m = min(MAX_M, max(DEFAULT_M, REPAIR_M_GROWTH * collection.m))
         ef_construction = min(
             MAX_EF_CONSTRUCTION,
             max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
@@ -486,7 +489,7 @@ class IndexMaintenance:
 def _hopeless(collection: Collection) -> bool:
     """A graph already repaired (m raised) that still missed the target, or met it only at the
     most effort: it is not built or repaired again each time its collection grows (m would
-    climb 1.5x a time to MAX_M, for vectors no graph serves well). Its builds are calibrated;
+    double each time up to MAX_M, for vectors no graph serves well). Its builds are calibrated;
     repairs stay for graphs that were good before."""
     poor = NOT_REACHED in collection.index_note or at_most_effort(collection)
     return poor and collection.m > DEFAULT_M

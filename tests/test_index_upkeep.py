@@ -374,10 +374,10 @@ def test_a_first_graph_walked_at_a_costly_effort_is_built_once_more_larger(
     monkeypatch.setattr(effort, "COSTLY_EF_SEARCH", EFFORT_LADDER[0])  # every effort is costly
     name, _, _ = indexed(stub, searcher, clustered_vectors(10_000, seed=17))
     collection = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
-    assert (collection.index_params.m, collection.index_params.ef_construction) == (24, 400)
+    assert (collection.index_params.m, collection.index_params.ef_construction) == (32, 400)
     assert collection.index.generation == 3
     assert re.search(
-        r"rebuilt with m=24, ef_construction=400: recall@10 [01]\.\d+ took ef_search \d+ at m=16, "
+        r"rebuilt with m=32, ef_construction=400: recall@10 [01]\.\d+ took ef_search \d+ at m=16, "
         r"ef_construction=200 \(floor 0\.95, target 0\.99\)",
         collection.index.note,
     )
@@ -401,18 +401,18 @@ def test_codes_that_cannot_tell_neighbours_apart_get_the_most_candidates(
     settle(searcher)
     index = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
     assert (index.ef_search, index.candidates) == (1000, 1000)
-    assert "rebuilt with m=24, ef_construction=400: recall@10 was " in index.note
+    assert "rebuilt with m=32, ef_construction=400: recall@10 was " in index.note
     assert "search effort calibrated: ef_search 1000, candidates 1000 for recall@10" in index.note
     assert index.recall < 0.95
     # The collection grows by a third: a build takes the new rows in, and is calibrated, but not
-    # repaired again (m would climb 1.5x with every growth, for codes no graph serves).
+    # repaired again (m would double with every growth, for codes no graph serves).
     more = (rng.uniform(0, 1000, size=(3_500, 1)) * np.ones((1, 1000)) / np.sqrt(1000)).astype(
         np.float32
     )
     stub.Upsert(upsert_messages(name, more, first_id=10_000))
     settle(searcher)
     grown = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
-    assert grown.index_params.m == 24 and grown.index.generation == index.generation + 1
+    assert grown.index_params.m == 32 and grown.index.generation == index.generation + 1
     assert grown.index.built_rows == 13_500
     assert "3500 fresh rows taken in by a build" in grown.index.note
     assert "rebuilt with" not in grown.index.note and "not reached" in grown.index.note
