@@ -70,6 +70,8 @@ class PostgresMemory:
         self.data_dir = str(data_dir)
         self.interval_s = interval_s
         self._peak = 0
+        self.samples = 0
+        self.cpu_s = 0.0  # the sampling's own CPU time: what it took from the run measured
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,22 +80,23 @@ class PostgresMemory:
     def _run(self) -> None:
         wait = self.interval_s
         while not self._stop.wait(wait):
-            started = time.thread_time()
+            spent = self.cpu_s
             self._sample()
-            wait = max(self.interval_s, (time.thread_time() - started) / SAMPLER_SHARE)
+            wait = max(self.interval_s, (self.cpu_s - spent) / SAMPLER_SHARE)
 
     def _sample(self) -> None:
+        started = time.thread_time()
         postmaster = _postmaster(self.data_dir)
-        if postmaster is None:
-            return
         total = 0
-        for process in [postmaster, *postmaster.children(recursive=True)]:
+        for process in [] if postmaster is None else [postmaster, *postmaster.children(True)]:
             try:
                 total += process.memory_full_info().pss
             except psutil.Error:
                 pass
         with self._lock:
             self._peak = max(self._peak, total)
+            self.samples += 1
+            self.cpu_s += time.thread_time() - started
 
     def reset(self) -> None:
         with self._lock:

@@ -484,6 +484,7 @@ def main() -> int:
                 result["upkeep_log"] = re.findall(UPKEEP_LINES, log)
             finally:
                 memory.stop()
+                result["memory_sampler"] = {"samples": memory.samples, "cpu_s": memory.cpu_s}
                 postgres.stop()
                 server.stop()
         if DEFAULT_KIND in result["kinds"]:
