@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
-from bench._processes import _postmaster  # noqa: E402
+from bench._processes import PostgresMemory  # noqa: E402
 from searcher.cell_graphs import DEFAULT_FROM_ROWS  # noqa: E402
 from searcher.embedded import EmbeddedPostgres  # noqa: E402
 from searcher.kinds import spec  # noqa: E402
@@ -115,15 +115,13 @@ def measure(dsn: str, store: VectorStore, data_dir: str, *, compact: bool) -> No
 
     print(f"table {table_gb():.2f} GB, {collection.graph_cells} graphs", flush=True)
     both("")
-    postmaster = _postmaster(data_dir)
-    assert postmaster is not None
-    processes = [postmaster, *postmaster.children(recursive=True)]
-    cpu, pss = time.thread_time(), 0
-    for process in processes:
-        pss += process.memory_full_info().pss
+    sampler = PostgresMemory(Path(data_dir), interval_s=3600)  # samples only when asked
+    try:
+        gb = sampler.peak_mb() / 1e3
+    finally:
+        sampler.stop()
     print(
-        f"one memory sample of {len(processes)} processes ({pss / 1e9:.2f} GB): "
-        f"{(time.thread_time() - cpu) * 1000:.0f} ms of CPU",
+        f"one memory sample ({gb:.2f} GB): {sampler.cpu_s / sampler.samples * 1000:.0f} ms of CPU",
         flush=True,
     )
     if compact:
