@@ -26,13 +26,18 @@ import concurrent.futures
 import contextlib
 import hashlib
 import io
+import itertools
 import logging
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import psycopg2.errors
 from psycopg2 import sql
 
+from imgsearch.errors import Unavailable
 from searcher.catalogue import Collection
 from searcher.cells import MAX_CELLS, Cells
 from searcher.kinds import spec
@@ -56,6 +61,13 @@ ROWS_PER_GRAPH = 12_500
 # 38). Their fresh rows are now sorted as finely as one graph's (Cells.fine), which graphs by
 # cell lacked when stop 38 measured a search's p50 doubling during additions at 100k.
 DEFAULT_FROM_ROWS = 200_000
+# Setting a graph's parameters before a repair rebuilds it: how long each try may hold the
+# table's searches back, the pause between tries, and how many tries.
+SET_PARAMETERS_WAIT_MS = 50
+SET_PARAMETERS_PAUSE_S = 0.5
+SET_PARAMETERS_TRIES = 120
+# The suffix of the copy REINDEX CONCURRENTLY builds beside an index.
+REINDEX_COPY = "_ccnew"
 # The table's pages read back per COPY when every row's cell is written: ~30k rows (120 MB of
 # 1000-d vectors).
 PAGES_PER_READ = 256
@@ -126,14 +138,38 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
 
 def largest_cell(cur: Any, collection: Collection) -> int:
     """Rows in the largest graph's cell among those the collection's index holds."""
+    return max(rows_by_graph(cur, collection).values(), default=0)
+
+
+def rows_by_graph(cur: Any, collection: Collection) -> dict[int, int]:
+    """Rows in each graph's cell (the graphs whose cells hold any) among those the collection's
+    index holds."""
     cur.execute(
-        sql.SQL(
-            "SELECT coalesce(max(rows), 0) FROM (SELECT count(*) AS rows FROM {} "
-            "WHERE {} GROUP BY {}) AS cells"
-        ).format(collection.table, collection.indexed, collection.graph_of_cell)
+        sql.SQL("SELECT {graph}, count(*) FROM {table} WHERE {indexed} GROUP BY {graph}").format(
+            graph=collection.graph_of_cell, table=collection.table, indexed=collection.indexed
+        )
     )
-    rows: int = cur.fetchone()[0]
-    return rows
+    return {int(graph): int(rows) for graph, rows in cur.fetchall()}
+
+
+def graph_parameters(cur: Any, collection: Collection) -> dict[int, tuple[int, int]]:
+    """(m, ef_construction) of each of the collection's current graphs by cell built with
+    parameters other than the collection's: those a repair rebuilt alone (see GraphBuilds.
+    rebuild). The next generation builds each with the larger of its own and the collection's."""
+    names = {collection.index_name(cell=cell): cell for cell in range(collection.graph_cells)}
+    cur.execute(
+        "SELECT c.relname, c.reloptions FROM pg_class c WHERE c.relnamespace = "
+        "%s::regnamespace AND c.relname = ANY(%s)",
+        (DATA_SCHEMA, list(names)),
+    )
+    found: dict[int, tuple[int, int]] = {}
+    for name, options in cur.fetchall():
+        given = dict(option.split("=", 1) for option in options or [])
+        m = int(given.get("m", collection.m))
+        ef_construction = int(given.get("ef_construction", collection.ef_construction))
+        if (m, ef_construction) != (collection.m, collection.ef_construction):
+            found[names[name]] = m, ef_construction
+    return found
 
 
 def _read_pages(
@@ -197,20 +233,32 @@ class GraphBuilds:
         self.connections = max(1, min(BULK_WORKERS, pool.max_bulk - 1))
 
     def build(
-        self, target: Collection, *, concurrently: bool, memory: str
+        self,
+        target: Collection,
+        *,
+        concurrently: bool,
+        memory: str,
+        parameters: dict[int, tuple[int, int]] | None = None,
     ) -> tuple[list[str], list[str]]:
-        """Create every graph of `target`'s generation; (names built, PostgreSQL's notices)."""
+        """Create every graph of `target`'s generation, each with target's m and
+        ef_construction or its own in `parameters` (by cell); (names built, PostgreSQL's
+        notices)."""
         kind = spec(target.kind)
         notices: list[str] = []
+        parameters = parameters or {}
 
         def build_one(cell: int) -> str:
             with self._build_connection(memory, alone=concurrently) as cur:
                 name = target.index_name(cell=cell)
                 _drop(cur, name, concurrently=concurrently)
+                own = target
+                if cell in parameters:
+                    m, ef_construction = parameters[cell]
+                    own = replace(target, m=m, ef_construction=ef_construction)
                 try:
                     cur.execute(
                         kind.create_index(
-                            target, target.generation, concurrently=concurrently, cell=cell
+                            own, target.generation, concurrently=concurrently, cell=cell
                         )
                     )
                 finally:
@@ -222,6 +270,39 @@ class GraphBuilds:
         with concurrent.futures.ThreadPoolExecutor(connections) as workers:
             built = list(workers.map(build_one, range(target.graph_cells)))
         return built, notices
+
+    def rebuild(
+        self,
+        collection: Collection,
+        graphs: list[int],
+        *,
+        m: int,
+        ef_construction: int,
+        memory: str,
+    ) -> list[str]:
+        """Build the collection's current graphs of `graphs` again, one after another, with `m`
+        and `ef_construction`; PostgreSQL's notices. Each graph is rebuilt by REINDEX
+        CONCURRENTLY after its parameters are set: searches and writes go on, the graph keeps
+        its name, and a crash leaves only an invalid copy (`…_ccnew` or `…_ccold`) that the
+        start-up's clean-up drops, never a missing graph."""
+        notices: list[str] = []
+        for cell in graphs:
+            graph = collection.index_name(cell=cell)
+            name = sql.Identifier(DATA_SCHEMA, graph)
+            with self._build_connection(memory, alone=True) as cur:
+                _set_parameters(cur, name, m, ef_construction)
+                try:
+                    cur.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(name))
+                except BaseException:
+                    # Its copy stays behind, invalid but kept up by every write until dropped
+                    # (else by the next start's clean-up).
+                    with contextlib.suppress(psycopg2.Error):
+                        _drop(cur, graph + REINDEX_COPY, concurrently=True)
+                    raise
+                finally:
+                    notices.extend(cur.connection.notices)
+                    cur.connection.notices.clear()
+        return notices
 
     @contextlib.contextmanager
     def _build_connection(self, memory: str, *, alone: bool) -> Iterator[Any]:
@@ -265,3 +346,28 @@ def _drop(cur: Any, name: str, *, concurrently: bool) -> None:
             sql.Identifier(DATA_SCHEMA, name),
         )
     )
+
+
+def _set_parameters(cur: Any, index: sql.Identifier, m: int, ef_construction: int) -> None:
+    """Set a graph's m and ef_construction for its next build. pgvector takes an ACCESS
+    EXCLUSIVE lock on the index for it, which searches of the table queue behind while it
+    waits: each try waits at most SET_PARAMETERS_WAIT_MS, then lets them through."""
+    cur.execute("SET lock_timeout = %s", (f"{SET_PARAMETERS_WAIT_MS}ms",))
+    try:
+        for attempt in itertools.count(1):
+            try:
+                cur.execute(
+                    sql.SQL("ALTER INDEX {} SET (m = {}, ef_construction = {})").format(
+                        index, sql.Literal(m), sql.Literal(ef_construction)
+                    )
+                )
+                return
+            except psycopg2.errors.LockNotAvailable:
+                if attempt >= SET_PARAMETERS_TRIES:
+                    raise Unavailable(
+                        f"the graph {index.strings[-1]} is held by long transactions: its "
+                        f"parameters could not be set in {SET_PARAMETERS_TRIES} tries"
+                    ) from None
+                time.sleep(SET_PARAMETERS_PAUSE_S)
+    finally:
+        cur.execute("RESET lock_timeout")

@@ -13,7 +13,7 @@ import numpy as np
 from searcher.catalogue import Collection
 from searcher.cells import MIN_WALKS
 from searcher.kinds import EFFORT_LADDER, spec
-from searcher.recall import RecallSample, Search
+from searcher.recall import RecallSample, Search, sample_recall
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +115,6 @@ def calibrate(
 def ladder_step(ladder: list[tuple[int, int]], effort: tuple[int, int]) -> int:
     """The first step of `ladder` at least `effort`, else its most thorough."""
     return next((step for step, at in enumerate(ladder) if at >= effort), len(ladder) - 1)
-
-
-def sample_recall(recalls: np.ndarray) -> float:
-    """A sample's recall@10: the mean of its queries', rounded as it is stored and shown (a
-    `real` column, 3 decimals in notes): the mean of 200 tenths is often exactly half-way
-    (0.9985), and the note and GetStats then rounded the float64 and the float4 of it
-    different ways."""
-    return round(float(recalls.mean()), 4)
 
 
 def lost_share(recalls: np.ndarray) -> float:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 MEMORY = "maintenance_work_mem"
 MB = 1 << 20
 MIN_BUILD_MEMORY = 64 * MB  # PostgreSQL's own default
+# How a build's note names the graphs by cell it built with a repair's larger parameters.
+REPAIRED_BEFORE = "graphs by cell repaired before"
 
 
 class IndexBuilder:
@@ -140,6 +142,50 @@ class IndexBuilder:
         _log_built(target, *built, note)
         return self.catalogue.get(collection.name, fresh=True)[0]
 
+    def rebuild_graphs(
+        self,
+        collection: Collection,
+        graphs: list[int],
+        *,
+        m: int,
+        ef_construction: int,
+        note: str,
+    ) -> Collection | None:
+        """Build the graphs `graphs` of the collection's current graphs by cell again with `m`
+        and `ef_construction`, in place (cell_graphs.GraphBuilds.rebuild), and record `note`;
+        the collection as recorded, its recall to be measured again. None when a build
+        replaced its generation meanwhile (that build's check follows)."""
+        with self._autocommit() as cur, _advisory_lock(cur, "build", collection.name):
+            current, has_index = self.catalogue.get(collection.name, fresh=True)
+            if not has_index or current.generation != collection.generation:
+                return None
+            started = time.monotonic()
+            rows = cell_graphs.rows_by_graph(cur, current)
+            largest = int(1.1 * max(rows.get(graph, 0) for graph in graphs))
+            memory = self._build_memory(cur, replace(current, m=m), rows=largest)
+            notices = self.graph_builds.rebuild(
+                current, graphs, m=m, ef_construction=ef_construction, memory=memory
+            )
+            check_usable(cur, current)
+            spilled = spill_notice(notices)
+            if spilled:
+                logger.warning("a graph of %s went on on disk: %s", current.name, spilled)
+                note = "; ".join([note, f"a rebuild spilled to disk ({spilled})"])
+            self.catalogue.record(
+                cur,
+                current.name,
+                recall=None,
+                recall_sample=0,
+                recall_measured_at=None,
+                index_note=note,
+            )
+        logger.info(
+            "rebuilt %d of the %d graphs by cell of %s (m=%d, ef_construction=%d) in %.1f s",
+            *(len(graphs), current.graph_cells, current.name, m, ef_construction),
+            time.monotonic() - started,
+        )
+        return self.catalogue.get(collection.name, fresh=True)[0]
+
     def _cells_for(
         self, cur: Any, current: Collection, segment: int, rows: int, *, first_graph: bool
     ) -> Collection:
@@ -194,8 +240,21 @@ class IndexBuilder:
                 recorded = self._fit_quantizer(cur, target)
                 if not recorded["quantizer_rows"]:
                     return None
+            # Graphs by cell that a repair rebuilt alone with larger m keep it (their cells' rows
+            # asked for it); the others take the collection's.
+            parameters = _repaired_graphs(cur, target)
+            parts = [part for part in note.split("; ") if not part.startswith(REPAIRED_BEFORE)]
+            if parameters:
+                kept = ", ".join(
+                    f"{cell} (m={m}, ef_construction={ef})"
+                    for cell, (m, ef) in sorted(parameters.items())
+                )
+                parts.append(f"{REPAIRED_BEFORE}: {kept}")
+            note = "; ".join(filter(None, parts))
             try:
-                spilled = self._create(cur, target, concurrently=concurrently)
+                spilled = self._create(
+                    cur, target, concurrently=concurrently, parameters=parameters
+                )
                 check_usable(cur, target)
             except BaseException:
                 # A failed CONCURRENTLY build leaves an invalid index behind.
@@ -229,17 +288,28 @@ class IndexBuilder:
             )
         return rows, seconds
 
-    def _create(self, cur: Any, target: Collection, *, concurrently: bool) -> str:
-        """CREATE INDEX of the target generation's graph, or of each of its graphs by cell;
-        PostgreSQL's notice if a build spilled to disk, else ""."""
+    def _create(
+        self,
+        cur: Any,
+        target: Collection,
+        *,
+        concurrently: bool,
+        parameters: dict[int, tuple[int, int]],
+    ) -> str:
+        """CREATE INDEX of the target generation's graph, or of each of its graphs by cell
+        (those in `parameters` with their own m and ef_construction); PostgreSQL's notice if a
+        build spilled to disk, else ""."""
         if target.graph_cells:
             # Each graph holds its cell's rows: sized for the largest cell (cells are uneven:
             # at 1M, one of 80 held 27k rows, twice the mean) and the rows written meanwhile,
             # on each of the connections that build at once.
             builds = 1 if concurrently else self.graph_builds.connections
             largest = int(1.1 * cell_graphs.largest_cell(cur, target))
-            memory = self._build_memory(cur, target, rows=largest, builds=builds)
-            _, notices = self.graph_builds.build(target, concurrently=concurrently, memory=memory)
+            most_m = max([target.m, *(m for m, _ in parameters.values())])
+            memory = self._build_memory(cur, replace(target, m=most_m), rows=largest, builds=builds)
+            _, notices = self.graph_builds.build(
+                target, concurrently=concurrently, memory=memory, parameters=parameters
+            )
             return spill_notice(notices)
         # An index of this name can only be a leftover: a build of this generation that a
         # crash interrupted (invalid), or one that was never recorded. Never take it for the
@@ -446,6 +516,20 @@ def _log_built(target: Collection, rows: int, seconds: float, note: str) -> None
         *(target.kind.name, target.name, target.generation, rows, target.m),
         *(target.ef_construction, graphs, seconds, f": {note}" if note else ""),
     )
+
+
+def _repaired_graphs(cur: Any, target: Collection) -> dict[int, tuple[int, int]]:
+    """The (m, ef_construction) each graph by cell of `target`'s generation takes where a
+    repair gave that of the current generation more than target's (cell_graphs.
+    graph_parameters): the larger of each."""
+    if not target.graph_cells:
+        return {}
+    previous = replace(target, generation=target.generation - 1)
+    return {
+        cell: (max(m, target.m), max(ef_construction, target.ef_construction))
+        for cell, (m, ef_construction) in cell_graphs.graph_parameters(cur, previous).items()
+        if m > target.m or ef_construction > target.ef_construction
+    }
 
 
 def _count_rows(cur: Any, collection: Collection) -> int:

@@ -16,7 +16,8 @@ After each build of a collection's index:
    calibrate again; but not when the collection grew into a new build after a repaired graph
    had been poor already (its vectors suit no graph: m would only climb). A graph of the
    default m that meets the target only at a costly effort (effort.COSTLY_EF_SEARCH) is rebuilt
-   so too.
+   so too. Graphs by cell whose loss lies in a few of their graphs have those rebuilt alone,
+   in place (searcher.weak_graphs), and the whole index only if that did not meet the target.
 Each step is logged, and the outcome recorded in the catalogue (GetCollection, GetStats): the
 effort in force, its measured recall, and a note of what was done. Steps 1 and 2 run again
 once rows added since the last check reach RECHECK_SHARE of its rows, measured on a random
@@ -49,6 +50,7 @@ from searcher.recall import (
     draw_sample,
     kept_buckets,
 )
+from searcher.weak_graphs import weak_graphs
 
 logger = logging.getLogger(__name__)
 
@@ -291,15 +293,15 @@ class IndexMaintenance:
         # met 0.99 at ef_search 1000, others of the same rows at 40-50; RESULTS.md, stop 39);
         # and a first graph walked at a costly effort: one build in the background, then
         # cheaper searches for as long as the collection lives.
-        poor = calibrated.at_default < self.recall_floor or calibrated.at_most
+        poor = self._poor(calibrated)
         costly = calibrated.costly and collection.m <= DEFAULT_M
-        if repair and (poor or costly or not calibrated.met):
+        if repair and (poor or costly):
             calibrated, sample = self._repair(collection, calibrated, sample, notes)
         # Folds insert rows one by one; a recheck that finds the graph short of the target below
         # the most effort has it built again from its rows, at the same m (at 200k rows a
         # recheck set ef_search 1000 and searches ran 3.3x slower until the next build; stop
         # 38). The check after that build repairs it if it must.
-        rebuild = not repair and (poor or not calibrated.met) and not _hopeless(collection)
+        rebuild = not repair and poor and not _hopeless(collection)
         if rebuild:
             notes.append(REBUILDING)
         chosen = calibrated.collection
@@ -326,8 +328,11 @@ class IndexMaintenance:
         notes: list[str],
     ) -> tuple[Calibration, RecallSample]:
         """Build the index of `collection` once more with larger m and ef_construction (noted in
-        `notes`), as `calibrated` found it poor, and calibrate the new build on a sample of its
-        own (its graph holds the rows the first build held out)."""
+        `notes`), as `calibrated` found it poor, and calibrate it again: graphs by cell whose
+        loss lies in a few of their graphs, those graphs alone, in place, on the same sample;
+        else (or if that did not meet the target) the whole index as a new generation,
+        calibrated on a sample of its own (its graph holds the rows the first build held
+        out)."""
         m = min(MAX_M, max(DEFAULT_M, REPAIR_M_GROWTH * collection.m))
         ef_construction = min(
             MAX_EF_CONSTRUCTION,
@@ -340,11 +345,20 @@ class IndexMaintenance:
         else:
             ef_search = calibrated.collection.ef_search
             was = f"recall@10 {calibrated.recall:.3f} took ef_search {ef_search}"
-        repair = (
-            f"rebuilt with m={m}, ef_construction={ef_construction}: {was} at "
-            f"m={collection.m}, ef_construction={collection.ef_construction} (floor "
+        was += (
+            f" at m={collection.m}, ef_construction={collection.ef_construction} (floor "
             f"{self.recall_floor:g}, target {self.recall_target:g})"
         )
+        graphs = self._weak_graphs(calibrated, sample)
+        if graphs:
+            repaired = self._repair_graphs(
+                calibrated.collection, graphs, sample, notes, m, ef_construction, was
+            )
+            if repaired is not None and not self._poor(repaired):
+                return repaired, sample
+            if repaired is not None:
+                was = f"recall@10 was {repaired.recall:.3f} after that"
+        repair = f"rebuilt with m={m}, ef_construction={ef_construction}: {was}"
         logger.warning("%s: %s", collection.name, repair)
         notes.append(repair)
         rebuilt = self.builder.build(
@@ -363,6 +377,56 @@ class IndexMaintenance:
                 *(collection.name, calibrated.recall),
             )
         return calibrated, sample
+
+    def _poor(self, calibrated: Calibration) -> bool:
+        """Whether a calibration asks for a repair: poor at the default effort, or the target
+        met only at the most effort or not at all."""
+        at_most = calibrated.at_most or not calibrated.met
+        return calibrated.at_default < self.recall_floor or at_most
+
+    def _weak_graphs(self, calibrated: Calibration, sample: RecallSample) -> list[int] | None:
+        """The graphs by cell that hold the calibrated collection's loss, where a few do
+        (searcher.weak_graphs): at the effort chosen when no effort met the target, else at
+        the default effort (below which the chosen one was poor, or costly)."""
+        searched = calibrated.collection
+        if not searched.graph_cells:
+            return None
+        if calibrated.met:
+            ef_search, candidates = spec(searched.kind).default_effort(self.default_ef_search)
+            searched = replace(searched, ef_search=ef_search, candidates=candidates)
+        return weak_graphs(searched, sample, self.searcher_for(searched), target=self.recall_target)
+
+    def _repair_graphs(
+        self,
+        collection: Collection,
+        graphs: list[int],
+        sample: RecallSample,
+        notes: list[str],
+        m: int,
+        ef_construction: int,
+        was: str,
+    ) -> Calibration | None:
+        """Rebuild the graphs `graphs` of the collection's graphs by cell with `m` and
+        `ef_construction` (noted in `notes`), and calibrate the collection again on `sample`:
+        none of its queries is in those graphs, and its neighbours stay where they were. None
+        when a build replaced the graphs meanwhile."""
+        repair = (
+            f"{len(graphs)} of {collection.graph_cells} graphs by cell ("
+            f"{', '.join(map(str, graphs))}), where the held-out queries lost their neighbours, "
+            f"rebuilt with m={m}, ef_construction={ef_construction}: {was}"
+        )
+        logger.warning("%s: %s", collection.name, repair)
+        repaired = self.builder.rebuild_graphs(
+            collection,
+            graphs,
+            m=m,
+            ef_construction=ef_construction,
+            note="; ".join([*notes, repair]),
+        )
+        if repaired is None:
+            return None
+        notes.append(repair)
+        return self._calibrate(repaired, sample)
 
     def rebuild(self, name: str) -> None:
         """Build the collection's index again (its recorded one was lost, covers every row as

@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,14 @@ KEPT_BUCKETS = 1024
 MOVED_VECTORS = "stored vectors moved halfway to their nearest neighbour"
 
 
+def sample_recall(recalls: np.ndarray) -> float:
+    """A sample's recall@10: the mean of its queries', rounded as it is stored and shown (a
+    `real` column, 3 decimals in notes): the mean of 200 tenths is often exactly half-way
+    (0.9985), and the note and GetStats then rounded the float64 and the float4 of it
+    different ways."""
+    return round(float(recalls.mean()), 4)
+
+
 def kept_buckets(built_rows: int, recheck_rows: int, most: int) -> int:
     """How many of the KEPT_BUCKETS the folds of an indexed collection leave fresh, so that its
     recheck (due once `recheck_rows` rows are added) has a sample of them to measure on, no
@@ -128,6 +136,10 @@ class RecallSample:
     # nearest graphs a search walks to reach it (its graph's rank + 1; 0: a row in no graph,
     # which every search scans; -1: none). None: not known (no graphs by cell).
     neighbour_walks: np.ndarray | None = None
+    # Graphs by cell: each true neighbour's row id and the graph that holds it (-1: none, or
+    # a row in no graph); None where neighbour_walks is.
+    neighbour_ids: np.ndarray | None = None
+    neighbour_graphs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -156,15 +168,41 @@ class RecallSample:
 
     def recalls(self, search: Search) -> np.ndarray:
         """recall@10 of `search` for each query of the sample."""
-        own_ids = self.own_ids if self.own_ids is not None else np.full(len(self), NO_ID)
-        recalls = []
-        for query, own, truth in zip(self.queries, own_ids, self.true_distances, strict=True):
-            if own == NO_ID:
-                hits = search(query, RECALL_AT)
-            else:  # a held-out row finds itself among the fresh rows: the rest is measured
-                hits = [h for h in search(query, RECALL_AT + 1) if h.id != own][:RECALL_AT]
+        return np.asarray(
+            [
+                recall_by_distance([h.distance for h in hits], truth)
+                for hits, truth in zip(self._searched(search), self.true_distances, strict=True)
+            ]
+        )
+
+    def losses_by_graph(self, search: Search, walks: int, graphs: int) -> tuple[float, np.ndarray]:
+        """Graphs by cell: the sample's recall@10 under `search` (which walks each query's
+        nearest `walks` graphs), and for each of the `graphs` graphs how many true neighbours
+        it held that a search walking it did not find: what that graph lost. Neighbours in
+        graphs not walked are lost between graphs, which no graph's repair finds."""
+        if self.neighbour_ids is None or self.neighbour_graphs is None:
+            raise ValueError("the sample does not know its neighbours' graphs")
+        assert self.neighbour_walks is not None
+        recalls, missed = [], np.zeros(graphs, dtype=np.int64)
+        searched = zip(self._searched(search), self.true_distances, strict=True)
+        for query, (hits, truth) in enumerate(searched):
             recalls.append(recall_by_distance([h.distance for h in hits], truth))
-        return np.asarray(recalls)
+            found = {h.id for h in hits}
+            for place, row in enumerate(self.neighbour_ids[query]):
+                graph = self.neighbour_graphs[query, place]
+                walked = 1 <= self.neighbour_walks[query, place] <= walks
+                if graph >= 0 and walked and int(row) not in found:
+                    missed[graph] += 1
+        return sample_recall(np.asarray(recalls)), missed
+
+    def _searched(self, search: Search) -> Iterator[list[Hit]]:
+        """Each query's RECALL_AT hits, less the query's own row."""
+        own_ids = self.own_ids if self.own_ids is not None else np.full(len(self), NO_ID)
+        for query, own in zip(self.queries, own_ids, strict=True):
+            if own == NO_ID:
+                yield search(query, RECALL_AT)
+            else:  # a held-out row finds itself among the fresh rows: the rest is measured
+                yield [h for h in search(query, RECALL_AT + 1) if h.id != own][:RECALL_AT]
 
 
 def held_out(
@@ -289,10 +327,10 @@ def draw_sample(
             true_distances = exact.finish()
         finally:
             exact.close()
-        walks = None
+        places = None
         if graph_cells is not None:
-            walks = _walks_to(cur, collection, graph_cells, queries, exact.neighbour_ids)
-    sample = RecallSample(queries, true_distances, own_ids, source, walks)
+            places = _places_of(cur, collection, graph_cells, queries, exact.neighbour_ids)
+    sample = RecallSample(queries, true_distances, own_ids, source, *(places or ()))
     logger.info(
         "%s: %s drawn in %.1f s, their exact neighbours among %d rows in %.1f s",
         *(collection.name, sample.described, placed - started, rows, time.monotonic() - placed),
@@ -300,11 +338,12 @@ def draw_sample(
     return sample
 
 
-def _walks_to(
+def _places_of(
     cur: Any, collection: Collection, cells: Cells, queries: np.ndarray, neighbours: np.ndarray
-) -> np.ndarray:
-    """RecallSample.neighbour_walks of `queries`, whose true neighbours are rows `neighbours`
-    (-1: none), read from the rows' own cells (a row written without one is in no graph)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RecallSample's neighbour_walks, neighbour_ids and neighbour_graphs of `queries`, whose
+    true neighbours are rows `neighbours` (-1: none), read from the rows' own cells (a row
+    written without one is in no graph)."""
     wanted = np.unique(neighbours[neighbours >= 0])
     cur.execute(
         sql.SQL("SELECT id, cell FROM {} WHERE id = ANY(%s)").format(collection.table),
@@ -314,13 +353,15 @@ def _walks_to(
     ranks = cells.ranks(queries)
     per_graph = max(cells.fine_per_cell, 1)
     walks = np.full(neighbours.shape, -1, dtype=np.int64)  # a row gone since: unknown
+    graphs = np.full(neighbours.shape, -1, dtype=np.int64)
     for (query, place), row in np.ndenumerate(neighbours):
         cell = cell_of.get(int(row))
         if cell == NO_CELL:
             walks[query, place] = 0
         elif cell is not None:
-            walks[query, place] = ranks[query, cell // per_graph] + 1
-    return walks
+            graphs[query, place] = cell // per_graph
+            walks[query, place] = ranks[query, graphs[query, place]] + 1
+    return walks, np.asarray(neighbours, dtype=np.int64), graphs
 
 
 def _fresh_rows(cur: Any, collection: Collection, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -256,3 +256,56 @@ def test_a_build_whose_graph_outgrows_its_memory_says_so(
         collection.index.note
     )
     assert any("went on on disk" in r.getMessage() for r in caplog.records)
+
+
+def test_postgres_crashing_while_one_graph_by_cell_is_repaired_leaves_it_whole_and_repaired_again(
+    tmp_path: Path,
+) -> None:
+    """A poor graph among graphs by cell is rebuilt alone by REINDEX CONCURRENTLY; PostgreSQL
+    stops at once in the middle; both start again: the graph the repair was replacing still
+    serves, the copy it was building is dropped, and the check repairs the graph again."""
+    with EmbeddedPostgres(tmp_path / "pg") as server:
+        dsn = server.dsn
+        name = f"crash{next(_names)}"
+        config = SearcherConfig(address="127.0.0.1:0", dsn=dsn, graph_cells_from=10_000)
+        searcher = Searcher(config).start()
+        try:
+            channel, stub = searcher_stub(searcher.port)
+            with channel:
+                stub.CreateCollection(
+                    pb.CreateCollectionRequest(
+                        name=name, dim=128, index_params=pb.IndexParams(kind=pb.INDEX_KIND_VECTOR)
+                    )
+                )
+                stub.Upsert(upsert_messages(name, clustered_vectors(20_000, dim=128, seed=5)))
+                assert searcher.store is not None
+                assert searcher.store.maintenance.wait_idle(UPKEEP_S)
+                collection, _ = searcher.store.catalogue.get(name, fresh=True)
+                assert collection.graph_cells == 2
+                graph = collection.index_name(cell=1)
+                _sql(dsn, f"ALTER INDEX {DATA_SCHEMA}.{graph} SET (m = 2, ef_construction = 4)")
+                _sql(dsn, f"REINDEX INDEX {DATA_SCHEMA}.{graph}")
+                searcher.store.maintenance.schedule("check", name)
+                deadline = time.monotonic() + UPKEEP_S
+                while not _sql(dsn, "SELECT pid FROM pg_stat_progress_create_index"):
+                    assert time.monotonic() < deadline, "the upkeep did not rebuild the graph"
+                    time.sleep(0.02)
+                server.pg_ctl("stop", "-m", "immediate")
+        finally:
+            searcher.stop(grace_s=0)
+        start_again(server)
+        left = _indexes(dsn, name)
+        assert left[graph + "_ccnew"] is False  # the copy the crash cut short, invalid
+        searcher = Searcher(config).start()
+        try:
+            assert searcher.store is not None and searcher.store.maintenance.wait_idle(UPKEEP_S)
+            after, _ = searcher.store.catalogue.get(name, fresh=True)
+        finally:
+            searcher.stop()
+        assert _indexes(dsn, name) == dict.fromkeys(collection.index_names(), True)
+        assert after.generation == collection.generation
+        assert f"dropped an invalid index ({graph}_ccnew)" in after.index_note
+        assert "1 of 2 graphs by cell (1), where the held-out queries lost" in after.index_note
+        ((options,),) = _sql(dsn, f"SELECT reloptions FROM pg_class WHERE relname = '{graph}'")
+        assert sorted(options) == ["ef_construction=400", "m=32"]
+        assert after.recall is not None and after.recall >= 0.99
