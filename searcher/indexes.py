@@ -21,17 +21,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from psycopg2 import sql
 
 from imgsearch.errors import Unavailable
 from searcher import cell_graphs, recall
 from searcher.build_checks import check_usable, spill_notice
-from searcher.catalogue import Catalogue, Collection, quantizer_prefix
+from searcher.catalogue import Catalogue, Collection
 from searcher.cells import CellStore
-from searcher.kinds import create_quantizer, spec
-from searcher.pgvector_io import as_array
+from searcher.kinds import spec
 from searcher.pool import ConnectionPool
+from searcher.quantizers import drop_quantizers, fit_quantizer
 from searcher.schema import DATA_SCHEMA, NO_CELL
 
 logger = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class IndexBuilder:
         across searchers."""
         if not self.indexable(collection):
             return collection
-        with self._autocommit() as cur, _advisory_lock(cur, "build", collection.name):
+        with self.autocommit() as cur, advisory_lock(cur, "build", collection.name):
             current, has_index = self.catalogue.get(collection.name, fresh=True)
             # The new generation takes in every row written so far: writers move on to the
             # next segment first, and what they write meanwhile stays fresh.
@@ -136,7 +135,7 @@ class IndexBuilder:
             self.cells.forget_before(cur, target, sealed + 1)
             # Older ones go; the previous one stays one generation longer, for searchers whose
             # catalogue cache still names it.
-            self.drop_quantizers(
+            drop_quantizers(
                 cur, target.name, keep=(target.quantizer_name(), current.quantizer_name())
             )
         _log_built(target, *built, note)
@@ -155,7 +154,7 @@ class IndexBuilder:
         and `ef_construction`, in place (cell_graphs.GraphBuilds.rebuild), and record `note`;
         the collection as recorded, its recall to be measured again. None when a build
         replaced its generation meanwhile (that build's check follows)."""
-        with self._autocommit() as cur, _advisory_lock(cur, "build", collection.name):
+        with self.autocommit() as cur, advisory_lock(cur, "build", collection.name):
             current, has_index = self.catalogue.get(collection.name, fresh=True)
             if not has_index or current.generation != collection.generation:
                 return None
@@ -237,20 +236,13 @@ class IndexBuilder:
                 self._into_cells(cur, target)
             recorded: dict[str, Any] = {}
             if kind.needs_quantizer:
-                recorded = self._fit_quantizer(cur, target)
+                recorded = fit_quantizer(cur, target)
                 if not recorded["quantizer_rows"]:
                     return None
             # Graphs by cell that a repair rebuilt alone with larger m keep it (their cells' rows
             # asked for it); the others take the collection's.
             parameters = _repaired_graphs(cur, target)
-            parts = [part for part in note.split("; ") if not part.startswith(REPAIRED_BEFORE)]
-            if parameters:
-                kept = ", ".join(
-                    f"{cell} (m={m}, ef_construction={ef})"
-                    for cell, (m, ef) in sorted(parameters.items())
-                )
-                parts.append(f"{REPAIRED_BEFORE}: {kept}")
-            note = "; ".join(filter(None, parts))
+            note = _noting_repaired(note, parameters)
             try:
                 spilled = self._create(
                     cur, target, concurrently=concurrently, parameters=parameters
@@ -314,7 +306,7 @@ class IndexBuilder:
         # An index of this name can only be a leftover: a build of this generation that a
         # crash interrupted (invalid), or one that was never recorded. Never take it for the
         # new one.
-        _drop_index(cur, target.index_name(), concurrently=concurrently)
+        drop_index(cur, target.index_name(), concurrently=concurrently)
         cur.connection.notices.clear()
         cur.execute(
             spec(target.kind).create_index(target, target.generation, concurrently=concurrently)
@@ -338,8 +330,8 @@ class IndexBuilder:
         or None while a build of the collection runs (it takes them in). Rows being written now
         are skipped, never waited for."""
         with (
-            self._autocommit() as cur,
-            _advisory_lock(cur, "build", collection.name, wait=False, shared=True) as free,
+            self.autocommit() as cur,
+            advisory_lock(cur, "build", collection.name, wait=False, shared=True) as free,
         ):
             if not free:
                 return None
@@ -379,55 +371,6 @@ class IndexBuilder:
         cur.execute("COMMIT")
         return moved
 
-    def clean_up(self) -> dict[str, str]:
-        """Drop what interrupted builds left: invalid indexes (a CONCURRENTLY build cut short by
-        a crash) and indexes of generations the catalogue does not record (a build interrupted
-        between its index and its record, or before dropping the previous one). Collections a
-        searcher is building now are left alone. Says so in each collection's note; returns the
-        collections cleaned, each with the upkeep it needs: "build" when its recorded index
-        itself was invalid, or covers every row (made before fresh rows existed); "check"
-        otherwise (the build that was cut short may have been a repair)."""
-        collections = {c.name: c for c in self.catalogue.list()}
-        with self._autocommit() as cur:
-            cur.execute(
-                "SELECT t.relname, c.relname, i.indisvalid, i.indpred IS NULL FROM pg_index i "
-                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
-                "WHERE c.relnamespace = %s::regnamespace AND starts_with(c.relname, 'hnsw_') "
-                "ORDER BY 1, 2",
-                (DATA_SCHEMA,),
-            )
-            found = cur.fetchall()
-            cleaned: dict[str, str] = {}
-            for table, index, valid, whole_table in found:
-                collection = collections.get(table)
-                if collection is None:
-                    continue
-                recorded = index in collection.index_names()
-                if valid and recorded:
-                    if whole_table:
-                        # Made before fresh rows existed: every addition went into its graph.
-                        logger.info("%s: its index covers every row; built again as partial", table)
-                        cleaned[table] = "build"
-                    continue
-                with _advisory_lock(cur, "build", table, wait=False) as locked:
-                    if not locked:
-                        continue  # another searcher is building it now
-                    _drop_index(cur, index, concurrently=True)
-                what = "an invalid index" if not valid else "an index no build recorded"
-                note = f"dropped {what} ({index}) left by an interrupted build"
-                if recorded or cleaned.get(table) == "build":
-                    cleaned[table] = "build"
-                else:
-                    cleaned[table] = "check"
-                if recorded:
-                    note += "; it was the recorded one: the index is built again"
-                logger.warning("%s: %s", table, note)
-                previous = self.catalogue.get(table, fresh=True)[0].index_note
-                self.catalogue.record(
-                    cur, table, index_note="; ".join(filter(None, [note, previous]))
-                )
-        return cleaned
-
     def _build_memory(
         self, cur: Any, collection: Collection, *, rows: int | None = None, builds: int = 1
     ) -> str:
@@ -455,45 +398,8 @@ class IndexBuilder:
             )
         return f"{max(MIN_BUILD_MEMORY, min(need, most)) // MB}MB"
 
-    def _fit_quantizer(self, cur: Any, collection: Collection) -> dict[str, Any]:
-        """Fit the BINARY quantizer (per-dimension mean and standard deviation) on the stored
-        rows and create its function for this generation."""
-        source = spec(collection.kind).quantizer_input(collection.metric)
-        cur.execute(
-            sql.SQL(
-                "SELECT count(*), avg(x), avg(x * x) FROM (SELECT {} AS x FROM {}) AS rows"
-            ).format(sql.SQL(source), collection.table)
-        )
-        rows, mean, mean_square = cur.fetchone()
-        if not rows:
-            return {"quantizer_rows": 0}
-        centre = as_array(mean)
-        spread = np.sqrt(np.maximum(as_array(mean_square) - centre.astype(np.float64) ** 2, 0.0))
-        spread = spread.astype(np.float32)
-        cur.execute(create_quantizer(collection, collection.generation, centre, spread))
-        return {
-            "quantizer_rows": rows,
-            "quantizer_centre": centre,
-            "quantizer_spread": spread,
-        }
-
-    def drop_quantizers(self, cur: Any, name: str, *, keep: tuple[str, ...] = ()) -> None:
-        """Drop a collection's quantizer functions but those in `keep`."""
-        cur.execute(
-            "SELECT proname FROM pg_proc WHERE pronamespace = %s::regnamespace "
-            "AND starts_with(proname, %s)",
-            (DATA_SCHEMA, quantizer_prefix(name)),
-        )
-        for (function,) in cur.fetchall():
-            if function not in keep:
-                cur.execute(
-                    sql.SQL("DROP FUNCTION IF EXISTS {}(vector)").format(
-                        sql.Identifier(DATA_SCHEMA, function)
-                    )
-                )
-
     @contextlib.contextmanager
-    def _autocommit(self) -> Iterator[Any]:
+    def autocommit(self) -> Iterator[Any]:
         # CREATE INDEX CONCURRENTLY cannot run inside a transaction block.
         with self.pool.connection(bulk=True) as conn:
             old = conn.autocommit
@@ -532,6 +438,18 @@ def _repaired_graphs(cur: Any, target: Collection) -> dict[int, tuple[int, int]]
     }
 
 
+def _noting_repaired(note: str, parameters: dict[int, tuple[int, int]]) -> str:
+    """A build's `note`, saying which graphs by cell it builds with a repair's `parameters`
+    (instead of what an earlier build's note said of them)."""
+    parts = [part for part in note.split("; ") if not part.startswith(REPAIRED_BEFORE)]
+    if parameters:
+        kept = ", ".join(
+            f"{cell} (m={m}, ef_construction={ef})" for cell, (m, ef) in sorted(parameters.items())
+        )
+        parts.append(f"{REPAIRED_BEFORE}: {kept}")
+    return "; ".join(filter(None, parts))
+
+
 def _count_rows(cur: Any, collection: Collection) -> int:
     cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
     rows: int = cur.fetchone()[0]
@@ -552,7 +470,7 @@ def _build_settings(cur: Any, maintenance_work_mem: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _advisory_lock(
+def advisory_lock(
     cur: Any, purpose: str, name: str, *, wait: bool = True, shared: bool = False
 ) -> Iterator[bool]:
     """A session lock on (purpose, name); with wait=False, yields False at once if another
@@ -572,7 +490,7 @@ def _advisory_lock(
         cur.execute(f"SELECT pg_advisory_unlock{kind}(hashtext(%s))", (key,))
 
 
-def _drop_index(cur: Any, name: str, *, concurrently: bool) -> None:
+def drop_index(cur: Any, name: str, *, concurrently: bool) -> None:
     cur.execute(
         sql.SQL("DROP INDEX {} IF EXISTS {}").format(
             sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""),

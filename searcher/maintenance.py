@@ -17,7 +17,7 @@ After each build of a collection's index:
    had been poor already (its vectors suit no graph: m would only climb). A graph of the
    default m that meets the target only at a costly effort (effort.COSTLY_EF_SEARCH) is rebuilt
    so too. Graphs by cell whose loss lies in a few of their graphs have those rebuilt alone,
-   in place (searcher.weak_graphs), and the whole index only if that did not meet the target.
+   in place, and the whole index only if that did not meet the target (searcher.repairs).
 Each step is logged, and the outcome recorded in the catalogue (GetCollection, GetStats): the
 effort in force, its measured recall, and a note of what was done. Steps 1 and 2 run again
 once rows added since the last check reach RECHECK_SHARE of its rows, measured on a random
@@ -50,19 +50,13 @@ from searcher.recall import (
     draw_sample,
     kept_buckets,
 )
-from searcher.weak_graphs import weak_graphs
+from searcher.repairs import DEFAULT_M, Repairs
 
 logger = logging.getLogger(__name__)
 
 # How long stop() waits for the upkeep's task in progress before cancelling its statement.
 STOP_PATIENCE_S = 2.0
 
-DEFAULT_M = 16
-# pgvector's default of 64 left recall@10 near 0.94 on clustered 1000-d data whatever the
-# ef_search (parts of the graph unreachable). 128 usually reached 0.99+, but 1 build in 12 stayed
-# at 0.969 at any ef_search; 200 gave 0.999 in all 22, for ~55% more build time
-# (bench/hnsw_builds.py, bench/RESULTS.md).
-DEFAULT_EF_CONSTRUCTION = 200
 # Fresh rows are taken in by a build rather than folded once they are this share of the
 # indexed rows (and at least REBUILD_MIN_ROWS): per row, a build costs a quarter of a fold.
 REBUILD_SHARE = 0.25
@@ -79,12 +73,6 @@ NOT_REACHED = "not reached at the most effort"
 # A recheck's note while the build it asked for waits; then the build's.
 REBUILDING = "the folds left the graph short of the target below the most effort: building again"
 REBUILT = "built again: the folds had left the graph short of the target below the most effort"
-# A repair doubles m. At 1.5x (m=24), 15 repairs of the same 100k clustered rows calibrated
-# anywhere from ef_search 40 to 100, as the graphs came out; at m=32 three of three met the
-# target at 40 (Search p50 within 1.01x; the rebuild ~1.3x longer: bench/RESULTS.md, stop 47).
-REPAIR_M_GROWTH = 2
-MAX_M = 100
-MAX_EF_CONSTRUCTION = 1000
 # A BINARY index is rebuilt (its quantizer fitted anew) once its collection holds this many
 # times the rows the quantizer was fitted on: the codes of a collection that started small
 # may not fit what it became. Doubling bounds the rebuilds' total cost by twice the last one.
@@ -115,6 +103,15 @@ class IndexMaintenance:
         self.default_ef_search = default_ef_search
         self._stopping = threading.Event()
         self.pace = FoldPace(builder, fold_share, self._stopping)
+        self.repairs = Repairs(
+            builder,
+            searcher_for,
+            calibrate=self._calibrate,
+            draw=lambda rebuilt: self._draw(rebuilt, HELD_OUT_ROWS),
+            recall_floor=recall_floor,
+            recall_target=self.recall_target,
+            default_ef_search=default_ef_search,
+        )
         self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._pending: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -293,10 +290,9 @@ class IndexMaintenance:
         # met 0.99 at ef_search 1000, others of the same rows at 40-50; RESULTS.md, stop 39);
         # and a first graph walked at a costly effort: one build in the background, then
         # cheaper searches for as long as the collection lives.
-        poor = self._poor(calibrated)
-        costly = calibrated.costly and collection.m <= DEFAULT_M
-        if repair and (poor or costly):
-            calibrated, sample = self._repair(collection, calibrated, sample, notes)
+        poor = self.repairs.poor(calibrated)
+        if repair and self.repairs.wanted(collection, calibrated):
+            calibrated, sample = self.repairs.repair(collection, calibrated, sample, notes)
         # Folds insert rows one by one; a recheck that finds the graph short of the target below
         # the most effort has it built again from its rows, at the same m (at 200k rows a
         # recheck set ef_search 1000 and searches ran 3.3x slower until the next build; stop
@@ -319,114 +315,6 @@ class IndexMaintenance:
         if rebuild:
             logger.warning("%s: %s", collection.name, REBUILDING)
             self.rebuild(collection.name)
-
-    def _repair(
-        self,
-        collection: Collection,
-        calibrated: Calibration,
-        sample: RecallSample,
-        notes: list[str],
-    ) -> tuple[Calibration, RecallSample]:
-        """Build the index of `collection` once more with larger m and ef_construction (noted in
-        `notes`), as `calibrated` found it poor, and calibrate it again: graphs by cell whose
-        loss lies in a few of their graphs, those graphs alone, in place, on the same sample;
-        else (or if that did not meet the target) the whole index as a new generation,
-        calibrated on a sample of its own (its graph holds the rows the first build held
-        out)."""
-        m = min(MAX_M, max(DEFAULT_M, REPAIR_M_GROWTH * collection.m))
-        ef_construction = min(
-            MAX_EF_CONSTRUCTION,
-            max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
-        )
-        if calibrated.at_default < self.recall_floor:
-            was = f"recall@10 was {calibrated.at_default:.3f}"
-        elif calibrated.at_most:
-            was = f"recall@10 was {calibrated.recall:.3f} at the most search effort"
-        else:
-            ef_search = calibrated.collection.ef_search
-            was = f"recall@10 {calibrated.recall:.3f} took ef_search {ef_search}"
-        was += (
-            f" at m={collection.m}, ef_construction={collection.ef_construction} (floor "
-            f"{self.recall_floor:g}, target {self.recall_target:g})"
-        )
-        graphs = self._weak_graphs(calibrated, sample)
-        if graphs:
-            repaired = self._repair_graphs(
-                calibrated.collection, graphs, sample, notes, m, ef_construction, was
-            )
-            if repaired is not None and not self._poor(repaired):
-                return repaired, sample
-            if repaired is not None:
-                was = f"recall@10 was {repaired.recall:.3f} after that"
-        repair = f"rebuilt with m={m}, ef_construction={ef_construction}: {was}"
-        logger.warning("%s: %s", collection.name, repair)
-        notes.append(repair)
-        rebuilt = self.builder.build(
-            collection,
-            concurrently=True,
-            m=m,
-            ef_construction=ef_construction,
-            note="; ".join(notes),
-        )
-        sample = self._draw(rebuilt, HELD_OUT_ROWS) or sample
-        calibrated = self._calibrate(rebuilt, sample)
-        if calibrated.recall < self.recall_floor:
-            logger.warning(
-                "recall@10 of %s stays at %.3f at the most search effort: its vectors may "
-                "suit another index kind",
-                *(collection.name, calibrated.recall),
-            )
-        return calibrated, sample
-
-    def _poor(self, calibrated: Calibration) -> bool:
-        """Whether a calibration asks for a repair: poor at the default effort, or the target
-        met only at the most effort or not at all."""
-        at_most = calibrated.at_most or not calibrated.met
-        return calibrated.at_default < self.recall_floor or at_most
-
-    def _weak_graphs(self, calibrated: Calibration, sample: RecallSample) -> list[int] | None:
-        """The graphs by cell that hold the calibrated collection's loss, where a few do
-        (searcher.weak_graphs): at the effort chosen when no effort met the target, else at
-        the default effort (below which the chosen one was poor, or costly)."""
-        searched = calibrated.collection
-        if not searched.graph_cells:
-            return None
-        if calibrated.met:
-            ef_search, candidates = spec(searched.kind).default_effort(self.default_ef_search)
-            searched = replace(searched, ef_search=ef_search, candidates=candidates)
-        return weak_graphs(searched, sample, self.searcher_for(searched), target=self.recall_target)
-
-    def _repair_graphs(
-        self,
-        collection: Collection,
-        graphs: list[int],
-        sample: RecallSample,
-        notes: list[str],
-        m: int,
-        ef_construction: int,
-        was: str,
-    ) -> Calibration | None:
-        """Rebuild the graphs `graphs` of the collection's graphs by cell with `m` and
-        `ef_construction` (noted in `notes`), and calibrate the collection again on `sample`:
-        none of its queries is in those graphs, and its neighbours stay where they were. None
-        when a build replaced the graphs meanwhile."""
-        repair = (
-            f"{len(graphs)} of {collection.graph_cells} graphs by cell ("
-            f"{', '.join(map(str, graphs))}), where the held-out queries lost their neighbours, "
-            f"rebuilt with m={m}, ef_construction={ef_construction}: {was}"
-        )
-        logger.warning("%s: %s", collection.name, repair)
-        repaired = self.builder.rebuild_graphs(
-            collection,
-            graphs,
-            m=m,
-            ef_construction=ef_construction,
-            note="; ".join([*notes, repair]),
-        )
-        if repaired is None:
-            return None
-        notes.append(repair)
-        return self._calibrate(repaired, sample)
 
     def rebuild(self, name: str) -> None:
         """Build the collection's index again (its recorded one was lost, covers every row as

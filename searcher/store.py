@@ -35,13 +35,16 @@ from searcher.duplicates import DuplicateFinder, Progress
 from searcher.indexes import IndexBuilder
 from searcher.items import Items
 from searcher.kinds import spec
+from searcher.leftovers import clean_up
 from searcher.loader import Loader, UpsertCounts, UpsertSession
-from searcher.maintenance import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, IndexMaintenance
+from searcher.maintenance import IndexMaintenance
 from searcher.named_vectors import VectorSpec, check_specs, split_items
 from searcher.pgvector_io import Item
 from searcher.pool import ConnectionPool
+from searcher.quantizers import drop_quantizers
 from searcher.queries import ANY_DISTANCE, DistanceRange, Effort, Filter, Queries, SearchResult
 from searcher.recall import ShadowMonitor, ShadowQuery
+from searcher.repairs import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from searcher.schema import apply_migrations
 from searcher.settings import StoreSettings
 from searcher.stats import Stats, collection_stats
@@ -145,7 +148,7 @@ class VectorStore:
             self._opened = True
             self.maintenance.start()
             self.shadow.start()
-            for name, task in self.builder.clean_up().items():
+            for name, task in clean_up(self.builder).items():
                 self.maintenance.schedule(task, name)
             self.maintenance.schedule_left_undone()
             self.resume()
@@ -275,7 +278,7 @@ class VectorStore:
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
             tables = self.catalogue.drop(cur, name)
             for table in [name, *tables]:
-                self.builder.drop_quantizers(cur, table)
+                drop_quantizers(cur, table)
         self.catalogue.forget(name)
         logger.info("dropped collection %s", name)
 

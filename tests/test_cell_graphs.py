@@ -11,10 +11,8 @@ that a few thousand rows exercise them; on both engines, as the other searcher t
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterator
 from dataclasses import replace
-from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ from imgsearch.v1 import searcher_pb2 as pb
 from searcher import cell_graphs
 from searcher.cell_graphs import ROWS_PER_GRAPH, graph_count, orphan_index_name
 from searcher.cells import MAX_CELLS
+from searcher.leftovers import clean_up
 from searcher.pgvector_io import Item, vector_literal
 from searcher.queries import Filter, fresh_cells_scanned, fresh_rows_sql, graphs_walked
 from searcher.recall import draw_sample
@@ -434,67 +433,6 @@ def test_a_rebuild_keeps_the_cells_and_replaces_every_graph(stub, searcher: Sear
     _found_as_first(stub, name, _data(ROWS, seed=1), 0, step=211)
 
 
-def _graph_builds(searcher: Searcher, name: str) -> list[tuple[list[str], int]]:
-    """(reloptions, relfilenode) of each of the collection's current graphs by cell: a graph
-    built again has a new file."""
-    collection, _ = searcher.store.catalogue.get(name, fresh=True)
-    with searcher.store.pool.connection() as conn, conn, conn.cursor() as cur:
-        found = []
-        for index in collection.index_names():
-            cur.execute(
-                "SELECT reloptions, relfilenode FROM pg_class WHERE oid = %s::regclass",
-                (f"{DATA_SCHEMA}.{index}",),
-            )
-            options, node = cur.fetchone()
-            found.append((sorted(options), node))
-        return found
-
-
-def test_a_poor_graph_among_good_ones_is_rebuilt_alone_in_place_with_m_doubled(
-    stub, searcher: Searcher
-) -> None:
-    """One of a build's graphs by cell came out poor (at 1M rows, the loss of a build that met
-    the target at no effort): the check finds it by where its sample's neighbours were lost,
-    rebuilds it alone with m doubled, and calibrates again; the next build keeps its m."""
-    name = loaded(stub, searcher)
-    store = searcher.store
-    before, _ = store.catalogue.get(name, fresh=True)
-    poor = before.index_name(cell=1)
-    with store.pool.connection() as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("ALTER INDEX {} SET (m = 2, ef_construction = 4); REINDEX INDEX {}").format(
-                    *[sql.Identifier(DATA_SCHEMA, poor)] * 2
-                )
-            )
-        conn.autocommit = False
-    (good, _) = _graph_builds(searcher, name)
-    store.maintenance.schedule("check", name)
-    assert store.maintenance.wait_idle(UPKEEP_S)
-
-    after, _ = store.catalogue.get(name, fresh=True)
-    assert after.generation == before.generation  # no new generation: graph 0 kept as it was
-    assert _graph_builds(searcher, name) == [good, (["ef_construction=400", "m=32"], ANY)]
-    assert re.search(
-        r"1 of 2 graphs by cell \(1\), where the held-out queries lost their neighbours, rebuilt "
-        r"with m=32, ef_construction=400: recall@10 was [01]\.\d+ at m=16, ef_construction=200",
-        after.index_note,
-    )
-    assert after.recall is not None and after.recall >= 0.99
-    _found_as_first(stub, name, _data(ROWS, seed=1), 0, step=97)
-
-    store.build_index(name)
-    assert store.maintenance.wait_idle(UPKEEP_S)
-    rebuilt = _graph_builds(searcher, name)
-    assert [options for options, _ in rebuilt] == [
-        ["ef_construction=200", "m=16"],
-        ["ef_construction=400", "m=32"],
-    ]
-    note = store.catalogue.get(name, fresh=True)[0].index_note
-    assert "graphs by cell repaired before: 1 (m=32, ef_construction=400)" in note
-
-
 def test_the_start_up_clean_up_keeps_every_recorded_graph(stub, searcher: Searcher) -> None:
     name = loaded(stub, searcher)
     store = searcher.store
@@ -512,7 +450,7 @@ def test_the_start_up_clean_up_keeps_every_recorded_graph(stub, searcher: Search
                     sql.Identifier(leftover), collection.table
                 )
             )
-    cleaned = store.builder.clean_up()
+    cleaned = clean_up(store.builder)
     assert cleaned.get(name) == "check"
     assert sorted(index for index, _, _ in _hnsw_indexes(searcher, name)) == sorted(
         collection.index_names()

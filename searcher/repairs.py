@@ -1,0 +1,174 @@
+"""Repairing a poor build: its index built once more with larger m and ef_construction, and
+calibrated again (searcher.maintenance decides when, after each build's check).
+
+Graphs by cell are built apart, and one can come out poor among good ones: where the held-out
+sample places the loss in a few of them (searcher.weak_graphs), those are rebuilt alone, in
+place, and calibrated on the same sample; the whole index is rebuilt, as a new generation
+calibrated on a sample of its own, where no few graphs hold the loss, for one graph, or if
+rebuilding the few did not reach the target.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from searcher.catalogue import Collection
+from searcher.effort import Calibration, Searcher
+from searcher.indexes import IndexBuilder
+from searcher.kinds import spec
+from searcher.recall import RecallSample
+from searcher.weak_graphs import weak_graphs
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_M = 16
+# pgvector's default of 64 left recall@10 near 0.94 on clustered 1000-d data whatever the
+# ef_search (parts of the graph unreachable). 128 usually reached 0.99+, but 1 build in 12 stayed
+# at 0.969 at any ef_search; 200 gave 0.999 in all 22, for ~55% more build time
+# (bench/hnsw_builds.py, bench/RESULTS.md).
+DEFAULT_EF_CONSTRUCTION = 200
+
+# A repair doubles m. At 1.5x (m=24), 15 repairs of the same 100k clustered rows calibrated
+# anywhere from ef_search 40 to 100, as the graphs came out; at m=32 three of three met the
+# target at 40 (Search p50 within 1.01x; the rebuild ~1.3x longer: bench/RESULTS.md, stop 47).
+REPAIR_M_GROWTH = 2
+MAX_M = 100
+MAX_EF_CONSTRUCTION = 1000
+
+
+class Repairs:
+    def __init__(
+        self,
+        builder: IndexBuilder,
+        searcher_for: Searcher,
+        *,
+        calibrate: Callable[[Collection, RecallSample], Calibration],
+        draw: Callable[[Collection], RecallSample | None],
+        recall_floor: float,
+        recall_target: float,
+        default_ef_search: int,
+    ) -> None:
+        self.builder = builder
+        self.searcher_for = searcher_for
+        # The upkeep's calibration, and its draw of a new build's held-out sample.
+        self.calibrate = calibrate
+        self.draw = draw
+        self.recall_floor = recall_floor
+        self.recall_target = recall_target
+        self.default_ef_search = default_ef_search
+
+    def wanted(self, collection: Collection, calibrated: Calibration) -> bool:
+        """Whether the build `calibrated` measured is repaired: poor, or a first graph (of the
+        default m) walked at a costly effort."""
+        costly = calibrated.costly and collection.m <= DEFAULT_M
+        return self.poor(calibrated) or costly
+
+    def repair(
+        self,
+        collection: Collection,
+        calibrated: Calibration,
+        sample: RecallSample,
+        notes: list[str],
+    ) -> tuple[Calibration, RecallSample]:
+        """Build the index of `collection` once more with larger m and ef_construction (noted in
+        `notes`), as `calibrated` found it poor, and calibrate it again: graphs by cell whose
+        loss lies in a few of their graphs, those graphs alone, in place, on the same sample;
+        else (or if that did not meet the target) the whole index as a new generation,
+        calibrated on a sample of its own (its graph holds the rows the first build held
+        out)."""
+        m = min(MAX_M, max(DEFAULT_M, REPAIR_M_GROWTH * collection.m))
+        ef_construction = min(
+            MAX_EF_CONSTRUCTION,
+            max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
+        )
+        if calibrated.at_default < self.recall_floor:
+            was = f"recall@10 was {calibrated.at_default:.3f}"
+        elif calibrated.at_most:
+            was = f"recall@10 was {calibrated.recall:.3f} at the most search effort"
+        else:
+            ef_search = calibrated.collection.ef_search
+            was = f"recall@10 {calibrated.recall:.3f} took ef_search {ef_search}"
+        was += (
+            f" at m={collection.m}, ef_construction={collection.ef_construction} (floor "
+            f"{self.recall_floor:g}, target {self.recall_target:g})"
+        )
+        graphs = self._weak_graphs(calibrated, sample)
+        if graphs:
+            repaired = self._repair_graphs(
+                calibrated.collection, graphs, sample, notes, m, ef_construction, was
+            )
+            if repaired is not None and not self.poor(repaired):
+                return repaired, sample
+            if repaired is not None:
+                was = f"recall@10 was {repaired.recall:.3f} after that"
+        repair = f"rebuilt with m={m}, ef_construction={ef_construction}: {was}"
+        logger.warning("%s: %s", collection.name, repair)
+        notes.append(repair)
+        rebuilt = self.builder.build(
+            collection,
+            concurrently=True,
+            m=m,
+            ef_construction=ef_construction,
+            note="; ".join(notes),
+        )
+        sample = self.draw(rebuilt) or sample
+        calibrated = self.calibrate(rebuilt, sample)
+        if calibrated.recall < self.recall_floor:
+            logger.warning(
+                "recall@10 of %s stays at %.3f at the most search effort: its vectors may "
+                "suit another index kind",
+                *(collection.name, calibrated.recall),
+            )
+        return calibrated, sample
+
+    def poor(self, calibrated: Calibration) -> bool:
+        """Whether a calibration asks for a repair: poor at the default effort, or the target
+        met only at the most effort or not at all."""
+        at_most = calibrated.at_most or not calibrated.met
+        return calibrated.at_default < self.recall_floor or at_most
+
+    def _weak_graphs(self, calibrated: Calibration, sample: RecallSample) -> list[int] | None:
+        """The graphs by cell that hold the calibrated collection's loss, where a few do
+        (searcher.weak_graphs): at the effort chosen when no effort met the target, else at
+        the default effort (below which the chosen one was poor, or costly)."""
+        searched = calibrated.collection
+        if not searched.graph_cells:
+            return None
+        if calibrated.met:
+            ef_search, candidates = spec(searched.kind).default_effort(self.default_ef_search)
+            searched = replace(searched, ef_search=ef_search, candidates=candidates)
+        return weak_graphs(searched, sample, self.searcher_for(searched), target=self.recall_target)
+
+    def _repair_graphs(
+        self,
+        collection: Collection,
+        graphs: list[int],
+        sample: RecallSample,
+        notes: list[str],
+        m: int,
+        ef_construction: int,
+        was: str,
+    ) -> Calibration | None:
+        """Rebuild the graphs `graphs` of the collection's graphs by cell with `m` and
+        `ef_construction` (noted in `notes`), and calibrate the collection again on `sample`:
+        none of its queries is in those graphs, and its neighbours stay where they were. None
+        when a build replaced the graphs meanwhile."""
+        repair = (
+            f"{len(graphs)} of {collection.graph_cells} graphs by cell ("
+            f"{', '.join(map(str, graphs))}), where the held-out queries lost their neighbours, "
+            f"rebuilt with m={m}, ef_construction={ef_construction}: {was}"
+        )
+        logger.warning("%s: %s", collection.name, repair)
+        repaired = self.builder.rebuild_graphs(
+            collection,
+            graphs,
+            m=m,
+            ef_construction=ef_construction,
+            note="; ".join([*notes, repair]),
+        )
+        if repaired is None:
+            return None
+        notes.append(repair)
+        return self.calibrate(repaired, sample)
