@@ -293,6 +293,10 @@ class IndexMaintenance:
         poor = self.repairs.poor(calibrated)
         if repair and self.repairs.wanted(collection, calibrated):
             calibrated, sample = self.repairs.repair(collection, calibrated, sample, notes)
+        elif repair and self.repairs.dearer(calibrated):
+            calibrated, sample = self.repairs.repair(
+                collection, calibrated, sample, notes, whole=False
+            )
         # Folds insert rows one by one; a recheck that finds the graph short of the target below
         # the most effort has it built again from its rows, at the same m (at 200k rows a
         # recheck set ef_search 1000 and searches ran 3.3x slower until the next build; stop

@@ -65,44 +65,46 @@ class Repairs:
         costly = calibrated.costly and collection.m <= DEFAULT_M
         return self.poor(calibrated) or costly
 
+    def dearer(self, calibrated: Calibration) -> bool:
+        """Whether graphs by cell met the target only above the ladder's cheapest effort: a few
+        poor graphs among good ones can cost every search that (at 1M rows one graph of 80
+        built poor raised it from ef_search 40 to 64, bench/RESULTS.md, stop 48). Those graphs,
+        if a few hold the loss at the cheapest effort, are rebuilt (repair, whole=False)."""
+        chosen = calibrated.collection
+        return bool(chosen.graph_cells) and calibrated.met and chosen.ef_search > _cheapest(chosen)
+
     def repair(
         self,
         collection: Collection,
         calibrated: Calibration,
         sample: RecallSample,
         notes: list[str],
+        *,
+        whole: bool = True,
     ) -> tuple[Calibration, RecallSample]:
         """Build the index of `collection` once more with larger m and ef_construction (noted in
         `notes`), as `calibrated` found it poor, and calibrate it again: graphs by cell whose
         loss lies in a few of their graphs, those graphs alone, in place, on the same sample;
         else (or if that did not meet the target) the whole index as a new generation,
         calibrated on a sample of its own (its graph holds the rows the first build held
-        out)."""
+        out). With `whole` False, only the few graphs, if any."""
         m = min(MAX_M, max(DEFAULT_M, REPAIR_M_GROWTH * collection.m))
         ef_construction = min(
             MAX_EF_CONSTRUCTION,
             max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
         )
-        if calibrated.at_default < self.recall_floor:
-            was = f"recall@10 was {calibrated.at_default:.3f}"
-        elif calibrated.at_most:
-            was = f"recall@10 was {calibrated.recall:.3f} at the most search effort"
-        else:
-            ef_search = calibrated.collection.ef_search
-            was = f"recall@10 {calibrated.recall:.3f} took ef_search {ef_search}"
-        was += (
-            f" at m={collection.m}, ef_construction={collection.ef_construction} (floor "
-            f"{self.recall_floor:g}, target {self.recall_target:g})"
-        )
+        was = self._was(collection, calibrated)
         graphs = self._weak_graphs(calibrated, sample)
         if graphs:
             repaired = self._repair_graphs(
                 calibrated.collection, graphs, sample, notes, m, ef_construction, was
             )
-            if repaired is not None and not self.poor(repaired):
+            if repaired is not None and (not self.poor(repaired) or not whole):
                 return repaired, sample
             if repaired is not None:
                 was = f"recall@10 was {repaired.recall:.3f} after that"
+        if not whole:
+            return calibrated, sample
         repair = f"rebuilt with m={m}, ef_construction={ef_construction}: {was}"
         logger.warning("%s: %s", collection.name, repair)
         notes.append(repair)
@@ -123,6 +125,20 @@ class Repairs:
             )
         return calibrated, sample
 
+    def _was(self, collection: Collection, calibrated: Calibration) -> str:
+        """What a repair's note says of the build it repairs."""
+        if calibrated.at_default < self.recall_floor:
+            was = f"recall@10 was {calibrated.at_default:.3f}"
+        elif calibrated.at_most:
+            was = f"recall@10 was {calibrated.recall:.3f} at the most search effort"
+        else:
+            ef_search = calibrated.collection.ef_search
+            was = f"recall@10 {calibrated.recall:.3f} took ef_search {ef_search}"
+        return (
+            f"{was} at m={collection.m}, ef_construction={collection.ef_construction} (floor "
+            f"{self.recall_floor:g}, target {self.recall_target:g})"
+        )
+
     def poor(self, calibrated: Calibration) -> bool:
         """Whether a calibration asks for a repair: poor at the default effort, or the target
         met only at the most effort or not at all."""
@@ -131,15 +147,19 @@ class Repairs:
 
     def _weak_graphs(self, calibrated: Calibration, sample: RecallSample) -> list[int] | None:
         """The graphs by cell that hold the calibrated collection's loss, where a few do
-        (searcher.weak_graphs): at the effort chosen when no effort met the target, else at
-        the default effort (below which the chosen one was poor, or costly)."""
+        (searcher.weak_graphs): where no effort met the target, at the effort chosen, enough
+        to bring the sample halfway from the target to all; else at the ladder's cheapest
+        effort (where the chosen one was poor, costly, or dearer), enough to meet the target
+        there."""
         searched = calibrated.collection
         if not searched.graph_cells:
             return None
+        aim = self.recall_target + (1 - self.recall_target) / 2
         if calibrated.met:
-            ef_search, candidates = spec(searched.kind).default_effort(self.default_ef_search)
+            ef_search, candidates = spec(searched.kind).effort_ladder(searched.candidates)[0]
             searched = replace(searched, ef_search=ef_search, candidates=candidates)
-        return weak_graphs(searched, sample, self.searcher_for(searched), target=self.recall_target)
+            aim = self.recall_target
+        return weak_graphs(searched, sample, self.searcher_for(searched), aim=aim)
 
     def _repair_graphs(
         self,
@@ -172,3 +192,8 @@ class Repairs:
             return None
         notes.append(repair)
         return self.calibrate(repaired, sample)
+
+
+def _cheapest(collection: Collection) -> int:
+    """The ef_search of the cheapest step of the collection's effort ladder."""
+    return spec(collection.kind).effort_ladder(collection.candidates)[0][0]

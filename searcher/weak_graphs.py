@@ -26,18 +26,17 @@ MOST_WEAK_SHARE = 0.5
 
 
 def weak_graphs(
-    collection: Collection, sample: RecallSample, search: Search, *, target: float
+    collection: Collection, sample: RecallSample, search: Search, *, aim: float
 ) -> list[int] | None:
     """The fewest graphs of `collection` whose losses under `search` (which walks the
     collection's graph_probes nearest graphs), were they found, would bring the sample's
-    recall halfway from the target to 1, those that lose most first; None when no few graphs
-    do (the loss lies between graphs, or in most of them) or the sample does not know its
-    neighbours' graphs."""
+    recall to `aim`, those that lose most first; None when no few graphs do (the loss lies
+    between graphs, or in most of them) or the sample does not know its neighbours' graphs."""
     if not collection.graph_cells or sample.neighbour_graphs is None:
         return None
     recall, missed = sample.losses_by_graph(search, collection.graph_probes, collection.graph_cells)
     counted = int((sample.neighbour_graphs >= 0).sum())
-    wanted = (target + (1 - target) / 2 - recall) * counted
+    wanted = (aim - recall) * counted
     chosen: list[int] = []
     regained = 0
     for graph in np.argsort(-missed, kind="stable"):

@@ -10,12 +10,27 @@ from unittest.mock import ANY
 
 from psycopg2 import sql
 
+from searcher.kinds import EFFORT_LADDER
 from searcher.schema import DATA_SCHEMA
 from searcher.server import Searcher
 from tests.test_cell_graphs import ROWS, _data, _found_as_first, loaded, searcher, stub
 from tests.test_fresh_rows import UPKEEP_S
 
 __all__ = ["searcher", "stub"]  # the fixtures, as test_cell_graphs.py makes them
+
+
+def _built_poor(searcher: Searcher, graph: str, *, m: int) -> None:
+    """Build the graph by cell `graph` again with `m` and ef_construction 2m: as poor as a
+    build may leave one graph among good ones."""
+    with searcher.store.pool.connection() as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "ALTER INDEX {0} SET (m = {1}, ef_construction = {2}); REINDEX INDEX {0}"
+                ).format(sql.Identifier(DATA_SCHEMA, graph), sql.Literal(m), sql.Literal(2 * m))
+            )
+        conn.autocommit = False
 
 
 def _graph_builds(searcher: Searcher, name: str) -> list[tuple[list[str], int]]:
@@ -43,16 +58,7 @@ def test_a_poor_graph_among_good_ones_is_rebuilt_alone_in_place_with_m_doubled(
     name = loaded(stub, searcher)
     store = searcher.store
     before, _ = store.catalogue.get(name, fresh=True)
-    poor = before.index_name(cell=1)
-    with store.pool.connection() as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("ALTER INDEX {} SET (m = 2, ef_construction = 4); REINDEX INDEX {}").format(
-                    *[sql.Identifier(DATA_SCHEMA, poor)] * 2
-                )
-            )
-        conn.autocommit = False
+    _built_poor(searcher, before.index_name(cell=1), m=2)
     (good, _) = _graph_builds(searcher, name)
     store.maintenance.schedule("check", name)
     assert store.maintenance.wait_idle(UPKEEP_S)
@@ -77,3 +83,25 @@ def test_a_poor_graph_among_good_ones_is_rebuilt_alone_in_place_with_m_doubled(
     ]
     note = store.catalogue.get(name, fresh=True)[0].index_note
     assert "graphs by cell repaired before: 1 (m=32, ef_construction=400)" in note
+
+
+def test_a_few_poor_graphs_that_cost_every_search_more_effort_are_rebuilt_alone(
+    stub, searcher: Searcher
+) -> None:
+    """Graphs by cell that met the target only above the cheapest effort, their loss there in a
+    few graphs (at 1M rows one poor graph of 80 took searches from ef_search 40 to 64): those
+    graphs are rebuilt alone, and searches go back to the cheapest effort."""
+    name = loaded(stub, searcher)
+    store = searcher.store
+    before, _ = store.catalogue.get(name, fresh=True)
+    _built_poor(searcher, before.index_name(cell=1), m=10)  # met at ef_search 80, say
+    store.maintenance.schedule("check", name)
+    assert store.maintenance.wait_idle(UPKEEP_S)
+    after, _ = store.catalogue.get(name, fresh=True)
+    assert (after.generation, after.ef_search) == (before.generation, EFFORT_LADDER[0])
+    assert re.search(
+        r"1 of 2 graphs by cell \(1\), where the held-out queries lost their neighbours, rebuilt "
+        r"with m=32, ef_construction=400: recall@10 [01]\.\d+ took ef_search \d+ at m=16",
+        after.index_note,
+    )
+    assert after.recall is not None and after.recall >= 0.99
