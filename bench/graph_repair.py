@@ -10,7 +10,7 @@ out (at 1M rows, one build in ten met the target at no effort: bench/RESULTS.md,
 Then the check runs as the searcher runs it, on the rows the build held out:
 - "graphs": as the searcher does now, the graphs that lost the held-out queries' neighbours
   are found and rebuilt alone (searcher.weak_graphs);
-- "whole": with that step turned off (searcher.maintenance.weak_graphs answering None), the
+- "whole": with that step turned off (searcher.repairs.weak_graphs answering None), the
   repair the searcher made before: the whole index again, a new generation with m doubled.
 Prints and writes (--out) for each: the check's seconds from its start to the upkeep idle (the
 draw, calibration, repair and calibration again), the repair's own seconds, the recall and
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import datasets  # noqa: E402
-from searcher import maintenance  # noqa: E402
+from searcher import repairs as repairing  # noqa: E402
 from searcher.cell_graphs import DEFAULT_FROM_ROWS  # noqa: E402
 from searcher.embedded import EmbeddedPostgres  # noqa: E402
 from searcher.pool import ConnectionPool  # noqa: E402
@@ -92,9 +92,9 @@ def main() -> int:
             )
             store = VectorStore(pool, settings)
             store.open()
-            by_graphs = maintenance.weak_graphs
+            by_graphs = repairing.weak_graphs
             for name in args.repairs.split(","):
-                maintenance.weak_graphs = by_graphs if name == "graphs" else _none  # type: ignore[assignment]
+                repairing.weak_graphs = by_graphs if name == "graphs" else _none  # type: ignore[assignment]
                 repairs.lines.clear()
                 results[name] = one_repair(pg.dsn, store, name, data, poor, repairs)
                 print(json.dumps({name: results[name]}, indent=1), flush=True)
