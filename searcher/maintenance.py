@@ -110,7 +110,6 @@ class IndexMaintenance:
             draw=lambda rebuilt: self._draw(rebuilt, HELD_OUT_ROWS),
             recall_floor=recall_floor,
             recall_target=self.recall_target,
-            default_ef_search=default_ef_search,
         )
         self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._pending: set[tuple[str, str]] = set()

@@ -48,7 +48,6 @@ class Repairs:
         draw: Callable[[Collection], RecallSample | None],
         recall_floor: float,
         recall_target: float,
-        default_ef_search: int,
     ) -> None:
         self.builder = builder
         self.searcher_for = searcher_for
@@ -57,7 +56,6 @@ class Repairs:
         self.draw = draw
         self.recall_floor = recall_floor
         self.recall_target = recall_target
-        self.default_ef_search = default_ef_search
 
     def wanted(self, collection: Collection, calibrated: Calibration) -> bool:
         """Whether the build `calibrated` measured is repaired: poor, or a first graph (of the
