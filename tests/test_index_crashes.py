@@ -106,6 +106,13 @@ def _searcher(dsn: str) -> Searcher:
     return Searcher(SearcherConfig(address="127.0.0.1:0", dsn=dsn)).start()
 
 
+def _create_and_load(stub, name: str, rows: int, seed: int, **params: int) -> None:  # type: ignore[no-untyped-def]
+    """A collection `name` of `rows` clustered 128-d vectors, VECTOR kind (with `params`)."""
+    index_params = pb.IndexParams(kind=pb.INDEX_KIND_VECTOR, **params)
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=128, index_params=index_params))
+    stub.Upsert(upsert_messages(name, clustered_vectors(rows, dim=128, seed=seed)))
+
+
 def _loaded_collection(dsn: str, rows: int = 8000) -> tuple[str, pb.Collection]:
     """A collection with `rows` vectors, its index built and measured; no searcher left."""
     name = f"crash{next(_names)}"
@@ -113,12 +120,7 @@ def _loaded_collection(dsn: str, rows: int = 8000) -> tuple[str, pb.Collection]:
     try:
         channel, stub = searcher_stub(searcher.port)
         with channel:
-            stub.CreateCollection(
-                pb.CreateCollectionRequest(
-                    name=name, dim=128, index_params=pb.IndexParams(kind=pb.INDEX_KIND_VECTOR)
-                )
-            )
-            stub.Upsert(upsert_messages(name, clustered_vectors(rows, dim=128, seed=3)))
+            _create_and_load(stub, name, rows, seed=3)
             assert searcher.store is not None and searcher.store.maintenance.wait_idle(UPKEEP_S)
             collection = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
     finally:
@@ -200,11 +202,7 @@ def test_postgres_crashing_in_the_upkeeps_rebuild_ends_with_a_valid_index_after_
         try:
             channel, stub = searcher_stub(searcher.port)
             with channel:
-                params = pb.IndexParams(kind=pb.INDEX_KIND_VECTOR, m=2, ef_construction=4)
-                stub.CreateCollection(
-                    pb.CreateCollectionRequest(name=name, dim=128, index_params=params)
-                )
-                stub.Upsert(upsert_messages(name, clustered_vectors(20_000, dim=128, seed=5)))
+                _create_and_load(stub, name, 20_000, seed=5, m=2, ef_construction=4)
             deadline = time.monotonic() + UPKEEP_S
             while not _sql(dsn, "SELECT pid FROM pg_stat_progress_create_index"):
                 assert time.monotonic() < deadline, "the upkeep did not rebuild"
@@ -244,12 +242,7 @@ def test_a_build_whose_graph_outgrows_its_memory_says_so(
     with Searcher(config) as searcher:
         channel, stub = searcher_stub(searcher.port)
         with channel:
-            stub.CreateCollection(
-                pb.CreateCollectionRequest(
-                    name=name, dim=128, index_params=pb.IndexParams(kind=pb.INDEX_KIND_VECTOR)
-                )
-            )
-            stub.Upsert(upsert_messages(name, clustered_vectors(3000, dim=128, seed=7)))
+            _create_and_load(stub, name, 3000, seed=7)
             assert searcher.store is not None and searcher.store.maintenance.wait_idle(UPKEEP_S)
             collection = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection
     assert "the build spilled to disk (hnsw graph no longer fits into maintenance_work_mem" in (
@@ -272,12 +265,7 @@ def test_postgres_crashing_while_one_graph_by_cell_is_repaired_leaves_it_whole_a
         try:
             channel, stub = searcher_stub(searcher.port)
             with channel:
-                stub.CreateCollection(
-                    pb.CreateCollectionRequest(
-                        name=name, dim=128, index_params=pb.IndexParams(kind=pb.INDEX_KIND_VECTOR)
-                    )
-                )
-                stub.Upsert(upsert_messages(name, clustered_vectors(20_000, dim=128, seed=5)))
+                _create_and_load(stub, name, 20_000, seed=5)
                 assert searcher.store is not None
                 assert searcher.store.maintenance.wait_idle(UPKEEP_S)
                 collection, _ = searcher.store.catalogue.get(name, fresh=True)

@@ -8,14 +8,14 @@ tests/test_graph_repairs.py repairs real poor graphs."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import numpy as np
 
 from imgsearch.records import Hit
-from searcher.catalogue import Collection, IndexKind, Metric
+from searcher.catalogue import Collection
 from searcher.recall import RECALL_AT, RecallSample, Search
 from searcher.weak_graphs import weak_graphs
+from tests.test_effort_calibration import collection as calibrated_collection
 
 QUERIES = 200
 GRAPHS = 8
@@ -23,18 +23,7 @@ AIM = 0.995  # halfway from a target of 0.99 to all, as a repair after no effort
 
 
 def collection(walks: int = 2) -> Collection:
-    return Collection(
-        name="c",
-        dim=4,
-        metric=Metric.L2,
-        kind=IndexKind.HALFVEC,
-        m=16,
-        ef_construction=200,
-        model_fingerprint="",
-        created_at=datetime.now(UTC),
-        graph_cells=GRAPHS,
-        graph_probes=walks,
-    )
+    return replace(calibrated_collection(), graph_cells=GRAPHS, graph_probes=walks)
 
 
 def sample(walks: int = 1) -> RecallSample:
