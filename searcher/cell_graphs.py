@@ -138,37 +138,33 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
 
 def largest_cell(cur: Any, collection: Collection) -> int:
     """Rows in the largest graph's cell among those the collection's index holds."""
-    return max(rows_by_graph(cur, collection).values(), default=0)
-
-
-def rows_by_graph(cur: Any, collection: Collection) -> dict[int, int]:
-    """Rows in each graph's cell (the graphs whose cells hold any) among those the collection's
-    index holds."""
     cur.execute(
-        sql.SQL("SELECT {graph}, count(*) FROM {table} WHERE {indexed} GROUP BY {graph}").format(
-            graph=collection.graph_of_cell, table=collection.table, indexed=collection.indexed
-        )
+        sql.SQL(
+            "SELECT coalesce(max(rows), 0) FROM (SELECT count(*) AS rows FROM {} "
+            "WHERE {} GROUP BY {}) AS cells"
+        ).format(collection.table, collection.indexed, collection.graph_of_cell)
     )
-    return {int(graph): int(rows) for graph, rows in cur.fetchall()}
+    rows: int = cur.fetchone()[0]
+    return rows
 
 
-def graph_parameters(cur: Any, collection: Collection) -> dict[int, tuple[int, int]]:
-    """(m, ef_construction) of each of the collection's current graphs by cell built with
-    parameters other than the collection's: those a repair rebuilt alone (see GraphBuilds.
-    rebuild). The next generation builds each with the larger of its own and the collection's."""
+def built_graphs(cur: Any, collection: Collection) -> dict[int, tuple[int, int, int]]:
+    """(rows, m, ef_construction) of each of the collection's current graphs by cell, as
+    PostgreSQL keeps them: the rows its build took in (folds add a few since), and the
+    parameters it was built with (a repair's, where it rebuilt the graph alone:
+    GraphBuilds.rebuild), without reading the table."""
     names = {collection.index_name(cell=cell): cell for cell in range(collection.graph_cells)}
     cur.execute(
-        "SELECT c.relname, c.reloptions FROM pg_class c WHERE c.relnamespace = "
-        "%s::regnamespace AND c.relname = ANY(%s)",
+        "SELECT relname, greatest(reltuples, 0)::bigint, reloptions FROM pg_class WHERE "
+        "relnamespace = %s::regnamespace AND relname = ANY(%s)",
         (DATA_SCHEMA, list(names)),
     )
-    found: dict[int, tuple[int, int]] = {}
-    for name, options in cur.fetchall():
+    found: dict[int, tuple[int, int, int]] = {}
+    for name, rows, options in cur.fetchall():
         given = dict(option.split("=", 1) for option in options or [])
         m = int(given.get("m", collection.m))
         ef_construction = int(given.get("ef_construction", collection.ef_construction))
-        if (m, ef_construction) != (collection.m, collection.ef_construction):
-            found[names[name]] = m, ef_construction
+        found[names[name]] = int(rows), m, ef_construction
     return found
 
 

@@ -159,8 +159,8 @@ class IndexBuilder:
             if not has_index or current.generation != collection.generation:
                 return None
             started = time.monotonic()
-            rows = cell_graphs.rows_by_graph(cur, current)
-            largest = int(1.1 * max(rows.get(graph, 0) for graph in graphs))
+            built = cell_graphs.built_graphs(cur, current)
+            largest = int(1.1 * max(built[graph][0] for graph in graphs))
             memory = self._build_memory(cur, replace(current, m=m), rows=largest)
             notices = self.graph_builds.rebuild(
                 current, graphs, m=m, ef_construction=ef_construction, memory=memory
@@ -427,13 +427,13 @@ def _log_built(target: Collection, rows: int, seconds: float, note: str) -> None
 def _repaired_graphs(cur: Any, target: Collection) -> dict[int, tuple[int, int]]:
     """The (m, ef_construction) each graph by cell of `target`'s generation takes where a
     repair gave that of the current generation more than target's (cell_graphs.
-    graph_parameters): the larger of each."""
+    built_graphs): the larger of each."""
     if not target.graph_cells:
         return {}
     previous = replace(target, generation=target.generation - 1)
     return {
         cell: (max(m, target.m), max(ef_construction, target.ef_construction))
-        for cell, (m, ef_construction) in cell_graphs.graph_parameters(cur, previous).items()
+        for cell, (_, m, ef_construction) in cell_graphs.built_graphs(cur, previous).items()
         if m > target.m or ef_construction > target.ef_construction
     }
 

@@ -37,21 +37,21 @@ def weak_graphs(
     recall, missed = sample.losses_by_graph(search, collection.graph_probes, collection.graph_cells)
     counted = int((sample.neighbour_graphs >= 0).sum())
     wanted = (aim - recall) * counted
+    order = np.argsort(-missed, kind="stable")
     chosen: list[int] = []
     regained = 0
-    for graph in np.argsort(-missed, kind="stable"):
+    for graph in order:
         if regained >= wanted or not missed[graph]:
             break
         chosen.append(int(graph))
         regained += int(missed[graph])
-    few = len(chosen) <= max(1, MOST_WEAK_SHARE * collection.graph_cells)
+    few = bool(chosen) and regained >= wanted
+    few = few and len(chosen) <= max(1, MOST_WEAK_SHARE * collection.graph_cells)
     logger.info(
         "%s: recall@10 %.4f on %d walks; %d of the sample's %d true neighbours lost in the "
         "graphs walked, most in graphs %s (%s)",
         *(collection.name, recall, collection.graph_probes, int(missed.sum()), counted),
-        ", ".join(f"{g}: {missed[g]}" for g in np.argsort(-missed, kind="stable")[:5]),
-        f"rebuilding {len(chosen)}" if chosen and regained >= wanted and few else "not a few",
+        ", ".join(f"{g}: {missed[g]}" for g in order[:5]),
+        f"rebuilding {len(chosen)}" if few else "not a few",
     )
-    if not chosen or regained < wanted or not few:
-        return None
-    return sorted(chosen)
+    return sorted(chosen) if few else None
