@@ -95,10 +95,13 @@ def create_orphan_index(cur: Any, collection: Collection) -> None:
     )
 
 
-def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: int) -> int:
-    """Write the cell of every row of segments up to `up_to_segment`, reading the table a range
-    of pages at a time; how many rows. Only where no graph holds those rows: each row's new
-    version goes into every index whose predicate it meets."""
+def assign_cells(
+    cur: Any, collection: Collection, cells: Cells, up_to_segment: int, *, missing_only: bool
+) -> int:
+    """Write the cell of every row of segments up to `up_to_segment` (`missing_only`: of those
+    without one), reading the table a range of pages at a time; how many rows. Only where no
+    graph holds those rows: each row's new version goes into every index whose predicate it
+    meets."""
     cur.execute(
         "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int",
         (collection.qualified_table,),
@@ -110,7 +113,7 @@ def assign_cells(cur: Any, collection: Collection, cells: Cells, up_to_segment: 
     written = 0
     for first in range(0, pages + 1, PAGES_PER_READ):
         ids, versions, vectors = _read_pages(
-            cur, collection, first, first + PAGES_PER_READ, up_to_segment
+            cur, collection, first, first + PAGES_PER_READ, up_to_segment, missing_only
         )
         if not len(ids):
             continue
@@ -169,21 +172,27 @@ def built_graphs(cur: Any, collection: Collection) -> dict[int, tuple[int, int, 
 
 
 def _read_pages(
-    cur: Any, collection: Collection, first: int, end: int, up_to_segment: int
+    cur: Any,
+    collection: Collection,
+    first: int,
+    end: int,
+    up_to_segment: int,
+    missing_only: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, row versions, vectors) of the rows of pages [first, end) in segments up to
-    `up_to_segment`."""
+    `up_to_segment` (`missing_only`: without a cell)."""
     out = io.BytesIO()
     cur.copy_expert(
         sql.SQL(
             # xmin, the transaction that wrote the row version: a rewritten row has another.
             "COPY (SELECT id, xmin::text::bigint, embedding FROM {} WHERE ctid >= {}::tid "
-            "AND ctid < {}::tid AND segment <= {}) TO STDOUT (FORMAT binary)"
+            "AND ctid < {}::tid AND segment <= {}{}) TO STDOUT (FORMAT binary)"
         ).format(
             collection.table,
             sql.Literal(f"({first},0)"),
             sql.Literal(f"({end},0)"),
             sql.Literal(up_to_segment),
+            sql.SQL(" AND cell = {}").format(sql.Literal(NO_CELL)) if missing_only else sql.SQL(""),
         ),
         out,
     )

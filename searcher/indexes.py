@@ -23,11 +23,11 @@ from typing import Any
 
 from psycopg2 import sql
 
-from imgsearch.errors import Unavailable
 from searcher import cell_graphs, recall
 from searcher.build_checks import check_usable, spill_notice
 from searcher.catalogue import Catalogue, Collection
 from searcher.cells import CellStore
+from searcher.generation_cells import GenerationCells
 from searcher.kinds import spec
 from searcher.pool import ConnectionPool
 from searcher.quantizers import drop_quantizers, fit_quantizer
@@ -58,9 +58,9 @@ class IndexBuilder:
         self.cells = cells
         # Empty: the server's own setting (the embedded server sizes it from the machine).
         self.maintenance_work_mem = maintenance_work_mem
-        # Collections of at least this many rows take graphs by cell at their first build after
-        # a bulk load (searcher.cell_graphs); 0: never.
-        self.graph_cells_from = graph_cells_from
+        # Collections of at least graph_cells_from rows take graphs by cell at their first
+        # build after a bulk load (searcher.cell_graphs); 0: never.
+        self.generation_cells = GenerationCells(pool, catalogue, cells, graph_cells_from)
         # Most rows each build keeps out of its graph for its check to search for (recall.py).
         self.held_out_rows = held_out_rows
         self.graph_builds = cell_graphs.GraphBuilds(pool)
@@ -101,7 +101,9 @@ class IndexBuilder:
             sealed = current.growing_segment
             rows = _count_rows(cur, current)
             # Centroids for the rows they write next, fitted before they move on to them.
-            target = self._cells_for(cur, current, sealed + 1, rows, first_graph=not has_index)
+            target, cells_written = self.generation_cells.choose(
+                cur, current, sealed + 1, rows, first_graph=not has_index
+            )
             self.catalogue.record(
                 cur,
                 current.name,
@@ -126,6 +128,7 @@ class IndexBuilder:
                 concurrently=concurrently,
                 note=note,
                 into_cells=bool(target.graph_cells) and not has_index,
+                cells_written=cells_written,
             )
             if built is None:
                 return current  # nothing to fit a quantizer on yet: searches stay exact
@@ -185,55 +188,24 @@ class IndexBuilder:
         )
         return self.catalogue.get(collection.name, fresh=True)[0]
 
-    def _cells_for(
-        self, cur: Any, current: Collection, segment: int, rows: int, *, first_graph: bool
-    ) -> Collection:
-        """`current` with the cells of the rows written from `segment` on: graphs by cell keep
-        theirs; a collection's first graph (after a bulk load, or when it has none) takes
-        graphs by cell, fitted afresh, when it is large enough; any other gets cells fitted
-        afresh for its fresh rows (or none)."""
-        if current.graph_cells and not first_graph:
-            if self.cells.carry_forward(cur, current, segment):
-                return replace(current, cells_segment=segment)
-            logger.warning("%s: its cells are gone: its index is built as one graph", current.name)
-            current = replace(current, **_ONE_GRAPH)
-        graphs = 0
-        if first_graph and self.graph_cells_from and rows >= self.graph_cells_from:
-            graphs = cell_graphs.graph_count(rows)
-        fitted = self.cells.fit_for(cur, current, segment, count=graphs)
-        if fitted is None:
-            return replace(current, cells_segment=0, **_ONE_GRAPH)
-        cells, walks = fitted
-        layout: dict[str, Any] = dict(
-            graph_cells=graphs, graph_probes=walks, fine_cells=cells.fine_per_cell
-        )
-        return replace(current, cells_segment=segment, **(layout if graphs else _ONE_GRAPH))
-
-    def _into_cells(self, cur: Any, target: Collection) -> None:
-        """Before a collection's first graphs by cell: every row its new generation will hold
-        gets its cell (no graph exists to take each changed row in), and the rows written
-        without one get their partial index."""
-        cells = self.cells.of(target)
-        if cells is None:
-            raise Unavailable(f"the cells of {target.name!r} were not stored")
-        started = time.monotonic()
-        rows = cell_graphs.assign_cells(cur, target, cells, target.index_segment)
-        cell_graphs.create_orphan_index(cur, target)
-        logger.info(
-            "%s: %d rows given their cells among %d in %.1f s",
-            *(target.name, rows, target.graph_cells, time.monotonic() - started),
-        )
-
     def _build_generation(
-        self, cur: Any, target: Collection, *, concurrently: bool, note: str, into_cells: bool
+        self,
+        cur: Any,
+        target: Collection,
+        *,
+        concurrently: bool,
+        note: str,
+        into_cells: bool,
+        cells_written: bool,
     ) -> tuple[int, float] | None:
-        """Create `target`'s index (fitting its quantizer first for BINARY) and record it in
+        """Create `target`'s index (fitting its quantizer first for BINARY; `into_cells`: giving
+        every row its cell first, or those without one if `cells_written`) and record it in
         the catalogue; (rows, seconds), or None when there are no rows to fit a quantizer on."""
         kind = spec(target.kind)
         started = time.monotonic()
         with _build_settings(cur, self._build_memory(cur, target)):
             if into_cells:  # without the statement time limit: a million rows take a minute
-                self._into_cells(cur, target)
+                self.generation_cells.write(cur, target, missing_only=cells_written)
             recorded: dict[str, Any] = {}
             if kind.needs_quantizer:
                 recorded = fit_quantizer(cur, target)
@@ -409,10 +381,6 @@ class IndexBuilder:
                     yield cur
             finally:
                 conn.autocommit = old
-
-
-# A collection's layout without graphs by cell.
-_ONE_GRAPH: dict[str, Any] = {"graph_cells": 0, "graph_probes": 0, "fine_cells": 0}
 
 
 def _log_built(target: Collection, rows: int, seconds: float, note: str) -> None:

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psycopg2
 from psycopg2 import errors as pg_errors
 from psycopg2 import sql
 
+from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Collection
 from searcher.cells import CellStore
+from searcher.generation_cells import LOAD_FIT_ROWS
 from searcher.indexes import IndexBuilder
 from searcher.named_vectors import split_items
 from searcher.pgvector_io import Item, encode_binary_copy
@@ -161,6 +164,7 @@ class UpsertSession:
         named: Sequence[tuple[Collection, bool]] = (),
         on_close: Callable[[Collection, UpsertCounts, bool], None],
         on_write: Callable[[], None] = lambda: None,
+        expected_items: int = 0,
     ) -> None:
         self.loader = loader
         self.collection = collection
@@ -176,7 +180,18 @@ class UpsertSession:
             deferred, empty = loader.prepare_load(table, indexed)
             self._index_deferred.append(deferred)
             if empty:
-                logger.info("bulk load into empty %s: index build deferred", table.described)
+                logger.info(
+                    "bulk load into empty %s (%s items announced): index build deferred",
+                    *(table.described, expected_items or "no count of its"),
+                )
+        # A bulk load that says it will fill an empty collection large enough for graphs by
+        # cell has its cells fitted once it has written this many rows, and written as it goes
+        # (searcher.generation_cells).
+        self._cells = loader.builder.generation_cells
+        self.expected_items = expected_items
+        self._fit_cells_at = 0
+        if self._index_deferred[0] and self._cells.wanted(expected_items):
+            self._fit_cells_at = LOAD_FIT_ROWS
         # New ids are COPYed straight into the table; the first message holding an existing id
         # is rolled back to a savepoint and merged instead, and so is the rest of the stream.
         self._plain_copy = True
@@ -194,7 +209,21 @@ class UpsertSession:
         )
         self.messages += 1
         self._on_write()
+        if self._fit_cells_at and self.counts.inserted >= self._fit_cells_at:
+            self._fit_cells_at = 0
+            self._fit_cells()
         return counts
+
+    def _fit_cells(self) -> None:
+        """Fit the cells of the rows this load writes next. What it wrote stays written if the
+        fit fails: the build at its end then writes every row's cell."""
+        try:
+            self.collection = self._cells.fit_during_load(self.collection, self.expected_items)
+        except (psycopg2.Error, ImageSearchError) as exc:
+            logger.warning(
+                "%s: cells not fitted during its bulk load (%s): the build writes them",
+                *(self.collection.described, exc),
+            )
 
     def close(self) -> None:
         deferred, self._index_deferred = self._index_deferred, [False] * len(self._index_deferred)

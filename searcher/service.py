@@ -123,7 +123,9 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             for message in request_iterator:
                 name = message.collection or defaults.COLLECTION
                 if session is None:
-                    session = self.store.begin_upsert(name)
+                    session = self.store.begin_upsert(
+                        name, expected_items=message.expected_item_count
+                    )
                 elif name != session.collection.name:
                     raise InvalidArgument(
                         f"every message of one Upsert stream must name the same collection: "

@@ -136,7 +136,7 @@ class VectorStore:
         if self.citus_version:
             logger.info("Citus %s: collection tables are distributed by id", self.citus_version)
             # Its shards are the segments there: one graph per shard, not per cell.
-            self.builder.graph_cells_from = 0
+            self.builder.generation_cells.graph_cells_from = 0
         self.queries.iterative_scans = self.pgvector >= (0, 8, 0)
         logger.info(
             "schema version %d, PostgreSQL %s, pgvector %s",
@@ -284,8 +284,9 @@ class VectorStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def begin_upsert(self, name: str) -> UpsertSession:
-        """Start a bulk load: .write() each message, then .close() (builds a deferred index)."""
+    def begin_upsert(self, name: str, *, expected_items: int = 0) -> UpsertSession:
+        """Start a bulk load: .write() each message, then .close() (builds a deferred index).
+        `expected_items`: about how many items it writes in all, if its writer knows."""
         check_collection_name(name or defaults.COLLECTION)
         collection, has_index = self.catalogue.get(name, fresh=True)
         named = [self.catalogue.get(table.name, fresh=True) for table in self.named_vectors(name)]
@@ -302,6 +303,7 @@ class VectorStore:
             named=named,
             on_close=self._after_load,
             on_write=writing,
+            expected_items=expected_items,
         )
 
     def upsert(self, name: str, items: Sequence[Item]) -> UpsertCounts:

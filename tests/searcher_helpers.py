@@ -53,11 +53,15 @@ def upsert_messages(
     labels: Sequence[str] | None = None,
     first_id: int = 0,
     per_message: int = 1000,
+    expected_items: int = 0,
 ) -> Iterator[pb.UpsertRequest]:
+    """An Upsert stream of `data` (ids from first_id); `expected_items`: the count its first
+    message announces (UpsertRequest.expected_item_count)."""
     for start in range(0, len(data), per_message):
         stop = min(start + per_message, len(data))
         yield pb.UpsertRequest(
             collection=collection,
+            expected_item_count=expected_items if start == 0 else 0,
             items=[
                 pb.Item(
                     id=first_id + i,

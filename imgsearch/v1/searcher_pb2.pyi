@@ -195,12 +195,14 @@ class Item(_message.Message):
     def __init__(self, id: _Optional[int] = ..., label: _Optional[str] = ..., uri: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Union[_vector_pb2.Vector, _Mapping]] = ..., vectors: _Optional[_Mapping[str, _vector_pb2.Vector]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "items")
+    __slots__ = ("collection", "items", "expected_item_count")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
-    def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+    expected_item_count: int
+    def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., expected_item_count: _Optional[int] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("inserted_count", "updated_count", "message_count")
