@@ -13,12 +13,23 @@ from imgsearch.v1 import searcher_pb2 as pb
 from tests.searcher_helpers import searcher_stub, vector
 
 
-def upsert_all(port: int, name: str, data: np.ndarray, first_id: int = 0, per: int = 1000) -> Any:
+def upsert_all(
+    port: int,
+    name: str,
+    data: np.ndarray,
+    first_id: int = 0,
+    per: int = 1000,
+    announce: bool = True,
+) -> Any:
+    """One Upsert stream of `data`; `announce`: its first message says how many items it
+    writes (expected_item_count), as a bulk-ingest job that knows would."""
+
     def messages() -> Iterator[pb.UpsertRequest]:
         for start in range(0, len(data), per):
             stop = min(start + per, len(data))
             yield pb.UpsertRequest(
                 collection=name,
+                expected_item_count=len(data) if announce and start == 0 else 0,
                 items=[
                     pb.Item(id=first_id + i, vector=vector(data[i])) for i in range(start, stop)
                 ],

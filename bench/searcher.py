@@ -283,7 +283,7 @@ def one_kind(
     queries: np.ndarray,
     truth: np.ndarray,
     extra: np.ndarray,
-    qps_seconds: float,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     name = f"bench_{kind}"
     channel, stub = searcher_stub(server.port)
@@ -296,12 +296,11 @@ def one_kind(
         )
     memory.reset()
     started = time.perf_counter()
-    response = upsert_all(server.port, name, data)
+    response = upsert_all(server.port, name, data, announce=not args.unannounced)
     total_s = time.perf_counter() - started
     assert response.inserted_count == len(data), response
     channel, stub = searcher_stub(server.port)
-    with channel:
-        # The load's own build, before any repair rebuild by the upkeep replaces it.
+    with channel:  # the load's own build, before any repair rebuild by the upkeep replaces it
         first = stub.GetCollection(pb.GetCollectionRequest(name=name)).collection.index
     before = before_calibration(server.port, name, first, queries, truth, total_s)
     collection = wait_for_upkeep(server.port, name)
@@ -344,7 +343,7 @@ def one_kind(
             "p99_ms": percentile_ms(seconds, 99),
         }
         for clients in (1, 4):
-            row[path][f"qps_{clients}_clients"] = qps_run(make, queries, clients, qps_seconds)
+            row[path][f"qps_{clients}_clients"] = qps_run(make, queries, clients, args.qps_seconds)
         print(f"  {kind} {path}: {json.dumps(row[path])}", flush=True)
     row["service_cost"] = service_cost(server.port, dsn, collection, queries)
     row["grpc_health_check_p50_ms"] = health_check_p50_ms(server.port)
@@ -363,7 +362,7 @@ def one_kind(
         row["rpc_at_ef400"] = {
             "recall_at_10": recall_at_k(found, truth),
             "p50_ms": percentile_ms(seconds, 50),
-            "qps_4_clients": qps_run(at_ef400, queries, 4, qps_seconds),
+            "qps_4_clients": qps_run(at_ef400, queries, 4, args.qps_seconds),
         }
         print(f"  {kind} rpc at ef_search 400: {json.dumps(row['rpc_at_ef400'])}", flush=True)
     started = time.perf_counter()
@@ -450,6 +449,7 @@ def main() -> int:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS baseline")
     parser.add_argument("--qps-seconds", type=float, default=10.0)
+    parser.add_argument("--unannounced", action="store_true", help="load without a count")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "searcher.json")
     args = parser.parse_args()
 
@@ -460,6 +460,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "memory_gb": psutil.virtual_memory().total / 1e9,
         "default_kind": DEFAULT_KIND,
+        "load_announced": not args.unannounced,
     }
     for dataset in args.datasets:
         print(f"== {dataset}: {args.rows} stored vectors, {args.queries} queries", flush=True)
@@ -478,7 +479,7 @@ def main() -> int:
             try:
                 for kind in args.kinds:
                     result["kinds"][kind] = one_kind(
-                        kind, server, dsn, memory, data, queries, truth, extra, args.qps_seconds
+                        kind, server, dsn, memory, data, queries, truth, extra, args
                     )
                 log = (Path(tmp) / "searcher.log").read_text()
                 result["upkeep_log"] = re.findall(UPKEEP_LINES, log)

@@ -33,6 +33,7 @@ class IngestPipeline:
         items_per_message: int,
         on_progress: Callable[[int], object] | None = None,
         heads: Sequence[str] = (),
+        expected_items: int = 0,
     ) -> None:
         self.embedder = embedder
         self.writer = writer
@@ -43,6 +44,8 @@ class IngestPipeline:
         self.on_progress = on_progress
         # The collection's named vectors: the embedder's heads of those names, from its pass.
         self.heads = list(heads)
+        # Said in every message, so that a stream the writer opens again says it too.
+        self.expected_items = expected_items
         self.report = IngestReport()
         self._stub = embedder_pb2_grpc.EmbedderServiceStub(embedder.channel)
         self._pending: deque[tuple[list[IngestItem], Any]] = deque()
@@ -105,7 +108,11 @@ class IngestPipeline:
     def _flush(self) -> None:
         if self._batch:
             self.writer.put(
-                searcher_pb2.UpsertRequest(collection=self.collection, items=self._batch)
+                searcher_pb2.UpsertRequest(
+                    collection=self.collection,
+                    items=self._batch,
+                    expected_item_count=self.expected_items,
+                )
             )
         self._batch = []
 

@@ -473,20 +473,18 @@ class ImageSearchClient:
         requests_in_flight: int = 8,
         items_per_message: int = 64,
         on_progress: Callable[[int], object] | None = None,
+        expected_items: int = 0,
     ) -> IngestReport:
         """Embed and store items, pipelined: up to `requests_in_flight` Embed calls run while
-        finished vectors stream to the searcher in `items_per_message` transactions (small, so
-        an interrupted ingest loses at most a second of work). An image that cannot be embedded
-        is reported and skipped; the rest are stored. UNAVAILABLE is retried with backoff on
-        both sides (storing an id again only updates it), so a service restarting mid-ingest
-        costs time, not data; and an interrupted ingest can simply be run again."""
+        finished vectors stream to the searcher in `items_per_message` transactions (an ingest
+        interrupted loses at most a second of work). An image that cannot be embedded is
+        reported and skipped. UNAVAILABLE is retried with backoff on both sides (storing an id
+        again updates it): a restart costs time, not data; an interrupted ingest can be run
+        again. `expected_items`: how many, if known (a large first load is indexed sooner)."""
         name = collection or self.collection
         described = self.ensure_collection(name)
-        writer = UpsertWriter(
-            self.searcher.Upsert,
-            timeout_s=max(self.timeout_s, BULK_TIMEOUT_S),
-            translate=self._service("searcher").error,
-        )
+        timeout, translate = max(self.timeout_s, BULK_TIMEOUT_S), self._service("searcher").error
+        writer = UpsertWriter(self.searcher.Upsert, timeout_s=timeout, translate=translate)
         pipeline = IngestPipeline(
             self._service("embedder"),
             writer,
@@ -496,5 +494,6 @@ class ImageSearchClient:
             items_per_message=items_per_message,
             on_progress=on_progress,
             heads=[vector.name for vector in described.vectors],
+            expected_items=expected_items,
         )
         return pipeline.run(items, images_per_request)

@@ -91,6 +91,26 @@ def test_a_malformed_feature_line_is_named_and_its_batch_is_not_half_loaded(
         assert client.stats().row_count == 1000  # two whole messages of 500; none of the third
 
 
+def test_ingest_tells_the_searcher_how_many_images_it_will_store(
+    searcher, embedder, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A large first load into an empty collection then has its rows' cells written as they
+    # arrive (tests/test_load_cells.py).
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in range(12):
+        (folder / f"{n}.jpg").write_bytes(images.jpeg(n, (320, 240)))
+    target = (
+        "--embedder", f"127.0.0.1:{embedder.port}",
+        "--searcher", f"127.0.0.1:{searcher.port}",
+        "--collection", "announced",
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="searcher.loader"):
+        result = imgsearch("ingest", str(folder), *target)
+    assert result.returncode == 0, result.stderr
+    assert "bulk load into empty collection 'announced' (12 items announced)" in caplog.text
+
+
 def test_killing_ingest_half_way_and_running_it_again_stores_each_image_once(
     searcher, embedder, tmp_path
 ) -> None:

@@ -146,7 +146,7 @@ def ingest_items(
 
     started = time.monotonic()
     with tqdm(total=len(sources), unit="img", desc="ingest", file=sys.stderr) as bar:
-        report = client.ingest(items(), on_progress=bar.update)
+        report = client.ingest(items(), on_progress=bar.update, expected_items=len(sources))
     elapsed = time.monotonic() - started
     failed = [(item.uri, reason) for item, reason in report.failed] + unreadable
     rate = report.stored / elapsed if elapsed > 0 else 0.0
