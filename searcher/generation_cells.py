@@ -30,6 +30,7 @@ from imgsearch.errors import Unavailable
 from searcher import cell_graphs
 from searcher.catalogue import Catalogue, Collection
 from searcher.cells import SAMPLE_ROWS, CellStore
+from searcher.locks import advisory_lock
 from searcher.pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
@@ -73,15 +74,28 @@ class GenerationCells:
         writes: its next messages carry their rows' cells. The collection as recorded
         (unchanged when it was indexed meanwhile, or already has cells)."""
         graphs = cell_graphs.graph_count(expected_items)
-        with self.pool.connection(bulk=True) as conn, conn, conn.cursor() as cur:
-            current, has_index = self.catalogue.get(collection.name, fresh=True)
-            if has_index or current.cells_segment or current.generation != collection.generation:
-                return current
-            segment = current.growing_segment
-            fitted = self.cells.fit_for(cur, current, segment, count=graphs, rows=expected_items)
-            if fitted is None:
-                return current
-            self.catalogue.record(cur, current.name, cells_segment=segment)
+        with self.pool.connection(bulk=True) as conn:
+            # Under the builds' lock, each step committed before it is let go: another stream
+            # fitting at once, or a build choosing the cells, sees these (and keeps them). While
+            # a build holds it, the stream goes on without cells (its own build writes them).
+            conn.autocommit = True
+            try:
+                with (
+                    conn.cursor() as cur,
+                    advisory_lock(cur, "build", collection.name, wait=False) as locked,
+                ):
+                    current, has_index = self.catalogue.get(collection.name, fresh=True)
+                    if not locked or has_index or current.cells_segment:
+                        return current
+                    segment = current.growing_segment
+                    fitted = self.cells.fit_for(
+                        cur, current, segment, count=graphs, rows=expected_items
+                    )
+                    if fitted is None:
+                        return current
+                    self.catalogue.record(cur, current.name, cells_segment=segment)
+            finally:
+                conn.autocommit = False
         logger.info(
             "%s: bulk load of ~%d items: rows written with their cells among %d graphs by cell "
             "from now on",

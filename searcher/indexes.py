@@ -29,6 +29,7 @@ from searcher.catalogue import Catalogue, Collection
 from searcher.cells import CellStore
 from searcher.generation_cells import GenerationCells
 from searcher.kinds import spec
+from searcher.locks import advisory_lock
 from searcher.pool import ConnectionPool
 from searcher.quantizers import drop_quantizers, fit_quantizer
 from searcher.schema import DATA_SCHEMA, NO_CELL
@@ -435,27 +436,6 @@ def _build_settings(cur: Any, maintenance_work_mem: str) -> Iterator[None]:
         yield
     finally:
         cur.execute("RESET maintenance_work_mem; RESET statement_timeout")
-
-
-@contextlib.contextmanager
-def advisory_lock(
-    cur: Any, purpose: str, name: str, *, wait: bool = True, shared: bool = False
-) -> Iterator[bool]:
-    """A session lock on (purpose, name); with wait=False, yields False at once if another
-    session holds it. Shared holders (folds) do not exclude each other, only the exclusive one
-    (a build)."""
-    key, kind = f"{purpose}:{name}", "_shared" if shared else ""
-    if wait:
-        cur.execute(f"SELECT pg_advisory_lock{kind}(hashtext(%s))", (key,))
-    else:
-        cur.execute(f"SELECT pg_try_advisory_lock{kind}(hashtext(%s))", (key,))
-        if not cur.fetchone()[0]:
-            yield False
-            return
-    try:
-        yield True
-    finally:
-        cur.execute(f"SELECT pg_advisory_unlock{kind}(hashtext(%s))", (key,))
 
 
 def drop_index(cur: Any, name: str, *, concurrently: bool) -> None:

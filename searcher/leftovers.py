@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from searcher.indexes import IndexBuilder, advisory_lock, drop_index
+from searcher.indexes import IndexBuilder, drop_index
+from searcher.locks import advisory_lock
 from searcher.schema import DATA_SCHEMA
 
 logger = logging.getLogger(__name__)

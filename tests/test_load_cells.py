@@ -13,13 +13,17 @@ writes the cells by one UPDATE.
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from psycopg2 import sql
 
 from imgsearch.v1 import searcher_pb2 as pb
+from searcher.catalogue import Collection
 from searcher.cell_graphs import graph_count
 from searcher.generation_cells import LOAD_FIT_ROWS
 from searcher.schema import NO_CELL
@@ -152,3 +156,45 @@ def test_a_load_that_writes_far_fewer_items_than_it_announced_is_given_cells_for
     assert collection.graph_cells == graph_count(rows) == 3
     picked = np.random.default_rng(6).choice(rows, 40, replace=False)
     _each_found_as_itself(stub, name, data, np.sort(picked))
+
+
+def test_a_load_that_reaches_its_fit_while_a_build_of_the_collection_runs_goes_on_without_cells(
+    stub, searcher: Searcher
+) -> None:
+    # Another searcher's build holds the collection's build lock; the stream does not wait
+    # for it, and its own build at the end writes every row's cell.
+    rows = 40_000
+    data = clustered_vectors(rows, dim=DIM, clusters=20, seed=7)
+    name = f"loadcells{next(_names)}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=DIM))
+    collection, _ = searcher.store.catalogue.get(name, fresh=True)
+    done: list[pb.UpsertResponse] = []
+    with searcher.store.pool.connection() as other, other.cursor() as cur:
+        other.autocommit = True
+        cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"build:{name}",))
+        load = threading.Thread(
+            target=lambda: done.append(
+                stub.Upsert(upsert_messages(name, data, expected_items=rows), timeout=300)
+            )
+        )
+        load.start()
+        deadline = time.monotonic() + 120
+        while _row_count(cur, collection) < BEFORE_FIT + PER_MESSAGE:  # past its fit
+            assert load.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert searcher.store.catalogue.get(name, fresh=True)[0].cells_segment == 0
+        cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"build:{name}",))
+        other.autocommit = False
+    load.join(timeout=300)
+    assert done and done[0].inserted_count == rows
+    assert searcher.store.maintenance.wait_idle(UPKEEP_S)
+    assert _rewritten(searcher, name) >= rows - HELD_OUT
+    assert searcher.store.catalogue.get(name, fresh=True)[0].graph_cells == graph_count(rows)
+    picked = np.random.default_rng(8).choice(rows, 30, replace=False)
+    _each_found_as_itself(stub, name, data, np.sort(picked))
+
+
+def _row_count(cur: Any, collection: Collection) -> int:
+    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(collection.table))
+    rows: int = cur.fetchone()[0]
+    return rows
