@@ -19,6 +19,7 @@ and writes every row's cell, as without a hint.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from dataclasses import replace
@@ -44,6 +45,14 @@ MOST_COUNT_RATIO = 1.5
 # ... and no graph holds more than this many times the mean: fitted on the whole table, the
 # largest of 80 graphs at 1M held 27k rows, 2.2 times the mean (bench/RESULTS.md).
 MOST_UNEVEN = 3.0
+
+
+class CellWrites(enum.Enum):
+    """Which rows a build gives their cells before it builds its first graphs by cell."""
+
+    NONE = "none"  # no graphs by cell, or graphs kept: every row has its cell
+    ALL = "all"  # cells fitted afresh
+    MISSING = "missing"  # a bulk load's cells kept: the rows it wrote before they were fitted
 
 
 # A collection's layout without graphs by cell.
@@ -150,37 +159,40 @@ class GenerationCells:
 
     def choose(
         self, cur: Any, current: Collection, segment: int, rows: int, *, first_graph: bool
-    ) -> tuple[Collection, bool]:
-        """`current` with the cells of the rows written from `segment` on, and whether its rows
-        have theirs already (but those written before its bulk load's fit). Graphs by cell keep
+    ) -> tuple[Collection, CellWrites]:
+        """`current` with the cells of the rows written from `segment` on, and which of its
+        rows the build gives their cells before it builds the graphs. Graphs by cell keep
         theirs; a collection's first graph (after a bulk load, or when it has none) takes
         graphs by cell when it is large enough: its load's cells if they suit it, else fitted
         afresh; any other gets cells fitted afresh for its fresh rows (or none)."""
         if current.graph_cells and not first_graph:
             if self.cells.carry_forward(cur, current, segment):
-                return replace(current, cells_segment=segment), True
+                return replace(current, cells_segment=segment), CellWrites.NONE
             logger.warning("%s: its cells are gone: its index is built as one graph", current.name)
             current = replace(current, **ONE_GRAPH)
         graphs = 0
         if first_graph and self.graph_cells_from and rows >= self.graph_cells_from:
             kept = self._kept(cur, current, segment, rows)
             if kept is not None:
-                return kept, True
+                return kept, CellWrites.MISSING
             graphs = cell_graphs.graph_count(rows)
         fitted = self.cells.fit_for(cur, current, segment, count=graphs)
         if fitted is None:
-            return replace(current, cells_segment=0, **ONE_GRAPH), False
+            return replace(current, cells_segment=0, **ONE_GRAPH), CellWrites.NONE
         cells, walks = fitted
         layout: dict[str, Any] = dict(
             graph_cells=graphs, graph_probes=walks, fine_cells=cells.fine_per_cell
         )
-        return replace(current, cells_segment=segment, **(layout if graphs else ONE_GRAPH)), False
+        chosen = replace(current, cells_segment=segment, **(layout if graphs else ONE_GRAPH))
+        return chosen, CellWrites.ALL if graphs else CellWrites.NONE
 
-    def write(self, cur: Any, target: Collection, *, missing_only: bool) -> None:
+    def write(self, cur: Any, target: Collection, writes: CellWrites) -> None:
         """Before a collection's first graphs by cell: every row its new generation will hold
-        gets its cell (`missing_only`: those its bulk load wrote before its cells were fitted;
-        no graph exists to take each changed row in), and the rows written without one get
-        their partial index."""
+        gets its cell (or those `writes` says; no graph exists to take each changed row in), and
+        the rows written without one get their partial index."""
+        if writes is CellWrites.NONE:
+            return
+        missing_only = writes is CellWrites.MISSING
         cells = self.cells.of(target)
         if cells is None:
             raise Unavailable(f"the cells of {target.name!r} were not stored")

@@ -27,7 +27,7 @@ from searcher import cell_graphs, recall
 from searcher.build_checks import check_usable, spill_notice
 from searcher.catalogue import Catalogue, Collection
 from searcher.cells import CellStore
-from searcher.generation_cells import GenerationCells
+from searcher.generation_cells import CellWrites, GenerationCells
 from searcher.kinds import spec
 from searcher.locks import advisory_lock
 from searcher.pool import ConnectionPool
@@ -90,9 +90,8 @@ class IndexBuilder:
         ef_construction: int = 0,
         note: str = "",
     ) -> Collection:
-        """Build the next generation of the index (with m / ef_construction if given) and make
-        it current; returns the collection as recorded. Builds of one collection are serialised
-        across searchers."""
+        """Build the next generation of the index (with m / ef_construction if given), make it
+        current and return the collection as recorded; serialised across searchers."""
         if not self.indexable(collection):
             return collection
         with self.autocommit() as cur, advisory_lock(cur, "build", collection.name):
@@ -102,7 +101,7 @@ class IndexBuilder:
             sealed = current.growing_segment
             rows = _count_rows(cur, current)
             # Centroids for the rows they write next, fitted before they move on to them.
-            target, cells_written = self.generation_cells.choose(
+            target, cell_writes = self.generation_cells.choose(
                 cur, current, sealed + 1, rows, first_graph=not has_index
             )
             self.catalogue.record(
@@ -128,8 +127,7 @@ class IndexBuilder:
                 target,
                 concurrently=concurrently,
                 note=note,
-                into_cells=bool(target.graph_cells) and not has_index,
-                cells_written=cells_written,
+                writes=cell_writes,
             )
             if built is None:
                 return current  # nothing to fit a quantizer on yet: searches stay exact
@@ -139,9 +137,8 @@ class IndexBuilder:
             self.cells.forget_before(cur, target, sealed + 1)
             # Older ones go; the previous one stays one generation longer, for searchers whose
             # catalogue cache still names it.
-            drop_quantizers(
-                cur, target.name, keep=(target.quantizer_name(), current.quantizer_name())
-            )
+            keep = (target.quantizer_name(), current.quantizer_name())
+            drop_quantizers(cur, target.name, keep=keep)
         _log_built(target, *built, note)
         return self.catalogue.get(collection.name, fresh=True)[0]
 
@@ -190,23 +187,16 @@ class IndexBuilder:
         return self.catalogue.get(collection.name, fresh=True)[0]
 
     def _build_generation(
-        self,
-        cur: Any,
-        target: Collection,
-        *,
-        concurrently: bool,
-        note: str,
-        into_cells: bool,
-        cells_written: bool,
+        self, cur: Any, target: Collection, *, concurrently: bool, note: str, writes: CellWrites
     ) -> tuple[int, float] | None:
-        """Create `target`'s index (fitting its quantizer first for BINARY; `into_cells`: giving
-        every row its cell first, or those without one if `cells_written`) and record it in
-        the catalogue; (rows, seconds), or None when there are no rows to fit a quantizer on."""
+        """Create `target`'s index (giving rows their cells first, as `writes` says; fitting
+        its quantizer first for BINARY) and record it in the catalogue; (rows, seconds), or
+        None when there are no rows to fit a quantizer on."""
         kind = spec(target.kind)
         started = time.monotonic()
         with _build_settings(cur, self._build_memory(cur, target)):
-            if into_cells:  # without the statement time limit: a million rows take a minute
-                self.generation_cells.write(cur, target, missing_only=cells_written)
+            # Without the statement time limit: a million rows took a minute.
+            self.generation_cells.write(cur, target, writes)
             recorded: dict[str, Any] = {}
             if kind.needs_quantizer:
                 recorded = fit_quantizer(cur, target)
