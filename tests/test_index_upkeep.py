@@ -240,7 +240,10 @@ def test_a_recheck_that_finds_the_graph_short_at_every_effort_has_it_built_again
     assert rebuilt.index.generation == collection.generation + 1
     assert rebuilt.index_params.m == collection.m and rebuilt.index.built_rows == 10_500
     assert REBUILT in rebuilt.index.note and REBUILDING not in rebuilt.index.note
-    assert "not reached" not in rebuilt.index.note and "rebuilt with m=" not in rebuilt.index.note
+    assert "not reached" not in rebuilt.index.note
+    # Not a repair (the note of one that the first build needed stays: HNSW builds vary).
+    repaired = "rebuilt with m="
+    assert (repaired in rebuilt.index.note) == (repaired in collection.index_note)
 
 
 def test_the_rows_kept_out_of_folds_are_a_share_of_the_rows_however_their_ids_run(
