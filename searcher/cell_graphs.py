@@ -139,16 +139,17 @@ def assign_cells(
     return written
 
 
-def largest_cell(cur: Any, collection: Collection) -> int:
-    """Rows in the largest graph's cell among those the collection's index holds."""
+def largest_cell(cur: Any, collection: Collection) -> tuple[int, int]:
+    """(rows in the largest graph's cell, rows in all of them) among those the collection's
+    index holds."""
     cur.execute(
         sql.SQL(
-            "SELECT coalesce(max(rows), 0) FROM (SELECT count(*) AS rows FROM {} "
-            "WHERE {} GROUP BY {}) AS cells"
+            "SELECT coalesce(max(rows), 0), coalesce(sum(rows), 0) FROM (SELECT count(*) AS "
+            "rows FROM {} WHERE {} GROUP BY {}) AS cells"
         ).format(collection.table, collection.indexed, collection.graph_of_cell)
     )
-    rows: int = cur.fetchone()[0]
-    return rows
+    largest, rows = cur.fetchone()
+    return int(largest), int(rows)
 
 
 def built_graphs(cur: Any, collection: Collection) -> dict[int, tuple[int, int, int]]:

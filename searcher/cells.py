@@ -21,10 +21,12 @@ nothing: a row's cell is only ever read against the set it was assigned with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -258,14 +260,18 @@ class CellStore:
         """Fit centroids (`count` of them, else cell_count's) on a sample of the collection's
         rows and store them for `segment` (with the caller's cursor); None when the collection
         is too small for cells. `rows`: how many rows the cells are for, when the table does
-        not hold them all yet (a bulk load's first rows: searcher.load_cells). With them: how
-        many of a query's nearest cells hold NEIGHBOURS_IN_WALKS of its neighbours (at least
-        MIN_WALKS), for graphs by cell."""
+        not hold them all yet (a bulk load's first rows: searcher.generation_cells). With them:
+        how many of a query's nearest cells hold NEIGHBOURS_IN_WALKS of its neighbours (at
+        least MIN_WALKS), for graphs by cell."""
         started = time.monotonic()
-        sample, found = self._sample_rows(cur, collection, seed=segment)
-        rows = rows or found
-        cells = count or cell_count(rows)
-        if not cells or len(sample) < cells:
+        with _untimed(cur):
+            found = _row_estimate(cur, collection)
+            rows = rows or found
+            cells = count or cell_count(rows)
+            if not cells:
+                return None
+            sample = _sample(cur, collection, found, seed=segment)
+        if len(sample) < cells:
             return None
         fitted = calibrated(fit(sample, collection.metric, cells, seed=segment), sample)
         walks = calibrated(fitted, sample, least=MIN_WALKS, share=NEIGHBOURS_IN_WALKS).probes
@@ -289,22 +295,10 @@ class CellStore:
     def walks(self, cur: Any, collection: Collection, cells: Cells, *, seed: int) -> int:
         """How many of a query's nearest `cells` hold NEIGHBOURS_IN_WALKS of its neighbours
         (at least MIN_WALKS), on a sample of the collection's rows as they are now."""
-        sample, _ = self._sample_rows(cur, collection, seed=seed)
+        with _untimed(cur):
+            sample = _sample(cur, collection, _row_estimate(cur, collection), seed=seed)
         coarse = replace(cells, fine=None)  # walks are counted in graphs
         return calibrated(coarse, sample, least=MIN_WALKS, share=NEIGHBOURS_IN_WALKS).probes
-
-    def _sample_rows(
-        self, cur: Any, collection: Collection, *, seed: int
-    ) -> tuple[np.ndarray, int]:
-        """(up to SAMPLE_ROWS of the collection's rows, how many rows it has)."""
-        # Reading a sample reads the whole table: off the request path, like the build itself,
-        # it runs without the statement time limit.
-        cur.execute("SET statement_timeout = 0")
-        try:
-            rows = _row_estimate(cur, collection)
-            return _sample(cur, collection, rows, seed=seed), rows
-        finally:
-            cur.execute("RESET statement_timeout")
 
     def carry_forward(self, cur: Any, collection: Collection, segment: int) -> bool:
         """Store the centroids of the collection's cells_segment for `segment` too (graphs by
@@ -391,6 +385,17 @@ class CellStore:
         with self._lock:
             self._cache[collection.name] = (key, cells)
         return cells
+
+
+@contextlib.contextmanager
+def _untimed(cur: Any) -> Iterator[None]:
+    """Reading a sample reads the whole table: off the request path, like the build itself,
+    it runs without the statement time limit."""
+    cur.execute("SET statement_timeout = 0")
+    try:
+        yield
+    finally:
+        cur.execute("RESET statement_timeout")
 
 
 def _row_estimate(cur: Any, collection: Collection) -> int:

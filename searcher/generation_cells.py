@@ -25,8 +25,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from psycopg2 import sql
-
 from imgsearch.errors import Unavailable
 from searcher import cell_graphs
 from searcher.catalogue import Catalogue, Collection
@@ -134,7 +132,7 @@ class GenerationCells:
         layout = replace(
             current, graph_cells=fitted, fine_cells=cells.fine_per_cell, index_segment=segment - 1
         )
-        largest, with_cells = _largest_graph(cur, layout)
+        largest, with_cells = cell_graphs.largest_cell(cur, layout)
         if largest > MOST_UNEVEN * with_cells / fitted:
             logger.warning(
                 "%s: the cells its load wrote are uneven (a graph of %d rows, %.1f times the "
@@ -206,16 +204,3 @@ class GenerationCells:
             *(target.name, rows, " written before its load's fit" if missing_only else ""),
             *(target.graph_cells, time.monotonic() - started),
         )
-
-
-def _largest_graph(cur: Any, layout: Collection) -> tuple[int, int]:
-    """(rows of the largest graph, rows with a cell) among the rows `layout`'s graphs by cell
-    would hold, as their cells are written now."""
-    cur.execute(
-        sql.SQL(
-            "SELECT coalesce(max(rows), 0), coalesce(sum(rows), 0) FROM (SELECT count(*) AS "
-            "rows FROM {} WHERE {} GROUP BY {}) AS graphs"
-        ).format(layout.table, layout.indexed, layout.graph_of_cell)
-    )
-    largest, rows = cur.fetchone()
-    return int(largest), int(rows)

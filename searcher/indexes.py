@@ -259,7 +259,7 @@ class IndexBuilder:
             # at 1M, one of 80 held 27k rows, twice the mean) and the rows written meanwhile,
             # on each of the connections that build at once.
             builds = 1 if concurrently else self.graph_builds.connections
-            largest = int(1.1 * cell_graphs.largest_cell(cur, target))
+            largest = int(1.1 * cell_graphs.largest_cell(cur, target)[0])
             most_m = max([target.m, *(m for m, _ in parameters.values())])
             memory = self._build_memory(cur, replace(target, m=most_m), rows=largest, builds=builds)
             _, notices = self.graph_builds.build(

@@ -187,11 +187,11 @@ class UpsertSession:
         # A bulk load that says it will fill an empty collection large enough for graphs by
         # cell has its cells fitted once it has written this many rows, and written as it goes
         # (searcher.generation_cells).
-        self._cells = loader.builder.generation_cells
+        self._generation_cells = loader.builder.generation_cells
         self.expected_items = expected_items
-        self._fit_cells_at = 0
-        if self._index_deferred[0] and self._cells.wanted(expected_items):
-            self._fit_cells_at = LOAD_FIT_ROWS
+        self._cells_to_fit = self._index_deferred[0] and self._generation_cells.wanted(
+            expected_items
+        )
         # New ids are COPYed straight into the table; the first message holding an existing id
         # is rolled back to a savepoint and merged instead, and so is the rest of the stream.
         self._plain_copy = True
@@ -209,8 +209,8 @@ class UpsertSession:
         )
         self.messages += 1
         self._on_write()
-        if self._fit_cells_at and self.counts.inserted >= self._fit_cells_at:
-            self._fit_cells_at = 0
+        if self._cells_to_fit and self.counts.inserted >= LOAD_FIT_ROWS:
+            self._cells_to_fit = False
             self._fit_cells()
         return counts
 
@@ -218,7 +218,9 @@ class UpsertSession:
         """Fit the cells of the rows this load writes next. What it wrote stays written if the
         fit fails: the build at its end then writes every row's cell."""
         try:
-            self.collection = self._cells.fit_during_load(self.collection, self.expected_items)
+            self.collection = self._generation_cells.fit_during_load(
+                self.collection, self.expected_items
+            )
         except (psycopg2.Error, ImageSearchError) as exc:
             logger.warning(
                 "%s: cells not fitted during its bulk load (%s): the build writes them",
