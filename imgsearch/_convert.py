@@ -87,6 +87,10 @@ def index_info(state: searcher_pb2.IndexState) -> records.IndexInfo:
         note=state.note,
         graphs=max(1, state.graphs),
         graphs_walked=max(1, state.graphs_walked),
+        rebuilt_graphs=tuple(
+            records.RebuiltGraphs(graphs=g.graphs, m=g.m, ef_construction=g.ef_construction)
+            for g in state.rebuilt_graphs
+        ),
     )
 
 

@@ -166,6 +166,17 @@ class IndexInfo:
     note: str
     graphs: int = 1  # one graph over every indexed row, or one per coarse cell
     graphs_walked: int = 1  # how many of them (nearest to its query) a search walks
+    # Graphs by cell the upkeep's repair rebuilt with other HNSW parameters than the collection's
+    rebuilt_graphs: tuple[RebuiltGraphs, ...] = ()
+
+
+@dataclass(frozen=True)
+class RebuiltGraphs:
+    """Some of a collection's graphs by cell, rebuilt alone with these HNSW parameters."""
+
+    graphs: int
+    m: int
+    ef_construction: int
 
 
 @dataclass(frozen=True)

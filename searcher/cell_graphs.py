@@ -29,6 +29,7 @@ import io
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -170,6 +171,21 @@ def built_graphs(cur: Any, collection: Collection) -> dict[int, tuple[int, int, 
         ef_construction = int(given.get("ef_construction", collection.ef_construction))
         found[names[name]] = int(rows), m, ef_construction
     return found
+
+
+def rebuilt_graphs(cur: Any, collection: Collection) -> list[tuple[int, int, int]]:
+    """(graphs, m, ef_construction) of the collection's graphs by cell built with other
+    parameters than the collection's (a repair's: GraphBuilds.rebuild), the most graphs first;
+    empty where every graph has the collection's."""
+    if collection.graph_cells <= 1:
+        return []
+    own = (collection.m, collection.ef_construction)
+    rebuilt = Counter(
+        (m, ef_construction)
+        for _, m, ef_construction in built_graphs(cur, collection).values()
+        if (m, ef_construction) != own
+    )
+    return [(graphs, m, ef_construction) for (m, ef_construction), graphs in rebuilt.most_common()]
 
 
 def _read_pages(

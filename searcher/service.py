@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -104,7 +104,9 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
         )
 
     def _collection_to_proto(self, collection: Collection) -> pb.Collection:
-        return collection_to_proto(collection, self.store.named_vectors(collection.name))
+        named = self.store.named_vectors(collection.name)
+        rebuilt = self.store.rebuilt_graphs([collection, *named])
+        return collection_to_proto(collection, named, rebuilt)
 
     @map_errors
     def DropCollection(
@@ -272,7 +274,7 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
             index_bytes=stats.index_bytes,
             pgvector_version=stats.pgvector_version,
             postgres_version=stats.postgres_version,
-            index=index_state_to_proto(stats.collection),
+            index=index_state_to_proto(stats.collection, stats.rebuilt_graphs),
             live_recall=stats.live_recall,
             settings=stats.settings,
             fresh_rows=stats.fresh_rows,
@@ -313,7 +315,14 @@ class SearcherServicer(searcher_pb2_grpc.SearcherServiceServicer):
                 )
 
 
-def collection_to_proto(collection: Collection, named: Sequence[Collection] = ()) -> pb.Collection:
+def collection_to_proto(
+    collection: Collection,
+    named: Sequence[Collection] = (),
+    rebuilt: Mapping[str, Sequence[tuple[int, int, int]]] | None = None,
+) -> pb.Collection:
+    """A collection and its named vectors; `rebuilt`: by table name, the graphs a repair
+    rebuilt with other parameters (cell_graphs.rebuilt_graphs)."""
+    rebuilt = rebuilt or {}
     return pb.Collection(
         name=collection.name,
         dim=collection.dim,
@@ -321,7 +330,7 @@ def collection_to_proto(collection: Collection, named: Sequence[Collection] = ()
         index_params=index_params_to_proto(collection),
         model_fingerprint=collection.model_fingerprint,
         create_time=_timestamp(collection.created_at),
-        index=index_state_to_proto(collection),
+        index=index_state_to_proto(collection, rebuilt.get(collection.name, ())),
         vectors=[
             pb.NamedVector(
                 name=table.vector_name,
@@ -329,7 +338,7 @@ def collection_to_proto(collection: Collection, named: Sequence[Collection] = ()
                 metric=METRIC_TO_PROTO[table.metric],
                 index_params=index_params_to_proto(table),
                 model_fingerprint=table.model_fingerprint,
-                index=index_state_to_proto(table),
+                index=index_state_to_proto(table, rebuilt.get(table.name, ())),
             )
             for table in named
         ],
@@ -366,7 +375,9 @@ def index_params_to_proto(collection: Collection) -> pb.IndexParams:
     )
 
 
-def index_state_to_proto(collection: Collection) -> pb.IndexState:
+def index_state_to_proto(
+    collection: Collection, rebuilt: Sequence[tuple[int, int, int]] = ()
+) -> pb.IndexState:
     return pb.IndexState(
         generation=collection.generation,
         built_rows=collection.built_rows,
@@ -381,6 +392,10 @@ def index_state_to_proto(collection: Collection) -> pb.IndexState:
         note=collection.index_note,
         graphs=collection.graph_cells or 1,
         graphs_walked=collection.graph_probes or 1,
+        rebuilt_graphs=[
+            pb.RebuiltGraphs(graphs=graphs, m=m, ef_construction=ef_construction)
+            for graphs, m, ef_construction in rebuilt
+        ],
     )
 
 

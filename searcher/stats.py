@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from searcher.catalogue import INDEX_IS_VALID, Collection
+from searcher.cell_graphs import rebuilt_graphs
 from searcher.cells import Cells, cell_total, fresh_probes
 from searcher.pool import ConnectionPool
 
@@ -35,6 +36,8 @@ class Stats:
     fresh_rows: int  # not in the index yet: searched exactly until folded in
     fresh_cells: int  # the cells they are sorted into (searcher.cells); 0: none
     fresh_cells_searched: int  # how many of its query's nearest cells a search scans
+    # (graphs, m, ef_construction) of graphs by cell a repair rebuilt with other parameters
+    rebuilt_graphs: list[tuple[int, int, int]]
 
 
 def collection_stats(
@@ -60,6 +63,7 @@ def collection_stats(
             (list(REPORTED_SETTINGS),),
         )
         settings = dict(cur.fetchall())
+        rebuilt = rebuilt_graphs(cur, collection)
     return Stats(
         collection=collection,
         row_count=rows,
@@ -73,4 +77,5 @@ def collection_stats(
         fresh_rows=fresh_rows if has_index else rows,
         fresh_cells=cell_total(cells) if cells is not None else 0,
         fresh_cells_searched=fresh_probes(collection, cells) if cells is not None else 0,
+        rebuilt_graphs=rebuilt,
     )

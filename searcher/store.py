@@ -30,6 +30,7 @@ from searcher.catalogue import (
     check_vector_name,
     named_vector_table,
 )
+from searcher.cell_graphs import rebuilt_graphs
 from searcher.cells import CellStore
 from searcher.duplicates import DuplicateFinder, Progress
 from searcher.indexes import IndexBuilder
@@ -257,6 +258,11 @@ class VectorStore:
         """The tables of a collection's named vectors, by vector name."""
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
             return self.catalogue.named_vectors(cur, name or defaults.COLLECTION)
+
+    def rebuilt_graphs(self, tables: Sequence[Collection]) -> dict[str, list[tuple[int, int, int]]]:
+        """By table name, its graphs by cell a repair rebuilt with other parameters."""
+        with self.pool.connection() as conn, conn, conn.cursor() as cur:
+            return {t.name: rebuilt_graphs(cur, t) for t in tables if t.graph_cells > 1}
 
     def _table(self, name: str, vector: str, *, fresh: bool = False) -> tuple[Collection, bool]:
         """The table searched for `vector` of the collection: its own (""), or a named one's."""

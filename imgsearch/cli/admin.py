@@ -66,6 +66,11 @@ def stats_rows(stats: CollectionStats) -> list[tuple[str, str]]:
                 f"; {index.graphs} graphs, one per coarse cell, a search walking the "
                 f"{index.graphs_walked} nearest to its query"
             )
+        for rebuilt in index.rebuilt_graphs:
+            built += (
+                f"; {rebuilt.graphs} of them rebuilt with m={rebuilt.m}, "
+                f"ef_construction={rebuilt.ef_construction}"
+            )
     else:
         built = f"none yet ({kind} is built at the end of the first load; searches are exact)"
     if index.recall is not None:

@@ -45,7 +45,7 @@ class IndexParams(_message.Message):
     def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., kind: _Optional[_Union[IndexKind, str]] = ...) -> None: ...
 
 class IndexState(_message.Message):
-    __slots__ = ("generation", "built_rows", "build_time", "build_seconds", "recall", "recall_sample", "recall_time", "ef_search", "candidates", "quantizer_rows", "note", "graphs", "graphs_walked")
+    __slots__ = ("generation", "built_rows", "build_time", "build_seconds", "recall", "recall_sample", "recall_time", "ef_search", "candidates", "quantizer_rows", "note", "graphs", "graphs_walked", "rebuilt_graphs")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     BUILT_ROWS_FIELD_NUMBER: _ClassVar[int]
     BUILD_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class IndexState(_message.Message):
     NOTE_FIELD_NUMBER: _ClassVar[int]
     GRAPHS_FIELD_NUMBER: _ClassVar[int]
     GRAPHS_WALKED_FIELD_NUMBER: _ClassVar[int]
+    REBUILT_GRAPHS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     built_rows: int
     build_time: _timestamp_pb2.Timestamp
@@ -72,7 +73,18 @@ class IndexState(_message.Message):
     note: str
     graphs: int
     graphs_walked: int
-    def __init__(self, generation: _Optional[int] = ..., built_rows: _Optional[int] = ..., build_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., build_seconds: _Optional[float] = ..., recall: _Optional[float] = ..., recall_sample: _Optional[int] = ..., recall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ..., candidates: _Optional[int] = ..., quantizer_rows: _Optional[int] = ..., note: _Optional[str] = ..., graphs: _Optional[int] = ..., graphs_walked: _Optional[int] = ...) -> None: ...
+    rebuilt_graphs: _containers.RepeatedCompositeFieldContainer[RebuiltGraphs]
+    def __init__(self, generation: _Optional[int] = ..., built_rows: _Optional[int] = ..., build_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., build_seconds: _Optional[float] = ..., recall: _Optional[float] = ..., recall_sample: _Optional[int] = ..., recall_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ..., candidates: _Optional[int] = ..., quantizer_rows: _Optional[int] = ..., note: _Optional[str] = ..., graphs: _Optional[int] = ..., graphs_walked: _Optional[int] = ..., rebuilt_graphs: _Optional[_Iterable[_Union[RebuiltGraphs, _Mapping]]] = ...) -> None: ...
+
+class RebuiltGraphs(_message.Message):
+    __slots__ = ("graphs", "m", "ef_construction")
+    GRAPHS_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    graphs: int
+    m: int
+    ef_construction: int
+    def __init__(self, graphs: _Optional[int] = ..., m: _Optional[int] = ..., ef_construction: _Optional[int] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "dim", "metric", "index_params", "model_fingerprint", "create_time", "index", "vectors")
