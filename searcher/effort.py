@@ -68,6 +68,7 @@ def calibrate(
     target: float,
     default_ef_search: int,
     below: int | None = None,
+    cheapest: tuple[float, bool] | None = None,
 ) -> Calibration:
     """The cheapest effort on the kind's ladder (its steps below ef_search `below`, if given)
     whose recall meets the target, else the most thorough; and the recall at the kind's default
@@ -77,14 +78,15 @@ def calibrate(
     step, then the default, then the most thorough, bisecting between the last that missed and
     the first that met. Each measurement costs what its effort costs, and a collection that
     meets the target cheaply (graphs by cell at a million rows: at the cheapest step) is then
-    never searched at the most thorough."""
+    never searched at the most thorough. `cheapest`: (recall, met) at the ladder's cheapest
+    step, where the sample was searched there already."""
     kind = spec(collection.kind)
     ladder = kind.effort_ladder(collection.candidates)
     if below is not None:
         ladder = [effort for effort in ladder if effort[0] < below] or ladder[:1]
     default_step = ladder_step(ladder, kind.default_effort(default_ef_search))
     highest = len(ladder) - 1
-    measured: dict[int, tuple[float, bool]] = {}
+    measured: dict[int, tuple[float, bool]] = {} if cheapest is None else {0: cheapest}
 
     def measure(step: int) -> tuple[float, bool]:
         """(recall, whether it meets the target) at ladder[step]."""
@@ -136,18 +138,25 @@ def calibrate_effort(
     *,
     target: float,
     default_ef_search: int,
+    cheapest: tuple[float, bool] | None = None,
 ) -> Calibration:
     """The collection's effort (calibrate); for graphs by cell, calibrated first at the walks
     its sample's neighbours ask for (starting_walks), then at more or fewer walks where those
     cost less (calibrate_walks): neighbours in graphs the walks miss are found by no higher
-    effort, only by more walks, and fewer walks may meet the target too."""
+    effort, only by more walks, and fewer walks may meet the target too. `cheapest`: (recall,
+    met) at the ladder's cheapest step on those first walks, where already measured."""
     if not collection.graph_cells:
         return calibrate(
             collection, sample, searcher_for, target=target, default_ef_search=default_ef_search
         )
     collection = starting_walks(collection, sample, target)
     calibrated = calibrate(
-        collection, sample, searcher_for, target=target, default_ef_search=default_ef_search
+        collection,
+        sample,
+        searcher_for,
+        target=target,
+        default_ef_search=default_ef_search,
+        cheapest=cheapest,
     )
     return calibrate_walks(
         collection, calibrated, sample, searcher_for,
@@ -175,7 +184,9 @@ def cheapest_meeting(meets: Callable[[int], bool], default_step: int, highest: i
     return chosen
 
 
-def starting_walks(collection: Collection, sample: RecallSample, target: float) -> Collection:
+def starting_walks(
+    collection: Collection, sample: RecallSample, target: float, *, quiet: bool = False
+) -> Collection:
     """Graphs by cell: `collection` walking, for its calibration, as many graphs as hold its
     sample's true neighbours halfway from the target to all of them (a graph search finds most
     of what its graphs hold, not all), where the sample knows; else the walks it has.
@@ -188,6 +199,8 @@ def starting_walks(collection: Collection, sample: RecallSample, target: float) 
     if not collection.graph_cells or held is None:
         return collection
     walks = min(collection.graph_cells, max(MIN_WALKS, held))
+    if quiet:
+        return replace(collection, graph_probes=walks)
     logger.info(
         "%s: calibrating from %d of %d graphs by cell walked, which hold %.4f of the held-out "
         "queries' true neighbours (the cells' fit asked for %d)",

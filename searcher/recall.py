@@ -175,8 +175,10 @@ class RecallSample:
             ]
         )
 
-    def losses_by_graph(self, search: Search, walks: int, graphs: int) -> tuple[float, np.ndarray]:
-        """Graphs by cell: the sample's recall@10 under `search` (which walks each query's
+    def losses_by_graph(
+        self, search: Search, walks: int, graphs: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Graphs by cell: each query's recall@10 under `search` (which walks each query's
         nearest `walks` graphs), and for each of the `graphs` graphs how many true neighbours
         it held that a search walking it did not find: what that graph lost. Neighbours in
         graphs not walked are lost between graphs, which no graph's repair finds."""
@@ -193,7 +195,7 @@ class RecallSample:
                 walked = 1 <= self.neighbour_walks[query, place] <= walks
                 if graph >= 0 and walked and int(row) not in found:
                     missed[graph] += 1
-        return sample_recall(np.asarray(recalls)), missed
+        return np.asarray(recalls), missed
 
     def _searched(self, search: Search) -> Iterator[list[Hit]]:
         """Each query's RECALL_AT hits, less the query's own row."""

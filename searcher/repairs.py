@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from searcher.catalogue import Collection
-from searcher.effort import Calibration, Searcher
+from searcher.effort import Calibration, Searcher, meets_target, starting_walks
 from searcher.indexes import IndexBuilder
 from searcher.kinds import spec
-from searcher.recall import RecallSample
-from searcher.weak_graphs import weak_graphs
+from searcher.recall import RecallSample, sample_recall
+from searcher.weak_graphs import graph_losses, losing_graphs, weak_graphs
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,16 @@ DEFAULT_EF_CONSTRUCTION = 200
 REPAIR_M_GROWTH = 2
 MAX_M = 100
 MAX_EF_CONSTRUCTION = 1000
+
+
+@dataclass(frozen=True)
+class FirstLook:
+    """What Repairs.first_look left: the collection (its poor graphs rebuilt, if `repaired`),
+    and (recall, met) at the ladder's cheapest step where that still holds (None: measure)."""
+
+    collection: Collection
+    cheapest: tuple[float, bool] | None = None
+    repaired: bool = False
 
 
 class Repairs:
@@ -71,6 +81,35 @@ class Repairs:
         chosen = calibrated.collection
         return bool(chosen.graph_cells) and calibrated.met and chosen.ef_search > _cheapest(chosen)
 
+    def first_look(
+        self, collection: Collection, sample: RecallSample, notes: list[str]
+    ) -> FirstLook:
+        """Graphs by cell just built: the sample searched once at the ladder's cheapest effort,
+        on the walks the calibration starts from. Where that misses the target and a few graphs
+        hold the loss, those graphs are rebuilt (noted in `notes`) before the calibration
+        climbs the ladder: at 1M rows, with one poor graph of 80, it climbed for 100 s before
+        the same graph was found at the cheapest step and rebuilt (bench/RESULTS.md, stop 50).
+        Otherwise that one search is the calibration's first step."""
+        walked = starting_walks(collection, sample, self.recall_target, quiet=True)
+        ef_search, candidates = spec(collection.kind).effort_ladder(collection.candidates)[0]
+        searched = replace(walked, ef_search=ef_search, candidates=candidates)
+        losses = graph_losses(searched, sample, self.searcher_for(searched))
+        if losses is None:
+            return FirstLook(collection)
+        recall = sample_recall(losses.recalls)
+        met = meets_target(losses.recalls, self.recall_target)
+        graphs = None if met else losing_graphs(searched, sample, losses, aim=self.recall_target)
+        if not graphs:
+            return FirstLook(collection, cheapest=(recall, met))
+        m, ef_construction = _repair_parameters(collection)
+        was = (
+            f"recall@10 was {recall:.3f} at the cheapest effort (ef_search {ef_search}, "
+            f"{searched.graph_probes} graphs walked) at m={collection.m}, ef_construction="
+            f"{collection.ef_construction} (target {self.recall_target:g})"
+        )
+        rebuilt = self._rebuild_graphs(collection, graphs, notes, m, ef_construction, was)
+        return FirstLook(rebuilt or collection, repaired=rebuilt is not None)
+
     def repair(
         self,
         collection: Collection,
@@ -86,11 +125,7 @@ class Repairs:
         else (or if that did not meet the target) the whole index as a new generation,
         calibrated on a sample of its own (its graph holds the rows the first build held
         out). With `whole` False, only the few graphs, if any."""
-        m = min(MAX_M, max(DEFAULT_M, REPAIR_M_GROWTH * collection.m))
-        ef_construction = min(
-            MAX_EF_CONSTRUCTION,
-            max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
-        )
+        m, ef_construction = _repair_parameters(collection)
         was = self._was(collection, calibrated)
         graphs = self._weak_graphs(calibrated, sample)
         if graphs:
@@ -173,6 +208,19 @@ class Repairs:
         `ef_construction` (noted in `notes`), and calibrate the collection again on `sample`:
         none of its queries is in those graphs, and its neighbours stay where they were. None
         when a build replaced the graphs meanwhile."""
+        repaired = self._rebuild_graphs(collection, graphs, notes, m, ef_construction, was)
+        return None if repaired is None else self.calibrate(repaired, sample)
+
+    def _rebuild_graphs(
+        self,
+        collection: Collection,
+        graphs: list[int],
+        notes: list[str],
+        m: int,
+        ef_construction: int,
+        was: str,
+    ) -> Collection | None:
+        """_repair_graphs, less the calibration: the collection as recorded after it."""
         repair = (
             f"{len(graphs)} of {collection.graph_cells} graphs by cell ("
             f"{', '.join(map(str, graphs))}), where the held-out queries lost their neighbours, "
@@ -186,10 +234,19 @@ class Repairs:
             ef_construction=ef_construction,
             note="; ".join([*notes, repair]),
         )
-        if repaired is None:
-            return None
-        notes.append(repair)
-        return self.calibrate(repaired, sample)
+        if repaired is not None:
+            notes.append(repair)
+        return repaired
+
+
+def _repair_parameters(collection: Collection) -> tuple[int, int]:
+    """The m and ef_construction a repair of the collection's index builds with."""
+    m = min(MAX_M, max(DEFAULT_M, REPAIR_M_GROWTH * collection.m))
+    ef_construction = min(
+        MAX_EF_CONSTRUCTION,
+        max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
+    )
+    return m, ef_construction
 
 
 def _cheapest(collection: Collection) -> int:

@@ -12,17 +12,39 @@ true neighbours: a neighbour that a search walking its graph did not find is tha
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from searcher.catalogue import Collection
-from searcher.recall import RecallSample, Search
+from searcher.recall import RecallSample, Search, sample_recall
 
 logger = logging.getLogger(__name__)
 
 # More of the graphs than this share losing what the target needs: the build as a whole is
 # poor, and is rebuilt whole (with m raised for every graph, and every later build).
 MOST_WEAK_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class GraphLosses:
+    """One pass of a sample's searches over graphs by cell: each query's recall@10, and how
+    many true neighbours each graph held that a search walking it did not find."""
+
+    recalls: np.ndarray
+    missed: np.ndarray
+
+
+def graph_losses(
+    collection: Collection, sample: RecallSample, search: Search
+) -> GraphLosses | None:
+    """The sample searched once by `search` (which walks the collection's graph_probes nearest
+    graphs); None where the collection has no graphs by cell or the sample does not know its
+    neighbours' graphs."""
+    if not collection.graph_cells or sample.neighbour_graphs is None:
+        return None
+    walks, graphs = collection.graph_probes, collection.graph_cells
+    return GraphLosses(*sample.losses_by_graph(search, walks, graphs))
 
 
 def weak_graphs(
@@ -32,9 +54,16 @@ def weak_graphs(
     collection's graph_probes nearest graphs), were they found, would bring the sample's
     recall to `aim`, those that lose most first; None when no few graphs do (the loss lies
     between graphs, or in most of them) or the sample does not know its neighbours' graphs."""
-    if not collection.graph_cells or sample.neighbour_graphs is None:
-        return None
-    recall, missed = sample.losses_by_graph(search, collection.graph_probes, collection.graph_cells)
+    losses = graph_losses(collection, sample, search)
+    return None if losses is None else losing_graphs(collection, sample, losses, aim=aim)
+
+
+def losing_graphs(
+    collection: Collection, sample: RecallSample, losses: GraphLosses, *, aim: float
+) -> list[int] | None:
+    """weak_graphs, of a pass already made."""
+    assert sample.neighbour_graphs is not None
+    recall, missed = sample_recall(losses.recalls), losses.missed
     counted = int((sample.neighbour_graphs >= 0).sum())
     wanted = (aim - recall) * counted
     order = np.argsort(-missed, kind="stable")
@@ -48,9 +77,10 @@ def weak_graphs(
     few = bool(chosen) and regained >= wanted
     few = few and len(chosen) <= max(1, MOST_WEAK_SHARE * collection.graph_cells)
     logger.info(
-        "%s: recall@10 %.4f on %d walks; %d of the sample's %d true neighbours lost in the "
-        "graphs walked, most in graphs %s (%s)",
-        *(collection.name, recall, collection.graph_probes, int(missed.sum()), counted),
+        "%s: recall@10 %.4f on %d walks at ef_search %d; %d of the sample's %d true neighbours "
+        "lost in the graphs walked, most in graphs %s (%s)",
+        *(collection.name, recall, collection.graph_probes, collection.ef_search),
+        *(int(missed.sum()), counted),
         ", ".join(f"{g}: {missed[g]}" for g in order[:5]),
         f"rebuilding {len(chosen)}" if few else "not a few",
     )
