@@ -261,8 +261,11 @@ class VectorStore:
 
     def rebuilt_graphs(self, tables: Sequence[Collection]) -> dict[str, list[tuple[int, int, int]]]:
         """By table name, its graphs by cell a repair rebuilt with other parameters."""
+        by_cell = [t for t in tables if t.graph_cells > 1]
+        if not by_cell:  # one graph each (most collections): no connection taken
+            return {}
         with self.pool.connection() as conn, conn, conn.cursor() as cur:
-            return {t.name: rebuilt_graphs(cur, t) for t in tables if t.graph_cells > 1}
+            return {t.name: rebuilt_graphs(cur, t) for t in by_cell}
 
     def _table(self, name: str, vector: str, *, fresh: bool = False) -> tuple[Collection, bool]:
         """The table searched for `vector` of the collection: its own (""), or a named one's."""
