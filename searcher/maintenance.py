@@ -296,9 +296,12 @@ class IndexMaintenance:
         # and a first graph walked at a costly effort: one build in the background, then
         # cheaper searches for as long as the collection lives.
         poor = self.repairs.poor(calibrated)
+        looked = bool(first and first.repaired)  # its few graphs rebuilt: not again at the same m
         if repair and self.repairs.wanted(collection, calibrated):
-            calibrated, sample = self.repairs.repair(collection, calibrated, sample, notes)
-        elif repair and not (first and first.repaired) and self.repairs.dearer(calibrated):
+            calibrated, sample = self.repairs.repair(
+                collection, calibrated, sample, notes, few=not looked
+            )
+        elif repair and not looked and self.repairs.dearer(calibrated):
             calibrated, sample = self.repairs.repair(
                 collection, calibrated, sample, notes, whole=False
             )

@@ -118,16 +118,18 @@ class Repairs:
         notes: list[str],
         *,
         whole: bool = True,
+        few: bool = True,
     ) -> tuple[Calibration, RecallSample]:
         """Build the index of `collection` once more with larger m and ef_construction (noted in
         `notes`), as `calibrated` found it poor, and calibrate it again: graphs by cell whose
         loss lies in a few of their graphs, those graphs alone, in place, on the same sample;
         else (or if that did not meet the target) the whole index as a new generation,
         calibrated on a sample of its own (its graph holds the rows the first build held
-        out). With `whole` False, only the few graphs, if any."""
+        out). With `whole` False, only the few graphs, if any; with `few` False (the first
+        look rebuilt its few already, and the build is still poor), only the whole index."""
         m, ef_construction = _repair_parameters(collection)
         was = self._was(collection, calibrated)
-        graphs = self._weak_graphs(calibrated, sample)
+        graphs = self._weak_graphs(calibrated, sample) if few else None
         if graphs:
             repaired = self._repair_graphs(
                 calibrated.collection, graphs, sample, notes, m, ef_construction, was

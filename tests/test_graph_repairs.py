@@ -14,6 +14,7 @@ from psycopg2 import sql
 from imgsearch._convert import collection_stats
 from imgsearch.cli.admin import stats_rows
 from imgsearch.v1 import searcher_pb2 as pb
+from searcher import repairs
 from searcher.kinds import EFFORT_LADDER
 from searcher.schema import DATA_SCHEMA
 from searcher.server import Searcher
@@ -132,3 +133,35 @@ def test_a_few_poor_graphs_that_cost_every_search_more_effort_are_rebuilt_alone(
         after.index_note,
     )
     assert after.recall is not None and after.recall >= 0.99
+
+
+def test_a_build_still_poor_after_the_first_look_is_rebuilt_whole_without_those_graphs_again(
+    stub, searcher: Searcher, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first look rebuilt a poor graph, and the check still finds the build poor: the
+    whole index is built again as a new generation, and the graph is not rebuilt a second time
+    first. Made so here by the first look's rebuild being as poor as the graph (m=2), and the
+    check asking for a repair whatever it measures."""
+    name = loaded(stub, searcher)
+    store = searcher.store
+    before, _ = store.catalogue.get(name, fresh=True)
+    _built_poor(searcher, before.index_name(cell=1), m=2)
+    parameters = repairs._repair_parameters
+    asked: list[int] = []
+
+    def first_as_poor(collection):  # type: ignore[no-untyped-def]
+        asked.append(collection.m)
+        return (2, 4) if len(asked) == 1 else parameters(collection)
+
+    monkeypatch.setattr(repairs, "_repair_parameters", first_as_poor)
+    monkeypatch.setattr(repairs.Repairs, "wanted", lambda *_: True)
+    with caplog.at_level("WARNING", logger="searcher.repairs"):
+        store.maintenance.schedule("check", name)
+        assert store.maintenance.wait_idle(UPKEEP_S)
+    graphs_rebuilt = re.findall(r"graphs by cell \(([\d, ]+)\), where", caplog.text)
+    assert graphs_rebuilt == ["1"]  # by the first look, once
+    after, _ = store.catalogue.get(name, fresh=True)
+    assert after.generation == before.generation + 1
+    assert (after.m, after.ef_construction) == (32, 400)
+    assert re.search(r"; rebuilt with m=32, ef_construction=400: ", after.index_note)
+    _found_as_first(stub, name, _data(ROWS, seed=1), 0, step=97)
