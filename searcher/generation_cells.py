@@ -8,7 +8,8 @@ and the dead versions it left doubled the table that each of the 80 graphs' buil
 only the writer knows: an Upsert stream that says so (UpsertRequest.expected_item_count) into an
 empty collection large enough for graphs by cell has its cells fitted once LOAD_FIT_ROWS rows
 are in, and every later message is written with its rows' cells (Loader._cells, as for the
-fresh rows of an indexed collection).
+fresh rows of an indexed collection). So is each of its named vectors' tables, with cells of
+its own, fitted at the same point on its own vectors.
 
 The build at the stream's end keeps those cells only if they suit the rows it finds: about the
 graph count it would choose for them, and no graph far above the mean (a stream sorted by

@@ -215,17 +215,22 @@ class UpsertSession:
         return counts
 
     def _fit_cells(self) -> None:
-        """Fit the cells of the rows this load writes next. What it wrote stays written if the
-        fit fails: the build at its end then writes every row's cell."""
-        try:
-            self.collection = self._generation_cells.fit_during_load(
-                self.collection, self.expected_items
-            )
-        except (psycopg2.Error, ImageSearchError) as exc:
-            logger.warning(
-                "%s: cells not fitted during its bulk load (%s): the build writes them",
-                *(self.collection.described, exc),
-            )
+        """Fit the cells of the rows this load writes next, in the collection's table and in
+        each of its named vectors' whose index is built at the end (each table its own cells,
+        as its build would fit them). What it wrote stays written if a fit fails: the build at
+        its end then writes every row's cell of that table."""
+        tables = [self.collection, *self.named]
+        for index, (table, deferred) in enumerate(zip(tables, self._index_deferred, strict=True)):
+            if not deferred:
+                continue
+            try:
+                tables[index] = self._generation_cells.fit_during_load(table, self.expected_items)
+            except (psycopg2.Error, ImageSearchError) as exc:
+                logger.warning(
+                    "%s: cells not fitted during its bulk load (%s): the build writes them",
+                    *(table.described, exc),
+                )
+        self.collection, self.named = tables[0], tables[1:]
 
     def close(self) -> None:
         deferred, self._index_deferred = self._index_deferred, [False] * len(self._index_deferred)

@@ -23,7 +23,7 @@ import pytest
 from psycopg2 import sql
 
 from imgsearch.v1 import searcher_pb2 as pb
-from searcher.catalogue import Collection
+from searcher.catalogue import Collection, named_vector_table
 from searcher.cell_graphs import graph_count
 from searcher.generation_cells import LOAD_FIT_ROWS
 from searcher.schema import NO_CELL
@@ -34,6 +34,7 @@ from tests.searcher_helpers import (
     searcher_on,
     searcher_stub,
     upsert_messages,
+    vector,
 )
 from tests.test_fresh_rows import UPKEEP_S, nearest
 
@@ -124,6 +125,44 @@ def test_an_announced_bulk_load_writes_its_cells_as_it_goes_and_the_build_rewrit
     # Rows from before the fit and after it, in every graph, are each their own nearest.
     picked = np.random.default_rng(3).choice(rows, 60, replace=False)
     _each_found_as_itself(stub, announced, data, np.sort(picked))
+
+
+def test_the_tables_of_a_collections_named_vectors_have_their_cells_written_as_the_load_goes_too(  # noqa: E501
+    stub, searcher: Searcher
+) -> None:
+    """Each named vector's table gets cells of its own (fitted on its own vectors) at the same
+    point of the stream, so its build too rewrites only the rows before the fit."""
+    rows, gem_dim = 40_000, 32
+    own = clustered_vectors(rows, dim=DIM, clusters=20, seed=11)
+    gem = clustered_vectors(rows, dim=gem_dim, clusters=12, seed=12)
+    name = f"loadcells{next(_names)}"
+    gem_spec = pb.NamedVector(name="gem", dim=gem_dim)
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, dim=DIM, vectors=[gem_spec]))
+    messages = (
+        pb.UpsertRequest(
+            collection=name,
+            expected_item_count=rows if start == 0 else 0,
+            items=[
+                pb.Item(id=i, vector=vector(own[i]), vectors={"gem": vector(gem[i])})
+                for i in range(start, start + PER_MESSAGE)
+            ],
+        )
+        for start in range(0, rows, PER_MESSAGE)
+    )
+    assert stub.Upsert(messages).inserted_count == rows
+    assert searcher.store is not None and searcher.store.maintenance.wait_idle(UPKEEP_S)
+
+    for table in (name, named_vector_table(name, "gem")):
+        assert BEFORE_FIT - HELD_OUT <= _rewritten(searcher, table) <= BEFORE_FIT
+        assert _rows_without_cell(searcher, table) == 0
+        collection, has_index = searcher.store.catalogue.get(table, fresh=True)
+        assert has_index and collection.graph_cells == graph_count(rows) == 3
+    for row in np.random.default_rng(13).choice(rows, 30, replace=False):
+        query = pb.SearchRequest(
+            collection=name, vector=vector(gem[row]), top_k=1, vector_name="gem"
+        )
+        hit = stub.Search(query).hits[0]
+        assert (hit.id, hit.distance) == (row, pytest.approx(0.0, abs=1e-4))
 
 
 def test_a_load_sorted_by_category_is_given_cells_fitted_afresh_on_all_its_rows(
