@@ -1,6 +1,6 @@
 """A poor graph among graphs by cell: its repair alone against the repair of the whole index.
 
-    python bench/graph_repair.py [--rows 200000] [--graphs 0] [--repairs graphs,whole]
+    python bench/graph_repair.py [--rows 200000] [--graphs 0] [--repairs graphs,after,whole]
 
 Loads `--rows` clustered 1000-d rows (bench/datasets.py) into a HALFVEC collection per repair
 through the searcher's own VectorStore on a fresh embedded PostgreSQL, each built as graphs by
@@ -8,10 +8,14 @@ cell after its bulk load as the searcher builds them. Before each build's check 
 `--graphs` are built again poor (m=4, ef_construction=8), as some of a build's graphs may come
 out (at 1M rows, one build in ten met the target at no effort: bench/RESULTS.md, stop 47).
 Then the check runs as the searcher runs it, on the rows the build held out:
-- "graphs": as the searcher does now, the graphs that lost the held-out queries' neighbours
-  are found and rebuilt alone (searcher.weak_graphs);
-- "whole": with that step turned off (searcher.repairs.weak_graphs answering None), the
-  repair the searcher made before: the whole index again, a new generation with m doubled.
+- "graphs": as the searcher does now: the sample searched once at the cheapest effort, and
+  the graphs that lost its neighbours there rebuilt alone (searcher.weak_graphs) before the
+  calibration climbs (Repairs.first_look, stop 50);
+- "after": that first look turned off (searcher.repairs.losing_graphs answering None), as the
+  searcher did in stop 48: the calibration climbs the ladder, then the graphs are placed and
+  rebuilt alone;
+- "whole": both turned off (searcher.repairs.weak_graphs answering None too), the repair the
+  searcher made before stop 48: the whole index again, a new generation with m doubled.
 Prints and writes (--out) for each: the check's seconds from its start to the upkeep idle (the
 draw, calibration, repair and calibration again), the repair's own seconds, the recall and
 effort the upkeep recorded, and its note.
@@ -70,14 +74,14 @@ def main() -> int:
     )
     parser.add_argument(
         "--repairs",
-        default="graphs,whole",
+        default="graphs,after,whole",
         help="which repairs to run, each on a collection of its own (at 1M rows, one: two "
         "tables of 8 GB)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/graph-repair.json")
     args = parser.parse_args()
-    if not set(args.repairs.split(",")) <= {"graphs", "whole"}:
-        parser.error("--repairs takes graphs, whole or both")
+    if not set(args.repairs.split(",")) <= {"graphs", "after", "whole"}:
+        parser.error("--repairs takes graphs, after and whole, or some of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     repairs = Repairs()
     logging.getLogger("searcher").addHandler(repairs)
@@ -92,9 +96,10 @@ def main() -> int:
             )
             store = VectorStore(pool, settings)
             store.open()
-            by_graphs = repairing.weak_graphs
+            weak, losing = repairing.weak_graphs, repairing.losing_graphs
             for name in args.repairs.split(","):
-                repairing.weak_graphs = by_graphs if name == "graphs" else _none  # type: ignore[assignment]
+                repairing.losing_graphs = losing if name == "graphs" else _none  # type: ignore[assignment]
+                repairing.weak_graphs = _none if name == "whole" else weak  # type: ignore[assignment]
                 repairs.lines.clear()
                 results[name] = one_repair(pg.dsn, store, name, data, poor, repairs)
                 print(json.dumps({name: results[name]}, indent=1), flush=True)
@@ -147,6 +152,12 @@ def one_repair(
         "repair_s": _repair_seconds(
             repairs.lines, after.build_seconds if after.generation > collection.generation else None
         ),
+        # Each calibration's seconds (the first includes the first look and its repair).
+        "calibrations_s": [
+            float(found.group(1))
+            for line in repairs.lines
+            if (found := re.search(r"search effort calibrated on \d+ queries in ([\d.]+) s", line))
+        ],
         "generation": [collection.generation, after.generation],
         "recall": after.recall,
         "ef_search": after.ef_search,
