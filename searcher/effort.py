@@ -60,6 +60,12 @@ def at_most_effort(collection: Collection) -> bool:
     return collection.ef_search >= EFFORT_LADDER[-1]
 
 
+def at_cheapest_effort(collection: Collection) -> Collection:
+    """The collection searching at its kind's ladder's cheapest effort."""
+    ef_search, candidates = spec(collection.kind).effort_ladder(collection.candidates)[0]
+    return replace(collection, ef_search=ef_search, candidates=candidates)
+
+
 def calibrate(
     collection: Collection,
     sample: RecallSample,
@@ -230,7 +236,7 @@ def walk_more(
     Without this, two builds of the same 100k rows calibrated to ef_search 40 and 640 on two
     walks (bench/RESULTS.md): a sample a little below the target at the cheap end climbed the
     ladder instead of walking a third graph."""
-    cheapest = spec(collection.kind).effort_ladder(collection.candidates)[0][0]
+    cheapest = at_cheapest_effort(collection).ef_search
     walks = calibrated.collection.graph_probes
     most = max(MAX_GRAPH_WALKS, sample.walks_holding(1.0) or 0)
     while walks < min(collection.graph_cells, most):

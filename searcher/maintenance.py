@@ -31,17 +31,21 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from psycopg2 import sql
 
 from imgsearch.errors import ImageSearchError
 from searcher.catalogue import Catalogue, Collection, IndexKind
-from searcher.effort import Calibration, Searcher, at_most_effort, calibrate_effort
+from searcher.effort import (
+    Calibration,
+    Searcher,
+    at_cheapest_effort,
+    at_most_effort,
+    calibrate_effort,
+)
 from searcher.folding import FoldPace
 from searcher.indexes import IndexBuilder
-from searcher.kinds import spec
 from searcher.pool import ConnectionPool
 from searcher.recall import (
     HELD_OUT_OF_FOLDS,
@@ -258,8 +262,7 @@ class IndexMaintenance:
         # Queries moved from stored rows are placed by the distance to each one's nearest other
         # row, of which only the scale matters: searched for at the cheapest effort (at the
         # default, these 2,000 searches were 13 s of a 38 s check at 200k rows, RESULTS.md).
-        ef_search, candidates = spec(collection.kind).effort_ladder(collection.candidates)[0]
-        cheapest = replace(collection, ef_search=ef_search, candidates=candidates)
+        cheapest = at_cheapest_effort(collection)
         return draw_sample(
             self.pool,
             collection,

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from searcher.catalogue import Collection
-from searcher.effort import Calibration, Searcher, meets_target, starting_walks
+from searcher.effort import (
+    Calibration,
+    Searcher,
+    at_cheapest_effort,
+    meets_target,
+    starting_walks,
+)
 from searcher.indexes import IndexBuilder
-from searcher.kinds import spec
 from searcher.recall import RecallSample, sample_recall
 from searcher.weak_graphs import graph_losses, losing_graphs, weak_graphs
 
@@ -79,7 +84,8 @@ class Repairs:
         built poor raised it from ef_search 40 to 64, bench/RESULTS.md, stop 48). Those graphs,
         if a few hold the loss at the cheapest effort, are rebuilt (repair, whole=False)."""
         chosen = calibrated.collection
-        return bool(chosen.graph_cells) and calibrated.met and chosen.ef_search > _cheapest(chosen)
+        above_cheapest = chosen.ef_search > at_cheapest_effort(chosen).ef_search
+        return bool(chosen.graph_cells) and calibrated.met and above_cheapest
 
     def first_look(
         self, collection: Collection, sample: RecallSample, notes: list[str]
@@ -91,8 +97,7 @@ class Repairs:
         the same graph was found at the cheapest step and rebuilt (bench/RESULTS.md, stop 50).
         Otherwise that one search is the calibration's first step."""
         walked = starting_walks(collection, sample, self.recall_target, quiet=True)
-        ef_search, candidates = spec(collection.kind).effort_ladder(collection.candidates)[0]
-        searched = replace(walked, ef_search=ef_search, candidates=candidates)
+        searched = at_cheapest_effort(walked)
         losses = graph_losses(searched, sample, self.searcher_for(searched))
         if losses is None:
             return FirstLook(collection)
@@ -103,7 +108,7 @@ class Repairs:
             return FirstLook(collection, cheapest=(recall, met))
         m, ef_construction = _repair_parameters(collection)
         was = (
-            f"recall@10 was {recall:.3f} at the cheapest effort (ef_search {ef_search}, "
+            f"recall@10 was {recall:.3f} at the cheapest effort (ef_search {searched.ef_search}, "
             f"{searched.graph_probes} graphs walked) at m={collection.m}, ef_construction="
             f"{collection.ef_construction} (target {self.recall_target:g})"
         )
@@ -191,8 +196,7 @@ class Repairs:
             return None
         aim = self.recall_target + (1 - self.recall_target) / 2
         if calibrated.met:
-            ef_search, candidates = spec(searched.kind).effort_ladder(searched.candidates)[0]
-            searched = replace(searched, ef_search=ef_search, candidates=candidates)
+            searched = at_cheapest_effort(searched)
             aim = self.recall_target
         return weak_graphs(searched, sample, self.searcher_for(searched), aim=aim)
 
@@ -249,8 +253,3 @@ def _repair_parameters(collection: Collection) -> tuple[int, int]:
         max(DEFAULT_EF_CONSTRUCTION, 2 * collection.ef_construction, 2 * m),
     )
     return m, ef_construction
-
-
-def _cheapest(collection: Collection) -> int:
-    """The ef_search of the cheapest step of the collection's effort ladder."""
-    return spec(collection.kind).effort_ladder(collection.candidates)[0][0]
